@@ -1,0 +1,50 @@
+"""Shared fixtures: the evaluation data (skipped with a message when absent) and sample photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def datasets_root() -> Path:
+    """``FACEFLOW_DATASETS``, or ``../shared/datasets`` beside the repository."""
+    env = os.environ.get("FACEFLOW_DATASETS")
+    return Path(env) if env else REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    root = datasets_root()
+    if not root.is_dir():
+        pytest.skip(f"evaluation data not found at {root} (set FACEFLOW_DATASETS)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dataset(datasets: Path):  # type: ignore[no-untyped-def]
+    """``dataset("lfw")`` -> path, skipping the test when that part of the data is absent."""
+
+    def get(*parts: str) -> Path:
+        p = datasets.joinpath(*parts)
+        if not p.exists():
+            pytest.skip(f"{p} is absent")
+        return p
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """scikit-image's astronaut (Eileen Collins): one frontal face, RGB 512x512."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+ASTRONAUT_FACE_BOX = (170.0, 50.0, 282.0, 188.0)
+"""Hand-measured box around the astronaut's face (forehead to chin, ear to ear), x1, y1, x2, y2."""
