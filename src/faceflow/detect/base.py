@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -45,6 +46,29 @@ class RawDetections:
             np.zeros((0, 5, 2), np.float32) if with_landmarks else None,
         )
 
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def mapped(self, scale: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> RawDetections:
+        """Coordinates mapped by ``p * scale + (dx, dy)``: from a resized or padded copy back to the image."""
+        shift = np.array([dx, dy], np.float32)
+        boxes = self.boxes.astype(np.float32) * scale + np.tile(shift, 2)
+        lms = None if self.landmarks5 is None else self.landmarks5.astype(np.float32) * scale + shift
+        return RawDetections(boxes, self.scores.astype(np.float32), lms)
+
+
+def pad_image(image: Image, fraction: float) -> tuple[Image, int, int]:
+    """``image`` with a border of ``fraction`` of its size on every side, in its mean colour.
+
+    Returns the padded image and the left and top border widths (to map detections back). A flat
+    border (rather than a replicated or mirrored one) adds no face-like structure of its own.
+    """
+    h, w = image.shape[:2]
+    px, py = round(w * fraction), round(h * fraction)
+    fill = [float(c) for c in image.reshape(-1, image.shape[2]).mean(0)]
+    padded = cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_CONSTANT, value=fill)
+    return padded, px, py
+
 
 def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Pairwise IoU of two sets of ``[x1, y1, x2, y2]`` boxes."""
@@ -80,12 +104,21 @@ def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> npt.ND
 class Detector(ABC):
     """Base of every face detector: subclasses implement :meth:`_detect`, the base does the rest.
 
-    ``detect`` applies, in this order: the score threshold, NMS, clipping to the image, the
-    minimum face size and ``max_faces``; it returns faces sorted by score, highest first.
+    ``detect`` runs the model (and, when nothing reaches the threshold, a second pass on a padded copy
+    for faces that fill the frame), then applies, in this order: the score threshold, NMS, clipping to
+    the image, the minimum face size and ``max_faces``; it returns faces sorted by score, highest first.
     """
 
     name: ClassVar[str]
     default_score_threshold: ClassVar[float] = 0.5
+    retry_pad: ClassVar[float] = 0.4
+    """When a first pass finds nothing, look again with this fraction of the image added on each side
+    (see :meth:`_detect_padded`); 0 disables the second pass."""
+    retry_side: ClassVar[int] = 640
+    """Longest side of the padded second-pass image (larger images are shrunk to it)."""
+    gives_landmarks5: ClassVar[bool] = True
+    """False for detectors without mouth corners (dlib HOG, Haar, BlazeFace): the 68-point stage
+    fills them."""
 
     def __init__(self, options: DetectorOptions | None = None, store: ModelStore | None = None) -> None:
         self.options = options or DetectorOptions()
@@ -100,8 +133,26 @@ class Detector(ABC):
     def _detect(self, image: Image) -> RawDetections:
         """Run the model on an RGB image; return candidates at or above ``self.score_threshold``."""
 
+    def _detect_padded(self, image: Image) -> RawDetections:
+        """Second look at an image where nothing was found: shrunk to ``retry_side`` and padded.
+
+        Faces that fill the frame (aligned crops, passport photos, LFW) are larger than the biggest
+        anchors and lack the context the detectors were trained with; a flat border of
+        ``retry_pad`` per side gives both back. Shrinking first bounds the cost on large images.
+        """
+        h, w = image.shape[:2]
+        s = min(1.0, self.retry_side / (max(h, w) * (1 + 2 * self.retry_pad)))
+        if s < 1.0:
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            s = size[0] / w
+        padded, px, py = pad_image(image, self.retry_pad)
+        return self._detect(padded).mapped(1 / s, -px / s, -py / s)
+
     def detect(self, image: Image) -> list[Face]:
         raw = self._detect(image)
+        if self.retry_pad > 0 and not np.any(raw.scores >= self.score_threshold):
+            raw = self._detect_padded(image)
         keep = raw.scores >= self.score_threshold
         boxes, scores = raw.boxes[keep], raw.scores[keep]
         lms = raw.landmarks5[keep] if raw.landmarks5 is not None else None

@@ -173,7 +173,7 @@ class ModelStore:
                 )
             # Take every registered file this archive carries, so one download serves them all.
             wanted = {m.member: mf for mf, m in _members_of(src)}
-            wanted.setdefault(src.member, f)
+            wanted[src.member] = f
             for member, mf in wanted.items():
                 target = self.cache_dir / mf.name
                 if target.is_file() and self._matches(target, mf):

