@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -48,7 +48,7 @@ def analyze(
     = "detect,landmarks,pose,attributes",
     landmarks: Annotated[str, typer.Option(help="68-point source: mesh or dlib (non-commercial weights).")]
     = "mesh",
-    threshold: Annotated[Optional[float], typer.Option(help="Detector score threshold.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Detector score threshold.")] = None,
     min_face: Annotated[float, typer.Option(help="Minimum face size in pixels.")] = 0.0,
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Write embeddings into faces.jsonl.")] = False,
     annotate: Annotated[bool, typer.Option(help="Write annotated copies of the images.")] = True,
@@ -56,7 +56,8 @@ def analyze(
 ) -> None:
     """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images."""
     from faceflow.detect import DetectorOptions
-    from faceflow.draw import annotate as draw, save_image
+    from faceflow.draw import annotate as draw
+    from faceflow.draw import save_image
     from faceflow.io import iter_image_files
     from faceflow.pipeline import Analyzer, result_paths
 
@@ -131,6 +132,30 @@ def verify(
               f"({model}, calibrated at FMR {v.far:g})")
 
 
+@app.command()
+def bench(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
+    detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
+    stages: Annotated[str, typer.Option(help="Comma-separated stages.")] = "detect,landmarks,pose,embed,attributes",
+    limit: Annotated[int | None, typer.Option(help="Use at most this many images.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures here.")] = None,
+) -> None:
+    """Median ms per stage, end-to-end images/s, peak RSS and threads, on a folder of images."""
+    from faceflow.bench import run_bench
+    from faceflow.pipeline import Analyzer
+
+    try:
+        analyzer = Analyzer(stages=tuple(stages.split(",")), detector=detector)
+    except ConfigError as exc:
+        raise _fail_usage(str(exc)) from None
+    result = run_bench(analyzer, [str(p) for p in paths], limit=limit)
+    text = json.dumps(result, indent=2)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+    print(text)
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Every registered model with its task, licence, size and state in the local store."""
@@ -148,7 +173,7 @@ def models_list() -> None:
 
 @models_app.command("pull")
 def models_pull(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Models to fetch (default: the default set).")]
+    names: Annotated[list[str] | None, typer.Argument(help="Models to fetch (default: the default set).")]
     = None,
     all_models: Annotated[bool, typer.Option("--all", help="Fetch every registered model.")] = False,
 ) -> None:

@@ -8,11 +8,12 @@ pixel is decoded.
 
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -21,7 +22,7 @@ from PIL import ImageOps, UnidentifiedImageError
 from faceflow.errors import ImageError
 from faceflow.types import Image
 
-ImageSource = Union[str, os.PathLike[str], bytes, bytearray, memoryview, PILImage.Image, np.ndarray]
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage.Image | np.ndarray
 """Everything :func:`load_image` accepts."""
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -104,10 +105,8 @@ def _decode(stream: Any, limit: int, name: str | None) -> Image:
 
 
 def _from_pil(img: PILImage.Image, name: str | None) -> Image:
-    try:
+    with contextlib.suppress(Exception):  # a malformed EXIF block must not lose the picture
         img = ImageOps.exif_transpose(img) or img
-    except Exception:  # a malformed EXIF block must not lose the picture
-        pass
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.models.runtime import LazyModel
 from faceflow.models.store import ModelStore
 from faceflow.types import Face, FloatArray, Image
 
@@ -55,6 +57,17 @@ class RawDetections:
         boxes = self.boxes.astype(np.float32) * scale + np.tile(shift, 2)
         lms = None if self.landmarks5 is None else self.landmarks5.astype(np.float32) * scale + shift
         return RawDetections(boxes, self.scores.astype(np.float32), lms)
+
+
+def fit_within(image: Image, max_side: int) -> tuple[Image, float]:
+    """``image`` shrunk (area interpolation) so that its longer side is at most ``max_side``, and the
+    scale applied (1.0 when it already fits, and then the image itself)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image, 1.0
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), size[0] / w
 
 
 def pad_image(image: Image, fraction: float) -> tuple[Image, int, int]:
@@ -123,6 +136,18 @@ class Detector(ABC):
     def __init__(self, options: DetectorOptions | None = None, store: ModelStore | None = None) -> None:
         self.options = options or DetectorOptions()
         self.store = store
+        self._model: LazyModel[Any] = LazyModel(self._load)
+        self._lock = threading.Lock()
+        """Held around calls into model objects that keep state between calls (OpenCV, dlib)."""
+
+    def _load(self) -> Any:
+        """Build the model object; called once, on first use, so constructing a detector is cheap."""
+        return None
+
+    @property
+    def model(self) -> Any:
+        """The loaded model (see :meth:`_load`)."""
+        return self._model.get()
 
     @property
     def score_threshold(self) -> float:
@@ -140,13 +165,8 @@ class Detector(ABC):
         anchors and lack the context the detectors were trained with; a flat border of
         ``retry_pad`` per side gives both back. Shrinking first bounds the cost on large images.
         """
-        h, w = image.shape[:2]
-        s = min(1.0, self.retry_side / (max(h, w) * (1 + 2 * self.retry_pad)))
-        if s < 1.0:
-            size = (max(1, round(w * s)), max(1, round(h * s)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            s = size[0] / w
-        padded, px, py = pad_image(image, self.retry_pad)
+        small, s = fit_within(image, int(self.retry_side / (1 + 2 * self.retry_pad)))
+        padded, px, py = pad_image(small, self.retry_pad)
         return self._detect(padded).mapped(1 / s, -px / s, -py / s)
 
     def detect(self, image: Image) -> list[Face]:

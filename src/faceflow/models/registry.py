@@ -101,7 +101,8 @@ EXPRESSION_FILE = ModelFile(
 )
 # Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
 CENTERFACE_FILE = ModelFile(
-    "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542, derived=Derived(CENTERFACE_SRC, "onnx_dynamic_input"),
+    "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542,
+    derived=Derived(CENTERFACE_SRC, "onnx_dynamic_input"),
 )
 SFACE_FILE = ModelFile(
     "face_recognition_sface_2021dec_fp32.onnx", "d1b9fcf732a4d4987a75019f8d8af332e479be8cd120ba762b0544c1b10abb11",

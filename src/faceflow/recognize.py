@@ -1,0 +1,307 @@
+"""Face recognition: 128-d embeddings (SFace, dlib ResNet), the ``embed`` stage, and 1:1 verification.
+
+Every embedder returns L2-normalised float32 vectors, and :func:`verify` compares two of them by
+cosine similarity for every model, so that one scale (-1..1, higher = more alike) holds everywhere.
+The decision thresholds below were calibrated on LFW View 2 by ``benchmarks/calibrate_verify.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from faceflow.align import align_crop
+from faceflow.errors import ConfigError, FaceflowError
+from faceflow.models.runtime import dlib_object, onnx_session
+from faceflow.models.store import ModelStore
+from faceflow.types import Face, FloatArray, Image, Stage
+
+# -- geometry shared by the embedders (and by the attributes stage) ---------------------------------
+
+BOX_LANDMARKS5: FloatArray = np.array(
+    [[0.253, 0.370], [0.747, 0.370], [0.500, 0.570], [0.289, 0.724], [0.711, 0.724]], dtype=np.float32
+)
+"""Where the five points sit inside a face box, as fractions of its width and height.
+
+Used when a face has a box but no ``landmarks5``. The values are the (left/right-symmetrised) medians
+of YuNet 2023mar's own points relative to its boxes over LFW View 2 (see ``benchmarks/calibrate_verify.py``);
+they assume an upright, frontal face and YuNet-style boxes (brow to chin, a little taller than wide).
+"""
+
+# A dlib-style square box from the five points: centre = their centroid + (dx, dy) * s and
+# side = k * s, where s is the distance from the eyes' midpoint to the mouth's. Fitted (medians) to
+# dlib's HOG boxes on 150 LFW faces, so dlib's 5-point predictor starts from the box it was trained on.
+_DLIB_BOX_FROM_POINTS = (-0.09, -0.03, 2.43)
+
+
+def box_landmarks5(box: npt.ArrayLike) -> FloatArray:
+    """Approximate the five points of an upright frontal face from its box (see :data:`BOX_LANDMARKS5`)."""
+    x1, y1, x2, y2 = np.asarray(box, dtype=np.float32).reshape(4)
+    return np.asarray(BOX_LANDMARKS5 * [x2 - x1, y2 - y1] + [x1, y1], dtype=np.float32)
+
+
+def face_landmarks5(face: Face) -> FloatArray:
+    """The face's five points, or their box-based approximation when a detector gave none."""
+    return face.landmarks5 if face.landmarks5 is not None else box_landmarks5(face.box)
+
+
+def dlib_box(face: Face) -> tuple[int, int, int, int]:
+    """The square box dlib's 5-point predictor expects (left, top, right, bottom), from the five points.
+
+    A face from dlib's own HOG detector without five points keeps its box as it is.
+    """
+    if face.landmarks5 is None and face.detector == "dlib_hog":
+        return tuple(round(float(v)) for v in face.box)  # type: ignore[return-value]
+    pts = face_landmarks5(face).astype(np.float64)
+    s = float(np.linalg.norm(pts[3:].mean(0) - pts[:2].mean(0)))
+    dx, dy, k = _DLIB_BOX_FROM_POINTS
+    cx, cy = pts.mean(0) + np.array([dx, dy]) * s
+    half = k * s / 2
+    return round(cx - half), round(cy - half), round(cx + half) - 1, round(cy + half) - 1
+
+
+def dlib_shapes(image: Image, faces: Sequence[Face], store: ModelStore | None = None) -> list[Any]:
+    """dlib 5-point shapes (eye corners, nose base) for each face; internal to dlib-aligned models."""
+    import dlib
+
+    predictor = dlib_object("dlib_shape5", "shape_predictor", store=store)
+    return [predictor(image, dlib.rectangle(*dlib_box(f))) for f in faces]
+
+
+def l2_normalize(x: npt.ArrayLike) -> FloatArray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    a = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(a, axis=-1, keepdims=True)
+    return np.asarray(a / np.maximum(norm, 1e-12), dtype=np.float32)
+
+
+# -- embedders --------------------------------------------------------------------------------------
+
+
+class Embedder(ABC):
+    """Turns faces into unit-norm embeddings: align a crop per face, then one batched forward pass.
+
+    ``flip=True`` embeds each crop and its mirror image and averages the two (normalised, then
+    re-normalised): a little slower and a little more robust to pose and lighting asymmetry.
+    """
+
+    name: ClassVar[str]
+    dim: ClassVar[int] = 128
+    needs: ClassVar[tuple[str, ...]] = ("box",)
+
+    def __init__(self, *, flip: bool = False, threads: int | None = None, store: ModelStore | None = None):
+        self.flip = flip
+        self.threads = threads
+        self.store = store
+
+    @abstractmethod
+    def crops(self, image: Image, faces: Sequence[Face]) -> list[Image]:
+        """One aligned RGB crop per face, in the layout this model was trained on."""
+
+    @abstractmethod
+    def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
+        """Raw embeddings of a stack of aligned crops ``(N, h, w, 3)``."""
+
+    def embed_crops(self, crops: Sequence[Image]) -> FloatArray:
+        """Unit-norm embeddings ``(N, dim)`` of already aligned crops (as :meth:`crops` makes them)."""
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        stack = np.ascontiguousarray(np.stack(crops))
+        out = l2_normalize(self._forward(stack))
+        if self.flip:
+            out = l2_normalize(out + l2_normalize(self._forward(np.ascontiguousarray(stack[:, :, ::-1]))))
+        return out
+
+    def embed(self, image: Image, faces: Sequence[Face]) -> FloatArray:
+        """Unit-norm embeddings ``(len(faces), dim)`` of the faces of one RGB image."""
+        return self.embed_crops(self.crops(image, faces))
+
+
+class SFaceEmbedder(Embedder):
+    """OpenCV Zoo's SFace (2021dec) in ONNX Runtime: ArcFace-aligned 112x112 RGB, 0..255, no mean.
+
+    This is what OpenCV's ``FaceRecognizerSF`` feeds it (``blobFromImage(swapRB=True)`` of the BGR
+    crop). Faces without ``landmarks5`` are aligned from :func:`box_landmarks5`.
+    """
+
+    name = "sface"
+    needs = ("box", "landmarks5")
+
+    def crops(self, image: Image, faces: Sequence[Face]) -> list[Image]:
+        return [align_crop(image, face_landmarks5(f), 112) for f in faces]
+
+    def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
+        session = onnx_session("sface", threads=self.threads, store=self.store)
+        blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
+        return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
+
+
+_dlib_net_lock = threading.Lock()  # dlib's DNN keeps per-call state: one forward pass at a time
+
+
+class DlibEmbedder(Embedder):
+    """dlib's ResNet (face_recognition's model): dlib 5-point shape on the box, 150x150 chip, 0.25 pad.
+
+    Needs only a box (``landmarks5`` sharpens the starting box when present). dlib's Euclidean
+    threshold of 0.6 on its unit-ish vectors corresponds to a cosine of about 0.82.
+    """
+
+    name = "dlib"
+    chip_size: ClassVar[int] = 150
+    chip_padding: ClassVar[float] = 0.25
+
+    def crops(self, image: Image, faces: Sequence[Face]) -> list[Image]:
+        import dlib
+
+        img = np.ascontiguousarray(image)
+        shapes = dlib_shapes(img, faces, self.store)
+        return [dlib.get_face_chip(img, s, self.chip_size, self.chip_padding) for s in shapes]
+
+    def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
+        net = dlib_object("dlib_resnet", "face_recognition_model_v1", store=self.store)
+        with _dlib_net_lock:
+            vectors = net.compute_face_descriptor([np.ascontiguousarray(c) for c in crops])
+        return np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
+
+
+EMBEDDERS: dict[str, type[Embedder]] = {"sface": SFaceEmbedder, "dlib": DlibEmbedder}
+"""Embedder names (keys of ``Face.embeddings``, ``--model``) and their classes."""
+
+
+def create_embedder(
+    model: str = "sface", *, flip: bool = False, threads: int | None = None, store: ModelStore | None = None
+) -> Embedder:
+    """The embedder called ``model`` (see :data:`EMBEDDERS`)."""
+    try:
+        cls = EMBEDDERS[model]
+    except KeyError:
+        raise ConfigError(f"unknown recognition model {model!r}; choose one of: {', '.join(EMBEDDERS)}") from None
+    return cls(flip=flip, threads=threads, store=store)
+
+
+class EmbedStage(Stage):
+    """Fills ``face.embeddings[model]`` for each requested model (each batched over the image's faces)."""
+
+    name = "embed"
+    provides = ("embeddings",)
+
+    def __init__(
+        self,
+        models: Sequence[str] = ("sface",),
+        *,
+        flip: bool = False,
+        threads: int | None = None,
+        store: ModelStore | None = None,
+    ) -> None:
+        if isinstance(models, str):
+            models = (models,)
+        if not models:
+            raise ConfigError("the embed stage needs at least one recognition model")
+        self.embedders = [create_embedder(m, flip=flip, threads=threads, store=store) for m in models]
+        self.needs = tuple(dict.fromkeys(n for e in self.embedders for n in e.needs))
+
+    def run(self, image: Image, faces: list[Face]) -> list[Face]:
+        if not faces:
+            return faces
+        for embedder in self.embedders:
+            for face, vector in zip(faces, embedder.embed(image, faces), strict=True):
+                face.embeddings[embedder.name] = vector
+        return faces
+
+
+# -- verification -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's decision threshold on cosine similarity and what it gave where it was measured."""
+
+    threshold: float
+    fmr: float
+    """False-match rate at ``threshold`` on the calibration data."""
+    tmr: float
+    """True-match rate at ``threshold`` on the calibration data."""
+    accuracy: float
+    """Accuracy over all calibration pairs at ``threshold``."""
+
+
+# Calibrated by benchmarks/calibrate_verify.py (PLACEHOLDER until the run completes).
+CALIBRATION: dict[str, Calibration] = {
+    "sface": Calibration(threshold=0.363, fmr=1e-3, tmr=float("nan"), accuracy=float("nan")),
+    "dlib": Calibration(threshold=0.82, fmr=1e-3, tmr=float("nan"), accuracy=float("nan")),
+}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The answer to "same person?": cosine similarity, the decision, and the threshold behind it."""
+
+    similarity: float
+    same: bool
+    threshold: float
+    far: float | None
+    """False-accept (false-match) rate measured at ``threshold`` on LFW; ``None`` for a custom threshold."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "similarity": round(self.similarity, 6),
+            "same": self.same,
+            "threshold": self.threshold,
+            "far": self.far,
+        }
+
+
+def _vector(x: Face | npt.ArrayLike, model: str) -> FloatArray:
+    if isinstance(x, Face):
+        if model not in x.embeddings:
+            raise ConfigError(f"this face has no {model!r} embedding (run the embed stage with it)")
+        x = x.embeddings[model]
+    v = np.asarray(x, dtype=np.float32).reshape(-1)
+    if v.shape != (EMBEDDERS[model].dim,):
+        raise ConfigError(f"a {model} embedding has {EMBEDDERS[model].dim} values, got {v.shape[0]}")
+    return l2_normalize(v)
+
+
+def similarity(a: Face | npt.ArrayLike, b: Face | npt.ArrayLike, model: str = "sface") -> float:
+    """Cosine similarity of two embeddings (or two faces' ``model`` embeddings)."""
+    if model not in CALIBRATION:
+        raise ConfigError(f"unknown recognition model {model!r}; choose one of: {', '.join(CALIBRATION)}")
+    return float(np.dot(_vector(a, model), _vector(b, model)))
+
+
+def verify(
+    a: Face | npt.ArrayLike, b: Face | npt.ArrayLike, model: str = "sface", threshold: float | None = None
+) -> Verification:
+    """Decide whether two embeddings (or faces) show the same person, at the model's LFW threshold."""
+    sim = similarity(a, b, model)
+    cal = CALIBRATION[model]
+    t = cal.threshold if threshold is None else float(threshold)
+    return Verification(sim, sim >= t, t, cal.fmr if threshold is None else None)
+
+
+def verify_images(
+    image_a: str | Path | Image, image_b: str | Path | Image, model: str = "sface", store: ModelStore | None = None
+) -> Verification:
+    """Detect (YuNet) the largest face of each image, embed both with ``model`` and :func:`verify`."""
+    from faceflow.detect import create_detector
+    from faceflow.io import load_image
+
+    embedder = create_embedder(model, store=store)
+    detector = create_detector("yunet", store=store)
+    vectors = []
+    for source in (image_a, image_b):
+        image = load_image(source)
+        faces = detector.detect(image)
+        if not faces:
+            where = "" if isinstance(source, np.ndarray) else f"{source}: "
+            raise FaceflowError(f"{where}no face found")
+        largest = max(faces, key=lambda f: f.width * f.height)
+        vectors.append(embedder.embed(image, [largest])[0])
+    return verify(vectors[0], vectors[1], model)
