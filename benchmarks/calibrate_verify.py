@@ -1,0 +1,259 @@
+"""Calibrate faceflow's verification thresholds on LFW View 2 (6,000 pairs, 7,701 images).
+
+Protocol: YuNet 2023mar finds the faces of each 250x250 deep-funneled image and the one nearest the
+image centre is kept; where none is found, the median box of the detected faces is used with the
+box-based five points (:func:`faceflow.recognize.box_landmarks5`). Each image is embedded once; a
+pair's score is the cosine similarity of its two embeddings.
+
+Figures written (JSON, fractions):
+
+* ``threshold``: the operating point at FMR = 1e-3 over all 3,000 impostor pairs (the midpoint
+  between the 4th and 3rd highest impostor scores, so exactly 3 impostors match), rounded to 4 places;
+  its FMR, TMR (over the 3,000 genuine pairs) and accuracy over all 6,000 pairs;
+* ``best_accuracy``: the threshold maximising accuracy over all 6,000 pairs, for reference;
+* ``ten_fold``: the standard protocol (threshold from the nine other folds by maximum accuracy),
+  and TAR at FAR 1e-3 with the threshold from the nine training folds allowing floor(1e-3 x 2,700)
+  false accepts, and the ROC AUC: comparable with ../shared/docs/PEERS.md.
+
+Detections and embeddings are cached under ``--cache`` (default /tmp/faceflow_lfw) as .npy, so the
+threshold maths can be rerun for free. Run (about 10 min for sface, 20 for dlib, on 2 cores)::
+
+    FACEFLOW_THREADS=2 nice .venv/bin/python benchmarks/calibrate_verify.py --model sface
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from faceflow.io import load_image
+from faceflow.recognize import create_embedder
+from faceflow.types import Face
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_pairs(lfw: Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
+    """``pairs.txt`` as (relative path a, relative path b), labels (1 = same) and fold indices."""
+    lines = (lfw / "pairs.txt").read_text().split("\n")
+    folds, per_fold = (int(v) for v in lines[0].split())
+    pairs, labels = [], []
+    for line in lines[1 : 1 + 2 * folds * per_fold]:
+        f = line.split("\t")
+        if len(f) == 3:
+            pairs.append((f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg", f"{f[0]}/{f[0]}_{int(f[2]):04d}.jpg"))
+            labels.append(1)
+        else:
+            pairs.append((f"{f[0]}/{f[0]}_{int(f[1]):04d}.jpg", f"{f[2]}/{f[2]}_{int(f[3]):04d}.jpg"))
+            labels.append(0)
+    return pairs, np.array(labels), np.arange(len(pairs)) // (2 * per_fold)
+
+
+def make_detector() -> tuple[object, str]:
+    """faceflow's YuNet when it exists; otherwise OpenCV's FaceDetectorYN on the registered file."""
+    try:
+        from faceflow.detect import create_detector
+
+        return create_detector("yunet"), "faceflow.detect yunet (defaults)"
+    except Exception:  # the detector module is being written in parallel
+        import cv2
+
+        from faceflow.models.runtime import model_path
+
+        det = cv2.FaceDetectorYN.create(str(model_path("yunet")), "", (320, 320), 0.6, 0.3, 5000)
+        return det, "cv2.FaceDetectorYN 4.12, YuNet 2023mar, score 0.6, nms 0.3"
+
+
+def detect_all(lfw: Path, files: list[str]) -> dict[str, np.ndarray]:
+    """Box (4), five points (10) and found-flag of the face nearest the centre, per image."""
+    import cv2
+
+    det, how = make_detector()
+    out = np.full((len(files), 14), np.nan, np.float32)
+    for i, rel in enumerate(files):
+        img = load_image(lfw / rel)
+        h, w = img.shape[:2]
+        if hasattr(det, "detect") and not hasattr(det, "setInputSize"):
+            faces = [(f.box, f.landmarks5) for f in det.detect(img)]  # type: ignore[attr-defined]
+        else:
+            det.setInputSize((w, h))  # type: ignore[attr-defined]
+            _, raw = det.detect(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))  # type: ignore[attr-defined]
+            raw = np.zeros((0, 15)) if raw is None else raw
+            faces = [(np.r_[r[:2], r[:2] + r[2:4]], r[4:14].reshape(5, 2)) for r in raw]
+        if faces:
+            centre = np.array([w / 2, h / 2])
+            box, lm = min(faces, key=lambda f: np.hypot(*((f[0][:2] + f[0][2:]) / 2 - centre)))
+            out[i, :4] = box
+            if lm is not None:
+                out[i, 4:] = np.asarray(lm).reshape(-1)
+    return {"dets": out, "how": np.array(how)}
+
+
+def box_point_fractions(dets: np.ndarray) -> np.ndarray:
+    """Median positions of the five points inside their boxes, mirrored left/right and averaged."""
+    ok = ~np.isnan(dets).any(1)
+    box, lm = dets[ok, :4], dets[ok, 4:].reshape(-1, 5, 2)
+    wh = (box[:, 2:] - box[:, :2])[:, None, :]
+    rel = np.median((lm - box[:, None, :2]) / wh, axis=0)
+    mirrored = rel[[1, 0, 2, 4, 3]] * [-1, 1] + [1, 0]
+    return np.asarray((rel + mirrored) / 2)
+
+
+def embed_all(lfw: Path, files: list[str], dets: np.ndarray, model: str, batch: int) -> np.ndarray:
+    """One unit-norm embedding per image (fallback: the median detected box, box-based points)."""
+    embedder = create_embedder(model)
+    found = ~np.isnan(dets[:, :4]).any(1)
+    fallback_box = np.median(dets[found, :4], axis=0)
+    out = np.zeros((len(files), embedder.dim), np.float32)
+    t0 = time.perf_counter()
+    for start in range(0, len(files), batch):
+        crops = []
+        for i in range(start, min(start + batch, len(files))):
+            img = load_image(lfw / files[i])
+            d = dets[i]
+            if found[i]:
+                lm = None if np.isnan(d[4:]).any() else d[4:].reshape(5, 2)
+                face = Face(box=d[:4], landmarks5=lm, detector="yunet")
+            else:
+                face = Face(box=fallback_box)
+            crops.extend(embedder.crops(img, [face]))
+        out[start : start + len(crops)] = embedder.embed_crops(crops)
+        done = start + len(crops)
+        if done % (batch * 20) == 0 or done == len(files):
+            rate = (time.perf_counter() - t0) / done * 1000
+            print(f"  {model}: {done}/{len(files)} images, {rate:.1f} ms/image", file=sys.stderr, flush=True)
+    return out
+
+
+def rates(scores: np.ndarray, labels: np.ndarray, t: float) -> tuple[float, float, float]:
+    """FMR, TMR and accuracy when ``score >= t`` means "same"."""
+    same = scores >= t
+    fmr = float(same[labels == 0].mean())
+    tmr = float(same[labels == 1].mean())
+    return fmr, tmr, float((same == (labels == 1)).mean())
+
+
+def fmr_threshold(scores: np.ndarray, labels: np.ndarray, fmr: float) -> float:
+    """Midpoint between the (k+1)-th and k-th highest impostor scores, k = floor(fmr x impostors)."""
+    imp = np.sort(scores[labels == 0])[::-1]
+    k = int(np.floor(fmr * len(imp) + 1e-9))
+    return float((imp[k] + imp[k - 1]) / 2) if k > 0 else float(np.nextafter(imp[0], np.inf))
+
+
+def best_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The midpoint between consecutive sorted scores that maximises accuracy."""
+    s = np.sort(scores)
+    cands = np.r_[s[0] - 1e-6, (s[1:] + s[:-1]) / 2, s[-1] + 1e-6]
+    accs = [((scores >= t) == (labels == 1)).mean() for t in cands]
+    return float(cands[int(np.argmax(accs))])
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random genuine pair outscores a random impostor pair (ties count half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def ten_fold(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict[str, float]:
+    """Standard LFW 10-fold accuracy, and TAR at FAR 1e-3 with thresholds from the training folds."""
+    accs, tars, fars = [], [], []
+    for k in np.unique(folds):
+        train, test = folds != k, folds == k
+        t = best_accuracy_threshold(scores[train], labels[train])
+        accs.append(rates(scores[test], labels[test], t)[2])
+        t3 = fmr_threshold(scores[train], labels[train], 1e-3)
+        far, tar, _ = rates(scores[test], labels[test], t3)
+        tars.append(tar)
+        fars.append(far)
+    return {
+        "accuracy_mean": float(np.mean(accs)),
+        "accuracy_std": float(np.std(accs)),
+        "tar_at_far_1e-3": float(np.mean(tars)),
+        "far_measured": float(np.mean(fars)),
+    }
+
+
+def analyse(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, fmr: float) -> dict[str, object]:
+    t = round(fmr_threshold(scores, labels, fmr), 4)
+    f, m, a = rates(scores, labels, t)
+    tb = round(best_accuracy_threshold(scores, labels), 4)
+    fb, mb, ab = rates(scores, labels, tb)
+    return {
+        "threshold": {"value": t, "target_fmr": fmr, "fmr": f, "tmr": m, "accuracy": a},
+        "best_accuracy": {"value": tb, "fmr": fb, "tmr": mb, "accuracy": ab},
+        "ten_fold": ten_fold(scores, labels, folds),
+        "auc": roc_auc(scores, labels),
+        "genuine_mean": float(scores[labels == 1].mean()),
+        "impostor_mean": float(scores[labels == 0].mean()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="sface", choices=["sface", "dlib"])
+    ap.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "datasets" / "lfw")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/faceflow_lfw"))
+    ap.add_argument("--fmr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs (smoke test)")
+    args = ap.parse_args()
+
+    pairs, labels, folds = read_pairs(args.lfw)
+    if args.limit:
+        pairs, labels, folds = pairs[: args.limit], labels[: args.limit], folds[: args.limit]
+    files = sorted({p for pair in pairs for p in pair})
+    index = {f: i for i, f in enumerate(files)}
+    args.cache.mkdir(parents=True, exist_ok=True)
+    tag = f"{len(files)}"
+
+    det_file = args.cache / f"detections_{tag}.npy"
+    if det_file.exists():
+        dets = np.load(det_file)
+        how = (args.cache / f"detections_{tag}.txt").read_text()
+    else:
+        t0 = time.perf_counter()
+        found = detect_all(args.lfw, files)
+        dets, how = found["dets"], str(found["how"])
+        print(f"detection: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        np.save(det_file, dets)
+        (args.cache / f"detections_{tag}.txt").write_text(how)
+
+    emb_file = args.cache / f"emb_{args.model}_{tag}.npy"
+    if emb_file.exists():
+        emb = np.load(emb_file)
+    else:
+        t0 = time.perf_counter()
+        emb = embed_all(args.lfw, files, dets, args.model, args.batch)
+        print(f"embedding: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        np.save(emb_file, emb)
+
+    ia = np.array([index[a] for a, _ in pairs])
+    ib = np.array([index[b] for _, b in pairs])
+    scores = np.einsum("ij,ij->i", emb[ia], emb[ib])
+    result = {
+        "model": args.model,
+        "data": f"LFW View 2 pairs.txt, {len(pairs)} pairs, {len(files)} images (deep-funneled)",
+        "detector": how,
+        "no_face": int(np.isnan(dets[:, :4]).any(1).sum()),
+        "box_landmarks5": np.round(box_point_fractions(dets), 3).tolist(),
+        "threads": os.environ.get("FACEFLOW_THREADS", "all"),
+        "date": time.strftime("%Y-%m-%d"),
+        **analyse(scores, labels, folds, args.fmr),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    (args.cache / f"result_{args.model}_{tag}.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
