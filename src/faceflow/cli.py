@@ -223,3 +223,7 @@ def main() -> None:
     except ConfigError as exc:  # pragma: no cover - safety net; commands map their own errors
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(USAGE_ERROR)
+
+
+if __name__ == "__main__":
+    main()

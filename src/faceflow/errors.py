@@ -34,3 +34,7 @@ class ConfigError(FaceflowError, ValueError):
 
 class DatasetError(FaceflowError):
     """An evaluation dataset is missing or not in the expected layout."""
+
+
+class GalleryError(FaceflowError):
+    """A gallery operation failed: unknown gallery or subject, a model mismatch, or a damaged store."""

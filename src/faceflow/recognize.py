@@ -96,7 +96,7 @@ class Embedder(ABC):
     dim: ClassVar[int] = 128
     needs: ClassVar[tuple[str, ...]] = ("box",)
 
-    def __init__(self, *, flip: bool = False, threads: int | None = None, store: ModelStore | None = None):
+    def __init__(self, *, flip: bool = False, threads: int | None = None, store: ModelStore | None = None) -> None:
         self.flip = flip
         self.threads = threads
         self.store = store

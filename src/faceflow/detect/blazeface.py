@@ -112,7 +112,7 @@ class BlazeFaceFullDetector(_BlazeFace):
     """BlazeFace full range: smaller faces, up to about 5 m away, at 192x192."""
 
     name: ClassVar[str] = "blazeface_full"
-    default_score_threshold: ClassVar[float] = 0.6
+    default_score_threshold: ClassVar[float] = 0.5
     model_name: ClassVar[str] = "blazeface_full"
     input_size: ClassVar[int] = 192
     strides: ClassVar[tuple[int, ...]] = (4,)

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import track as _rich_track
 
 from faceflow.errors import FaceflowError
-from faceflow.eval.cache import ResultCache
+from faceflow.eval.cache import ResultCache, timed
+from faceflow.io import load_image
 
 T = TypeVar("T")
 
@@ -26,15 +27,23 @@ def track(items: Sequence[T], label: str, enabled: bool) -> Iterable[T]:
 
 def run_item(
     path: Path,
-    compute: Callable[[], tuple[Any, float]],
+    fn: Callable[..., Any],
     cache: ResultCache | None,
     errors: list[dict[str, str]],
+    *,
+    image: bool = False,
+    extra: tuple[Any, ...] = (),
 ) -> tuple[Any, float | None]:
-    """``compute()`` (through ``cache`` when given) -> ``(value, seconds)``.
+    """``fn(path or its decoded image, *extra)`` through ``cache`` -> ``(value, seconds)``.
 
+    Only the call is timed (not the decoding), and on a cache hit the image is not even read.
     A :class:`FaceflowError` is recorded in ``errors`` next to the path and gives ``(None, None)``,
     so that batch runs go on.
     """
+
+    def compute() -> tuple[Any, float]:
+        return timed(fn, load_image(path) if image else path, *extra)
+
     try:
         return cache.call(path, compute) if cache is not None else compute()
     except FaceflowError as exc:
@@ -48,6 +57,6 @@ def median_ms(seconds: Iterable[float | None]) -> float | None:
     return float(np.median(values) * 1000.0) if values else None
 
 
-def maybe(value: float) -> float | None:
+def maybe(value: Any) -> float | None:
     """``value`` as a plain float, or ``None`` when it is not finite (JSON has no NaN)."""
     return float(value) if np.isfinite(value) else None

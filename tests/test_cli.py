@@ -1,0 +1,93 @@
+"""The CLI end to end, as a user runs it: exit codes, faces.jsonl, annotated images, verify."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+FACEFLOW = [sys.executable, "-m", "faceflow.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FACEFLOW, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def read_jsonl(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_analyze_astronaut(tmp_path: Path, astronaut: np.ndarray) -> None:
+    src = tmp_path / "in" / "sub"
+    src.mkdir(parents=True)
+    PILImage.fromarray(astronaut).save(src / "astronaut.jpg")
+    proc = run("analyze", tmp_path / "in", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = read_jsonl(tmp_path / "out" / "faces.jsonl")
+    assert rec["error"] is None and rec["width"] == 512 and len(rec["faces"]) == 1
+    face = rec["faces"][0]
+    for key in ("box", "score", "landmarks5", "pose", "age", "gender", "expression"):
+        assert key in face
+    assert set(face["pose"]) == {"yaw", "pitch", "roll"}
+    assert (tmp_path / "out" / "annotated" / "sub" / "astronaut.jpg").is_file()
+
+
+def test_usage_errors_exit_2(tmp_path: Path, astronaut: np.ndarray) -> None:
+    img = tmp_path / "a.png"
+    PILImage.fromarray(astronaut).save(img)
+    assert run("analyze", img, "--detector", "nope", "--out", tmp_path / "o").returncode == 2
+    assert run("analyze", img, "--stages", "detect,bogus", "--out", tmp_path / "o").returncode == 2
+    assert run("analyze").returncode == 2
+
+
+def test_group_photo_all_six_faces(tmp_path: Path, dataset) -> None:  # type: ignore[no-untyped-def]
+    t1 = dataset("samples", "insightface_data", "t1.jpg")
+    proc = run("analyze", t1, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = read_jsonl(tmp_path / "faces.jsonl")
+    assert len(rec["faces"]) == 6
+    for face in rec["faces"]:
+        x1, y1, x2, y2 = face["box"]
+        pts = np.array(face["landmarks5"] + face["landmarks68"])
+        inside = (pts[:, 0] >= x1 - 3) & (pts[:, 0] <= x2 + 3) & (pts[:, 1] >= y1 - 3) & (pts[:, 1] <= y2 + 3)
+        assert inside.mean() > 0.95
+
+
+def test_good_and_broken_files(tmp_path: Path, dataset) -> None:  # type: ignore[no-untyped-def]
+    good = dataset("samples", "face_recognition", "tests", "test_images")
+    broken = dataset("samples", "broken")
+    proc = run("analyze", good, broken, "--out", tmp_path)
+    assert proc.returncode == 1
+    recs = {Path(r["path"]).name: r for r in read_jsonl(tmp_path / "faces.jsonl")}
+    n_good = len([p for p in good.iterdir() if p.is_file()])
+    assert len(recs) == n_good + 5
+    for name in ("empty.jpg", "truncated.jpg", "text.jpg", "bomb.png"):
+        assert recs[name]["error"] and recs[name]["faces"] == []
+    assert recs["zero_faces.png"]["error"] is None and recs["zero_faces.png"]["faces"] == []
+    for p in good.iterdir():
+        assert recs[p.name]["error"] is None and len(recs[p.name]["faces"]) >= 1, p.name
+
+
+@pytest.mark.parametrize("model", ["sface", "dlib"])
+def test_verify_same_and_different(dataset, model: str) -> None:  # type: ignore[no-untyped-def]
+    train = dataset("samples", "face_recognition", "examples", "knn_examples", "train")
+    same = run("verify", train / "obama" / "obama.jpg", train / "obama" / "obama2.jpg", "--model", model, "--json")
+    assert same.returncode == 0, same.stderr
+    v = json.loads(same.stdout)
+    assert v["same"] is True and v["similarity"] > v["threshold"]
+    diff = run("verify", train / "obama" / "obama.jpg", train / "biden" / "biden.jpg", "--model", model, "--json")
+    v = json.loads(diff.stdout)
+    assert v["same"] is False and v["similarity"] < v["threshold"]
+    text = run("verify", train / "biden" / "biden.jpg", train / "biden" / "biden2.jpg", "--model", model)
+    assert text.stdout.startswith("same person") and "threshold" in text.stdout
+
+
+def test_models_list_and_verify() -> None:
+    proc = run("models", "list")
+    assert proc.returncode == 0 and "yunet" in proc.stdout and "Apache-2.0" in proc.stdout
+    assert run("models", "verify").returncode == 0

@@ -1,0 +1,101 @@
+"""The Analyzer: stages chosen by name, one Face per face, loud typos, thread safety, batches."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from faceflow import Analyzer, ConfigError, Face
+from faceflow.detect import iou_matrix
+from tests.conftest import ASTRONAUT_FACE_BOX
+
+
+@pytest.fixture(scope="module")
+def full() -> Analyzer:
+    return Analyzer(stages=("detect", "landmarks", "pose", "embed", "attributes"))
+
+
+def test_default_analysis_of_astronaut(astronaut: np.ndarray, full: Analyzer) -> None:
+    faces = full.analyze(astronaut)
+    assert len(faces) == 1
+    f = faces[0]
+    assert iou_matrix(f.box, ASTRONAUT_FACE_BOX)[0, 0] > 0.5
+    assert f.landmarks5 is not None and f.landmarks68 is not None and f.pose is not None
+    assert f.age is not None and f.gender is not None and f.expression is not None
+    x1, y1, x2, y2 = f.box
+    pts = f.landmarks68
+    assert ((pts[:, 0] >= x1 - 5) & (pts[:, 0] <= x2 + 5) & (pts[:, 1] >= y1 - 5) & (pts[:, 1] <= y2 + 5)).all()
+    assert abs(f.pose.yaw) < 20 and abs(f.pose.roll) < 10
+    assert f.gender.value == "female" and f.expression.value == "happy"
+    emb = f.embeddings["sface"]
+    assert emb.shape == (128,) and abs(float(np.linalg.norm(emb)) - 1) < 1e-4
+    d = f.to_dict()
+    json.dumps(d)
+    assert "embeddings" not in d and "embeddings" in f.to_dict(embeddings=True)
+    assert set(d) >= {"box", "score", "landmarks5", "landmarks68", "pose", "age", "gender", "expression"}
+
+
+def test_stages_are_resolved_and_validated() -> None:
+    a = Analyzer(stages="pose", detector="haar")
+    assert a.options.stages == ("detect", "landmarks", "pose")  # haar gives no 5 points: landmarks pulled in
+    with pytest.raises(ConfigError, match="unknown stage 'posee'"):
+        Analyzer(stages=("detect", "posee"))
+    with pytest.raises(ConfigError, match="unknown detector"):
+        Analyzer(detector="retina")
+    with pytest.raises(ConfigError, match="unknown option"):
+        Analyzer(detecter="yunet")
+
+
+def test_face_rejects_unknown_fields() -> None:
+    face = Face(box=[0, 0, 10, 10])
+    with pytest.raises(AttributeError):
+        face.landmark5 = None  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="box"):
+        Face(box=[1, 2, 3])
+
+
+def test_only_requested_fields_are_filled(astronaut: np.ndarray) -> None:
+    (f,) = Analyzer(stages="detect").analyze(astronaut)
+    assert f.pose is None and f.age is None and not f.embeddings
+    assert set(f.to_dict()) == {"box", "score", "detector", "landmarks5"}
+
+
+def test_shared_between_threads(astronaut: np.ndarray, full: Analyzer) -> None:
+    flipped = np.ascontiguousarray(astronaut[:, ::-1])
+    images = [astronaut, flipped] * 4
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(full.analyze, images))
+    ref = [full.analyze(astronaut), full.analyze(flipped)]
+    for i, faces in enumerate(results):
+        assert len(faces) == 1
+        np.testing.assert_allclose(faces[0].box, ref[i % 2][0].box, atol=1e-3)
+        np.testing.assert_allclose(faces[0].embeddings["sface"], ref[i % 2][0].embeddings["sface"], atol=1e-4)
+
+
+def test_batch_goes_on_past_bad_files(tmp_path: Path, astronaut: np.ndarray) -> None:
+    good = tmp_path / "good.jpg"
+    PILImage.fromarray(astronaut).save(good)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    blank = tmp_path / "blank.png"
+    PILImage.fromarray(np.full((100, 120, 3), 128, np.uint8)).save(blank)
+    paths = [tmp_path / "empty.jpg", good, tmp_path / "text.jpg", blank]
+    results = list(Analyzer(stages="detect").analyze_batch(paths, workers=2))
+    assert [r.path for r in results] == [str(p) for p in paths]
+    assert [r.error is None for r in results] == [False, True, False, True]
+    assert len(results[1].faces) == 1 and results[3].faces == [] and results[3].width == 120
+    assert "empty" in results[0].error and "not a recognised" in results[2].error  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("detector", ["centerface", "blazeface_full", "dlib_hog", "haar", "blazeface_short"])
+def test_every_detector_feeds_the_stages(astronaut: np.ndarray, detector: str) -> None:
+    faces = Analyzer(stages=("detect", "pose", "embed"), detector=detector).analyze(astronaut)
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.landmarks5 is not None and f.pose is not None and "sface" in f.embeddings
+    assert abs(f.pose.yaw) < 25
