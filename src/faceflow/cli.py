@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +23,8 @@ from faceflow.errors import ConfigError, FaceflowError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Face analysis on a CPU, offline.")
 models_app = typer.Typer(no_args_is_help=True, help="List, pull and verify the pretrained models.")
 app.add_typer(models_app, name="models")
+eval_app = typer.Typer(no_args_is_help=True, help="Standard evaluation protocols on official dataset layouts.")
+app.add_typer(eval_app, name="eval")
 
 console = Console(stderr=True)
 USAGE_ERROR = 2
@@ -154,6 +158,80 @@ def bench(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(text + "\n")
     print(text)
+
+
+RootOpt = Annotated[Path, typer.Option("--root", help="Dataset folder in the official layout.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON here.")]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a Markdown report with plots here.")]
+CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse per-image results from earlier runs.")]
+
+
+def _eval(label: str, run: Callable[[], dict[str, Any]], root: Path, json_out: Path | None,
+          report: Path | None) -> None:
+    """Run one protocol, print its table, write JSON and the report; dataset problems exit 1."""
+    from faceflow.eval import print_tables, write_json, write_report
+
+    if not root.is_dir():
+        raise _fail_usage(f"--root {root} is not a folder")
+    t0 = time.perf_counter()
+    try:
+        result = run()
+    except FaceflowError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results = {label: result}
+    print_tables(results, Console())
+    if json_out:
+        write_json(results, json_out)
+    if report:
+        write_report(results, report)
+        console.print(f"report: {report / 'report.md'}")
+    console.print(f"wall time {result['wall_seconds']} s")
+
+
+@eval_app.command("lfw")
+def eval_lfw(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
+             model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+             detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
+             flip: Annotated[bool, typer.Option(help="Average with the mirrored face.")] = False) -> None:
+    """LFW View 2, 10-fold: accuracy, TAR@FAR=1e-3, ROC AUC, EER."""
+    from faceflow.eval.tasks import eval_lfw as run
+
+    _eval(f"faceflow {detector}+{model}", lambda: run(root, model=model, detector=detector, flip=flip,
+                                                      use_cache=cache), root, json_out, report)
+
+
+@eval_app.command("wider")
+def eval_wider(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
+               detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet") -> None:
+    """WIDER FACE validation (official AP on easy, medium, hard) on the images under ROOT."""
+    from faceflow.eval.tasks import eval_wider as run
+
+    _eval(f"faceflow {detector}", lambda: run(root, detector=detector, use_cache=cache), root, json_out, report)
+
+
+@eval_app.command("300w")
+def eval_300w(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
+              detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
+              landmarks: Annotated[str, typer.Option(help="68-point source: mesh or dlib.")] = "mesh") -> None:
+    """300-W 68-point NME (outer eye corners), failure rate at 0.1, AUC@0.1."""
+    from faceflow.eval.tasks import eval_300w as run
+
+    _eval(f"faceflow {detector}+{landmarks}",
+          lambda: run(root, detector=detector, landmarks=landmarks, use_cache=cache), root, json_out, report)
+
+
+@eval_app.command("utkface")
+def eval_utkface(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
+                 detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
+                 split: Annotated[Path | None, typer.Option(help="File listing the image names to score.")]
+                 = None) -> None:
+    """UTKFace age MAE, CS(5) and gender accuracy (labels from the file names)."""
+    from faceflow.eval.tasks import eval_utkface as run
+
+    _eval(f"faceflow {detector}", lambda: run(root, detector=detector, split=split, use_cache=cache),
+          root, json_out, report)
 
 
 @models_app.command("list")

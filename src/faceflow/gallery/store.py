@@ -133,6 +133,8 @@ def _unit_rows(values: Iterable[npt.ArrayLike], dim: int) -> FloatArray:
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     if not np.isfinite(arr).all() or (norms <= 1e-12).any():
         raise GalleryError("embedding is zero or not finite")
+    # Rows already unit-norm to float32 precision stay bit for bit (export/import is lossless).
+    norms = np.where(np.abs(norms - 1.0) <= 1e-5, 1.0, norms)
     return np.ascontiguousarray(arr / norms, dtype=np.float32)
 
 
@@ -267,7 +269,7 @@ class GalleryStore(ABC):
 
     def create_gallery(
         self, name: str, model: str, dim: int, *, threshold: float | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None, created_at: float | None = None,
     ) -> GalleryInfo:
         """A new, empty gallery for embeddings of ``model`` (``"name@version"``) with ``dim`` values."""
         if not name or name != name.strip() or "/" in name:
@@ -278,7 +280,7 @@ class GalleryStore(ABC):
             if self._q("gallery_by_name", name):
                 raise GalleryError(f"gallery {name!r} already exists")
             self._q("insert_gallery", name, model, int(dim), threshold, self._json_param(dict(metadata or {})),
-                    time.time())
+                    time.time() if created_at is None else float(created_at))
             return self.gallery(name)
 
     def gallery(self, name: str) -> GalleryInfo:
@@ -324,13 +326,16 @@ class GalleryStore(ABC):
         return g.revision, g.reset_revision
 
     # -- subjects --------------------------------------------------------------------------------
-    def add_subject(self, gallery: str, name: str, metadata: Mapping[str, Any] | None = None) -> Subject:
+    def add_subject(
+        self, gallery: str, name: str, metadata: Mapping[str, Any] | None = None, *, created_at: float | None = None
+    ) -> Subject:
         """A new subject (a name already in the gallery raises :class:`GalleryError`)."""
         with self.transaction():
             g = self.gallery(gallery)
             if self._q("subject_by_name", g.id, name):
                 raise GalleryError(f"subject {name!r} already exists in gallery {gallery!r}")
-            self._q("insert_subject", g.id, name, self._json_param(dict(metadata or {})), time.time())
+            self._q("insert_subject", g.id, name, self._json_param(dict(metadata or {})),
+                    time.time() if created_at is None else float(created_at))
             self._bump(g.id, reset=False)
             return self.subject(gallery, name)
 

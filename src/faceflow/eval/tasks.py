@@ -1,0 +1,143 @@
+"""The protocols wired to faceflow's own models: what ``faceflow eval TASK`` runs.
+
+Each ``eval_*`` function builds the model callables a runner needs from faceflow's detectors and
+stages, with a result cache keyed by the protocol, the models (by their registered sha256), the
+settings and faceflow's version, so a rerun after a change in the scoring is fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from faceflow.detect import DetectorOptions, create_detector
+from faceflow.eval.cache import ResultCache
+from faceflow.eval.lfw import run_lfw
+from faceflow.eval.utkface import run_utkface
+from faceflow.eval.w300 import run_300w
+from faceflow.eval.wider import boxes_from_faces, run_wider
+from faceflow.io import load_image
+from faceflow.models.registry import MODELS
+from faceflow.types import Face, Image
+
+WIDER_SCORE_THRESHOLD = 0.05
+"""Detections kept for WIDER FACE AP: low, so the precision-recall curve is traced in full (the
+same setting PEERS.md used for YuNet and CenterFace)."""
+
+
+def _version() -> str:
+    from faceflow import __version__
+
+    return __version__
+
+
+def cache_for(protocol: str, models: Sequence[str], settings: str, enabled: bool = True) -> ResultCache | None:
+    """A result cache whose key changes whenever a model file, a setting or faceflow's version does."""
+    if not enabled:
+        return None
+    hashes = ",".join(f.sha256[:12] for m in models if m in MODELS for f in MODELS[m].files)
+    return ResultCache(f"{protocol}|{','.join(models)}|{hashes}|{settings}|faceflow {_version()}")
+
+
+def nearest(faces: Sequence[Face], point: npt.ArrayLike) -> Face:
+    """The face whose box centre is nearest ``point`` (x, y)."""
+    p = np.asarray(point, dtype=np.float64)
+    return min(faces, key=lambda f: float(np.hypot(*(np.asarray(f.center) - p))))
+
+
+def centre_face(image: Image, fraction: float = 0.5) -> Face:
+    """A square box of ``fraction`` of the shorter side at the image centre: the documented fallback
+    when a detector finds nothing in a tight, pre-aligned crop (LFW)."""
+    h, w = image.shape[:2]
+    side = fraction * min(h, w)
+    cx, cy = w / 2, h / 2
+    return Face(box=[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], score=0.0)
+
+
+def eval_lfw(root: Path | str, *, model: str = "sface", detector: str = "yunet", flip: bool = False,
+             progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
+    """LFW View 2 with faceflow's detector and embedder; the face nearest the centre is used, a
+    centre box when none is found."""
+    from faceflow.recognize import create_embedder
+
+    det = create_detector(detector)
+    embedder = create_embedder(model, flip=flip)
+
+    def embed(path: Path) -> np.ndarray | None:
+        image = load_image(path)
+        faces = det.detect(image)
+        if not faces:
+            return None
+        h, w = image.shape[:2]
+        return embedder.embed(image, [nearest(faces, (w / 2, h / 2))])[0]
+
+    def fallback(path: Path) -> np.ndarray:
+        image = load_image(path)
+        return embedder.embed(image, [centre_face(image)])[0]
+
+    cache = cache_for("lfw", [detector, model], f"flip={flip}", use_cache)
+    result = run_lfw(root, embed, fallback, progress=progress, cache=cache)
+    result.update(protocol="lfw", model=model, detector=detector, flip=flip)
+    return result
+
+
+def eval_wider(root: Path | str, *, detector: str = "yunet", score_threshold: float = WIDER_SCORE_THRESHOLD,
+               progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
+    """The official WIDER FACE evaluation of one detector on the images present under ``root``."""
+    det = create_detector(detector, DetectorOptions(score_threshold=score_threshold))
+
+    def detect(image: Image) -> npt.NDArray[np.float64]:
+        return boxes_from_faces(det.detect(image))
+
+    cache = cache_for("wider", [detector], f"score>={score_threshold}", use_cache)
+    result = run_wider(root, detect, progress=progress, cache=cache)
+    result.update(protocol="wider", detector=detector, score_threshold=score_threshold)
+    return result
+
+
+def eval_300w(root: Path | str, *, detector: str = "yunet", landmarks: str = "mesh",
+              progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
+    """68-point NME on 300-W-style folders (``.pts`` beside each image)."""
+    from faceflow.pipeline import Analyzer
+
+    analyzer = Analyzer(stages=("detect", "landmarks"), detector=detector, landmarks=landmarks)
+
+    def predict(image: Image, gt: npt.NDArray[np.float64]) -> npt.NDArray[np.float32] | None:
+        faces = analyzer.analyze_array(image)
+        if not faces:
+            return None
+        return nearest(faces, gt.mean(axis=0)).landmarks68
+
+    models = [detector, "face_mesh" if landmarks == "mesh" else "dlib_shape68"]
+    cache = cache_for("300w", models, f"landmarks={landmarks}", use_cache)
+    result = run_300w(root, predict, progress=progress, cache=cache)
+    result.update(protocol="300w", detector=detector, landmarks=landmarks)
+    return result
+
+
+def eval_utkface(root: Path | str, *, detector: str = "yunet", split: Path | str | None = None,
+                 progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
+    """Age MAE, CS(5) and gender accuracy on UTKFace-named images (face nearest the centre)."""
+    from faceflow.pipeline import Analyzer
+
+    analyzer = Analyzer(stages=("detect", "attributes"), detector=detector)
+
+    def predict(path: Path) -> tuple[float | None, str | None]:
+        image = load_image(path)
+        faces = analyzer.analyze_array(image)
+        if not faces:
+            return None, None
+        h, w = image.shape[:2]
+        face = nearest(faces, (w / 2, h / 2))
+        age = None if face.age is None else float(face.age.value)
+        gender = None if face.gender is None else str(face.gender.value)
+        return age, gender
+
+    cache = cache_for("utkface", [detector, "age", "gender", "dlib_shape5"], "", use_cache)
+    result = run_utkface(root, predict, split=split, progress=progress, cache=cache)
+    result.update(protocol="utkface", detector=detector, split=str(split) if split else None)
+    return result
