@@ -32,7 +32,7 @@ def background(height: int, width: int) -> npt.NDArray[np.uint8]:
     y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     base = np.array([150, 145, 135], np.float32)
     img = base + 40 * (x - 0.5) + 25 * (y - 0.5)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(img, 0, 255), np.uint8)
 
 
 def _warp(box: Box, spec: FaceSpec, centre: tuple[float, float]) -> npt.NDArray[np.float64]:
@@ -58,17 +58,17 @@ def compose(
     slots = [max(s.width * (1 + 2 * margin * 0.6), 64.0) for s in specs]
     height = round(max(s.width * fh / fw * (1 + 2 * margin * 0.5) for s in specs) + 40)
     width = round(sum(slots) + 40)
-    canvas = background(height, width).astype(np.float32)
-    ellipse = np.zeros(source.shape[:2], np.float32)
+    canvas: npt.NDArray[np.float64] = background(height, width).astype(np.float64)
+    disc = np.zeros(source.shape[:2], np.float32)
     centre_src = (round((box[0] + box[2]) / 2), round((box[1] + box[3]) / 2))
-    cv2.ellipse(ellipse, centre_src, (round(0.8 * fw), round(0.75 * fh)), 0, 0, 360, 1.0, -1)
-    ellipse = cv2.GaussianBlur(ellipse, (0, 0), 0.08 * fw)
+    cv2.ellipse(disc, centre_src, (round(0.8 * fw), round(0.75 * fh)), 0, 0, 360, 1.0, -1)
+    ellipse = cv2.GaussianBlur(disc, (0, 0), 0.08 * fw)
     boxes: list[Box] = []
     x = 20.0
     for spec, slot in zip(specs, slots, strict=True):
         centre = (x + slot / 2, height / 2)
         m = _warp(box, spec, centre)
-        layer = cv2.warpAffine(source, m, (width, height), flags=cv2.INTER_LINEAR).astype(np.float32)
+        layer = cv2.warpAffine(source, m, (width, height), flags=cv2.INTER_LINEAR).astype(np.float64)
         alpha = cv2.warpAffine(ellipse, m, (width, height))[..., None]
         canvas = canvas * (1 - alpha) + layer * alpha
         w, h = spec.width, spec.width * fh / fw

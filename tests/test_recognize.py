@@ -19,6 +19,7 @@ from faceflow.recognize import (
     EmbedStage,
     Verification,
     box_landmarks5,
+    dlib_box,
     create_embedder,
     verify,
     verify_images,
@@ -107,6 +108,17 @@ def test_box_landmarks5_geometry() -> None:
     assert pts[0, 0] < pts[2, 0] < pts[1, 0]  # image-left eye, nose, image-right eye
     assert pts[0, 1] < pts[2, 1] < pts[3, 1]  # eyes above nose above mouth
     np.testing.assert_allclose(BOX_LANDMARKS5[[1, 4], 0], 1 - BOX_LANDMARKS5[[0, 3], 0], atol=1e-6)
+
+
+def test_dlib_box_is_square_around_the_points() -> None:
+    hog = Face(box=[10, 20, 90, 100], detector="dlib_hog")
+    assert dlib_box(hog) == (10, 20, 89, 99)  # dlib's right and bottom are inclusive
+    face = Face(box=[0, 0, 100, 130], landmarks5=box_landmarks5([0, 0, 100, 130]), detector="yunet")
+    x1, y1, x2, y2 = dlib_box(face)
+    assert x2 - x1 == y2 - y1
+    assert x1 < face.landmarks5[0, 0] and x2 > face.landmarks5[1, 0]
+    assert y1 < face.landmarks5[0, 1] and y2 > face.landmarks5[3, 1]
+    assert dlib_box(Face(box=face.box)) == (x1, y1, x2, y2)  # same points from the box alone
 
 
 def test_embed_stage_fills_each_model(astronaut, astronaut_face) -> None:

@@ -182,6 +182,9 @@ def score_file(jsonl: Path, datasets: Path) -> tuple[dict[str, Any], dict[str, f
     """Return (header, figures) of one runner output."""
     header, recs = read_jsonl(jsonl)
     task = header["task"]
+    argv = header.get("argv", [])
+    if "--limit" in argv and argv[argv.index("--limit") + 1] != "0":
+        print(f"warning: {jsonl.name} is a --limit run: its figures are not comparable", file=sys.stderr)
     root = datasets / SUBDIR[task]
     if task == "lfw":
         return header, score_lfw(header, recs, jsonl, root)
@@ -220,7 +223,11 @@ def main() -> int:
     args = p.parse_args()
     rows = []
     for jsonl in sorted(args.results.glob("*_*.jsonl")):
-        header, figs = score_file(jsonl, args.datasets)
+        try:
+            header, figs = score_file(jsonl, args.datasets)
+        except KeyError as exc:
+            print(f"skipped {jsonl.name}: no output for {exc} (a --limit run?)", file=sys.stderr)
+            continue
         rows.append((header["peer"], header["task"], header, figs))
         print(
             f"scored {jsonl.name}: n={header['n']} wall {header['wall_s']} s, "

@@ -1,25 +1,29 @@
 """Facial landmarks: MediaPipe's 468-point mesh (:class:`MeshStage`) and the iBUG 68 points
 (:class:`Landmarks68Stage`), plus the pure geometry between them.
 
-* **Mesh**: MediaPipe ``face_landmark.tflite`` reads a 192x192 RGB crop in [0, 1] and returns 468
-  points (x, y in crop pixels, z relative depth in the same units as x, smaller = nearer the camera)
-  and a face-presence logit. The crop is MediaPipe's region: the detector box made square, enlarged
-  1.5x and turned so the eyes are level (when ``landmarks5`` is known); then, as in MediaPipe's
-  tracking, it is cut again around the first mesh (``refine`` passes), which lowers the error on
-  300-W by about a tenth.
+* **Mesh**: MediaPipe ``face_landmark.tflite`` reads a 192x192 RGB crop in [0, 1] (inputs in [-1, 1]
+  measured worse) and returns 468 points (x, y in crop pixels; z a relative depth in the units of x,
+  smaller = nearer the camera) and a face-presence logit. The crop is MediaPipe's region: the
+  detector box made square, enlarged 1.5x and turned so the eyes are level (when ``landmarks5`` is
+  known); then, as in MediaPipe's tracking, it is cut again around the first mesh (``refine``
+  passes), which lowers the error on 300-W by 8 % and levels the crop even when the detector's eye
+  points are off (YuNet's stay almost level on a face turned 20°).
 * **68 points** come from one of two sources:
 
   - ``"dlib"``: dlib's ``shape_predictor_68`` (trained on 300-W; weights for non-commercial use).
-    It expects boxes like those of dlib's HOG detector, so other detectors' boxes are adapted
-    (:func:`dlib_box`): from the five points when the detector gives them, else from the box.
-  - ``"mesh"``: 68 vertices of the mesh picked by :data:`MESH_TO_68`, for each iBUG point the
-    vertex nearest to it on average over 100 300-W HELEN test images (disjoint from the images the
-    tests use). The jaw points are approximations: iBUG's jaw is the visible outline of the face,
-    which slides over the skin as the head turns, while a mesh vertex stays fixed on it.
+    It was trained on the boxes of dlib's HOG detector, so other detectors' boxes are adapted
+    (:func:`dlib_box`): from the five points when the detector gives them; else from the box
+    (:data:`BOX_ADAPTERS`), then once more from the five points of that first pass. A face tilted
+    5° or more is turned upright first.
+  - ``"mesh"``: the mesh vertices :data:`MESH_TO_68`, for each iBUG point the vertex nearest to it
+    on average over 100 300-W HELEN test images (the last 100 by name; the tests use the first 30).
+    The jaw points are approximations: iBUG's jaw is the visible outline of the face, which slides
+    over the skin as the head turns, while a mesh vertex stays put (jaw NME 0.074, the rest 0.038).
   - ``"auto"`` (default): dlib when its model can be loaded, else the mesh.
 
-  Measured on 60 300-W HELEN test images with YuNet detections, NME by the outer eye corners:
-  dlib from the adapted box 0.027, mesh 0.047.
+  NME (outer eye corners) on the first 60 HELEN test images: dlib from YuNet's box and five points
+  0.027, from YuNet's box alone 0.026 (unadapted: 0.051), from BlazeFace full/short boxes 0.027 /
+  0.036, from dlib's own HOG boxes 0.028 (59 faces found); mesh 0.047 from any of these detectors.
 """
 
 from __future__ import annotations
@@ -74,9 +78,16 @@ DLIB_LIKE_BOXES = frozenset({"dlib_hog", "haar"})
 # halfway between the eyes' and the mouth corners' midpoints (least squares against HOG boxes on
 # 100 300-W images; residual 8 % of the side).
 _L5_SIDE = (0.35, 1.96)
-# HOG-like box from a detector box without points: centre moved down 6 % of the height, side 1.06
-# times the width (medians of YuNet against HOG boxes on the same images).
-_BOX_SHIFT_Y, _BOX_SIDE = 0.06, 1.06
+
+BOX_ADAPTERS: dict[str, tuple[float, float]] = {
+    "yunet": (0.06, 1.18),
+    "blazeface_short": (-0.02, 1.08),
+    "blazeface_full": (0.02, 1.01),
+}
+"""HOG-like box from a detector's box alone: (centre moved down by this fraction of the height, side
+as a fraction of the width). YuNet's pair has the lowest dlib NME on a grid over 100 300-W images;
+BlazeFace's are YuNet's carried over through the median offsets of their boxes from YuNet's on the
+same images. Detectors not listed use YuNet's."""
 
 DLIB_TURN_MIN_ANGLE = math.radians(5)
 """Faces tilted less than this go to dlib as they are (turning them first gains nothing measurable)."""
@@ -160,25 +171,36 @@ def landmarks5_from_68(points: npt.ArrayLike) -> FloatArray:
     return np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]]).astype(np.float32)
 
 
+def hog_box_from_landmarks5(landmarks5: npt.ArrayLike) -> tuple[FloatArray, float]:
+    """A box like dlib's HOG detector's for a face with these five points, and the eye line's angle
+    (radians, clockwise > 0) by which to turn the face upright first."""
+    p = np.asarray(landmarks5, dtype=np.float64)
+    eyes, mouth = (p[0] + p[1]) / 2, (p[3] + p[4]) / 2
+    side = _L5_SIDE[0] * np.linalg.norm(p[1] - p[0]) + _L5_SIDE[1] * np.linalg.norm(mouth - eyes)
+    return _square((eyes + mouth) / 2, float(side)), line_angle(p[0], p[1])
+
+
+def hog_box_from_box(box: npt.ArrayLike, detector: str | None) -> FloatArray:
+    """A box like dlib's HOG detector's from another detector's box (:data:`BOX_ADAPTERS`)."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    shift, side = BOX_ADAPTERS.get(detector or "", BOX_ADAPTERS["yunet"])
+    return _square(np.array([(x1 + x2) / 2, (y1 + y2) / 2 + shift * (y2 - y1)]), side * (x2 - x1))
+
+
+def _square(centre: npt.NDArray[np.float64], side: float) -> FloatArray:
+    half = side / 2
+    return np.array([centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half], np.float32)
+
+
 def dlib_box(face: Face) -> tuple[FloatArray, float]:
-    """A box like dlib's HOG detector would give for ``face``, and the angle (radians) by which
-    to turn the image so the eyes are level first (0 when the five points are unknown)."""
+    """A box like dlib's HOG detector would give for ``face`` and the angle by which to turn the
+    face upright first: HOG's and Haar's boxes as they are, else from the five points, else from
+    the box."""
     if face.detector in DLIB_LIKE_BOXES:
         return face.box.copy(), 0.0
     if face.landmarks5 is not None:
-        p = face.landmarks5.astype(np.float64)
-        eyes, mouth = (p[0] + p[1]) / 2, (p[3] + p[4]) / 2
-        side = _L5_SIDE[0] * np.linalg.norm(p[1] - p[0]) + _L5_SIDE[1] * np.linalg.norm(mouth - eyes)
-        centre = (eyes + mouth) / 2
-        angle = line_angle(p[0], p[1])
-    else:
-        x1, y1, x2, y2 = face.box.astype(np.float64)
-        side = _BOX_SIDE * (x2 - x1)
-        centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2 + _BOX_SHIFT_Y * (y2 - y1)])
-        angle = 0.0
-    half = side / 2
-    box = np.array([centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half], np.float32)
-    return box, angle
+        return hog_box_from_landmarks5(face.landmarks5)
+    return hog_box_from_box(face.box, face.detector), 0.0
 
 
 def dlib_68(predictor: Any, image: Image, box: npt.ArrayLike, angle: float = 0.0) -> FloatArray:
@@ -193,12 +215,13 @@ def dlib_68(predictor: Any, image: Image, box: npt.ArrayLike, angle: float = 0.0
         side = float(b[2] - b[0])
         out = max(1, round(2 * side))
         m = Roi(centre[0], centre[1], out, angle).to_crop(out)  # rotation only, scale 1
-        crop = np.ascontiguousarray(cv2.warpAffine(image, m, (out, out), flags=cv2.INTER_LINEAR))
+        crop = np.ascontiguousarray(cv2.warpAffine(image, m, (out, out), flags=cv2.INTER_LINEAR), np.uint8)
         half = out / 2
         pts = dlib_68(predictor, crop, (half - side / 2, half - side / 2, half + side / 2, half + side / 2))
         inv = cv2.invertAffineTransform(m)
         return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
-    rect = dlib.rectangle(*(round(float(v)) for v in b))
+    x1, y1, x2, y2 = (round(float(v)) for v in b)
+    rect = dlib.rectangle(x1, y1, x2 - 1, y2 - 1)  # dlib's right and bottom are inclusive
     shape = predictor(image, rect)
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
@@ -237,8 +260,8 @@ class MeshStage(Stage):
 
 
 class Landmarks68Stage(Stage):
-    """Fills ``face.landmarks68`` (iBUG order) from dlib or the mesh, and ``face.landmarks5`` from
-    them when the detector left it ``None``."""
+    """Fills ``face.landmarks68`` (iBUG order, image pixels) from dlib or the mesh, and
+    ``face.landmarks5`` from them when the detector left it ``None`` (a detector's own are kept)."""
 
     name = "landmarks"
     needs = ("box",)
@@ -254,7 +277,6 @@ class Landmarks68Stage(Stage):
         if source not in LANDMARK_SOURCES:
             raise ConfigError(f"unknown landmark source {source!r}; choose one of: {', '.join(LANDMARK_SOURCES)}")
         self.requested = source
-        self._store = store
         self._mesh = MeshStage(threads=threads, store=store)
         self._source = LazyModel(self._resolve)
         self._predictor = LazyModel(lambda: dlib_object("dlib_shape68", "shape_predictor", store=store))
@@ -277,8 +299,13 @@ class Landmarks68Stage(Stage):
     def predict(self, image: Image, face: Face) -> FloatArray:
         """The 68 points of ``face`` (a mesh already on the face is reused)."""
         if self.source == "dlib":
-            box, angle = dlib_box(face)
-            return dlib_68(self._predictor.get(), image, box, angle)
+            predictor = self._predictor.get()
+            points = dlib_68(predictor, image, *dlib_box(face))
+            if face.landmarks5 is None and face.detector not in DLIB_LIKE_BOXES:
+                # A box alone places dlib's box roughly: a second pass from the first pass's five
+                # points takes 300-W NME from 0.029 to 0.026 (YuNet's box), 0.044 to 0.029 (BlazeFace's).
+                points = dlib_68(predictor, image, *hog_box_from_landmarks5(landmarks5_from_68(points)))
+            return points
         mesh = face.mesh if face.mesh is not None else self._mesh.predict(image, face)[0]
         return mesh_to_68(mesh)
 

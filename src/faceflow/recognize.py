@@ -26,12 +26,13 @@ from faceflow.types import Face, FloatArray, Image, Stage
 # -- geometry shared by the embedders (and by the attributes stage) ---------------------------------
 
 BOX_LANDMARKS5: FloatArray = np.array(
-    [[0.253, 0.370], [0.747, 0.370], [0.500, 0.570], [0.289, 0.724], [0.711, 0.724]], dtype=np.float32
+    [[0.260, 0.371], [0.740, 0.371], [0.500, 0.571], [0.297, 0.724], [0.703, 0.724]], dtype=np.float32
 )
 """Where the five points sit inside a face box, as fractions of its width and height.
 
 Used when a face has a box but no ``landmarks5``. The values are the (left/right-symmetrised) medians
-of YuNet 2023mar's own points relative to its boxes over LFW View 2 (see ``benchmarks/calibrate_verify.py``);
+of YuNet 2023mar's own points relative to its boxes over the 7,701 LFW View 2 images
+(``box_landmarks5`` in the output of ``benchmarks/calibrate_verify.py``);
 they assume an upright, frontal face and YuNet-style boxes (brow to chin, a little taller than wide).
 """
 
@@ -58,13 +59,15 @@ def dlib_box(face: Face) -> tuple[int, int, int, int]:
     A face from dlib's own HOG detector without five points keeps its box as it is.
     """
     if face.landmarks5 is None and face.detector == "dlib_hog":
-        return tuple(round(float(v)) for v in face.box)  # type: ignore[return-value]
+        x1, y1, x2, y2 = (round(float(v)) for v in face.box)
+        return x1, y1, x2 - 1, y2 - 1  # dlib's right and bottom are inclusive
     pts = face_landmarks5(face).astype(np.float64)
     s = float(np.linalg.norm(pts[3:].mean(0) - pts[:2].mean(0)))
     dx, dy, k = _DLIB_BOX_FROM_POINTS
     cx, cy = pts.mean(0) + np.array([dx, dy]) * s
-    half = k * s / 2
-    return round(cx - half), round(cy - half), round(cx + half) - 1, round(cy + half) - 1
+    side = max(1, round(k * s))
+    x1, y1 = round(cx - side / 2), round(cy - side / 2)
+    return x1, y1, x1 + side - 1, y1 + side - 1
 
 
 def dlib_shapes(image: Image, faces: Sequence[Face], store: ModelStore | None = None) -> list[Any]:

@@ -59,6 +59,12 @@ class RawDetections:
         return RawDetections(boxes, self.scores.astype(np.float32), lms)
 
 
+def sigmoid(x: npt.ArrayLike, gain: float = 1.0) -> FloatArray:
+    """``1 / (1 + exp(-gain * x))`` as float32, safe for large ``|x|``: maps logits and margins to 0..1."""
+    z = np.clip(gain * np.asarray(x, np.float64), -100.0, 100.0)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
 def fit_within(image: Image, max_side: int) -> tuple[Image, float]:
     """``image`` shrunk (area interpolation) so that its longer side is at most ``max_side``, and the
     scale applied (1.0 when it already fits, and then the image itself)."""
@@ -67,7 +73,19 @@ def fit_within(image: Image, max_side: int) -> tuple[Image, float]:
         return image, 1.0
     s = max_side / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), size[0] / w
+    return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8), size[0] / w
+
+
+def pad_bottom_right(image: Image, multiple: int = 1, minimum: int = 0) -> Image:
+    """``image`` with black added at the bottom and right so that each side is a multiple of
+    ``multiple`` and at least ``minimum``; pixel coordinates are unchanged."""
+    h, w = image.shape[:2]
+    th = max(-(-h // multiple) * multiple, -(-minimum // multiple) * multiple)
+    tw = max(-(-w // multiple) * multiple, -(-minimum // multiple) * multiple)
+    if (th, tw) == (h, w):
+        return image
+    return np.asarray(cv2.copyMakeBorder(image, 0, th - h, 0, tw - w, cv2.BORDER_CONSTANT, value=(0, 0, 0)),
+                      np.uint8)
 
 
 def pad_image(image: Image, fraction: float) -> tuple[Image, int, int]:
@@ -80,7 +98,7 @@ def pad_image(image: Image, fraction: float) -> tuple[Image, int, int]:
     px, py = round(w * fraction), round(h * fraction)
     fill = [float(c) for c in image.reshape(-1, image.shape[2]).mean(0)]
     padded = cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_CONSTANT, value=fill)
-    return padded, px, py
+    return np.asarray(padded, np.uint8), px, py
 
 
 def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from faceflow.detect.base import Detector, RawDetections
+from faceflow.detect.base import Detector, RawDetections, sigmoid
 from faceflow.errors import ModelUnavailable
 from faceflow.models.runtime import tflite_model
 from faceflow.types import FloatArray, Image
@@ -37,7 +37,7 @@ def ssd_anchor_centres(size: int, strides: tuple[int, ...], per_cell: tuple[int,
         ys, xs = np.meshgrid((np.arange(n) + 0.5) / n, (np.arange(n) + 0.5) / n, indexing="ij")
         grid = np.stack([xs.ravel(), ys.ravel()], axis=1)
         centres.append(np.repeat(grid, k, axis=0))
-    return np.concatenate(centres).astype(np.float32)
+    return np.concatenate(centres).astype(np.float32)  # type: ignore[no-any-return]
 
 
 def letterbox(image: Image, size: int) -> tuple[Image, float, int, int]:
@@ -54,17 +54,18 @@ def letterbox(image: Image, size: int) -> tuple[Image, float, int, int]:
     return out, s, left, top
 
 
-def decode(regressors: np.ndarray, logits: np.ndarray, anchors: FloatArray, size: int, threshold: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode(
+    regressors: FloatArray, logits: FloatArray, anchors: FloatArray, size: int, threshold: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Boxes ``(N, 4)``, scores ``(N,)`` and the six keypoints ``(N, 6, 2)`` in input pixels."""
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1).astype(np.float64), -100.0, 100.0)))
+    scores = sigmoid(logits.reshape(-1))
     keep = np.nonzero(scores >= threshold)[0]
     reg, centre = regressors.reshape(len(anchors), -1)[keep], anchors[keep] * size
     cxy = centre + reg[:, 0:2]
     half = reg[:, 2:4] / 2
     boxes = np.concatenate([cxy - half, cxy + half], axis=1)
     keypoints = centre[:, None, :] + reg[:, 4:16].reshape(-1, 6, 2)
-    return boxes, scores[keep], keypoints
+    return boxes.astype(np.float32), scores[keep], keypoints.astype(np.float32)
 
 
 class _BlazeFace(Detector):
@@ -93,7 +94,7 @@ class _BlazeFace(Detector):
         logits = next(o for o in outputs if o.shape[-1] == 1)
         anchors = ssd_anchor_centres(self.input_size, self.strides, self.anchors_per_cell)
         boxes, scores, _ = decode(regressors, logits, anchors, self.input_size, self.score_threshold)
-        raw = RawDetections(boxes.astype(np.float32), scores.astype(np.float32))
+        raw = RawDetections(boxes, scores)
         return raw.mapped(1 / s, -left / s, -top / s)
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 
-from faceflow.detect.base import Detector, RawDetections, fit_within
+from faceflow.detect.base import Detector, RawDetections, fit_within, pad_bottom_right
 from faceflow.models.runtime import onnx_session
-from faceflow.types import Image
+from faceflow.types import FloatArray, Image
 
 STRIDE = 4
 MULTIPLE = 32
@@ -27,16 +26,8 @@ MAX_SIDE = 1920
 """Longer images are shrunk to this first (the cost grows with the pixel count)."""
 
 
-def _pad_to_multiple(image: Image, multiple: int) -> Image:
-    h, w = image.shape[:2]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return image
-    return cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-
-
 def decode(
-    heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, landmarks: np.ndarray, threshold: float
+    heatmap: FloatArray, scale: FloatArray, offset: FloatArray, landmarks: FloatArray, threshold: float
 ) -> RawDetections:
     """Boxes, scores and points from one image's outputs (shapes ``(1,H,W)``, ``(2,H,W)``, ``(2,H,W)``,
     ``(10,H,W)``), in the pixels of the network's input."""
@@ -66,7 +57,7 @@ class CenterFaceDetector(Detector):
 
     def _detect(self, image: Image) -> RawDetections:
         small, s = fit_within(image, MAX_SIDE)
-        padded = _pad_to_multiple(small, MULTIPLE)
+        padded = pad_bottom_right(small, MULTIPLE)
         blob = np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32)
         sess = self.model
         heatmap, scale, offset, landmarks = sess.run(None, {sess.get_inputs()[0].name: blob})

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from faceflow.detect.base import Detector, RawDetections, fit_within
+from faceflow.detect.base import Detector, RawDetections, fit_within, sigmoid
 from faceflow.types import Image
 
 MARGIN_GAIN = 2.0
@@ -24,11 +24,8 @@ MAX_SIDE = 2048
 """Longer images are shrunk to this first (HOG over 12 Mpx takes seconds, and faces there are large)."""
 
 
-def margin_to_score(margin: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-MARGIN_GAIN * np.asarray(margin, np.float64)))
-
-
 def score_to_margin(score: float) -> float:
+    """The margin whose score is ``score`` (the inverse of the mapping): dlib reports down to it."""
     score = min(max(score, 1e-6), 1 - 1e-6)
     return math.log(score / (1 - score)) / MARGIN_GAIN
 
@@ -56,4 +53,4 @@ class DlibHogDetector(Detector):
         if not rects:
             return RawDetections.empty()
         boxes = np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects], np.float32)
-        return RawDetections(boxes, margin_to_score(np.array(margins)).astype(np.float32)).mapped(1 / s)
+        return RawDetections(boxes, sigmoid(list(margins), MARGIN_GAIN)).mapped(1 / s)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from faceflow.detect.base import Detector, RawDetections, fit_within
+from faceflow.detect.base import Detector, RawDetections, fit_within, sigmoid
 from faceflow.errors import ModelUnavailable
 from faceflow.models.runtime import model_path
 from faceflow.types import Image
@@ -52,5 +52,5 @@ class HaarDetector(Detector):
             return RawDetections.empty()
         r = np.asarray(rects, np.float32).reshape(-1, 4)
         boxes = np.concatenate([r[:, :2], r[:, :2] + r[:, 2:]], axis=1)
-        scores = 1.0 / (1.0 + np.exp(-SUM_GAIN * np.asarray(sums, np.float64).reshape(-1)))
-        return RawDetections(boxes, scores.astype(np.float32)).mapped(1 / s)
+        scores = sigmoid(np.asarray(sums).reshape(-1), SUM_GAIN)
+        return RawDetections(boxes, scores).mapped(1 / s)

@@ -16,13 +16,17 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from faceflow.detect.base import Detector, RawDetections, fit_within
+from faceflow.detect.base import Detector, RawDetections, fit_within, pad_bottom_right
 from faceflow.models.runtime import model_path
 from faceflow.types import Image
 
 MAX_SIDE = 1920
 """Longer images are shrunk to this first: beyond it the net costs seconds and its largest anchors
 (stride 32) no longer cover the faces that such photos usually hold."""
+
+MIN_SIDE = 64
+"""Narrower images are padded to this: OpenCV 4.12 returned rows of garbage (infinite or 1e9 px boxes
+scoring 1.0) for inputs 32 px or less on a side, e.g. 17x301."""
 
 
 class YuNetDetector(Detector):
@@ -39,7 +43,7 @@ class YuNetDetector(Detector):
 
     def _detect(self, image: Image) -> RawDetections:
         small, scale = fit_within(image, MAX_SIDE)
-        bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+        bgr = cv2.cvtColor(pad_bottom_right(small, minimum=MIN_SIDE), cv2.COLOR_RGB2BGR)
         net = self.model
         with self._lock:  # FaceDetectorYN keeps the input size and its buffers as state
             net.setInputSize((bgr.shape[1], bgr.shape[0]))
@@ -47,6 +51,7 @@ class YuNetDetector(Detector):
         if rows is None or len(rows) == 0:
             return RawDetections.empty(with_landmarks=True)
         rows = np.asarray(rows, np.float32)
+        rows = rows[np.isfinite(rows).all(axis=1)]
         boxes = np.concatenate([rows[:, :2], rows[:, :2] + rows[:, 2:4]], axis=1)
         raw = RawDetections(boxes, rows[:, 14].copy(), rows[:, 4:14].reshape(-1, 5, 2).copy())
         return raw.mapped(1 / scale)

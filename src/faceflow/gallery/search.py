@@ -160,10 +160,11 @@ class UsearchIndex:
         """Candidate face ids ``(Q, k)``, -1 where fewer were found."""
         self.index.expansion_search = max(k, 64)
         m = self.index.search(queries, k, threads=self.threads)
-        keys = np.asarray(m.keys, dtype=np.int64).reshape(queries.shape[0], -1)
-        counts = np.asarray(m.counts).reshape(-1)
-        keys[np.arange(keys.shape[1])[None, :] >= counts[:, None]] = -1
-        return keys
+        batches = [(m.keys[i], m.counts[i]) for i in range(len(m))] if hasattr(m, "counts") else [(m.keys, len(m))]
+        out = np.full((queries.shape[0], k), -1, np.int64)
+        for row, (keys, count) in zip(out, batches, strict=True):
+            row[:count] = np.asarray(keys[:count], dtype=np.int64)
+        return out
 
     def __len__(self) -> int:
         return len(self.index)
@@ -246,9 +247,9 @@ class Searcher:
 
     def refresh(self) -> None:
         """Re-read the gallery; reload vectors and extend or rebuild the index if it changed."""
-        self.info = self.store.gallery(self.name)
-        if self.info.revision == self._loaded_revision:
+        if self.store.revision(self.name)[0] == self._loaded_revision:
             return
+        self.info = self.store.gallery(self.name)
         mode = self.mode
         if mode == "pgvector":
             self.store.ensure_ann_index(self.name)
@@ -445,6 +446,7 @@ class Searcher:
             np.add.reduceat(sims, starts, axis=1) / counts)
         subj[np.arange(len(picks)), picks] = -np.inf
         threshold = calibrate_threshold(subj.max(axis=1), fpir)
-        note = f"calibrated on the gallery at FPIR {fpir:g} ({len(picks)} leave-one-subject-out searches, {self.aggregate})"
+        note = (f"calibrated on the gallery at FPIR {fpir:g} ({len(picks)} leave-one-subject-out searches, "
+                f"{self.aggregate})")
         self.info = self.store.set_threshold(self.name, threshold, note)
         return threshold

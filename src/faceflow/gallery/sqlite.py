@@ -76,8 +76,11 @@ SQL: dict[str, str] = {
     "bump_revision": """UPDATE galleries SET revision = revision + 1,
         reset_revision = CASE WHEN ? THEN revision + 1 ELSE reset_revision END WHERE id = ?""",
     "gallery_by_name": f"SELECT {_GALLERY_COLUMNS} FROM galleries g WHERE g.name = ?",
+    "gallery_head": """SELECT id, name, model, dim, threshold, metadata, created_at, revision, reset_revision, -1, -1
+        FROM galleries WHERE name = ?""",
     "list_galleries": f"SELECT {_GALLERY_COLUMNS} FROM galleries g ORDER BY g.name",
-    "insert_gallery": "INSERT INTO galleries (name, model, dim, threshold, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    "insert_gallery": """INSERT INTO galleries (name, model, dim, threshold, metadata, created_at)
+        VALUES (?, ?, ?, ?, ?, ?)""",
     "update_gallery_settings": "UPDATE galleries SET threshold = ?, metadata = ? WHERE id = ?",
     "delete_gallery_embeddings": "DELETE FROM embeddings WHERE gallery_id = ?",
     "delete_gallery_faces": "DELETE FROM faces WHERE gallery_id = ?",

@@ -199,7 +199,7 @@ class GalleryStore(ABC):
     def _json_value(self, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str | bytes) else value
 
-    def _on_gallery_deleted(self, gallery: GalleryInfo) -> None:
+    def _on_gallery_deleted(self, gallery: GalleryInfo) -> None:  # noqa: B027 - an optional hook
         """Hook: drop what a backend keeps beside a gallery (indexes)."""
 
     # -- optional search hooks -------------------------------------------------------------------
@@ -283,10 +283,13 @@ class GalleryStore(ABC):
                     time.time() if created_at is None else float(created_at))
             return self.gallery(name)
 
-    def gallery(self, name: str) -> GalleryInfo:
-        """The gallery called ``name``; :class:`GalleryError` if there is none."""
+    def gallery(self, name: str, *, counts: bool = True) -> GalleryInfo:
+        """The gallery called ``name``; :class:`GalleryError` if there is none.
+
+        ``counts=False`` skips counting subjects and faces (they read -1): cheap on a big gallery.
+        """
         with self.transaction(write=False):
-            rows = self._q("gallery_by_name", name)
+            rows = self._q("gallery_by_name" if counts else "gallery_head", name)
         if not rows:
             known = ", ".join(g.name for g in self.galleries()) or "none yet"
             raise GalleryError(f"no gallery named {name!r} (galleries: {known})")
@@ -300,7 +303,7 @@ class GalleryStore(ABC):
     def delete_gallery(self, name: str) -> None:
         """Delete a gallery with its subjects, faces and embeddings."""
         with self.transaction():
-            g = self.gallery(name)
+            g = self.gallery(name, counts=False)
             for key in ("delete_gallery_embeddings", "delete_gallery_faces", "delete_gallery_subjects",
                         "delete_gallery"):
                 self._q(key, g.id)
@@ -311,18 +314,19 @@ class GalleryStore(ABC):
         if threshold is not None and not -1.0 <= threshold <= 1.0:
             raise GalleryError(f"a cosine threshold lies in [-1, 1], got {threshold}")
         with self.transaction():
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             meta = dict(g.metadata)
             if note is None:
                 meta.pop("threshold_note", None)
             else:
                 meta["threshold_note"] = note
             self._q("update_gallery_settings", threshold, self._json_param(meta), g.id)
+            self._bump(g.id, reset=False)
             return self.gallery(gallery)
 
     def revision(self, gallery: str) -> tuple[int, int]:
         """``(revision, reset_revision)``: changes on every write / on every non-append write."""
-        g = self.gallery(gallery)
+        g = self.gallery(gallery, counts=False)
         return g.revision, g.reset_revision
 
     # -- subjects --------------------------------------------------------------------------------
@@ -331,7 +335,7 @@ class GalleryStore(ABC):
     ) -> Subject:
         """A new subject (a name already in the gallery raises :class:`GalleryError`)."""
         with self.transaction():
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             if self._q("subject_by_name", g.id, name):
                 raise GalleryError(f"subject {name!r} already exists in gallery {gallery!r}")
             self._q("insert_subject", g.id, name, self._json_param(dict(metadata or {})),
@@ -342,7 +346,7 @@ class GalleryStore(ABC):
     def subject(self, gallery: str, name: str) -> Subject:
         """The subject called ``name``; :class:`GalleryError` if there is none."""
         with self.transaction(write=False):
-            rows = self._q("subject_by_name", self.gallery(gallery).id, name)
+            rows = self._q("subject_by_name", self.gallery(gallery, counts=False).id, name)
         if not rows:
             raise GalleryError(f"no subject named {name!r} in gallery {gallery!r}")
         return self._subject_from_row(rows[0])
@@ -354,7 +358,7 @@ class GalleryStore(ABC):
     def subjects(self, gallery: str) -> list[Subject]:
         """All subjects of a gallery with their face counts, by name."""
         with self.transaction(write=False):
-            return [self._subject_from_row(r) for r in self._q("list_subjects", self.gallery(gallery).id)]
+            return [self._subject_from_row(r) for r in self._q("list_subjects", self.gallery(gallery, counts=False).id)]
 
     def subject_names(self, gallery: str, subject_ids: Iterable[int]) -> dict[int, str]:
         """Names of the given subject ids."""
@@ -362,13 +366,13 @@ class GalleryStore(ABC):
         if not ids:
             return {}
         with self.transaction(write=False):
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             return {int(i): n for i, n in self._q("subject_names", g.id, self._list_param(ids))}
 
     def delete_subject(self, gallery: str, name: str) -> None:
         """Delete a subject and all its faces."""
         with self.transaction():
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             s = self.subject(gallery, name)
             for key in ("delete_subject_embeddings", "delete_subject_faces", "delete_subject"):
                 self._q(key, s.id)
@@ -400,7 +404,7 @@ class GalleryStore(ABC):
         """
         faces = list(faces)
         with self.transaction():
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             self._check_model(g, model)
             if not faces:
                 return []
@@ -428,7 +432,7 @@ class GalleryStore(ABC):
         """Faces of a gallery (or of one subject) by id; ``embeddings=True`` fills ``embedding``
         with the gallery's model (or ``model``), left ``None`` for a face without one."""
         with self.transaction(write=False):
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             sid = self.subject(gallery, subject).id if subject is not None else None
             rows = self._q("list_faces", g.id, sid, sid)
             vectors: dict[int, FloatArray] = {}
@@ -451,7 +455,7 @@ class GalleryStore(ABC):
         if not ids:
             return 0
         with self.transaction():
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             found = self._q("count_faces_in", g.id, self._list_param(ids))[0][0]
             self._q("delete_embeddings_in", g.id, self._list_param(ids))
             self._q("delete_faces_in", g.id, self._list_param(ids))
@@ -463,7 +467,7 @@ class GalleryStore(ABC):
     ) -> VectorSet:
         """Embeddings of the gallery's model (or ``model``), sorted by subject then face id."""
         with self.transaction(write=False):
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             m = model or g.model
             if subject_ids is None:
                 rows = self._q("vectors", g.id, m)
@@ -483,14 +487,14 @@ class GalleryStore(ABC):
     def models(self, gallery: str) -> dict[str, int]:
         """Each model with embeddings in the gallery and how many faces have one."""
         with self.transaction(write=False):
-            return {m: int(n) for m, n in self._q("model_counts", self.gallery(gallery).id)}
+            return {m: int(n) for m, n in self._q("model_counts", self.gallery(gallery, counts=False).id)}
 
     def put_embeddings(self, gallery: str, model: str, vectors: Mapping[int, npt.ArrayLike]) -> None:
         """Store (or replace) embeddings of another model for existing faces: a re-embedding job's step."""
         if not vectors:
             return
         with self.transaction():
-            g = self.gallery(gallery)
+            g = self.gallery(gallery, counts=False)
             if model == g.model:
                 raise GalleryError(f"{model} is the gallery's current model; its embeddings are set at enrolment")
             ids = [int(i) for i in vectors]
@@ -500,7 +504,8 @@ class GalleryStore(ABC):
             if self._q("count_faces_in", g.id, self._list_param(ids))[0][0] != len(ids):
                 raise GalleryError("some face ids are not in this gallery")
             self._q("delete_model_embeddings_in", g.id, model, self._list_param(ids))
-            self._many("insert_embedding", [(i, g.id, model, dim, self._vec_param(v)) for i, v in zip(ids, arr, strict=True)])
+            self._many("insert_embedding", [
+                (i, g.id, model, dim, self._vec_param(v)) for i, v in zip(ids, arr, strict=True)])
             self._bump(g.id, reset=False)
 
     def switch_model(self, gallery: str, model: str, *, drop_old: bool = True) -> GalleryInfo:

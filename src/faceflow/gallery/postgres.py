@@ -1,0 +1,311 @@
+"""PostgreSQL backend with pgvector: same schema and API as SQLite, HNSW search inside the database.
+
+Tables live in the schema ``faceflow`` (so a shared database is not cluttered); embeddings are
+pgvector ``vector`` values, sent and read in binary (float32, exact). A gallery that reaches the ANN
+size gets a partial HNSW index of its own (inner product over the gallery's model), kept up to date
+by PostgreSQL on every insert. Needs the ``vector`` extension, created on first use (which takes a
+role allowed to create it, or an administrator having done ``CREATE EXTENSION vector`` before).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from faceflow.errors import GalleryError
+from faceflow.gallery.store import GalleryInfo, GalleryStore, VectorSet
+from faceflow.types import FloatArray
+
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+INDEX_BUILD_MEMORY = "2GB"
+"""``maintenance_work_mem`` while building an HNSW index (a 1M x 128 index fits; then it builds in memory)."""
+_LOCK_KEY = 0x66616365  # advisory lock held while migrating
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: the initial schema
+        "CREATE EXTENSION IF NOT EXISTS vector",
+        """CREATE TABLE faceflow.galleries (
+            id BIGSERIAL PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            model TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            threshold DOUBLE PRECISION,
+            metadata JSONB NOT NULL DEFAULT '{}',
+            created_at DOUBLE PRECISION NOT NULL,
+            revision BIGINT NOT NULL DEFAULT 0,
+            reset_revision BIGINT NOT NULL DEFAULT 0)""",
+        """CREATE TABLE faceflow.subjects (
+            id BIGSERIAL PRIMARY KEY,
+            gallery_id BIGINT NOT NULL REFERENCES faceflow.galleries(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            metadata JSONB NOT NULL DEFAULT '{}',
+            created_at DOUBLE PRECISION NOT NULL,
+            UNIQUE (gallery_id, name))""",
+        "CREATE SEQUENCE faceflow.faces_id_seq",
+        """CREATE TABLE faceflow.faces (
+            id BIGINT PRIMARY KEY,
+            gallery_id BIGINT NOT NULL REFERENCES faceflow.galleries(id) ON DELETE CASCADE,
+            subject_id BIGINT NOT NULL REFERENCES faceflow.subjects(id) ON DELETE CASCADE,
+            box JSONB,
+            quality DOUBLE PRECISION,
+            source TEXT,
+            source_sha256 TEXT,
+            metadata JSONB NOT NULL DEFAULT '{}',
+            created_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX faces_gallery_subject ON faceflow.faces (gallery_id, subject_id)",
+        """CREATE TABLE faceflow.embeddings (
+            face_id BIGINT NOT NULL REFERENCES faceflow.faces(id) ON DELETE CASCADE,
+            gallery_id BIGINT NOT NULL REFERENCES faceflow.galleries(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            vector vector NOT NULL,
+            PRIMARY KEY (face_id, model))""",
+        "CREATE INDEX embeddings_gallery_model ON faceflow.embeddings (gallery_id, model)",
+    ),
+)
+"""Schema migrations: entry ``i`` takes the schema from version ``i`` to ``i + 1`` (``faceflow.schema_version``)."""
+
+_GALLERY_COLUMNS = """g.id, g.name, g.model, g.dim, g.threshold, g.metadata, g.created_at, g.revision,
+    g.reset_revision, (SELECT COUNT(*) FROM faceflow.subjects s WHERE s.gallery_id = g.id),
+    (SELECT COUNT(*) FROM faceflow.faces f WHERE f.gallery_id = g.id)"""
+_SUBJECT_COLUMNS = """s.id, s.name, s.metadata, s.created_at,
+    (SELECT COUNT(*) FROM faceflow.faces f WHERE f.subject_id = s.id)"""
+
+SQL: dict[str, str] = {
+    "bump_revision": """UPDATE faceflow.galleries SET revision = revision + 1,
+        reset_revision = CASE WHEN %s THEN revision + 1 ELSE reset_revision END WHERE id = %s""",
+    "gallery_by_name": f"SELECT {_GALLERY_COLUMNS} FROM faceflow.galleries g WHERE g.name = %s",
+    "gallery_head": """SELECT id, name, model, dim, threshold, metadata, created_at, revision, reset_revision, -1, -1
+        FROM faceflow.galleries WHERE name = %s""",
+    "list_galleries": f"SELECT {_GALLERY_COLUMNS} FROM faceflow.galleries g ORDER BY g.name",
+    "insert_gallery": """INSERT INTO faceflow.galleries (name, model, dim, threshold, metadata, created_at)
+        VALUES (%s, %s, %s, %s, %s::jsonb, %s)""",
+    "update_gallery_settings": "UPDATE faceflow.galleries SET threshold = %s, metadata = %s::jsonb WHERE id = %s",
+    "delete_gallery_embeddings": "DELETE FROM faceflow.embeddings WHERE gallery_id = %s",
+    "delete_gallery_faces": "DELETE FROM faceflow.faces WHERE gallery_id = %s",
+    "delete_gallery_subjects": "DELETE FROM faceflow.subjects WHERE gallery_id = %s",
+    "delete_gallery": "DELETE FROM faceflow.galleries WHERE id = %s",
+    "subject_by_name": f"SELECT {_SUBJECT_COLUMNS} FROM faceflow.subjects s WHERE s.gallery_id = %s AND s.name = %s",
+    "list_subjects": f"SELECT {_SUBJECT_COLUMNS} FROM faceflow.subjects s WHERE s.gallery_id = %s ORDER BY s.name",
+    "insert_subject": """INSERT INTO faceflow.subjects (gallery_id, name, metadata, created_at)
+        VALUES (%s, %s, %s::jsonb, %s)""",
+    "insert_subject_if_new": """INSERT INTO faceflow.subjects (gallery_id, name, metadata, created_at)
+        VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (gallery_id, name) DO NOTHING""",
+    "subject_ids": "SELECT id, name FROM faceflow.subjects WHERE gallery_id = %s AND name = ANY(%s::text[])",
+    "subject_names": "SELECT id, name FROM faceflow.subjects WHERE gallery_id = %s AND id = ANY(%s::bigint[])",
+    "delete_subject_embeddings": """DELETE FROM faceflow.embeddings
+        WHERE face_id IN (SELECT id FROM faceflow.faces WHERE subject_id = %s)""",
+    "delete_subject_faces": "DELETE FROM faceflow.faces WHERE subject_id = %s",
+    "delete_subject": "DELETE FROM faceflow.subjects WHERE id = %s",
+    "reserve_face_ids": "SELECT nextval('faceflow.faces_id_seq') FROM generate_series(1, %s)",
+    "insert_face": """INSERT INTO faceflow.faces (id, gallery_id, subject_id, box, quality, source, source_sha256,
+        metadata, created_at) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, %s)""",
+    "insert_embedding": """INSERT INTO faceflow.embeddings (face_id, gallery_id, model, dim, vector)
+        VALUES (%s, %s, %s, %s, %s)""",
+    "list_faces": """SELECT f.id, f.subject_id, s.name, f.box, f.quality, f.source, f.source_sha256, f.metadata,
+        f.created_at FROM faceflow.faces f JOIN faceflow.subjects s ON s.id = f.subject_id
+        WHERE f.gallery_id = %s AND (%s::bigint IS NULL OR f.subject_id = %s) ORDER BY f.id""",
+    "count_faces_in": "SELECT COUNT(*) FROM faceflow.faces WHERE gallery_id = %s AND id = ANY(%s::bigint[])",
+    "delete_embeddings_in": "DELETE FROM faceflow.embeddings WHERE gallery_id = %s AND face_id = ANY(%s::bigint[])",
+    "delete_faces_in": "DELETE FROM faceflow.faces WHERE gallery_id = %s AND id = ANY(%s::bigint[])",
+    "vectors": """SELECT f.id, f.subject_id, e.vector FROM faceflow.faces f
+        JOIN faceflow.embeddings e ON e.face_id = f.id
+        WHERE f.gallery_id = %s AND e.model = %s ORDER BY f.subject_id, f.id""",
+    "vectors_of_subjects": """SELECT f.id, f.subject_id, e.vector FROM faceflow.faces f
+        JOIN faceflow.embeddings e ON e.face_id = f.id
+        WHERE f.gallery_id = %s AND e.model = %s AND f.subject_id = ANY(%s::bigint[]) ORDER BY f.subject_id, f.id""",
+    "model_dims": "SELECT dim FROM faceflow.embeddings WHERE gallery_id = %s AND model = %s LIMIT 1",
+    "model_counts": """SELECT model, COUNT(*) FROM faceflow.embeddings WHERE gallery_id = %s
+        GROUP BY model ORDER BY model""",
+    "delete_model_embeddings_in": """DELETE FROM faceflow.embeddings WHERE gallery_id = %s AND model = %s
+        AND face_id = ANY(%s::bigint[])""",
+    "switch_model": "UPDATE faceflow.galleries SET model = %s, dim = %s, threshold = NULL WHERE id = %s",
+    "delete_other_models": "DELETE FROM faceflow.embeddings WHERE gallery_id = %s AND model <> %s",
+    "faces_without_embedding": """SELECT COUNT(*) FROM faceflow.faces f WHERE f.gallery_id = %s AND NOT EXISTS
+        (SELECT 1 FROM faceflow.embeddings e WHERE e.face_id = f.id AND e.model = %s)""",
+    "embeddings_wrong_dim": """SELECT COUNT(*) FROM faceflow.embeddings WHERE gallery_id = %s AND model = %s
+        AND (dim <> %s OR vector_dims(vector) <> dim)""",
+    "faces_wrong_subject": """SELECT COUNT(*) FROM faceflow.faces f JOIN faceflow.subjects s ON s.id = f.subject_id
+        WHERE f.gallery_id = %s AND s.gallery_id <> f.gallery_id""",
+    "orphan_embeddings": """SELECT COUNT(*) FROM faceflow.embeddings e WHERE e.gallery_id = %s AND NOT EXISTS
+        (SELECT 1 FROM faceflow.faces f WHERE f.id = e.face_id AND f.gallery_id = e.gallery_id)""",
+    # -- pgvector: templates with {index}, {dim}, {gallery}, {model} filled in by psycopg.sql --------
+    "create_hnsw": """CREATE INDEX IF NOT EXISTS {index} ON faceflow.embeddings
+        USING hnsw ((vector::vector({dim})) vector_ip_ops) WITH (m = {m}, ef_construction = {ef})
+        WHERE gallery_id = {gallery} AND model = {model}""",
+    "drop_hnsw": "DROP INDEX IF EXISTS faceflow.{index}",
+    "hnsw_exists": "SELECT to_regclass('faceflow.' || {index_name}) IS NOT NULL",
+    "ann": """SELECT c.face_id, f.subject_id, c.vector FROM (
+        SELECT face_id, vector FROM faceflow.embeddings WHERE gallery_id = {gallery} AND model = {model}
+        ORDER BY vector::vector({dim}) <#> %s::vector({dim}) LIMIT %s) c
+        JOIN faceflow.faces f ON f.id = c.face_id""",
+    "schema_version": "SELECT version FROM faceflow.schema_version",
+    "lock": "SELECT pg_advisory_xact_lock(%s)",
+}
+
+
+def _vector_adapters(oid: int) -> tuple[type, type]:
+    """psycopg binary dumper (numpy array -> vector) and loader (vector -> float32 array) for ``oid``."""
+    from psycopg.adapt import Dumper, Loader
+    from psycopg.pq import Format
+
+    class VectorDumper(Dumper):
+        format = Format.BINARY
+
+        def dump(self, obj: Any) -> bytes:
+            a = np.asarray(obj, dtype=">f4").reshape(-1)
+            return struct.pack(">HH", a.size, 0) + a.tobytes()
+
+    class VectorLoader(Loader):
+        format = Format.BINARY
+
+        def load(self, data: Any) -> FloatArray:
+            dim = struct.unpack_from(">H", data)[0]
+            return np.frombuffer(bytes(data), dtype=">f4", count=dim, offset=4).astype(np.float32)
+
+    VectorDumper.oid = oid
+    return VectorDumper, VectorLoader
+
+
+class PostgresStore(GalleryStore):
+    """A gallery store in a PostgreSQL database with pgvector (``postgresql://user@host:port/db``)."""
+
+    SQL = SQL
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - psycopg is a dependency
+            raise GalleryError("the PostgreSQL backend needs psycopg: pip install 'psycopg[binary]'") from exc
+        self.url = url
+        self._psycopg = psycopg
+        try:
+            self._conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
+        except psycopg.Error as exc:
+            raise GalleryError(f"cannot connect to {url}: {exc}") from exc
+        self._migrate()
+        oid = self._conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]  # type: ignore[index]
+        dumper, loader = _vector_adapters(int(oid))
+        self._conn.adapters.register_dumper(np.ndarray, dumper)
+        self._conn.adapters.register_loader(int(oid), loader)
+
+    def _migrate(self) -> None:
+        psycopg = self._psycopg
+        try:
+            with self.transaction():
+                self._q("lock", _LOCK_KEY)
+                self._run("CREATE SCHEMA IF NOT EXISTS faceflow")
+                self._run("CREATE TABLE IF NOT EXISTS faceflow.schema_version (version INTEGER NOT NULL)")
+                rows = self._q("schema_version")
+                if not rows:
+                    self._run("INSERT INTO faceflow.schema_version VALUES (0)")
+                version = int(rows[0][0]) if rows else 0
+                if version > len(MIGRATIONS):
+                    raise GalleryError(
+                        f"{self.url} has schema version {version}, newer than this faceflow knows ({len(MIGRATIONS)})"
+                    )
+                for statements in MIGRATIONS[version:]:
+                    for statement in statements:
+                        self._run(statement)
+                self._run("UPDATE faceflow.schema_version SET version = %s", (len(MIGRATIONS),))
+        except psycopg.errors.FeatureNotSupported as exc:
+            raise GalleryError(f"{self.url}: pgvector is not available ({exc})") from exc
+        except psycopg.Error as exc:
+            raise GalleryError(f"cannot set up the gallery schema in {self.url}: {exc}") from exc
+
+    @property
+    def schema_version(self) -> int:
+        with self.transaction(write=False):
+            return int(self._q("schema_version")[0][0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _begin(self, write: bool) -> None:
+        self._conn.execute("BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def _end(self, commit: bool) -> None:
+        if not self._conn.closed:
+            self._conn.execute("COMMIT" if commit else "ROLLBACK")
+
+    def _run(self, sql: Any, params: Sequence[Any] = (), *, many: bool = False) -> list[tuple[Any, ...]]:
+        errors = self._psycopg.errors
+        try:
+            with self._conn.cursor(binary=True) as cur:
+                if many:
+                    cur.executemany(sql, params)
+                    return []
+                cur.execute(sql, params or None)
+                return cur.fetchall() if cur.description is not None else []
+        except (errors.IntegrityError, errors.InvalidParameterValue, errors.DataException) as exc:
+            raise GalleryError(f"refused by the store: {exc}") from exc
+
+    def _vec_param(self, vector: FloatArray) -> FloatArray:
+        return np.asarray(vector, dtype=np.float32)
+
+    def _decode_vectors(self, values: Sequence[Any], dim: int) -> FloatArray:
+        return np.stack(values).astype(np.float32) if values else np.zeros((0, dim), np.float32)
+
+    def _list_param(self, values: Sequence[Any]) -> list[Any]:
+        return list(values)
+
+    def _reserve_face_ids(self, n: int) -> list[int]:
+        return [int(r[0]) for r in self._q("reserve_face_ids", n)]
+
+    def _integrity_problems(self) -> list[str]:
+        return []  # PostgreSQL enforces the foreign keys and checks its own pages
+
+    # -- pgvector search -------------------------------------------------------------------------
+    def _template(self, key: str, g: GalleryInfo, **extra: Any) -> Any:
+        from psycopg import sql
+
+        name = f"hnsw_g{g.id}"
+        return sql.SQL(SQL[key]).format(
+            index=sql.Identifier(name), index_name=sql.Literal(name), dim=sql.Literal(g.dim),
+            gallery=sql.Literal(g.id), model=sql.Literal(g.model), **{k: sql.Literal(v) for k, v in extra.items()},
+        )
+
+    def has_native_ann(self) -> bool:
+        return True
+
+    def ensure_ann_index(self, gallery: str) -> None:
+        with self.transaction():
+            g = self.gallery(gallery, counts=False)
+            if self._run(self._template("hnsw_exists", g))[0][0]:
+                return
+            self._run(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
+            self._run(self._template("create_hnsw", g, m=HNSW_M, ef=HNSW_EF_CONSTRUCTION))
+            self._run("ANALYZE faceflow.embeddings")  # so that the planner sees the gallery's size
+
+    def ann_search(self, gallery: str, queries: FloatArray, k: int) -> list[VectorSet]:
+        with self.transaction(write=False):
+            g = self.gallery(gallery, counts=False)
+            self._run(f"SET LOCAL hnsw.ef_search = {min(max(int(k), 40), 1000)}")
+            statement = self._template("ann", g)
+            out = []
+            for q in queries:
+                rows = self._run(statement, (np.asarray(q, np.float32), int(k)))
+                if not rows:
+                    out.append(VectorSet.empty(g.dim))
+                    continue
+                fids, sids, vecs = zip(*rows, strict=True)
+                out.append(VectorSet(np.asarray(fids, np.int64), np.asarray(sids, np.int64),
+                                     self._decode_vectors(vecs, g.dim)))
+            return out
+
+    def explain_ann(self, gallery: str, query: FloatArray, k: int = 10) -> str:
+        """PostgreSQL's plan for the ANN query (to check that the HNSW index is used)."""
+        from psycopg import sql
+
+        with self.transaction(write=False):
+            g = self.gallery(gallery, counts=False)
+            plan = self._run(sql.SQL("EXPLAIN ") + self._template("ann", g), (np.asarray(query, np.float32), int(k)))
+        return "\n".join(r[0] for r in plan)
+
+    def _on_gallery_deleted(self, gallery: GalleryInfo) -> None:
+        self._run(self._template("drop_hnsw", gallery))
