@@ -6,9 +6,12 @@ against exact (numpy) search over the same vectors:
 
     nice .venv/bin/python benchmarks/bench_search.py --n 1000000 --json benchmarks/results/search.json
 
-Queries are random unit vectors; for each, one gallery vector is planted at a cosine similarity drawn
-from [0.5, 0.95] (the range of same-person scores), and placed at a random position among the rest.
-Reported: enrol time, index build time and memory, p50/p99 query latency, recall@1 against exact.
+Queries are random unit vectors; for each, one gallery vector is planted at a random position among
+the rest, at a cosine similarity drawn from [0.8, 0.99] for the first half of the queries
+(near-duplicates) and from [0.5, 0.8] for the second half (like another photo of the same person;
+random pairs of 128-d vectors reach ~0.45 among 1M). Reported: enrol time, index build time and
+memory, p50/p99 latency of one open-set identification, recall@1 of the ANN against exact search,
+overall and per half.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ def make_data(n: int, dim: int, queries: int, seed: int = 0) -> tuple[np.ndarray
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     u = base[n:] - np.sum(base[n:] * q, axis=1, keepdims=True) * q  # random directions orthogonal to q
     u /= np.linalg.norm(u, axis=1, keepdims=True)
-    c = rng.uniform(0.5, 0.95, (queries, 1)).astype(np.float32)
+    half = queries // 2
+    c = np.concatenate([rng.uniform(0.8, 0.99, half), rng.uniform(0.5, 0.8, queries - half)])[:, None]
+    c = c.astype(np.float32)
     planted_rows = rng.choice(n + queries, queries, replace=False)
     rest = np.setdiff1d(np.arange(n + queries), planted_rows)
     gallery = np.empty_like(base)
@@ -70,16 +75,18 @@ def enrol(store: GalleryStore, vectors: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def time_queries(searcher: Searcher, queries: np.ndarray, warmup: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """(top face id per query, seconds per query), one open-set identification + face search at a time."""
+    """(top face id per query, seconds per query), one open-set identification at a time.
+
+    With the ``max`` aggregate the best subject's best face is the top face of the whole gallery.
+    """
     for q in queries[:warmup]:
         searcher.identify(q)
     tops, secs = [], []
     for q in queries:
         t0 = time.perf_counter()
-        searcher.identify(q)
-        ids, _ = searcher.search_faces(q, k=1)
+        answer = searcher.identify(q)[0]
         secs.append(time.perf_counter() - t0)
-        tops.append(ids[0, 0])
+        tops.append(answer.candidates[0].face_id)
     return np.asarray(tops), np.asarray(secs)
 
 
@@ -103,7 +110,11 @@ def run_backend(name: str, url: str, vectors: np.ndarray, queries: np.ndarray, t
         else:
             out["index_bytes"] = int(store._run("SELECT pg_relation_size('faceflow.hnsw_g1')")[0][0])
         tops, secs = time_queries(searcher, queries)
-        out["recall_at_1_vs_exact"] = float(np.mean(tops == ids[truth_rows]))
+        hit = tops == ids[truth_rows]
+        half = len(hit) // 2
+        out["recall_at_1_vs_exact"] = float(np.mean(hit))
+        out["recall_near_duplicates"] = float(np.mean(hit[:half]))
+        out["recall_same_person_like"] = float(np.mean(hit[half:]))
         out["p50_ms"] = float(np.percentile(secs, 50) * 1000)
         out["p99_ms"] = float(np.percentile(secs, 99) * 1000)
         out["peak_rss_mb"] = rss_mb()

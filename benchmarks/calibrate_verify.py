@@ -8,7 +8,7 @@ pair's score is the cosine similarity of its two embeddings.
 Figures written (JSON, fractions):
 
 * ``threshold``: the operating point at FMR = 1e-3 over all 3,000 impostor pairs (the midpoint
-  between the 4th and 3rd highest impostor scores, so exactly 3 impostors match), rounded to 4 places;
+  between the 4th and 3rd highest impostor scores, so exactly 3 impostors match), rounded up to 4 places;
   its FMR, TMR (over the 3,000 genuine pairs) and accuracy over all 6,000 pairs;
 * ``best_accuracy``: the threshold maximising accuracy over all 6,000 pairs, for reference;
 * ``ten_fold``: the standard protocol (threshold from the nine other folds by maximum accuracy),
@@ -29,17 +29,20 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from faceflow.io import load_image
 from faceflow.recognize import create_embedder
 from faceflow.types import Face
 
 REPO = Path(__file__).resolve().parents[1]
+Arr = npt.NDArray[Any]
 
 
-def read_pairs(lfw: Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray]:
+def read_pairs(lfw: Path) -> tuple[list[tuple[str, str]], Arr, Arr]:
     """``pairs.txt`` as (relative path a, relative path b), labels (1 = same) and fold indices."""
     lines = (lfw / "pairs.txt").read_text().split("\n")
     folds, per_fold = (int(v) for v in lines[0].split())
@@ -55,7 +58,7 @@ def read_pairs(lfw: Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray
     return pairs, np.array(labels), np.arange(len(pairs)) // (2 * per_fold)
 
 
-def detect_all(lfw: Path, files: list[str]) -> np.ndarray:
+def detect_all(lfw: Path, files: list[str]) -> Arr:
     """Box (4) and five points (10) of the face nearest the centre per image; NaN where none."""
     from faceflow.detect import create_detector
 
@@ -73,7 +76,7 @@ def detect_all(lfw: Path, files: list[str]) -> np.ndarray:
     return out
 
 
-def box_point_fractions(dets: np.ndarray) -> np.ndarray:
+def box_point_fractions(dets: Arr) -> Arr:
     """Median positions of the five points inside their boxes, mirrored left/right and averaged."""
     ok = ~np.isnan(dets).any(1)
     box, lm = dets[ok, :4], dets[ok, 4:].reshape(-1, 5, 2)
@@ -83,10 +86,10 @@ def box_point_fractions(dets: np.ndarray) -> np.ndarray:
     return np.asarray((rel + mirrored) / 2)
 
 
-def embed_all(lfw: Path, files: list[str], dets: np.ndarray, model: str, batch: int) -> np.ndarray:
+def embed_all(lfw: Path, files: list[str], dets: Arr, model: str, batch: int) -> Arr:
     """One unit-norm embedding per image (fallback: the median detected box, box-based points)."""
     embedder = create_embedder(model)
-    found = ~np.isnan(dets[:, :4]).any(1)
+    found: Arr = np.asarray(~np.isnan(dets[:, :4]).any(1))
     fallback_box = np.median(dets[found, :4], axis=0)
     out = np.zeros((len(files), embedder.dim), np.float32)
     t0 = time.perf_counter()
@@ -109,7 +112,7 @@ def embed_all(lfw: Path, files: list[str], dets: np.ndarray, model: str, batch: 
     return out
 
 
-def rates(scores: np.ndarray, labels: np.ndarray, t: float) -> tuple[float, float, float]:
+def rates(scores: Arr, labels: Arr, t: float) -> tuple[float, float, float]:
     """FMR, TMR and accuracy when ``score >= t`` means "same"."""
     same = scores >= t
     fmr = float(same[labels == 0].mean())
@@ -117,14 +120,14 @@ def rates(scores: np.ndarray, labels: np.ndarray, t: float) -> tuple[float, floa
     return fmr, tmr, float((same == (labels == 1)).mean())
 
 
-def fmr_threshold(scores: np.ndarray, labels: np.ndarray, fmr: float) -> float:
+def fmr_threshold(scores: Arr, labels: Arr, fmr: float) -> float:
     """Midpoint between the (k+1)-th and k-th highest impostor scores, k = floor(fmr x impostors)."""
     imp = np.sort(scores[labels == 0])[::-1]
     k = int(np.floor(fmr * len(imp) + 1e-9))
     return float((imp[k] + imp[k - 1]) / 2) if k > 0 else float(np.nextafter(imp[0], np.inf))
 
 
-def best_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+def best_accuracy_threshold(scores: Arr, labels: Arr) -> float:
     """The midpoint between consecutive sorted scores that maximises accuracy."""
     s = np.sort(scores)
     cands = np.r_[s[0] - 1e-6, (s[1:] + s[:-1]) / 2, s[-1] + 1e-6]
@@ -132,7 +135,7 @@ def best_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(cands[int(np.argmax(accs))])
 
 
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+def roc_auc(scores: Arr, labels: Arr) -> float:
     """Probability that a random genuine pair outscores a random impostor pair (ties count half)."""
     from scipy.stats import rankdata
 
@@ -142,7 +145,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def ten_fold(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict[str, float]:
+def ten_fold(scores: Arr, labels: Arr, folds: Arr) -> dict[str, float]:
     """Standard LFW 10-fold accuracy, and TAR at FAR 1e-3 with thresholds from the training folds."""
     accs, tars, fars = [], [], []
     for k in np.unique(folds):
@@ -161,7 +164,7 @@ def ten_fold(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict[
     }
 
 
-def analyse(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, fmr: float) -> dict[str, object]:
+def analyse(scores: Arr, labels: Arr, folds: Arr, fmr: float) -> dict[str, object]:
     t = float(np.ceil(fmr_threshold(scores, labels, fmr) * 1e4) / 1e4)  # never more false matches
     f, m, a = rates(scores, labels, t)
     tb = round(best_accuracy_threshold(scores, labels), 4)

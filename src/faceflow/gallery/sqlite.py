@@ -55,11 +55,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE embeddings (
             face_id INTEGER NOT NULL REFERENCES faces(id) ON DELETE CASCADE,
             gallery_id INTEGER NOT NULL REFERENCES galleries(id) ON DELETE CASCADE,
+            subject_id INTEGER NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
             model TEXT NOT NULL,
             dim INTEGER NOT NULL,
             vector BLOB NOT NULL,
             UNIQUE (face_id, model))""",
-        "CREATE INDEX embeddings_gallery_model ON embeddings (gallery_id, model)",
+        "CREATE INDEX embeddings_gallery_model ON embeddings (gallery_id, model, subject_id, face_id)",
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO counters VALUES ('face_id', 0)",
     ),
@@ -92,24 +93,27 @@ SQL: dict[str, str] = {
     "insert_subject_if_new": """INSERT INTO subjects (gallery_id, name, metadata, created_at) VALUES (?, ?, ?, ?)
         ON CONFLICT (gallery_id, name) DO NOTHING""",
     "subject_ids": f"SELECT id, name FROM subjects WHERE gallery_id = ? AND name IN {_IDS}",
-    "subject_names": f"SELECT id, name FROM subjects WHERE gallery_id = ? AND id IN {_IDS}",
+    "subject_names": f"""SELECT s.id, s.name FROM subjects s JOIN galleries g ON g.id = s.gallery_id
+        WHERE g.name = ? AND s.id IN {_IDS}""",
+    "face_subjects": f"SELECT id, subject_id FROM faces WHERE gallery_id = ? AND id IN {_IDS}",
     "delete_subject_embeddings": "DELETE FROM embeddings WHERE face_id IN (SELECT id FROM faces WHERE subject_id = ?)",
     "delete_subject_faces": "DELETE FROM faces WHERE subject_id = ?",
     "delete_subject": "DELETE FROM subjects WHERE id = ?",
     "reserve_face_ids": "UPDATE counters SET value = value + ? WHERE name = 'face_id' RETURNING value",
     "insert_face": """INSERT INTO faces (id, gallery_id, subject_id, box, quality, source, source_sha256, metadata,
         created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-    "insert_embedding": "INSERT INTO embeddings (face_id, gallery_id, model, dim, vector) VALUES (?, ?, ?, ?, ?)",
+    "insert_embedding": """INSERT INTO embeddings (face_id, gallery_id, subject_id, model, dim, vector)
+        VALUES (?, ?, ?, ?, ?, ?)""",
     "list_faces": """SELECT f.id, f.subject_id, s.name, f.box, f.quality, f.source, f.source_sha256, f.metadata,
         f.created_at FROM faces f JOIN subjects s ON s.id = f.subject_id
         WHERE f.gallery_id = ? AND (? IS NULL OR f.subject_id = ?) ORDER BY f.id""",
     "count_faces_in": f"SELECT COUNT(*) FROM faces WHERE gallery_id = ? AND id IN {_IDS}",
     "delete_embeddings_in": f"DELETE FROM embeddings WHERE gallery_id = ? AND face_id IN {_IDS}",
     "delete_faces_in": f"DELETE FROM faces WHERE gallery_id = ? AND id IN {_IDS}",
-    "vectors": """SELECT f.id, f.subject_id, e.vector FROM faces f JOIN embeddings e ON e.face_id = f.id
-        WHERE f.gallery_id = ? AND e.model = ? ORDER BY f.subject_id, f.id""",
-    "vectors_of_subjects": f"""SELECT f.id, f.subject_id, e.vector FROM faces f JOIN embeddings e ON e.face_id = f.id
-        WHERE f.gallery_id = ? AND e.model = ? AND f.subject_id IN {_IDS} ORDER BY f.subject_id, f.id""",
+    "vectors": """SELECT face_id, subject_id, vector FROM embeddings WHERE gallery_id = ? AND model = ?
+        ORDER BY subject_id, face_id""",
+    "vectors_of_subjects": f"""SELECT face_id, subject_id, vector FROM embeddings WHERE gallery_id = ? AND model = ?
+        AND subject_id IN {_IDS} ORDER BY subject_id, face_id""",
     "model_dims": "SELECT dim FROM embeddings WHERE gallery_id = ? AND model = ? LIMIT 1",
     "model_counts": "SELECT model, COUNT(*) FROM embeddings WHERE gallery_id = ? GROUP BY model ORDER BY model",
     "delete_model_embeddings_in": f"DELETE FROM embeddings WHERE gallery_id = ? AND model = ? AND face_id IN {_IDS}",
@@ -119,8 +123,9 @@ SQL: dict[str, str] = {
         (SELECT 1 FROM embeddings e WHERE e.face_id = f.id AND e.model = ?)""",
     "embeddings_wrong_dim": """SELECT COUNT(*) FROM embeddings WHERE gallery_id = ? AND model = ?
         AND (dim <> ? OR length(vector) <> 4 * dim)""",
-    "faces_wrong_subject": """SELECT COUNT(*) FROM faces f JOIN subjects s ON s.id = f.subject_id
-        WHERE f.gallery_id = ? AND s.gallery_id <> f.gallery_id""",
+    "faces_wrong_subject": """SELECT (SELECT COUNT(*) FROM faces f JOIN subjects s ON s.id = f.subject_id
+        WHERE f.gallery_id = ? AND s.gallery_id <> f.gallery_id) + (SELECT COUNT(*) FROM embeddings e
+        JOIN faces f ON f.id = e.face_id WHERE e.gallery_id = ? AND e.subject_id <> f.subject_id)""",
     "orphan_embeddings": """SELECT COUNT(*) FROM embeddings e WHERE e.gallery_id = ?
         AND NOT EXISTS (SELECT 1 FROM faces f WHERE f.id = e.face_id AND f.gallery_id = e.gallery_id)""",
 }

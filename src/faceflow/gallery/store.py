@@ -215,8 +215,9 @@ class GalleryStore(ABC):
         """Build the database's ANN index for ``gallery`` if it has none (backends with native ANN)."""
         raise NotImplementedError
 
-    def ann_search(self, gallery: str, queries: FloatArray, k: int) -> list[VectorSet]:
-        """The ``k`` approximate nearest faces of each query, with their exact vectors (native ANN)."""
+    def ann_search(self, gallery: GalleryInfo, queries: FloatArray, k: int, *, ef: int = 200) -> list[VectorSet]:
+        """The ``k`` approximate nearest faces of each query, with their exact vectors (native ANN);
+        ``ef`` is the breadth of the graph search."""
         raise NotImplementedError
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -250,11 +251,14 @@ class GalleryStore(ABC):
                 self._end(commit=ok)
 
     def _q(self, key: str, *params: Any) -> list[tuple[Any, ...]]:
-        return self._run(self.SQL[key], params)
+        """Run one statement (in the current transaction, or on its own: a single read is consistent)."""
+        with self._lock:
+            return self._run(self.SQL[key], params)
 
     def _many(self, key: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            self._run(self.SQL[key], rows, many=True)
+            with self._lock:
+                self._run(self.SQL[key], rows, many=True)
 
     def _bump(self, gallery_id: int, *, reset: bool) -> None:
         self._q("bump_revision", bool(reset), gallery_id)
@@ -288,8 +292,7 @@ class GalleryStore(ABC):
 
         ``counts=False`` skips counting subjects and faces (they read -1): cheap on a big gallery.
         """
-        with self.transaction(write=False):
-            rows = self._q("gallery_by_name" if counts else "gallery_head", name)
+        rows = self._q("gallery_by_name" if counts else "gallery_head", name)
         if not rows:
             known = ", ".join(g.name for g in self.galleries()) or "none yet"
             raise GalleryError(f"no gallery named {name!r} (galleries: {known})")
@@ -297,8 +300,7 @@ class GalleryStore(ABC):
 
     def galleries(self) -> list[GalleryInfo]:
         """All galleries, by name."""
-        with self.transaction(write=False):
-            return [self._gallery_from_row(r) for r in self._q("list_galleries")]
+        return [self._gallery_from_row(r) for r in self._q("list_galleries")]
 
     def delete_gallery(self, name: str) -> None:
         """Delete a gallery with its subjects, faces and embeddings."""
@@ -365,9 +367,7 @@ class GalleryStore(ABC):
         ids = sorted({int(i) for i in subject_ids})
         if not ids:
             return {}
-        with self.transaction(write=False):
-            g = self.gallery(gallery, counts=False)
-            return {int(i): n for i, n in self._q("subject_names", g.id, self._list_param(ids))}
+        return {int(i): n for i, n in self._q("subject_names", gallery, self._list_param(ids))}
 
     def delete_subject(self, gallery: str, name: str) -> None:
         """Delete a subject and all its faces."""
@@ -421,7 +421,8 @@ class GalleryStore(ABC):
                 for fid, f in zip(ids, faces, strict=True)
             ])
             self._many("insert_embedding", [
-                (fid, g.id, model, g.dim, self._vec_param(v)) for fid, v in zip(ids, vectors, strict=True)
+                (fid, g.id, subject_ids[f.subject], model, g.dim, self._vec_param(v))
+                for fid, f, v in zip(ids, faces, vectors, strict=True)
             ])
             self._bump(g.id, reset=False)
             return ids
@@ -501,11 +502,12 @@ class GalleryStore(ABC):
             arr = np.stack([np.asarray(vectors[i], np.float32).reshape(-1) for i in ids])
             dim = self._model_dim(g.id, model) or arr.shape[1]
             arr = _unit_rows(arr, dim)
-            if self._q("count_faces_in", g.id, self._list_param(ids))[0][0] != len(ids):
+            subject_of = dict(self._q("face_subjects", g.id, self._list_param(ids)))
+            if len(subject_of) != len(set(ids)):
                 raise GalleryError("some face ids are not in this gallery")
             self._q("delete_model_embeddings_in", g.id, model, self._list_param(ids))
             self._many("insert_embedding", [
-                (i, g.id, model, dim, self._vec_param(v)) for i, v in zip(ids, arr, strict=True)])
+                (i, g.id, subject_of[i], model, dim, self._vec_param(v)) for i, v in zip(ids, arr, strict=True)])
             self._bump(g.id, reset=False)
 
     def switch_model(self, gallery: str, model: str, *, drop_old: bool = True) -> GalleryInfo:
@@ -534,7 +536,7 @@ class GalleryStore(ABC):
                 for count, what in (
                     (self._q("faces_without_embedding", g.id, g.model)[0][0], f"faces without a {g.model} embedding"),
                     (self._q("embeddings_wrong_dim", g.id, g.model, g.dim)[0][0], "embeddings of the wrong size"),
-                    (self._q("faces_wrong_subject", g.id)[0][0], "faces whose subject is in another gallery"),
+                    (self._q("faces_wrong_subject", g.id, g.id)[0][0], "faces or embeddings with the wrong subject"),
                     (self._q("orphan_embeddings", g.id)[0][0], "embeddings without a face"),
                 ):
                     if count:

@@ -1,0 +1,377 @@
+"""Gallery commands: ``faceflow gallery create|list|delete|export|import|calibrate``, ``faceflow enroll``,
+``faceflow identify``, ``faceflow cluster``, and ``faceflow eval identification|clustering`` runners.
+
+``faceflow.cli`` mounts :data:`gallery_app` and the command functions; ``python -m faceflow.gallery_cli``
+runs them on their own (:data:`standalone`). The store is ``--store`` (a URL or path), else
+``$FACEFLOW_GALLERY``, else ``$FACEFLOW_HOME/galleries.db``. Exit codes: 0 all done, 1 some photos
+failed (each reported), 2 usage errors (unknown gallery, bad option).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from faceflow.errors import FaceflowError, GalleryError
+
+gallery_app = typer.Typer(no_args_is_help=True, help="Create, list, delete, export, import and calibrate galleries.")
+
+Store = Annotated[str | None, typer.Option(
+    "--store", envvar="FACEFLOW_GALLERY", help="Gallery store: a SQLite path or sqlite:/// URL, or postgresql://...",
+    show_default="$FACEFLOW_HOME/galleries.db")]
+Paths = Annotated[list[Path], typer.Argument(help="Photos and/or folders (walked recursively).")]
+
+
+def _ui() -> tuple[Any, Any, Any]:
+    """The main CLI's console, progress bar factory and usage-error helper (imported late: no cycle)."""
+    from faceflow.cli import _fail_usage, _progress, console
+
+    return console, _progress, _fail_usage
+
+
+@contextmanager
+def _open(store: str | None) -> Iterator[Any]:
+    from faceflow.gallery import open_gallery_store
+
+    _, _, fail = _ui()
+    try:
+        s = open_gallery_store(store)
+    except GalleryError as exc:
+        raise fail(str(exc)) from None
+    with s:
+        yield s
+
+
+def _gallery(store: Any, name: str) -> Any:
+    _, _, fail = _ui()
+    try:
+        return store.gallery(name)
+    except GalleryError as exc:
+        raise fail(str(exc)) from None
+
+
+@gallery_app.command("create")
+def gallery_create(
+    name: Annotated[str, typer.Argument(help="Gallery name.")],
+    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+    flip: Annotated[bool, typer.Option(help="Average each embedding with the mirrored face's.")] = False,
+    threshold: Annotated[float | None, typer.Option(help="Open-set threshold (default: the model's).")] = None,
+    store: Store = None,
+) -> None:
+    """Create an empty gallery bound to one recognition model."""
+    from faceflow.gallery.service import create_gallery
+
+    console, _, fail = _ui()
+    with _open(store) as s:
+        try:
+            g = create_gallery(s, name, model, flip=flip, threshold=threshold)
+        except GalleryError as exc:
+            raise fail(str(exc)) from None
+        console.print(f"created gallery {g.name!r} ({g.model}, {g.dim}-d) in {s.url}")
+
+
+@gallery_app.command("list")
+def gallery_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+    store: Store = None,
+) -> None:
+    """List the galleries with their model and sizes."""
+    from rich.table import Table
+
+    console, _, _ = _ui()
+    with _open(store) as s:
+        galleries = s.galleries()
+    if as_json:
+        for g in galleries:
+            print(json.dumps(g.to_dict()))
+        return
+    table = Table("gallery", "model", "subjects", "faces", "threshold")
+    for g in galleries:
+        table.add_row(g.name, g.model, str(g.subjects), str(g.faces), "model default" if g.threshold is None
+                      else f"{g.threshold:.4f}")
+    console.print(table)
+
+
+@gallery_app.command("delete")
+def gallery_delete(
+    name: Annotated[str, typer.Argument(help="Gallery name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    store: Store = None,
+) -> None:
+    """Delete a gallery with all its subjects and faces."""
+    console, _, _ = _ui()
+    with _open(store) as s:
+        g = _gallery(s, name)
+        if not yes and not typer.confirm(f"Delete gallery {name!r} ({g.subjects} subjects, {g.faces} faces)?"):
+            raise typer.Exit(1)
+        s.delete_gallery(name)
+    console.print(f"deleted gallery {name!r}")
+
+
+@gallery_app.command("export")
+def gallery_export(
+    name: Annotated[str, typer.Argument(help="Gallery name.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write (JSONL + npy).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty folder.")] = False,
+    store: Store = None,
+) -> None:
+    """Export a gallery losslessly (gallery.json, subjects.jsonl, faces.jsonl, embeddings/*.npy)."""
+    from faceflow.gallery.io import export_gallery
+
+    console, _, fail = _ui()
+    with _open(store) as s:
+        _gallery(s, name)
+        try:
+            path = export_gallery(s, name, out, overwrite=overwrite)
+        except GalleryError as exc:
+            raise fail(str(exc)) from None
+    console.print(f"exported {name!r} to {path}")
+
+
+@gallery_app.command("import")
+def gallery_import(
+    src: Annotated[Path, typer.Argument(help="A folder written by `faceflow gallery export`.")],
+    name: Annotated[str | None, typer.Option(help="Import under this name (default: the exported one).")] = None,
+    store: Store = None,
+) -> None:
+    """Import an exported gallery (all or nothing)."""
+    from faceflow.gallery.io import import_gallery
+
+    console, _, fail = _ui()
+    with _open(store) as s:
+        try:
+            g = import_gallery(s, src, name=name)
+        except GalleryError as exc:
+            raise fail(str(exc)) from None
+    console.print(f"imported gallery {g.name!r}: {g.subjects} subjects, {g.faces} faces ({g.model})")
+
+
+@gallery_app.command("calibrate")
+def gallery_calibrate(
+    name: Annotated[str, typer.Argument(help="Gallery name.")],
+    fpir: Annotated[float, typer.Option(help="Target false-positive identification rate.")] = 0.01,
+    store: Store = None,
+) -> None:
+    """Set the open-set threshold at FPIR from the gallery's own subjects (leave-one-subject-out)."""
+    from faceflow.gallery.search import Searcher
+
+    console, _, fail = _ui()
+    with _open(store) as s:
+        _gallery(s, name)
+        try:
+            t = Searcher(s, name).calibrate(fpir)
+        except GalleryError as exc:
+            raise fail(str(exc)) from None
+    console.print(f"{name!r}: threshold {t:.4f} at FPIR {fpir:g}")
+
+
+def _photos(paths: list[Path]) -> list[Path]:
+    from faceflow.io import iter_image_files
+
+    _, _, fail = _ui()
+    files = iter_image_files(paths)
+    if not files:
+        raise fail("no image files found in " + ", ".join(map(str, paths)))
+    return files
+
+
+def enroll(
+    gallery: Annotated[str, typer.Argument(help="Gallery name (created with the default model if new).")],
+    name: Annotated[str, typer.Argument(help="Subject name; '-' takes each photo's folder name instead.")],
+    paths: Paths,
+    batch: Annotated[int, typer.Option(help="Photos per transaction.")] = 64,
+    store: Store = None,
+) -> None:
+    """Enrol the largest face of each photo as NAME (or as its folder's name with '-')."""
+    from faceflow.gallery.service import analyzer_for, create_gallery
+    from faceflow.gallery.service import enroll as do_enroll
+
+    console, progress, fail = _ui()
+    files = _photos(paths)
+    with _open(store) as s:
+        if not any(g.name == gallery for g in s.galleries()):
+            g = create_gallery(s, gallery)
+            console.print(f"created gallery {gallery!r} ({g.model})")
+        try:
+            analyzer = analyzer_for(s.gallery(gallery, counts=False))
+        except FaceflowError as exc:
+            raise fail(str(exc)) from None
+        items = [(f.parent.name if name == "-" else name, f) for f in files]
+        with progress() as bar:
+            task = bar.add_task("enrolling", total=len(items))
+            report = do_enroll(s, gallery, items, analyzer, batch=batch, tick=lambda: bar.advance(task))
+    for item in report.skipped:
+        console.print(f"[yellow]skipped:[/yellow] {item['path']}: {item['reason']}")
+    console.print(f"enrolled {report.enrolled} of {len(items)} photos into {gallery!r}")
+    raise typer.Exit(1 if report.skipped else 0)
+
+
+def identify(
+    gallery: Annotated[str, typer.Argument(help="Gallery name.")],
+    paths: Paths,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write JSONL here instead of stdout.")] = None,
+    top: Annotated[int, typer.Option(help="Candidates per face.")] = 5,
+    threshold: Annotated[float | None, typer.Option(help="Open-set threshold (default: the gallery's).")] = None,
+    aggregate: Annotated[str, typer.Option(help="Subject score from its faces: max or mean.")] = "max",
+    store: Store = None,
+) -> None:
+    """Identify every face of each photo: one JSON line per photo (subject or null when unknown)."""
+    from faceflow.gallery.service import analyzer_for
+    from faceflow.gallery.service import identify as do_identify
+
+    console, progress, fail = _ui()
+    if aggregate not in ("max", "mean"):
+        raise fail(f"--aggregate must be max or mean, got {aggregate!r}")
+    files = _photos(paths)
+    failed = 0
+    with _open(store) as s:
+        g = _gallery(s, gallery)
+        try:
+            analyzer = analyzer_for(g)
+        except FaceflowError as exc:
+            raise fail(str(exc)) from None
+        sink = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115 - closed below
+        try:
+            with progress() as bar:
+                task = bar.add_task("identifying", total=len(files))
+                for record in do_identify(s, gallery, files, analyzer, top=top, threshold=threshold,
+                                          aggregate=aggregate, tick=lambda: bar.advance(task)):  # type: ignore[arg-type]
+                    sink.write(json.dumps(record) + "\n")
+                    sink.flush()
+                    if record["error"]:
+                        failed += 1
+                        console.print(f"[yellow]failed:[/yellow] {record['error']}")
+        finally:
+            if out:
+                sink.close()
+    console.print(f"{len(files) - failed} of {len(files)} photos identified" + (f"; results: {out}" if out else ""))
+    raise typer.Exit(1 if failed else 0)
+
+
+def cluster(
+    folder: Annotated[list[Path], typer.Argument(help="Photo folders and/or files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (kept between runs: incremental).")],
+    threshold: Annotated[float | None, typer.Option(help="Average-linkage cosine threshold.")] = None,
+    min_face: Annotated[float, typer.Option(help="Leave faces smaller than this (pixels) unassigned.")] = 32.0,
+    min_score: Annotated[float, typer.Option(help="Leave faces of lower quality/score unassigned.")] = 0.0,
+    min_size: Annotated[int, typer.Option(help="Smallest cluster reported as a person.")] = 2,
+    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+) -> None:
+    """Cluster the faces of a photo library into persons: OUT/clusters.json and OUT/index.html.
+
+    Faces of one photo never share a cluster. Run again after adding photos: only the new ones are
+    analysed, and they join the existing clusters.
+    """
+    from faceflow.gallery.cluster import DEFAULT_CLUSTER_THRESHOLD
+    from faceflow.gallery.service import ClusterOptions, cluster_folder, embedder_model_id, make_analyzer
+
+    console, progress, fail = _ui()
+    try:
+        analyzer = make_analyzer(model)
+    except FaceflowError as exc:
+        raise fail(str(exc)) from None
+    opts = ClusterOptions(threshold=DEFAULT_CLUSTER_THRESHOLD if threshold is None else threshold,
+                          min_face=min_face, min_score=min_score, min_cluster_size=min_size)
+    with progress() as bar:
+        task = bar.add_task("analysing", total=None)
+        try:
+            summary = cluster_folder(folder, out, analyzer, model=embedder_model_id(model), options=opts,
+                                     tick=lambda: bar.advance(task),
+                                     on_photos=lambda n: bar.update(task, total=n))
+        except GalleryError as exc:
+            raise fail(str(exc)) from None
+    for e in summary["errors"]:
+        console.print(f"[yellow]failed:[/yellow] {e['error']}")
+    console.print(f"{summary['clusters']} persons, {summary['faces']} faces ({summary['unassigned']} unassigned) "
+                  f"in {summary['photos']} photos ({summary['analysed_now']} analysed now). "
+                  f"Results: {summary['json']}, {summary['html']}")
+    raise typer.Exit(1 if summary["errors"] else 0)
+
+
+# -- evaluation runners (the lead mounts them under `faceflow eval`) -----------------------------------
+
+
+def _lfw_embedder(model: str) -> Any:
+    """``embed_fn(path)``: the embedding of the face nearest the centre of an LFW image, or None."""
+    from faceflow.gallery.service import make_analyzer
+
+    analyzer = make_analyzer(model)
+
+    def embed(path: Path) -> Any:
+        from faceflow.io import load_image
+
+        image = load_image(path)
+        faces = analyzer.analyze_array(image)
+        if not faces:
+            return None
+        h, w = image.shape[:2]
+        face = min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2)
+        return face.embeddings.get(model)
+
+    return embed
+
+
+def eval_identification(
+    root: Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")],
+    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+    aggregate: Annotated[str, typer.Option(help="Subject score: max or mean.")] = "max",
+    out: Annotated[Path, typer.Option(help="Folder for identification.json and det.png.")] = Path("faceflow-eval"),
+) -> None:
+    """Open-set identification on LFW: rank-1, FNIR at FPIR 1 % and 0.1 %, DET plot."""
+    from faceflow.eval.identification import run_identification
+
+    console, progress, _ = _ui()
+    with progress() as bar:
+        task = bar.add_task("embedding", total=None)
+        result = run_identification(root, _lfw_embedder(model), aggregate=aggregate, det_plot=out / "det.png",
+                                    progress=lambda i, n: bar.update(task, completed=i, total=n))
+    _report(console, out / "identification.json", result, ("rank1", "fnir_at_fpir_0.01", "fnir_at_fpir_0.001"),
+            ("threshold_at_fpir_0.01", "no_face"))
+
+
+def eval_clustering(
+    root: Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")],
+    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+    threshold: Annotated[float | None, typer.Option(help="Average-linkage threshold.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for clustering.json.")] = Path("faceflow-eval"),
+) -> None:
+    """Cluster LFW (people with 2+ images, one-image people as distractors): pairwise and BCubed F."""
+    from faceflow.eval.clustering import run_clustering
+
+    console, progress, _ = _ui()
+    with progress() as bar:
+        task = bar.add_task("embedding", total=None)
+        result = run_clustering(root, _lfw_embedder(model), threshold=threshold,
+                                progress=lambda i, n: bar.update(task, completed=i, total=n))
+    _report(console, out / "clustering.json", result,
+            ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"), ("clusters", "threshold"))
+
+
+def _report(console: Any, path: Path, result: dict[str, Any], rates: tuple[str, ...], plain: tuple[str, ...]) -> None:
+    """Write the figures as JSON (fractions) and print the main ones (rates as percentages)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    for k in rates:
+        console.print(f"{k}: {result[k] * 100:.2f} %")
+    for k in plain:
+        console.print(f"{k}: {result[k]}")
+    console.print(f"written: {path}")
+
+
+standalone = typer.Typer(no_args_is_help=True, add_completion=False, help="faceflow gallery commands.")
+standalone.add_typer(gallery_app, name="gallery")
+for _fn in (enroll, identify, cluster):
+    standalone.command()(_fn)
+_eval = typer.Typer(no_args_is_help=True, help="Gallery evaluations.")
+_eval.command("identification")(eval_identification)
+_eval.command("clustering")(eval_clustering)
+standalone.add_typer(_eval, name="eval")
+
+if __name__ == "__main__":
+    standalone()

@@ -1,0 +1,78 @@
+"""Clustering: constrained average linkage, incremental updates, and the clustering metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from faceflow.eval.clustering import bcubed_prf, evaluate_clustering, pairwise_prf
+from faceflow.gallery.cluster import average_linkage, cannot_link_violations, update_clusters
+
+
+def partition(labels) -> set[frozenset[int]]:  # type: ignore[no-untyped-def]
+    labels = np.asarray(labels)
+    return {frozenset(np.flatnonzero(labels == v).tolist()) for v in np.unique(labels)}
+
+
+@pytest.mark.parametrize(("n", "threshold"), [(40, 0.1), (200, 0.3), (200, 0.6)])
+def test_same_as_scipy_average_linkage_without_constraints(n: int, threshold: float) -> None:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    x = np.random.default_rng(n).standard_normal((n, 6))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ours = average_linkage(x, list(range(n)), threshold)
+    ref = fcluster(linkage(x, method="average", metric="cosine"), 1 - threshold, criterion="distance")
+    assert partition(ours) == partition(ref)
+
+
+def test_faces_of_one_photo_never_share_a_cluster() -> None:
+    # twins in one photo (identical embeddings) and a third face near both, in another photo
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [0.99, 0.14]])
+    labels = average_linkage(x, ["p1", "p1", "p2"], 0.5)
+    assert labels[0] != labels[1] and len(set(labels)) == 2
+    assert cannot_link_violations(labels, ["p1", "p1", "p2"]) == 0
+    assert len(set(average_linkage(x, ["p1", "p2", "p3"], 0.5))) == 1  # in separate photos they merge
+
+
+def test_constraint_holds_on_random_photo_library() -> None:
+    rng = np.random.default_rng(1)
+    people = rng.standard_normal((20, 32))
+    # 150 photos of 1 to 4 different people each
+    cast = [rng.choice(20, size=int(rng.integers(1, 5)), replace=False) for _ in range(150)]
+    who = np.concatenate(cast)
+    photos = [i for i, c in enumerate(cast) for _ in c]
+    x = people[who] + 0.8 * rng.standard_normal((len(who), 32))
+    labels = average_linkage(x, photos, 0.3)
+    assert cannot_link_violations(labels, photos) == 0
+    assert pairwise_prf(who.tolist(), labels.tolist())[2] > 0.8
+
+
+def test_incremental_update_keeps_ids_and_only_grows() -> None:
+    rng = np.random.default_rng(2)
+    people = rng.standard_normal((5, 16))
+    who = np.repeat(np.arange(5), 8)
+    x = people[who] + 0.3 * rng.standard_normal((40, 16))
+    first = update_clusters(x[:30], list(range(30)), [-1] * 30, 0.5)
+    assert partition(first) == partition(who[:30])
+    ids = np.concatenate([first + 10, [-1] * 10])  # earlier ids need not start at 0
+    second = update_clusters(x, list(range(40)), ids, 0.5)
+    np.testing.assert_array_equal(second[:30], first + 10)  # nobody moved, ids kept
+    assert partition(second) == partition(who)  # the new faces joined their people ...
+    person_of_new = {who[i]: second[i] for i in range(30, 40)}
+    assert all(person_of_new[p] == second[np.flatnonzero(who[:30] == p)[0]] for p in person_of_new if p < 4)
+    stranger = update_clusters(np.vstack([x, -people[:1]]), list(range(41)), np.append(second, -1), 0.5)
+    assert stranger[-1] == second.max() + 1  # ... and a new person gets a new id
+
+
+def test_pairwise_and_bcubed_by_hand() -> None:
+    truth = ["a", "a", "a", "b", "b", "c"]
+    pred = [1, 1, 2, 2, 2, -1]  # -1: unassigned, scored as a singleton
+    # pairs together: (a1,a2) right; (a3,b1), (a3,b2) wrong, (b1,b2) right -> 2 of 4; true pairs: 3 + 1
+    assert pairwise_prf(truth, pred) == pytest.approx((0.5, 0.5, 0.5))
+    # BCubed precision: a1,a2: 1; a3: 1/3; b1,b2: 2/3; c: 1 -> 14/3 / 6; recall by symmetry here also 7/9
+    assert bcubed_prf(truth, pred) == pytest.approx((7 / 9, 7 / 9, 7 / 9))
+    perfect = evaluate_clustering(truth, ["x", "x", "x", "y", "y", "z"])
+    assert perfect["pairwise_f"] == 1.0 and perfect["bcubed_f"] == 1.0 and perfect["clusters"] == 3
+    lumped = evaluate_clustering(truth, [0] * 6)
+    assert lumped["pairwise_recall"] == 1.0 and lumped["pairwise_precision"] == pytest.approx(4 / 15)
+    assert lumped["bcubed_precision"] == pytest.approx((3 * 3 / 6 + 2 * 2 / 6 + 1 / 6) / 6)
