@@ -22,6 +22,12 @@ def read_jsonl(path: Path) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def fraction_inside(points: list[list[float]], box: list[float], margin: float = 0.0) -> float:
+    p = np.array(points)
+    x1, y1, x2, y2 = np.array(box, dtype=float) + np.array([-margin, -margin, margin, margin])
+    return float(((p[:, 0] >= x1) & (p[:, 0] <= x2) & (p[:, 1] >= y1) & (p[:, 1] <= y2)).mean())
+
+
 def test_analyze_astronaut(tmp_path: Path, astronaut: np.ndarray) -> None:
     src = tmp_path / "in" / "sub"
     src.mkdir(parents=True)
@@ -52,10 +58,9 @@ def test_group_photo_all_six_faces(tmp_path: Path, dataset) -> None:  # type: ig
     (rec,) = read_jsonl(tmp_path / "faces.jsonl")
     assert len(rec["faces"]) == 6
     for face in rec["faces"]:
-        x1, y1, x2, y2 = face["box"]
-        pts = np.array(face["landmarks5"] + face["landmarks68"])
-        inside = (pts[:, 0] >= x1 - 3) & (pts[:, 0] <= x2 + 3) & (pts[:, 1] >= y1 - 3) & (pts[:, 1] <= y2 + 3)
-        assert inside.mean() > 0.95
+        assert fraction_inside(face["landmarks5"], face["box"]) == 1.0
+        # The jaw line of a turned head may leave the detector's box by a few pixels.
+        assert fraction_inside(face["landmarks68"], face["box"], margin=3) >= 0.9
 
 
 def test_good_and_broken_files(tmp_path: Path, dataset) -> None:  # type: ignore[no-untyped-def]

@@ -193,7 +193,7 @@ def score_file(jsonl: Path, datasets: Path) -> tuple[dict[str, Any], dict[str, f
 
 
 def _fmt(v: float) -> str:
-    if isinstance(v, int) or float(v).is_integer():
+    if isinstance(v, (int, np.integer)):
         return f"{int(v)}"
     return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
 

@@ -75,12 +75,11 @@ def analyze(
         )
     except ConfigError as exc:
         raise _fail_usage(str(exc)) from None
-    missing = [p for p in paths if not p.exists()]
     files = iter_image_files(paths)
     if not files:
         raise _fail_usage("no image files found in " + ", ".join(map(str, paths)))
     out.mkdir(parents=True, exist_ok=True)
-    rel = result_paths([f for f in files if f not in missing])
+    rel = result_paths([p for p in paths if p.exists()], [f for f in files if f.exists()])
     annotated_dir = out / "annotated"
 
     def write_annotated(result, image) -> None:  # type: ignore[no-untyped-def]

@@ -298,14 +298,18 @@ def cluster(
 
 
 def _lfw_embedder(model: str) -> Any:
-    """``embed_fn(path)``: the embedding of the face nearest the centre of an LFW image, or None."""
+    """``embed_fn(path)``: the embedding of the face nearest the centre of an LFW image, or None.
+
+    Results are cached per image content under ``$FACEFLOW_HOME/eval-cache`` (both runners share them).
+    """
+    from faceflow.eval.cache import ResultCache, timed
     from faceflow.gallery.service import make_analyzer
+    from faceflow.io import load_image
 
     analyzer = make_analyzer(model)
+    cache = ResultCache(f"gallery-eval {model} yunet face-nearest-centre")
 
-    def embed(path: Path) -> Any:
-        from faceflow.io import load_image
-
+    def compute(path: Path) -> Any:
         image = load_image(path)
         faces = analyzer.analyze_array(image)
         if not faces:
@@ -314,7 +318,7 @@ def _lfw_embedder(model: str) -> Any:
         face = min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2)
         return face.embeddings.get(model)
 
-    return embed
+    return lambda path: cache.call(path, lambda: timed(compute, path))[0]
 
 
 def eval_identification(

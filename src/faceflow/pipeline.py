@@ -184,10 +184,14 @@ def analyze(image: ImageSource, **options: Any) -> list[Face]:
     return Analyzer(**options).analyze(image)
 
 
-def result_paths(paths: Iterable[Path]) -> dict[Path, Path]:
-    """Relative output path for each input, mirroring the inputs below their common folder."""
-    items = [Path(p).resolve() for p in paths]
-    if not items:
+def result_paths(inputs: Iterable[Path], files: Iterable[Path]) -> dict[Path, Path]:
+    """Output path (relative) for each file, mirroring it below the common folder of the inputs.
+
+    ``inputs`` are what the user named (files and folders); a folder counts as its own base, so
+    ``analyze photos/`` writes ``photos/a/b.jpg`` as ``a/b.jpg`` and equal names never collide.
+    """
+    bases = [p.resolve() if p.is_dir() else p.resolve().parent for p in map(Path, inputs)]
+    if not bases:
         return {}
-    common = Path(os.path.commonpath([p.parent for p in items]))
-    return {p: p.relative_to(common) for p in items}
+    common = Path(os.path.commonpath(bases))
+    return {Path(f).resolve(): Path(f).resolve().relative_to(common) for f in files}

@@ -27,7 +27,8 @@ from faceflow.eval.identification import EmbedFn, embed_all, lfw_identities
 
 
 def _codes(labels: Sequence[Hashable], *, unassigned_apart: bool) -> npt.NDArray[np.int64]:
-    codes, seen = [], {}
+    codes: list[int] = []
+    seen: dict[Hashable, int] = {}
     for i, label in enumerate(labels):
         if unassigned_apart and (label is None or (isinstance(label, int | np.integer) and label < 0)):
             key: Hashable = ("__unassigned__", i)
@@ -37,7 +38,9 @@ def _codes(labels: Sequence[Hashable], *, unassigned_apart: bool) -> npt.NDArray
     return np.asarray(codes, np.int64)
 
 
-def contingency(truth: Sequence[Hashable], pred: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def contingency(
+    truth: Sequence[Hashable], pred: Sequence[Hashable]
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
     """``(n_ij, class of each cell, cluster of each cell)`` for the non-empty cells."""
     if len(truth) != len(pred):
         raise ValueError(f"{len(truth)} true labels but {len(pred)} predicted ones")
@@ -55,7 +58,7 @@ def pairwise_prf(truth: Sequence[Hashable], pred: Sequence[Hashable]) -> tuple[f
     """Pairwise precision, recall and F-measure (1.0 where there is no pair to get wrong)."""
     n, cls, clu = contingency(truth, pred)
 
-    def pairs(x: np.ndarray) -> float:
+    def pairs(x: npt.NDArray[Any]) -> float:
         return float(np.sum(x * (x - 1) / 2))
 
     together = pairs(n)

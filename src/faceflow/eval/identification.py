@@ -167,11 +167,11 @@ def lfw_identification_protocol(people: dict[str, list[Path]]) -> Identification
 
 
 def embed_all(paths: Sequence[Path], embed_fn: EmbedFn, fallback_fn: EmbedFn | None = None,
-              progress: Callable[[int], None] | None = None) -> tuple[dict[Path, np.ndarray], dict[str, Any]]:
+              progress: Callable[[int], None] | None = None) -> tuple[dict[Path, npt.NDArray[Any]], dict[str, Any]]:
     """Embeddings of the paths that give one, and counts (failures, errors) for the report."""
     from faceflow.errors import FaceflowError
 
-    out: dict[Path, np.ndarray] = {}
+    out: dict[Path, npt.NDArray[Any]] = {}
     no_face, errors = 0, []
     for i, path in enumerate(paths):
         try:
@@ -219,7 +219,7 @@ def run_identification(
         store.add_faces("lfw", enrolled, model="eval")
         searcher = Searcher(store, "lfw", aggregate=aggregate, threshold=0.0)  # type: ignore[arg-type]
 
-        def top(items: Sequence[Path]) -> tuple[list[str | None], np.ndarray]:
+        def top(items: Sequence[Path]) -> tuple[list[str | None], npt.NDArray[Any]]:
             found = [p for p in items if p in embeddings]
             answers = searcher.identify(np.stack([embeddings[p] for p in found]), top=1) if found else []
             by_path = {p: a for p, a in zip(found, answers, strict=True)}

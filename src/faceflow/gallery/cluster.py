@@ -36,7 +36,7 @@ def average_linkage(
     groups: Sequence[Hashable],
     threshold: float,
     *,
-    init: Sequence[int] | None = None,
+    init: npt.ArrayLike | None = None,
 ) -> IntArray:
     """Cluster label (0..K-1) of each row: constrained average-linkage agglomeration down to ``threshold``.
 
@@ -112,7 +112,8 @@ def average_linkage(
             r = parent[r]
         root[u] = r
     _, labels = np.unique(root[unit_of], return_inverse=True)
-    return labels.astype(np.int64)
+    out: IntArray = labels.astype(np.int64)
+    return out
 
 
 def update_clusters(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from faceflow.errors import GalleryError
 from faceflow.gallery.store import GalleryFace, GalleryInfo, GalleryStore
@@ -107,7 +108,9 @@ def export_gallery(store: GalleryStore, gallery: str, out: str | os.PathLike[str
     return out
 
 
-def _load_embeddings(src: Path, header: dict[str, Any], n_faces: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _load_embeddings(
+    src: Path, header: dict[str, Any], n_faces: int
+) -> dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
     """Each model's (face rows, vectors), checked against the recorded sha256 and shapes."""
     out = {}
     for m, entry in header["embeddings"].items():

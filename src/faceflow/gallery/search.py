@@ -161,7 +161,7 @@ class UsearchIndex:
 
     def search(self, queries: FloatArray, k: int) -> npt.NDArray[np.int64]:
         """Candidate face ids ``(Q, k)``, -1 where fewer were found."""
-        self.index.expansion_search = max(k, HNSW_EXPANSION_SEARCH)
+        self.index.expansion_search = max(k, HNSW_EXPANSION_SEARCH)  # type: ignore[misc]
         m = self.index.search(queries, k, threads=self.threads)
         batches = [(m.keys[i], m.counts[i]) for i in range(len(m))] if hasattr(m, "counts") else [(m.keys, len(m))]
         out = np.full((queries.shape[0], k), -1, np.int64)
@@ -354,7 +354,7 @@ class Searcher:
             part = np.argpartition(-subj, top - 1, axis=1)[:, :top] if top < n_subjects else (
                 np.broadcast_to(np.arange(n_subjects), subj.shape))
             for r in range(sims.shape[0]):
-                chosen = sorted(part[r], key=lambda j, r=r: -subj[r, j])
+                chosen = part[r][np.argsort(-subj[r, part[r]], kind="stable")]
                 row = []
                 for j in chosen:
                     a, b = starts[j], starts[j] + counts[j]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from faceflow.errors import FaceflowError, GalleryError
 from faceflow.gallery.cluster import DEFAULT_CLUSTER_THRESHOLD, update_clusters
@@ -73,7 +74,7 @@ def largest(faces: Sequence[Face]) -> Face | None:
     return max(faces, key=lambda f: f.width * f.height, default=None)
 
 
-def _embedding(face: Face, gallery: GalleryInfo) -> np.ndarray:
+def _embedding(face: Face, gallery: GalleryInfo) -> npt.NDArray[Any]:
     name = gallery.model.split("@", 1)[0]
     if name not in face.embeddings:
         raise GalleryError(f"the face has no {name} embedding (run the embed stage with {name})")
@@ -186,8 +187,8 @@ class _State:
     model: str
     threshold: float
     faces: list[dict[str, Any]]
-    vectors: np.ndarray
-    cluster_ids: np.ndarray
+    vectors: npt.NDArray[Any]
+    cluster_ids: npt.NDArray[Any]
     photos: dict[str, str]
 
     @classmethod
@@ -259,7 +260,7 @@ def cluster_folder(
     if on_photos:
         on_photos(len(todo))
     new_faces: list[dict[str, Any]] = []
-    new_vectors: list[np.ndarray] = []
+    new_vectors: list[npt.NDArray[Any]] = []
     errors = []
     for path in todo:
         result, image = analyzer.analyze_file(path)
@@ -297,14 +298,15 @@ def cluster_folder(
     return summary
 
 
-def write_cluster_report(out: Path, faces: list[dict[str, Any]], ids: np.ndarray, vectors: np.ndarray,
+def write_cluster_report(out: Path, faces: list[dict[str, Any]], ids: npt.NDArray[Any], vectors: npt.NDArray[Any],
                          opts: ClusterOptions, model: str) -> dict[str, Any]:
     """``clusters.json`` plus ``index.html`` and one contact sheet per cluster under ``clusters/``."""
     members: dict[int, list[int]] = {}
     for i, cid in enumerate(ids.tolist()):
         if faces[i]["unassigned"] is None:
             members.setdefault(int(cid), []).append(i)
-    clusters, alone = [], []
+    clusters: list[dict[str, Any]] = []
+    alone: list[int] = []
     for cid, rows in sorted(members.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         if len(rows) < opts.min_cluster_size:
             alone += rows

@@ -29,7 +29,7 @@ def _pgserver() -> str:
         warnings.simplefilter("ignore")
         import pgserver
 
-        server = pgserver.get_server(folder / "data", cleanup_mode="delete")
+        server = pgserver.get_server(folder / "data", cleanup_mode="delete")  # type: ignore[attr-defined]
     atexit.register(shutil.rmtree, folder, True)
     return str(server.get_uri())
 
