@@ -398,63 +398,79 @@ def test_calibrate_threshold_on_gallery(store) -> None:  # type: ignore[no-untyp
 # -- consistency under crashes and concurrency -------------------------------------------------------
 
 _ENROLLER = textwrap.dedent("""
-    import sys, numpy as np
+    import sys, time, numpy as np
     from faceflow.gallery import GalleryFace, open_gallery_store
     store = open_gallery_store(sys.argv[1])
     rng = np.random.default_rng(0)
-    batch, prefix = int(sys.argv[2]), sys.argv[3]
+    batch, prefix, pause = int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
     for i in range(1_000_000):
         v = rng.standard_normal((batch, 16)).astype(np.float32)
-        store.add_faces("g", [GalleryFace(f"{prefix}-{i}", x, box=(0, 0, 1, 1), metadata={"batch": i}) for x in v],
-                        model="test@1")
-        print(i, flush=True)
+        faces = [GalleryFace(f"{prefix}-{i}", x, box=(0, 0, 1, 1), metadata={"batch": i}) for x in v]
+        with store.transaction():  # one batch = two writes in one transaction
+            store.add_faces("g", faces[: batch // 2], model="test@1")
+            print("half", i, flush=True)
+            time.sleep(pause)
+            store.add_faces("g", faces[batch // 2 :], model="test@1")
+        print("done", i, flush=True)
 """)
 
 
-def _start_enroller(url: str, batch: int, prefix: str = "batch") -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", _ENROLLER, url, str(batch), prefix], stdout=subprocess.PIPE,
-                            text=True)
+def _start_enroller(url: str, batch: int, prefix: str = "batch", pause: float = 0.0) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _ENROLLER, url, str(batch), prefix, str(pause)],
+                            stdout=subprocess.PIPE, text=True)
 
 
-def _wait_batches(proc: subprocess.Popen[str], n: int, timeout: float = 120.0) -> int:
+def _wait_for(proc: subprocess.Popen[str], event: str, batch: int, timeout: float = 120.0) -> int:
+    """Read the enroller's reports until ``event`` of batch ``batch``; returns how many batches were done."""
     assert proc.stdout is not None
-    start, done = time.monotonic(), -1
-    while done < n - 1:
-        line = proc.stdout.readline()
+    start, done = time.monotonic(), 0
+    while True:
+        line = proc.stdout.readline().split()
         assert line, "the enrolling process died"
-        done = int(line)
+        done += line[0] == "done"
+        if line == [event, str(batch)]:
+            return done
         assert time.monotonic() - start < timeout
-    return done + 1
+
+
+def _check_whole_batches(url: str, batch: int) -> int:
+    """The gallery is consistent and holds whole batches only; returns how many."""
+    with open_gallery_store(url) as s:
+        assert s.check() == []
+        g = s.gallery("g")
+        subjects = s.subjects("g")
+        assert g.faces == batch * len(subjects), "a batch was stored in part"
+        assert all(x.faces == batch for x in subjects)
+        assert g.revision == 2 * len(subjects)  # two writes per committed batch, none from a lost one
+        vs = s.vectors("g")
+        assert len(vs) == g.faces and np.isfinite(vs.vectors).all()
+        assert Searcher(s, "g", threshold=0.5).identify(vs.vectors[:2])[0].known
+        return len(subjects)
 
 
 @pytest.mark.timeout(300)
 def test_killed_enrolment_leaves_gallery_consistent(url: str) -> None:
+    """SIGKILL an enrolling process inside a batch's transaction (twice), then at a random moment."""
     batch = 300
     with open_gallery_store(url) as s:
         s.create_gallery("g", MODEL, DIM)
-    rng = np.random.default_rng()
-    before = 0
-    for round_ in range(3):
-        proc = _start_enroller(url, batch, f"round{round_}")
-        reported = _wait_batches(proc, 3)
-        time.sleep(float(rng.uniform(0, 0.05)))  # land somewhere inside a batch
+    total = 0
+    for round_ in range(2):  # killed while half of batch 2 is written and the other half is not
+        proc = _start_enroller(url, batch, f"mid{round_}", pause=5.0)
+        _wait_for(proc, "half", 2)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert proc.stdout is not None
-        reported += len(proc.stdout.read().split())
-        with open_gallery_store(url) as s:
-            assert s.check() == []
-            g = s.gallery("g")
-            subjects = s.subjects("g")
-            assert g.faces == batch * len(subjects), "a batch was stored in part"
-            assert all(x.faces == batch for x in subjects)
-            # every reported batch is there; one more if the kill came between a commit and its report
-            assert len(subjects) - before in (reported, reported + 1)
-            before = len(subjects)
-            assert g.revision == len(subjects)  # one revision per committed batch, none for lost ones
-            vs = s.vectors("g")
-            assert len(vs) == g.faces and np.isfinite(vs.vectors).all()
-            assert Searcher(s, "g", threshold=0.5).identify(vs.vectors[:2])[0].known
+        total += 2  # batches 0 and 1; nothing of batch 2
+        assert _check_whole_batches(url, batch) == total
+    proc = _start_enroller(url, batch, "random")
+    done = _wait_for(proc, "done", 2)
+    time.sleep(float(np.random.default_rng().uniform(0, 0.05)))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.stdout is not None
+    done += proc.stdout.read().split().count("done")
+    # every reported batch is there; one more if the kill came between a commit and its report
+    assert _check_whole_batches(url, batch) - total in (done, done + 1)
 
 
 @pytest.mark.timeout(300)
@@ -464,7 +480,7 @@ def test_readers_see_whole_batches_while_one_writer_enrols(url: str) -> None:
         s.create_gallery("g", MODEL, DIM)
     proc = _start_enroller(url, batch)
     try:
-        _wait_batches(proc, 1)
+        _wait_for(proc, "done", 0)
         with open_gallery_store(url) as reader:
             searcher = Searcher(reader, "g", threshold=0.5)
             sizes = set()

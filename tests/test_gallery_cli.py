@@ -51,6 +51,11 @@ def test_enroll_identify_export_import_delete(run, knn: Path, tmp_path: Path) ->
     run("gallery", "import", tmp_path / "export", "--name", "copy")
     names = [json.loads(line)["name"] for line in run("gallery", "list", "--json").splitlines()]
     assert names == ["copy", "people"]
+    run("gallery", "reembed", "copy", "--model", "dlib")  # a new model is a re-embedding job
+    (copy,) = [g for g in map(json.loads, run("gallery", "list", "--json").splitlines()) if g["name"] == "copy"]
+    assert copy["model"].startswith("dlib@") and copy["faces"] == 9
+    again = run("identify", "copy", knn / "test" / "obama1.jpg")
+    assert json.loads(again)["faces"][0]["subject"] == "obama"
     run("gallery", "delete", "people", "--yes")
     run("identify", "people", knn / "test", code=2)  # no such gallery any more: a usage error
 

@@ -62,7 +62,8 @@ def header(part: str, names: list[str], groups: int) -> str:
     return (
         f"# UTKFace {part} part: {len(names)} images in {groups} session groups; written by "
         "training/utkface_split.py\n# (group = first 12 digits of the date field, dealt out whole in "
-        "sha1 order; see that script).\n# No identity labels exist: the parts are session-disjoint, not identity-disjoint.\n"
+        "sha1 order; see that script).\n"
+        "# No identity labels exist: the parts are session-disjoint, not identity-disjoint.\n"
     )
 
 

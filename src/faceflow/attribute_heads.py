@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.attributes import AgeGenderStage, _blob
-from faceflow.errors import ChecksumMismatch
+from faceflow.attributes import AgeGenderStage, AttributesStage, ExpressionStage, _blob
+from faceflow.errors import ChecksumMismatch, ModelUnavailable
 from faceflow.landmarks import MESH_EYE_CORNERS, MESH_TO_68, MeshStage
-from faceflow.models.runtime import model_path
+from faceflow.models.runtime import LazyModel, model_path
 from faceflow.models.store import ModelStore
 from faceflow.recognize import DlibEmbedder, SFaceEmbedder, l2_normalize
 from faceflow.types import Estimate, Face, FloatArray, Image, Stage
@@ -162,3 +161,163 @@ FEATURES: dict[str, Any] = {
 def assemble(raw: Mapping[str, FloatArray], blocks: Sequence[str]) -> FloatArray:
     """The feature matrix ``(N, d)``: the named :data:`FEATURES` side by side, in order."""
     return np.concatenate([np.asarray(FEATURES[b](raw), np.float32) for b in blocks], axis=1)
+
+
+# -- the heads ----------------------------------------------------------------------------------------
+
+AGE_TARGETS: dict[str, tuple[Any, Any]] = {
+    "identity": (lambda a: a, lambda z: z),
+    "log1p": (np.log1p, np.expm1),
+    "sqrt": (np.sqrt, lambda z: np.square(np.maximum(z, 0.0))),
+}
+"""What the age head regresses (forward transform of the age in years) and how to turn it back."""
+AGE_RANGE = (0.0, 116.0)
+"""Predicted ages are clipped to UTKFace's label range."""
+
+
+def _to_floats(a: npt.ArrayLike) -> list[float]:
+    """float32 values as the shortest decimals that read back to the same float32 (compact JSON)."""
+    return [float(np.format_float_positional(v, unique=True)) for v in np.asarray(a, np.float32).ravel()]
+
+
+@dataclass(frozen=True)
+class Head:
+    """Dense layers with ReLU between them over :func:`assemble`'s features of ``blocks``.
+
+    The training standardisation is folded into the first layer, so the input is the raw feature
+    vector; a one-layer head is a linear model.
+    """
+
+    blocks: tuple[str, ...]
+    layers: tuple[tuple[FloatArray, FloatArray], ...]
+
+    def __call__(self, raw: Mapping[str, FloatArray]) -> npt.NDArray[np.float64]:
+        """The head's output per face ``(N,)`` (a transformed age, or a gender logit)."""
+        x = assemble(raw, self.blocks).astype(np.float64)
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w.astype(np.float64) + b.astype(np.float64)
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0.0)
+        return np.asarray(x.reshape(len(x)), np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "blocks": list(self.blocks),
+            "layers": [
+                {"shape": list(w.shape), "weights": _to_floats(w), "bias": _to_floats(b)} for w, b in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Head:
+        layers = tuple(
+            (np.asarray(x["weights"], np.float32).reshape(x["shape"]), np.asarray(x["bias"], np.float32))
+            for x in d["layers"]
+        )
+        return cls(tuple(d["blocks"]), layers)
+
+
+@dataclass(frozen=True)
+class AgeConfidence:
+    """P(\\|true - predicted age\\| <= 5 years), measured on the val part per range of the predicted age:
+    ``within[i]`` holds for predictions below ``edges[i]`` (and the last for everything above)."""
+
+    edges: tuple[float, ...]
+    within: tuple[float, ...]
+
+    def __call__(self, ages: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        return np.asarray(self.within, np.float64)[np.searchsorted(self.edges, np.asarray(ages), side="right")]
+
+
+@dataclass(frozen=True)
+class AttributeHeads:
+    """The age head (a transformed age), the gender head (logit of female) and the age confidence."""
+
+    age: Head
+    gender: Head
+    age_target: str
+    age_confidence: AgeConfidence
+    info: Mapping[str, Any]
+    """How they were trained: data, split, hyper-parameters, val figures (not used to predict)."""
+
+    def predict(self, raw: Mapping[str, FloatArray]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Ages in years and probabilities of female, one per face of ``raw``."""
+        ages = np.clip(AGE_TARGETS[self.age_target][1](self.age(raw)), *AGE_RANGE)
+        return ages, 1.0 / (1.0 + np.exp(-self.gender(raw)))
+
+    def estimates(self, raw: Mapping[str, FloatArray]) -> list[tuple[Estimate, Estimate]]:
+        """``(age, gender)`` estimates per face, with the conventions of :mod:`faceflow.attributes`."""
+        ages, female = self.predict(raw)
+        conf = self.age_confidence(ages)
+        return [
+            (Estimate(float(a), float(c)), Estimate("female", float(p)) if p >= 0.5 else Estimate("male", float(1 - p)))
+            for a, c, p in zip(ages, conf, female, strict=True)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "faceflow-attribute-heads/1",
+            "age": {**self.age.to_dict(), "target": self.age_target},
+            "gender": self.gender.to_dict(),
+            "age_confidence": {"edges": list(self.age_confidence.edges), "within": list(self.age_confidence.within)},
+            "info": dict(self.info),
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces), the bytes that :data:`HEADS_SHA256` pins."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AttributeHeads:
+        conf = d["age_confidence"]
+        return cls(
+            Head.from_dict(d["age"]), Head.from_dict(d["gender"]), d["age"]["target"],
+            AgeConfidence(tuple(conf["edges"]), tuple(conf["within"])), d.get("info", {}),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> AttributeHeads:
+        """The heads in ``path``, or the packaged ones (checked against :data:`HEADS_SHA256`)."""
+        if path is not None:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = resources.files("faceflow").joinpath("data", HEADS_FILE).read_bytes()
+        except OSError as exc:
+            raise ModelUnavailable(
+                f"faceflow/data/{HEADS_FILE} is missing; rebuild it with training/train_attribute_heads.py"
+            ) from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != HEADS_SHA256:
+            raise ChecksumMismatch(f"faceflow/data/{HEADS_FILE} has sha256 {digest}, expected {HEADS_SHA256}")
+        return cls.from_dict(json.loads(data))
+
+
+_packaged = LazyModel(AttributeHeads.load)
+
+
+class AttributeHeadsStage(Stage):
+    """Fills ``face.age`` and ``face.gender`` from the trained heads (a drop-in for ``AgeGenderStage``)."""
+
+    name = "age_gender"
+    needs: tuple[str, ...] = ("box",)
+    provides: tuple[str, ...] = ("age", "gender")
+
+    def __init__(
+        self, *, threads: int | None = None, store: ModelStore | None = None, heads: AttributeHeads | None = None
+    ) -> None:
+        self.features = HeadFeatureExtractor(threads=threads, store=store)
+        self.heads = heads
+
+    def run(self, image: Image, faces: list[Face]) -> list[Face]:
+        if not faces:
+            return faces
+        heads = self.heads or _packaged.get()
+        for face, (age, gender) in zip(faces, heads.estimates(self.features.raw(image, faces)), strict=True):
+            face.age, face.gender = age, gender
+        return faces
+
+
+class HeadAttributesStage(AttributesStage):
+    """The ``attributes`` stage with age and gender from the trained heads, expression as before."""
+
+    parts: ClassVar[tuple[type[Stage], ...]] = (AttributeHeadsStage, ExpressionStage)

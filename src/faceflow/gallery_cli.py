@@ -171,6 +171,33 @@ def gallery_calibrate(
     console.print(f"{name!r}: threshold {t:.4f} at FPIR {fpir:g}")
 
 
+@gallery_app.command("reembed")
+def gallery_reembed(
+    name: Annotated[str, typer.Argument(help="Gallery name.")],
+    model: Annotated[str, typer.Option(help="The new recognition model: sface or dlib.")],
+    flip: Annotated[bool, typer.Option(help="Average each embedding with the mirrored face's.")] = False,
+    store: Store = None,
+) -> None:
+    """Re-embed every face from its source photo with another model, then switch the gallery to it."""
+    from faceflow.gallery.service import reembed
+
+    console, progress, fail = _ui()
+    with _open(store) as s:
+        g = _gallery(s, name)
+        try:
+            with progress() as bar:
+                task = bar.add_task("re-embedding", total=g.faces)
+                report = reembed(s, name, model, flip=flip, tick=lambda: bar.advance(task))
+        except GalleryError as exc:
+            raise fail(str(exc)) from None
+        g = s.gallery(name)
+    for item in report.skipped:
+        console.print(f"[yellow]failed:[/yellow] {item['path']}: {item['reason']}")
+    console.print(f"{report.enrolled} faces re-embedded; gallery {name!r} now holds {g.model} embeddings"
+                  + (" (not switched: fix or delete the failed faces and run again)" if report.skipped else ""))
+    raise typer.Exit(1 if report.skipped else 0)
+
+
 def _photos(paths: list[Path]) -> list[Path]:
     from faceflow.io import iter_image_files
 

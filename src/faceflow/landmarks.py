@@ -59,7 +59,16 @@ MESH_TO_68: tuple[int, ...] = (
     61, 39, 37, 11, 267, 304, 291, 321, 314, 17, 84, 180,                               # outer lip 48-59
     78, 38, 13, 268, 308, 317, 14, 87,                                                  # inner lip 60-67
 )
-"""For each iBUG point (0-based), the mesh vertex nearest to it on average over 100 300-W images."""
+"""One mesh vertex per iBUG point: the vertex set that :mod:`faceflow.pose` (its ``MODEL_68``) and the
+attribute heads are built on, kept as it is because they depend on it. It was chosen by the vertices'
+distance to the annotations of 100 300-W HELEN *test* images, so it no longer makes the 68 points
+(:data:`MESH_BLEND_68` does)."""
+
+MESH_BLEND_68: tuple[tuple[tuple[int, float], ...], ...] = ()
+"""For each iBUG point, ``(vertex, weight)`` pairs whose weighted mean of mesh vertices gives it (a
+convex blend of at most two vertices, weights in steps of 0.05). Distilled from dlib's points
+(:func:`dlib_68`, mirrored) on 500 LFW and 500 UTKFace faces and their mirror images, no 300-W data;
+rebuilt bit for bit by ``training/fit_mesh_to_68.py``."""
 
 MIRROR_68: tuple[int, ...] = (
     *range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31,
@@ -74,42 +83,45 @@ LANDMARK_SOURCES = ("auto", "dlib", "mesh")
 DLIB_LIKE_BOXES = frozenset({"dlib_hog", "haar"})
 """Detectors whose boxes dlib's predictor takes as they are (Haar's measured as good as HOG's)."""
 
-# HOG-like box from the five points: side = a * eye distance + b * eyes-to-mouth distance, centred
-# halfway between the eyes' and the mouth corners' midpoints (least squares against HOG boxes on
-# 100 300-W images; residual 8 % of the side).
-_L5_SIDE = (0.35, 1.96)
+DLIB_BOX_SIDE = 400
+"""dlib reads its face scaled so the box is this wide (pixels): its points are whole pixels and its
+features the nearest pixel's, and how much dlib's points on a face and on its mirror image disagree
+stops falling there (LFW, UTKFace and WIDER faces: 1.53 % of the eye distance at the box's own size,
+1.45 / 1.39 / 1.38 / 1.37 % at 200 / 300 / 400 / 600 px)."""
 
-BOX_ADAPTERS: dict[str, tuple[float, float]] = {
-    "yunet": (0.06, 1.18),
-    "blazeface_short": (-0.02, 1.08),
-    "blazeface_full": (0.02, 1.01),
-}
+L5_BOX: tuple[float, float] = (0.0, 0.0)
+"""HOG-like box from the five points: side = ``L5_BOX[0]`` x eye distance + ``L5_BOX[1]`` x
+eyes-to-mouth distance, centred halfway between the eyes' and the mouth corners' midpoints. Fitted to
+dlib HOG boxes on LFW and UTKFace faces drawn at random scales and offsets by
+``training/fit_dlib_box.py``."""
+
+BOX_ADAPTERS: dict[str, tuple[float, float]] = {}
 """HOG-like box from a detector's box alone: (centre moved down by this fraction of the height, side
-as a fraction of the width). YuNet's pair has the lowest dlib NME on a grid over 100 300-W images;
-BlazeFace's are YuNet's carried over through the median offsets of their boxes from YuNet's on the
-same images. Detectors not listed use YuNet's."""
-
-DLIB_TURN_MIN_ANGLE = math.radians(5)
-"""Faces tilted less than this go to dlib as they are (turning them first gains nothing measurable)."""
+as a fraction of the width), the mean offset and the geometric mean size ratio of dlib HOG's boxes to
+the detector's on the data of :data:`L5_BOX` (``training/fit_dlib_box.py``). Detectors not listed
+use YuNet's."""
 
 
 @dataclass(frozen=True, slots=True)
 class Roi:
-    """A square, rotated region of an image: centre, side (pixels) and angle (radians, clockwise)."""
+    """A square, rotated region of an image: centre, side (pixels), angle (radians, clockwise) and
+    whether its crop is mirrored left to right."""
 
     cx: float
     cy: float
     size: float
     angle: float = 0.0
+    mirror: bool = False
 
     def to_crop(self, out: int) -> npt.NDArray[np.float64]:
-        """The 2x3 matrix mapping image pixels into an ``out`` x ``out`` crop of this region."""
+        """The 2x3 matrix mapping image pixels into an ``out`` x ``out`` crop of this region (pixel
+        centres at integers, as ``cv2.warpAffine`` has them: the centre goes to ``(out - 1) / 2``)."""
         k = out / max(self.size, 1e-6)
         c, s = math.cos(self.angle), math.sin(self.angle)
-        rot = k * np.array([[c, s], [-s, c]])
+        rot = k * np.array([[-c if self.mirror else c, -s if self.mirror else s], [-s, c]])
         m = np.zeros((2, 3))
         m[:, :2] = rot
-        m[:, 2] = out / 2 - rot @ np.array([self.cx, self.cy])
+        m[:, 2] = (out - 1) / 2 - rot @ np.array([self.cx, self.cy])
         return m
 
 
@@ -119,46 +131,65 @@ def line_angle(p: npt.ArrayLike, q: npt.ArrayLike) -> float:
     return math.atan2(b[1] - a[1], b[0] - a[0])
 
 
-def mesh_roi(box: npt.ArrayLike, landmarks5: npt.ArrayLike | None = None, scale: float = 1.5) -> Roi:
+def mesh_roi(
+    box: npt.ArrayLike, landmarks5: npt.ArrayLike | None = None, scale: float = 1.5, mirror: bool = False
+) -> Roi:
     """MediaPipe's region for the mesh from a detection: the box made square, enlarged ``scale``
-    times, turned so the eyes (when ``landmarks5`` is given) are level."""
+    times, turned so the eyes (when ``landmarks5`` is given) are level, mirrored if asked."""
     x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
     angle = 0.0 if landmarks5 is None else line_angle(*np.asarray(landmarks5)[:2])
-    return Roi((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * scale, angle)
+    return Roi((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * scale, angle, mirror)
 
 
-def roi_from_mesh(mesh: npt.ArrayLike, scale: float = 1.5) -> Roi:
-    """MediaPipe's tracking region: the mesh's extent in its own eye-level frame, square, ``scale``x."""
+def roi_from_mesh(mesh: npt.ArrayLike, scale: float = 1.5, mirror: bool = False) -> Roi:
+    """MediaPipe's tracking region: the mesh's extent in its own eye-level frame, square, ``scale``x.
+    With ``mirror`` the mesh came from a mirrored crop (its first eye corner is on the image's right)
+    and the region is mirrored too."""
     p = np.asarray(mesh, dtype=np.float64)[:, :2]
-    angle = line_angle(p[MESH_EYE_CORNERS[0]], p[MESH_EYE_CORNERS[1]])
+    first, second = MESH_EYE_CORNERS[::-1] if mirror else MESH_EYE_CORNERS
+    angle = line_angle(p[first], p[second])
     c, s = math.cos(angle), math.sin(angle)
     rot = np.array([[c, s], [-s, c]])  # image -> eye-level frame
     q = p @ rot.T
     lo, hi = q.min(0), q.max(0)
     centre = rot.T @ ((lo + hi) / 2)
-    return Roi(float(centre[0]), float(centre[1]), float((hi - lo).max()) * scale, angle)
+    return Roi(float(centre[0]), float(centre[1]), float((hi - lo).max()) * scale, angle, mirror)
 
 
 def mesh_in_roi(model: Any, image: Image, roi: Roi) -> tuple[FloatArray, float]:
     """Run the mesh model on ``roi``: the 468 points in image pixels (z scaled like x) and the
-    face-presence probability."""
+    face-presence probability. The model's x, y run from 0 to 192 across the crop (pixel edges), so
+    half a crop pixel is taken off to reach the pixel-centre coordinates of ``cv2.warpAffine``; without
+    it a mirrored crop's points land one crop pixel off the unmirrored crop's (measured on LFW)."""
     m = roi.to_crop(MESH_INPUT)
     crop = cv2.warpAffine(image, m, (MESH_INPUT, MESH_INPUT), flags=cv2.INTER_LINEAR)
     coords, logit = model.run((crop.astype(np.float32) / 255.0)[None])
     pts = coords.reshape(468, 3).astype(np.float64)
     inv = cv2.invertAffineTransform(m)
     out = np.empty((468, 3), dtype=np.float32)
-    out[:, :2] = pts[:, :2] @ inv[:, :2].T + inv[:, 2]
+    out[:, :2] = (pts[:, :2] - 0.5) @ inv[:, :2].T + inv[:, 2]
     out[:, 2] = pts[:, 2] * roi.size / MESH_INPUT
     return out, float(1.0 / (1.0 + math.exp(-float(np.ravel(logit)[0]))))
 
 
+def _blend_matrix(table: tuple[tuple[tuple[int, float], ...], ...]) -> npt.NDArray[np.float32]:
+    w = np.zeros((len(table), 468), np.float32)
+    for i, row in enumerate(table):
+        for vertex, weight in row:
+            w[i, vertex] = weight
+    return w
+
+
+_MESH_BLEND = _blend_matrix(MESH_BLEND_68)
+
+
 def mesh_to_68(mesh: npt.ArrayLike) -> FloatArray:
-    """The iBUG 68 points (x, y) taken from a (468, 2 or 3) mesh by :data:`MESH_TO_68`."""
+    """The iBUG 68 points (x, y) from a (468, 2 or 3) mesh: the blends of :data:`MESH_BLEND_68`.
+    Points from a mesh of a mirrored crop come in the mirrored face's order: take ``[MIRROR_68]``."""
     m = np.asarray(mesh, dtype=np.float32)
     if m.ndim != 2 or m.shape[0] != 468:
         raise ValueError(f"expected a (468, 2|3) mesh, got shape {m.shape}")
-    return m[list(MESH_TO_68), :2].copy()
+    return _MESH_BLEND @ m[:, :2]
 
 
 def landmarks5_from_68(points: npt.ArrayLike) -> FloatArray:
@@ -176,7 +207,7 @@ def hog_box_from_landmarks5(landmarks5: npt.ArrayLike) -> tuple[FloatArray, floa
     (radians, clockwise > 0) by which to turn the face upright first."""
     p = np.asarray(landmarks5, dtype=np.float64)
     eyes, mouth = (p[0] + p[1]) / 2, (p[3] + p[4]) / 2
-    side = _L5_SIDE[0] * np.linalg.norm(p[1] - p[0]) + _L5_SIDE[1] * np.linalg.norm(mouth - eyes)
+    side = L5_BOX[0] * np.linalg.norm(p[1] - p[0]) + L5_BOX[1] * np.linalg.norm(mouth - eyes)
     return _square((eyes + mouth) / 2, float(side)), line_angle(p[0], p[1])
 
 
@@ -203,27 +234,34 @@ def dlib_box(face: Face) -> tuple[FloatArray, float]:
     return hog_box_from_box(face.box, face.detector), 0.0
 
 
-def dlib_68(predictor: Any, image: Image, box: npt.ArrayLike, angle: float = 0.0) -> FloatArray:
-    """dlib's 68 points in ``box``. dlib's boxes cannot rotate, so when ``angle`` is at least
-    :data:`DLIB_TURN_MIN_ANGLE` the face is first turned upright about the box centre (in a crop twice
-    the box) and the points are turned back."""
+def dlib_68(predictor: Any, image: Image, box: npt.ArrayLike, angle: float = 0.0, *, mirror: bool = True) -> FloatArray:
+    """dlib's 68 points for the face in ``box`` (a HOG-like box in the frame turned by ``angle``).
+
+    dlib's boxes cannot rotate and its points are whole pixels, so the region around the box (twice
+    its side) is cut out turned upright and scaled so the box is :data:`DLIB_BOX_SIDE` pixels wide,
+    and the points are mapped back. With ``mirror``, dlib also reads the crop's mirror image and the
+    two sets of points (that one through :data:`MIRROR_68`) are averaged.
+    """
     import dlib
 
-    b = np.asarray(box, dtype=np.float64).reshape(4)
-    if abs(angle) >= DLIB_TURN_MIN_ANGLE:
-        centre = (float(b[0] + b[2]) / 2, float(b[1] + b[3]) / 2)
-        side = float(b[2] - b[0])
-        out = max(1, round(2 * side))
-        m = Roi(centre[0], centre[1], out, angle).to_crop(out)  # rotation only, scale 1
-        crop = np.ascontiguousarray(cv2.warpAffine(image, m, (out, out), flags=cv2.INTER_LINEAR), np.uint8)
-        half = out / 2
-        pts = dlib_68(predictor, crop, (half - side / 2, half - side / 2, half + side / 2, half + side / 2))
-        inv = cv2.invertAffineTransform(m)
-        return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
-    x1, y1, x2, y2 = (round(float(v)) for v in b)
-    rect = dlib.rectangle(x1, y1, x2 - 1, y2 - 1)  # dlib's right and bottom are inclusive
-    shape = predictor(image, rect)
-    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    side, out = DLIB_BOX_SIDE, 2 * DLIB_BOX_SIDE
+    # Box edges to pixel centres: a HOG box [l, t, r + 1, b + 1] is centred on pixel (l + r) / 2.
+    m = Roi((x1 + x2 - 1) / 2, (y1 + y2 - 1) / 2, 2 * (x2 - x1), angle).to_crop(out)
+    crop = cv2.warpAffine(image, m, (out, out), flags=cv2.INTER_LINEAR)
+    lo, hi = side // 2, side // 2 + side - 1  # centred on the crop's middle, (out - 1) / 2
+    rect = dlib.rectangle(lo, lo, hi, hi)
+
+    def points(img: Image) -> npt.NDArray[np.float64]:
+        return np.array([(p.x, p.y) for p in predictor(img, rect).parts()], np.float64)
+
+    pts = points(np.ascontiguousarray(crop))
+    if mirror:
+        flipped = points(np.ascontiguousarray(crop[:, ::-1]))[list(MIRROR_68)]
+        flipped[:, 0] = out - 1 - flipped[:, 0]
+        pts = (pts + flipped) / 2
+    inv = cv2.invertAffineTransform(m)
+    return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
 
 class MeshStage(Stage):
@@ -245,12 +283,14 @@ class MeshStage(Stage):
         self.refine = refine
         self._model = LazyModel(lambda: tflite_model("face_mesh", threads=threads, store=store))
 
-    def predict(self, image: Image, face: Face) -> tuple[FloatArray, float]:
-        """The mesh of ``face`` and the model's face-presence probability for its last crop."""
+    def predict(self, image: Image, face: Face, mirror: bool = False) -> tuple[FloatArray, float]:
+        """The mesh of ``face`` and the model's face-presence probability for its last crop. With
+        ``mirror`` the model reads mirrored crops: the mesh, in image pixels, is then the mirrored
+        face's (its vertex 33 on the subject's left eye)."""
         model = self._model.get()
-        mesh, score = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, self.scale))
+        mesh, score = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, self.scale, mirror))
         for _ in range(self.refine):
-            mesh, score = mesh_in_roi(model, image, roi_from_mesh(mesh, self.scale))
+            mesh, score = mesh_in_roi(model, image, roi_from_mesh(mesh, self.scale, mirror))
         return mesh, score
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
@@ -261,7 +301,8 @@ class MeshStage(Stage):
 
 class Landmarks68Stage(Stage):
     """Fills ``face.landmarks68`` (iBUG order, image pixels) from dlib or the mesh, and
-    ``face.landmarks5`` from them when the detector left it ``None`` (a detector's own are kept)."""
+    ``face.landmarks5`` from them when the detector left it ``None`` (a detector's own are kept).
+    With ``mirror`` (default) each source also reads the mirrored face and the two are averaged."""
 
     name = "landmarks"
     needs = ("box",)
@@ -271,12 +312,14 @@ class Landmarks68Stage(Stage):
         self,
         source: str = "auto",
         *,
+        mirror: bool = True,
         threads: int | None = None,
         store: ModelStore | None = None,
     ) -> None:
         if source not in LANDMARK_SOURCES:
             raise ConfigError(f"unknown landmark source {source!r}; choose one of: {', '.join(LANDMARK_SOURCES)}")
         self.requested = source
+        self.mirror = mirror
         self._mesh = MeshStage(threads=threads, store=store)
         self._source = LazyModel(self._resolve)
         self._predictor = LazyModel(lambda: dlib_object("dlib_shape68", "shape_predictor", store=store))
@@ -300,14 +343,18 @@ class Landmarks68Stage(Stage):
         """The 68 points of ``face`` (a mesh already on the face is reused)."""
         if self.source == "dlib":
             predictor = self._predictor.get()
-            points = dlib_68(predictor, image, *dlib_box(face))
+            box, angle = dlib_box(face)
             if face.landmarks5 is None and face.detector not in DLIB_LIKE_BOXES:
-                # A box alone places dlib's box roughly: a second pass from the first pass's five
-                # points takes 300-W NME from 0.029 to 0.026 (YuNet's box), 0.044 to 0.029 (BlazeFace's).
-                points = dlib_68(predictor, image, *hog_box_from_landmarks5(landmarks5_from_68(points)))
-            return points
+                # A box alone places dlib's box roughly: a first pass gives five points to place it by.
+                first = dlib_68(predictor, image, box, angle, mirror=False)
+                box, angle = hog_box_from_landmarks5(landmarks5_from_68(first))
+            return dlib_68(predictor, image, box, angle, mirror=self.mirror)
         mesh = face.mesh if face.mesh is not None else self._mesh.predict(image, face)[0]
-        return mesh_to_68(mesh)
+        points = mesh_to_68(mesh)
+        if self.mirror:
+            mirrored = mesh_to_68(self._mesh.predict(image, face, mirror=True)[0])[list(MIRROR_68)]
+            points = (points + mirrored) / 2
+        return points
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         for face in faces:

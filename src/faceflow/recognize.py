@@ -1,8 +1,9 @@
-"""Face recognition: 128-d embeddings (SFace, dlib ResNet), the ``embed`` stage, and 1:1 verification.
+"""Face recognition: embeddings (SFace, dlib ResNet, both fused), the ``embed`` stage, 1:1 verification.
 
 Every embedder returns L2-normalised float32 vectors, and :func:`verify` compares two of them by
 cosine similarity for every model, so that one scale (-1..1, higher = more alike) holds everywhere.
-The decision thresholds below were calibrated on LFW View 2 by ``benchmarks/calibrate_verify.py``.
+``fused`` (256-d) is the accurate configuration, ``sface`` (128-d) the fast one. The decision
+thresholds below were calibrated on LFW View 2 (see :data:`CALIBRATION`).
 """
 
 from __future__ import annotations
@@ -86,22 +87,56 @@ def l2_normalize(x: npt.ArrayLike) -> FloatArray:
 
 # -- embedders --------------------------------------------------------------------------------------
 
+FAST_GRAPHS: dict[str, str] = {"sface": "sface_nchwc", "dlib": "dlib_resnet_onnx"}
+"""Registry names of the faster, output-identical graphs an embedder runs when they are registered.
+
+``sface_nchwc``: SFace with each ``PRelu`` split so ONNX Runtime keeps its NCHWc layout
+(:func:`faceflow.models.speedups.onnx_prelu_split`; about 14 instead of 26 ms per face on one core).
+``dlib_resnet_onnx``: dlib's ResNet converted to ONNX (:func:`faceflow.models.dlib_resnet.dlib_resnet_to_onnx`;
+about 6 instead of 76 ms per face, since dlib-bin has no BLAS). Both agree with the original to
+about 5e-7, so calibrations and galleries stay valid; without them the original graphs run.
+"""
+
+
+def _fast_graph(model: str) -> str | None:
+    from faceflow.models.registry import MODELS
+
+    name = FAST_GRAPHS.get(model)
+    return name if name in MODELS else None
+
 
 class Embedder(ABC):
-    """Turns faces into unit-norm embeddings: align a crop per face, then one batched forward pass.
+    """Turns the faces of an image into unit-norm embeddings ``(len(faces), dim)``.
 
-    ``flip=True`` embeds each crop and its mirror image and averages the two (normalised, then
-    re-normalised): a little slower and a little more robust to pose and lighting asymmetry.
+    ``flip=True`` also embeds the mirror image of each aligned face and averages the two (each
+    normalised, then re-normalised): slower, a little more robust to pose and lighting asymmetry.
+    ``flip=None`` takes the model's own default (:attr:`default_flip`).
     """
 
     name: ClassVar[str]
     dim: ClassVar[int] = 128
     needs: ClassVar[tuple[str, ...]] = ("box",)
+    default_flip: ClassVar[bool] = False
 
-    def __init__(self, *, flip: bool = False, threads: int | None = None, store: ModelStore | None = None) -> None:
-        self.flip = flip
+    def __init__(
+        self, *, flip: bool | None = None, threads: int | None = None, store: ModelStore | None = None
+    ) -> None:
+        self.flip = self.default_flip if flip is None else flip
         self.threads = threads
         self.store = store
+
+    @abstractmethod
+    def embed(self, image: Image, faces: Sequence[Face]) -> FloatArray:
+        """Unit-norm embeddings ``(len(faces), dim)`` of the faces of one RGB image."""
+
+    def embed_many(self, items: Sequence[tuple[Image, Sequence[Face]]]) -> FloatArray:
+        """Embeddings of the faces of several images, stacked in order (batched where the model gains)."""
+        parts = [self.embed(image, faces) for image, faces in items]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+
+class AlignedEmbedder(Embedder):
+    """An embedder that aligns one crop per face, then runs one batched forward pass."""
 
     @abstractmethod
     def crops(self, image: Image, faces: Sequence[Face]) -> list[Image]:
@@ -122,11 +157,13 @@ class Embedder(ABC):
         return out
 
     def embed(self, image: Image, faces: Sequence[Face]) -> FloatArray:
-        """Unit-norm embeddings ``(len(faces), dim)`` of the faces of one RGB image."""
         return self.embed_crops(self.crops(image, faces))
 
+    def embed_many(self, items: Sequence[tuple[Image, Sequence[Face]]]) -> FloatArray:
+        return self.embed_crops([c for image, faces in items for c in self.crops(image, faces)])
 
-class SFaceEmbedder(Embedder):
+
+class SFaceEmbedder(AlignedEmbedder):
     """OpenCV Zoo's SFace (2021dec) in ONNX Runtime: ArcFace-aligned 112x112 RGB, 0..255, no mean.
 
     This is what OpenCV's ``FaceRecognizerSF`` feeds it (``blobFromImage(swapRB=True)`` of the BGR
@@ -140,7 +177,7 @@ class SFaceEmbedder(Embedder):
         return [align_crop(image, face_landmarks5(f), 112) for f in faces]
 
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
-        session = onnx_session("sface", threads=self.threads, store=self.store)
+        session = onnx_session(_fast_graph("sface") or "sface", threads=self.threads, store=self.store)
         blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
         return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
 
@@ -148,10 +185,11 @@ class SFaceEmbedder(Embedder):
 _dlib_net_lock = threading.Lock()  # dlib's DNN keeps per-call state: one forward pass at a time
 
 
-class DlibEmbedder(Embedder):
+class DlibEmbedder(AlignedEmbedder):
     """dlib's ResNet (face_recognition's model): dlib 5-point shape on the box, 150x150 chip, 0.25 pad.
 
-    Needs only a box (``landmarks5`` place the starting box more precisely when present).
+    Needs only a box (``landmarks5`` place the starting box more precisely when present). The network
+    runs in ONNX Runtime when its converted graph is registered (see :data:`FAST_GRAPHS`), else in dlib.
     """
 
     name = "dlib"
@@ -166,20 +204,80 @@ class DlibEmbedder(Embedder):
         return [dlib.get_face_chip(img, s, self.chip_size, self.chip_padding) for s in shapes]
 
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
+        graph = _fast_graph("dlib")
+        if graph is not None:
+            session = onnx_session(graph, threads=self.threads, store=self.store)
+            blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
+            return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
         net = dlib_object("dlib_resnet", "face_recognition_model_v1", store=self.store)
         with _dlib_net_lock:
             vectors = net.compute_face_descriptor([np.ascontiguousarray(c) for c in crops])
         return np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
 
 
-EMBEDDERS: dict[str, type[Embedder]] = {"sface": SFaceEmbedder, "dlib": DlibEmbedder}
+# Fusion weights for "fused", calibrated 2026-11-28 on LFW View 2, ALL 6,000 pairs (so LFW figures of
+# the fixed weights would not be test-clean; `faceflow eval lfw --model fused` refits them per fold on
+# the nine training folds instead): the z-norm sum rule of faceflow.eval.fusion.impostor_weights,
+# w_m = (1/sigma_m) / sum_k (1/sigma_k) with sigma_m the std of model m's cosine over the 3,000 impostor
+# pairs, with flip (the fused default): 0.2818 / 0.7182 (without flip 0.2845 / 0.7155; the per-fold
+# fits range over 0.280-0.285). Same detections and crops as CALIBRATION below.
+FUSION_WEIGHTS: dict[str, float] = {"sface": 0.2818, "dlib": 0.7182}
+"""Weight of each part's cosine in the fused score (they sum to 1)."""
+
+
+class FusedEmbedder(Embedder):
+    """SFace and dlib together: the concatenation ``[sqrt(w_m) * u_m]`` of their unit-norm embeddings.
+
+    Because each part has unit norm and the weights :data:`FUSION_WEIGHTS` sum to 1, the vector has
+    unit norm and the cosine of two such vectors is exactly the fused score ``sum_m w_m * cos_m``, so
+    galleries, search and :func:`verify` work on it unchanged. Flip is on by default (the accurate
+    configuration), for both parts. :meth:`embed_parts` gives the unweighted parts, for refitting the
+    weights (LFW evaluation).
+    """
+
+    name = "fused"
+    dim = SFaceEmbedder.dim + DlibEmbedder.dim
+    needs = tuple(dict.fromkeys(SFaceEmbedder.needs + DlibEmbedder.needs))
+    default_flip = True
+
+    def __init__(
+        self, *, flip: bool | None = None, threads: int | None = None, store: ModelStore | None = None
+    ) -> None:
+        super().__init__(flip=flip, threads=threads, store=store)
+        self.parts: list[Embedder] = [
+            EMBEDDERS[m](flip=self.flip, threads=threads, store=store) for m in FUSION_WEIGHTS
+        ]
+        weights = [FUSION_WEIGHTS[p.name] for p in self.parts]
+        self.scale = np.sqrt(np.repeat(weights, self.part_dims)).astype(np.float32)
+
+    @property
+    def part_dims(self) -> list[int]:
+        return [p.dim for p in self.parts]
+
+    def embed_parts(self, image: Image, faces: Sequence[Face]) -> FloatArray:
+        """The parts' unit-norm embeddings side by side ``(len(faces), 256)``, unweighted."""
+        return np.concatenate([p.embed(image, faces) for p in self.parts], axis=1)
+
+    def embed(self, image: Image, faces: Sequence[Face]) -> FloatArray:
+        return np.asarray(self.embed_parts(image, faces) * self.scale, dtype=np.float32)
+
+    def embed_many(self, items: Sequence[tuple[Image, Sequence[Face]]]) -> FloatArray:
+        parts = np.concatenate([p.embed_many(items) for p in self.parts], axis=1)
+        return np.asarray(parts * self.scale, dtype=np.float32)
+
+
+EMBEDDERS: dict[str, type[Embedder]] = {"sface": SFaceEmbedder, "dlib": DlibEmbedder, "fused": FusedEmbedder}
 """Embedder names (keys of ``Face.embeddings``, ``--model``) and their classes."""
 
 
 def create_embedder(
-    model: str = "sface", *, flip: bool = False, threads: int | None = None, store: ModelStore | None = None
+    model: str = "sface",
+    *,
+    flip: bool | None = None,
+    threads: int | None = None,
+    store: ModelStore | None = None,
 ) -> Embedder:
-    """The embedder called ``model`` (see :data:`EMBEDDERS`)."""
+    """The embedder called ``model`` (see :data:`EMBEDDERS`); ``flip=None`` takes the model's default."""
     try:
         cls = EMBEDDERS[model]
     except KeyError:
@@ -197,7 +295,7 @@ class EmbedStage(Stage):
         self,
         models: Sequence[str] = ("sface",),
         *,
-        flip: bool = False,
+        flip: bool | None = None,
         threads: int | None = None,
         store: ModelStore | None = None,
     ) -> None:
@@ -245,13 +343,20 @@ class Calibration:
 #   dlib:  threshold 0.9192 -> FMR 0.10 % (3/3000), TMR 96.07 %, accuracy 97.98 %.
 #          (max-accuracy threshold 0.9060: 98.97 %, FMR 1.10 %; 10-fold accuracy 98.82 +- 0.47 %,
 #          TAR@FAR=1e-3 95.50 %, AUC 0.9993. dlib's customary Euclidean 0.6 is cosine ~0.82: far laxer.)
+#   fused (flip=True, its default; weights FUSION_WEIGHTS, fitted on the same 6,000 pairs): threshold
+#          0.7517 -> FMR 0.10 % (3/3000), TMR 99.20 %, accuracy 99.55 % (max-accuracy threshold 0.7378:
+#          99.65 %). Without flip (weights 0.2845/0.7155): 0.7443 -> TMR 99.20 %. Its test-clean 10-fold
+#          figures, weights refitted per fold: 99.58 +- 0.31 %, TAR@FAR=1e-3 99.17 %, AUC 0.9997.
 # Reproduce: FACEFLOW_THREADS=2 nice .venv/bin/python benchmarks/calibrate_verify.py --model sface
-# (then --model dlib); LFW is research data, so these figures describe LFW-like photos, not any deployment.
+# (then --model dlib; "fused" applies faceflow.eval.fusion.impostor_weights and that script's threshold
+# rule to the two models' scores, with flip from the embeddings of the mirrored crops); LFW is research data, so these figures describe LFW-like photos, not any deployment.
 CALIBRATION: dict[str, Calibration] = {
     "sface": Calibration(threshold=0.3461, fmr=1e-3, tmr=0.9900, accuracy=0.9945),
     "dlib": Calibration(threshold=0.9192, fmr=1e-3, tmr=0.9607, accuracy=0.9798),
+    "fused": Calibration(threshold=0.7517, fmr=1e-3, tmr=0.9920, accuracy=0.9955),
 }
-"""Each model's threshold and the false-match rate, true-match rate and accuracy measured on LFW there."""
+"""Each model's threshold (for its default flip) and the false-match rate, true-match rate and accuracy
+measured on LFW there."""
 
 
 @dataclass(frozen=True)

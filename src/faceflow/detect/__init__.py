@@ -15,6 +15,8 @@ DETECTORS: dict[str, str] = {
     "blazeface_full": "faceflow.detect.blazeface:BlazeFaceFullDetector",
     "dlib_hog": "faceflow.detect.dlib_hog:DlibHogDetector",
     "haar": "faceflow.detect.haar:HaarDetector",
+    "accurate": "faceflow.detect.ensemble:AccurateDetector",
+    "fast": "faceflow.detect.yunet_ort:FastDetector",
 }
 """Detector names (for ``--detector``) and the class implementing each, imported on first use."""
 

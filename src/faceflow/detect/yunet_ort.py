@@ -28,6 +28,7 @@ from faceflow.types import FloatArray, Image
 
 STRIDES = (8, 16, 32)
 MULTIPLE = 32
+MAX_SIDE = 1920
 MIN_SIDE = 64
 TOP_K = 5000
 """Candidates kept by the NMS at most (OpenCV's ``top_k`` as PEERS.md ran it)."""
@@ -104,26 +105,30 @@ def suppress(raw: RawDetections, threshold: float, top_k: int = TOP_K) -> RawDet
 class YuNetOrtDetector(Detector):
     """YuNet through ONNX Runtime; ``scale`` > 1 runs it on an enlarged copy (for small faces).
 
-    The image is resized by ``scale`` (then shrunk, if needed, so that its longer side is at most
-    ``max_side``), so faces of about ``10 / scale`` pixels come within the network's reach.
+    The image is resized by ``scale``, or less where that would make its longer side exceed
+    ``max_side`` (longer images are shrunk to it, as :class:`~faceflow.detect.yunet.YuNetDetector`
+    does), so faces of about ``10 / scale`` pixels come within the network's reach.
     """
 
     name: ClassVar[str] = "yunet_ort"
     default_score_threshold: ClassVar[float] = 0.6
-    max_side: ClassVar[int] = 1920
-    """Longer inputs are shrunk to this, as for :class:`~faceflow.detect.yunet.YuNetDetector`."""
 
     def __init__(self, options: DetectorOptions | None = None, store: ModelStore | None = None,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, max_side: int = MAX_SIDE) -> None:
         super().__init__(options, store)
         self.scale = scale
+        self.max_side = max_side
+
+    def resize_factor(self, height: int, width: int) -> float:
+        """The factor the network's input is resized by for an image of this size."""
+        return min(self.scale, self.max_side / max(height, width))
 
     def _load(self) -> Any:
         return yunet_session(self.options.threads, self.store)
 
     def _detect(self, image: Image) -> RawDetections:
         h, w = image.shape[:2]
-        target = min(self.scale, self.max_side / max(h, w))
+        target = self.resize_factor(h, w)
         if target > 1:
             size = (max(1, round(w * target)), max(1, round(h * target)))
             small = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), np.uint8)

@@ -56,12 +56,10 @@ def fnir_at(mated_correct: npt.ArrayLike, mated_scores: npt.ArrayLike, threshold
 
 
 def threshold_at_fpir(nonmated_scores: npt.ArrayLike, fpir: float) -> float:
-    """The lowest threshold whose FPIR is at most ``fpir`` (just above the score that would exceed it)."""
-    s = np.sort(np.asarray(nonmated_scores, dtype=np.float64))[::-1]
-    if s.size == 0:
-        raise ValueError("no non-mated scores")
-    allowed = min(int(np.floor(fpir * s.size + 1e-9)), s.size - 1)
-    return float(np.nextafter(s[allowed], np.inf))
+    """The lowest threshold whose FPIR is at most ``fpir`` (the one galleries calibrate with)."""
+    from faceflow.gallery.search import calibrate_threshold
+
+    return calibrate_threshold(nonmated_scores, fpir)
 
 
 def fnir_at_fpir(

@@ -87,7 +87,7 @@ def calibrate_threshold(nonmated_scores: npt.ArrayLike, fpir: float) -> float:
         raise ValueError("no non-mated scores to calibrate on")
     if not 0.0 <= fpir < 1.0:
         raise ValueError(f"fpir must be in [0, 1), got {fpir}")
-    allowed = int(np.floor(fpir * s.size + 1e-9))  # this many may be false positives
+    allowed = min(int(np.floor(fpir * s.size + 1e-9)), s.size - 1)  # this many may be false positives
     # Everything strictly above s[allowed] passes; ties with it must not, so go just above it.
     return float(np.nextafter(s[allowed], np.inf))
 

@@ -355,3 +355,60 @@ def _write_sheet(path: Path, title: str, faces: list[dict[str, Any]], up: str) -
         for f in faces)
     _write_html(path, title, figures)
 
+
+
+# -- re-embedding ------------------------------------------------------------------------------------
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def reembed(
+    store: GalleryStore, gallery: str, embedder: str, *, flip: bool = False, batch: int = 256,
+    tick: Tick | None = None,
+) -> EnrolReport:
+    """Re-embed every face from its source photo with another model, then switch the gallery to it.
+
+    Each stored face is found again in its photo (the detected face overlapping its box most) and
+    embedded with ``embedder``. The switch happens only when every face got a new embedding;
+    otherwise the gallery keeps its model and the report lists the faces that failed (re-run after
+    fixing them, or delete them). Until the switch, searches keep using the old model.
+    """
+    from faceflow.recognize import EMBEDDERS
+
+    if embedder not in EMBEDDERS:
+        raise GalleryError(f"unknown recognition model {embedder!r}; choose one of: {', '.join(EMBEDDERS)}")
+    new_model = embedder_model_id(embedder, flip=flip)
+    g = store.gallery(gallery)
+    if new_model == g.model:
+        raise GalleryError(f"gallery {gallery!r} already holds {new_model} embeddings")
+    analyzer = make_analyzer(embedder, flip=flip)
+    report = EnrolReport()
+    done = {f.id for f in store.faces(gallery, embeddings=True, model=new_model) if f.embedding is not None}
+    pending: dict[int, npt.NDArray[Any]] = {}
+    for face in store.faces(gallery):
+        fid, box = int(face.id or 0), face.box
+        if fid in done:
+            continue
+        result, _ = analyzer.analyze_file(face.source) if face.source else (None, None)
+        if result is None or result.error or not result.faces:
+            reason = "no source photo" if result is None else result.error or "no face found"
+            report.skipped.append({"path": str(face.source), "reason": f"face {fid}: {reason}"})
+        else:
+            best = max(result.faces, key=lambda f: _iou(f.box.tolist(), box) if box else f.width)
+            pending[fid] = best.embeddings[embedder]
+        if len(pending) >= batch:
+            store.put_embeddings(gallery, new_model, pending)
+            report.enrolled += len(pending)
+            pending = {}
+        if tick:
+            tick()
+    store.put_embeddings(gallery, new_model, pending)
+    report.enrolled += len(pending)
+    if not report.skipped:
+        store.switch_model(gallery, new_model, metadata=dict(g.metadata, embedder=embedder, flip=flip))
+    return report

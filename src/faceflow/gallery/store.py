@@ -510,8 +510,11 @@ class GalleryStore(ABC):
                 (i, g.id, subject_of[i], model, dim, self._vec_param(v)) for i, v in zip(ids, arr, strict=True)])
             self._bump(g.id, reset=False)
 
-    def switch_model(self, gallery: str, model: str, *, drop_old: bool = True) -> GalleryInfo:
-        """Make ``model`` the gallery's model once every face has its embedding; the threshold resets."""
+    def switch_model(
+        self, gallery: str, model: str, *, drop_old: bool = True, metadata: Mapping[str, Any] | None = None
+    ) -> GalleryInfo:
+        """Make ``model`` the gallery's model once every face has its embedding; the threshold resets
+        (and the gallery's ``metadata`` is replaced when given)."""
         with self.transaction():
             g = self.gallery(gallery)
             counts = self.models(gallery)
@@ -521,6 +524,8 @@ class GalleryStore(ABC):
                 )
             dim = self._model_dim(g.id, model) or g.dim
             self._q("switch_model", model, dim, g.id)
+            if metadata is not None:
+                self._q("update_gallery_settings", None, self._json_param(dict(metadata)), g.id)
             if drop_old:
                 self._q("delete_other_models", g.id, model)
             self._bump(g.id, reset=True)
