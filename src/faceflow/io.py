@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
 from faceflow.errors import ImageError
 from faceflow.types import Image
 
-ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage.Image | np.ndarray
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage.Image | npt.NDArray[Any]
 """Everything :func:`load_image` accepts."""
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -122,7 +123,7 @@ def _from_pil(img: PILImage.Image, name: str | None) -> Image:
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
-def _from_array(arr: np.ndarray, limit: int | None) -> Image:
+def _from_array(arr: npt.NDArray[Any], limit: int | None) -> Image:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
@@ -140,9 +141,9 @@ def _from_array(arr: np.ndarray, limit: int | None) -> Image:
     elif np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise ImageError("float image contains NaN or infinity")
-        top = float(arr.max()) if arr.size else 0.0
-        scale = 255.0 if top <= 1.0 else 1.0
-        out = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        peak = float(arr.max()) if arr.size else 0.0
+        fscale = 255.0 if peak <= 1.0 else 1.0
+        out = np.clip(np.rint(arr * fscale), 0, 255).astype(np.uint8)
     elif arr.dtype == np.bool_:
         out = arr.astype(np.uint8) * 255
     else:

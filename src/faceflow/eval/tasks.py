@@ -55,7 +55,7 @@ def centre_face(image: Image, fraction: float = 0.5) -> Face:
     h, w = image.shape[:2]
     side = fraction * min(h, w)
     cx, cy = w / 2, h / 2
-    return Face(box=[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], score=0.0)
+    return Face(box=np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32), score=0.0)
 
 
 def eval_lfw(root: Path | str, *, model: str = "sface", detector: str = "yunet", flip: bool = False,
@@ -67,17 +67,17 @@ def eval_lfw(root: Path | str, *, model: str = "sface", detector: str = "yunet",
     det = create_detector(detector)
     embedder = create_embedder(model, flip=flip)
 
-    def embed(path: Path) -> np.ndarray | None:
+    def embed(path: Path) -> npt.NDArray[np.float32] | None:
         image = load_image(path)
         faces = det.detect(image)
         if not faces:
             return None
         h, w = image.shape[:2]
-        return embedder.embed(image, [nearest(faces, (w / 2, h / 2))])[0]
+        return np.asarray(embedder.embed(image, [nearest(faces, (w / 2, h / 2))])[0], np.float32)
 
-    def fallback(path: Path) -> np.ndarray:
+    def fallback(path: Path) -> npt.NDArray[np.float32]:
         image = load_image(path)
-        return embedder.embed(image, [centre_face(image)])[0]
+        return np.asarray(embedder.embed(image, [centre_face(image)])[0], np.float32)
 
     cache = cache_for("lfw", [detector, model], f"flip={flip}", use_cache)
     result = run_lfw(root, embed, fallback, progress=progress, cache=cache)

@@ -7,8 +7,10 @@ against the sha256 registered for the derived file, so a rewrite that drifts is 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
 def _drop_initializer_inputs(graph: object, keep: set[str]) -> None:
@@ -52,7 +54,9 @@ def onnx_dynamic_input(src: Path, dest: Path) -> None:
     _save(model, dest)
 
 
-def _dequantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int, block: int) -> np.ndarray:
+def _dequantize(
+    x: npt.NDArray[Any], scale: npt.NDArray[Any], zero: npt.NDArray[Any] | None, axis: int, block: int
+) -> npt.NDArray[np.float32]:
     """ONNX DequantizeLinear (per-tensor, per-axis or blocked) in numpy, float32."""
     xf = x.astype(np.float32)
     z = np.zeros_like(scale, dtype=np.float32) if zero is None else zero.astype(np.float32)
@@ -79,7 +83,7 @@ def onnx_fold_dequantize(src: Path, dest: Path) -> None:
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    folded: dict[str, np.ndarray] = {}
+    folded: dict[str, npt.NDArray[np.float32]] = {}
     nodes = []
     for node in g.node:
         if node.op_type == "DequantizeLinear" and all(n in inits for n in node.input if n):

@@ -165,6 +165,6 @@ def all_files() -> list[ModelFile]:
         for f in spec.files:
             chain = [f]
             while chain[-1].derived is not None:
-                chain.append(chain[-1].derived.source)  # type: ignore[union-attr]
+                chain.append(chain[-1].derived.source)
             out.extend(chain)
     return out

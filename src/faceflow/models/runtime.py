@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import numpy as np
+import numpy.typing as npt
 
 from faceflow.models.registry import get
 from faceflow.models.store import ModelStore, default_store
@@ -93,7 +93,7 @@ class TFLiteModel:
         self.outputs = self._interp.get_output_details()
         self._lock = threading.Lock()
 
-    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+    def run(self, *arrays: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Feed the inputs in order; return every output in the model's order."""
         with self._lock:
             for detail, arr in zip(self.inputs, arrays, strict=True):
