@@ -16,12 +16,16 @@ from faceflow.io import load_image
 from faceflow.landmarks import (
     BOX_ADAPTERS,
     DLIB_LIKE_BOXES,
+    MESH_BLEND_68,
+    MESH_INPUT,
     MESH_TO_68,
     MIRROR_68,
     Landmarks68Stage,
     MeshStage,
+    Roi,
     dlib_box,
     landmarks5_from_68,
+    mesh_in_roi,
     mesh_roi,
     mesh_to_68,
     roi_from_mesh,
@@ -44,12 +48,18 @@ def test_landmarks5_from_68_on_a_hand_made_face() -> None:
         landmarks5_from_68(np.zeros((5, 2)))
 
 
-def test_mesh_to_68_picks_the_table_vertices() -> None:
+def test_mesh_to_68_blends_the_table_vertices() -> None:
     mesh = np.random.default_rng(1).normal(size=(468, 3)).astype(np.float32)
     out = mesh_to_68(mesh)
     assert out.shape == (68, 2) and out.dtype == np.float32
-    np.testing.assert_array_equal(out, mesh[list(MESH_TO_68), :2])
-    assert len(set(MESH_TO_68)) == 68 and max(MESH_TO_68) < 468
+    expected = [sum(w * mesh[v, :2] for v, w in blend) for blend in MESH_BLEND_68]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert len(MESH_BLEND_68) == 68
+    for blend in MESH_BLEND_68:
+        vertices, weights = zip(*blend, strict=True)
+        assert 1 <= len(blend) <= 2 and len(set(vertices)) == len(blend) and max(vertices) < 468
+        assert min(weights) > 0 and sum(weights) == pytest.approx(1.0)
+    assert len(set(MESH_TO_68)) == 68 and max(MESH_TO_68) < 468  # the vertex set pose and attributes use
     with pytest.raises(ValueError, match="468"):
         mesh_to_68(np.zeros((68, 3)))
 
@@ -70,8 +80,10 @@ def test_roi_crop_levels_the_eyes_and_centres_the_box() -> None:
     m = roi.to_crop(192)
     crop_eyes = eyes @ m[:, :2].T + m[:, 2]
     assert abs(crop_eyes[0, 1] - crop_eyes[1, 1]) < 1e-9  # level in the crop
-    np.testing.assert_allclose(m[:, :2] @ [120, 120] + m[:, 2], [96, 96])
+    np.testing.assert_allclose(m[:, :2] @ [120, 120] + m[:, 2], [95.5, 95.5])  # the middle pixel centre
     np.testing.assert_allclose(np.linalg.norm(crop_eyes[1] - crop_eyes[0]), 40 * 192 / 180)
+    mirrored = mesh_roi([80, 60, 160, 180], l5, scale=1.5, mirror=True).to_crop(192)
+    np.testing.assert_allclose(mirrored, np.array([[-1, 0, 191], [0, 1, 0]]) @ np.vstack([m, [0, 0, 1]]))
 
 
 def test_roi_from_mesh_follows_the_mesh() -> None:
@@ -87,6 +99,32 @@ def test_roi_from_mesh_follows_the_mesh() -> None:
     assert turned.angle == pytest.approx(a)
     assert turned.size == pytest.approx(base.size)
     np.testing.assert_allclose(rot @ [base.cx, base.cy] + [200, 300], [turned.cx, turned.cy], atol=1e-9)
+    swapped = moved.copy()  # a mesh from a mirrored crop: its first eye corner is on the image's right
+    swapped[[33, 263]] = moved[[263, 33]]
+    mirrored = roi_from_mesh(swapped, mirror=True)
+    assert mirrored.mirror and mirrored.angle == pytest.approx(a) and mirrored.size == pytest.approx(base.size)
+
+
+class _CentreModel:
+    """A stand-in mesh model: every vertex at crop position (x, y) in the model's 0-192 units."""
+
+    def __init__(self, x: float, y: float) -> None:
+        self.xy = (x, y)
+
+    def run(self, crop: np.ndarray) -> list[np.ndarray]:
+        coords = np.zeros((1, 468 * 3), np.float32)
+        coords[0, 0::3], coords[0, 1::3] = self.xy
+        return [coords, np.zeros((1, 1), np.float32)]
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_mesh_coordinates_are_read_as_pixel_edges(mirror: bool) -> None:
+    image = np.zeros((300, 400, 3), np.uint8)
+    roi = Roi(150.0, 120.0, 96.0, math.radians(30), mirror)
+    centre, _ = mesh_in_roi(_CentreModel(MESH_INPUT / 2, MESH_INPUT / 2), image, roi)
+    np.testing.assert_allclose(centre[:, :2], np.tile([150.0, 120.0], (468, 1)), atol=1e-6)
+    corner, _ = mesh_in_roi(_CentreModel(0, 0), image, Roi(150.0, 120.0, 96.0, 0.0, mirror))
+    np.testing.assert_allclose(corner[0, :2], [150 + 48 if mirror else 150 - 48, 120 - 48], atol=1e-6)
 
 
 def test_dlib_box_adapts_other_detectors() -> None:
@@ -163,6 +201,19 @@ def test_68_points_of_the_astronaut(astronaut: np.ndarray, yunet: Detector, land
     assert np.abs(bare.landmarks5 - face.landmarks5).max() < 0.25 * iod
 
 
+def test_68_points_of_a_mirrored_face_are_mirrored(
+    astronaut: np.ndarray, yunet: Detector, landmarks68: Landmarks68Stage
+) -> None:
+    face = yunet.detect(astronaut)[0]
+    width = astronaut.shape[1]
+    l5 = face.landmarks5[[1, 0, 2, 4, 3]] * [-1, 1] + [width - 1, 0]
+    box = [width - face.box[2], face.box[1], width - face.box[0], face.box[3]]
+    flipped = Face(box=box, detector=face.detector, landmarks5=l5)
+    pts = landmarks68.predict(np.ascontiguousarray(astronaut[:, ::-1]), flipped)
+    expected = landmarks68.predict(astronaut, face)[list(MIRROR_68)] * [-1, 1] + [width - 1, 0]
+    assert nme(pts, expected) < 0.005  # the same crops read the other way round (up to interpolation)
+
+
 def test_68_points_follow_a_turned_face(astronaut: np.ndarray, yunet: Detector, landmarks68: Landmarks68Stage) -> None:
     upright = yunet.detect(astronaut)[0]
     base = landmarks68.predict(astronaut, upright)
@@ -180,7 +231,7 @@ def _w300_images(root: Path, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_nme_on_300w_helen(dataset, yunet: Detector) -> None:  # type: ignore[no-untyped-def]
-    """30 HELEN test images (the first in name order; the mesh table was fitted on the last 100)."""
+    """30 HELEN test images (the first in name order; nothing in faceflow was fitted on 300-W)."""
     images = _w300_images(dataset("300w", "helen", "testset"), 30)
     default, mesh = Landmarks68Stage(), Landmarks68Stage("mesh")
     errors: dict[str, list[float]] = {"default": [], "mesh": []}

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         for vertices in (1, 2):
             table = fit_table(*data[train], vertices)
             held_out, seen = (100 * table_error(table, *data[name]) for name in (test, train))
-            print(f"{vertices} vertices fitted on {train}: error on {test} {held_out:.2f} %, on {train} {seen:.2f} %")
+            print(f"{vertices}-vertex table from {train}: error on {test} {held_out:.2f} %, on {train} {seen:.2f} %")
     meshes, points = (np.concatenate(parts) for parts in zip(*data.values(), strict=True))
     table = fit_table(meshes, points)
     print(f"{len(meshes)} samples; error against the teacher {100 * table_error(table, meshes, points):.2f} %")

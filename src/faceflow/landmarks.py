@@ -1,29 +1,29 @@
 """Facial landmarks: MediaPipe's 468-point mesh (:class:`MeshStage`) and the iBUG 68 points
 (:class:`Landmarks68Stage`), plus the pure geometry between them.
 
-* **Mesh**: MediaPipe ``face_landmark.tflite`` reads a 192x192 RGB crop in [0, 1] (inputs in [-1, 1]
-  measured worse) and returns 468 points (x, y in crop pixels; z a relative depth in the units of x,
+* **Mesh**: MediaPipe ``face_landmark.tflite`` reads a 192x192 RGB crop in [0, 1] and returns 468
+  points (x, y from 0 to 192 across the crop, pixel edges; z a relative depth in the units of x,
   smaller = nearer the camera) and a face-presence logit. The crop is MediaPipe's region: the
   detector box made square, enlarged 1.5x and turned so the eyes are level (when ``landmarks5`` is
   known); then, as in MediaPipe's tracking, it is cut again around the first mesh (``refine``
-  passes), which lowers the error on 300-W by 8 % and levels the crop even when the detector's eye
-  points are off (YuNet's stay almost level on a face turned 20°).
-* **68 points** come from one of two sources:
+  passes), which also levels the crop when the detector's eye points are off.
+* **68 points** come from one of two sources, each by default averaged with its reading of the
+  mirrored face (``mirror``; :data:`MIRROR_68` puts the mirrored points back in order):
 
-  - ``"dlib"``: dlib's ``shape_predictor_68`` (trained on 300-W; weights for non-commercial use).
-    It was trained on the boxes of dlib's HOG detector, so other detectors' boxes are adapted
-    (:func:`dlib_box`): from the five points when the detector gives them; else from the box
-    (:data:`BOX_ADAPTERS`), then once more from the five points of that first pass. A face tilted
-    5° or more is turned upright first.
-  - ``"mesh"``: the mesh vertices :data:`MESH_TO_68`, for each iBUG point the vertex nearest to it
-    on average over 100 300-W HELEN test images (the last 100 by name; the tests use the first 30).
-    The jaw points are approximations: iBUG's jaw is the visible outline of the face, which slides
-    over the skin as the head turns, while a mesh vertex stays put (jaw NME 0.074, the rest 0.038).
+  - ``"dlib"``: dlib's ``shape_predictor_68`` (trained on 300-W; weights for non-commercial use), run
+    on an upright crop scaled to :data:`DLIB_BOX_SIDE` (:func:`dlib_68`). It was trained on the boxes
+    of dlib's HOG detector, so other detectors' faces get a HOG-like box (:func:`dlib_box`): from the
+    five points when the detector gives them (:data:`L5_BOX`); else from the box
+    (:data:`BOX_ADAPTERS`), then once more from the five points of that first pass.
+  - ``"mesh"``: blends of mesh vertices, :data:`MESH_BLEND_68`, distilled from dlib's points on LFW
+    and UTKFace. The jaw stays approximate: iBUG's jaw is the visible outline of the face, which
+    slides over the skin as the head turns, while a mesh vertex stays put.
   - ``"auto"`` (default): dlib when its model can be loaded, else the mesh.
 
-  NME (outer eye corners) on the first 60 HELEN test images: dlib from YuNet's box and five points
-  0.027, from YuNet's box alone 0.026 (unadapted: 0.051), from BlazeFace full/short boxes 0.027 /
-  0.036, from dlib's own HOG boxes 0.028 (59 faces found); mesh 0.047 from any of these detectors.
+  Nothing here was fitted or chosen on 300-W. On all 330 HELEN test images with YuNet (NME by the
+  outer eye corners, mean / median, failures above 0.1, AUC@0.1): dlib 2.54 % / 2.35 %, 0.3 %, 0.746
+  (without ``mirror`` 2.59 %); mesh 4.26 % / 4.01 %, 0 %, 0.574 (without ``mirror`` 4.37 %). dlib from
+  its own HOG boxes: 2.61 % over the 319 faces HOG finds.
 """
 
 from __future__ import annotations
@@ -64,7 +64,76 @@ attribute heads are built on, kept as it is because they depend on it. It was ch
 distance to the annotations of 100 300-W HELEN *test* images, so it no longer makes the 68 points
 (:data:`MESH_BLEND_68` does)."""
 
-MESH_BLEND_68: tuple[tuple[tuple[int, float], ...], ...] = ()
+MESH_BLEND_68: tuple[tuple[tuple[int, float], ...], ...] = (
+    ((127, 0.95), (162, 0.05)),  # 0
+    ((234, 0.7), (137, 0.3)),  # 1
+    ((132, 0.55), (137, 0.45)),  # 2
+    ((58, 0.7), (177, 0.3)),  # 3
+    ((172, 0.9), (215, 0.1)),  # 4
+    ((136, 0.7), (150, 0.3)),  # 5
+    ((149, 0.9), (150, 0.1)),  # 6
+    ((148, 0.65), (176, 0.35)),  # 7
+    ((152, 1.0),),  # 8
+    ((377, 0.6), (400, 0.4)),  # 9
+    ((378, 0.85), (379, 0.15)),  # 10
+    ((365, 0.75), (379, 0.25)),  # 11
+    ((397, 0.85), (435, 0.15)),  # 12
+    ((435, 0.9), (361, 0.1)),  # 13
+    ((401, 0.55), (323, 0.45)),  # 14
+    ((454, 0.75), (366, 0.25)),  # 15
+    ((356, 0.95), (389, 0.05)),  # 16
+    ((70, 0.65), (156, 0.35)),  # 17
+    ((63, 0.9), (52, 0.1)),  # 18
+    ((105, 0.65), (66, 0.35)),  # 19
+    ((66, 0.65), (107, 0.35)),  # 20
+    ((107, 0.7), (193, 0.3)),  # 21
+    ((336, 0.75), (417, 0.25)),  # 22
+    ((296, 0.65), (336, 0.35)),  # 23
+    ((334, 0.65), (296, 0.35)),  # 24
+    ((293, 0.9), (282, 0.1)),  # 25
+    ((300, 0.65), (383, 0.35)),  # 26
+    ((168, 0.7), (6, 0.3)),  # 27
+    ((197, 0.9), (351, 0.1)),  # 28
+    ((281, 0.5), (3, 0.5)),  # 29
+    ((4, 0.9), (354, 0.1)),  # 30
+    ((240, 0.75), (99, 0.25)),  # 31
+    ((97, 0.85), (141, 0.15)),  # 32
+    ((164, 0.55), (94, 0.45)),  # 33
+    ((326, 0.95), (458, 0.05)),  # 34
+    ((327, 0.6), (290, 0.4)),  # 35
+    ((25, 0.7), (160, 0.3)),  # 36
+    ((161, 0.55), (158, 0.45)),  # 37
+    ((157, 0.65), (159, 0.35)),  # 38
+    ((133, 0.7), (26, 0.3)),  # 39
+    ((145, 0.6), (26, 0.4)),  # 40
+    ((144, 0.9), (230, 0.1)),  # 41
+    ((382, 0.95), (452, 0.05)),  # 42
+    ((384, 0.6), (386, 0.4)),  # 43
+    ((388, 0.55), (385, 0.45)),  # 44
+    ((466, 0.7), (339, 0.3)),  # 45
+    ((373, 0.9), (253, 0.1)),  # 46
+    ((380, 0.8), (253, 0.2)),  # 47
+    ((61, 0.9), (43, 0.1)),  # 48
+    ((73, 0.55), (40, 0.45)),  # 49
+    ((37, 0.75), (82, 0.25)),  # 50
+    ((0, 0.65), (13, 0.35)),  # 51
+    ((267, 0.8), (312, 0.2)),  # 52
+    ((304, 0.6), (269, 0.4)),  # 53
+    ((291, 0.85), (287, 0.15)),  # 54
+    ((320, 0.55), (406, 0.45)),  # 55
+    ((314, 0.9), (313, 0.1)),  # 56
+    ((17, 0.9), (18, 0.1)),  # 57
+    ((84, 0.9), (83, 0.1)),  # 58
+    ((90, 0.55), (182, 0.45)),  # 59
+    ((78, 0.7), (146, 0.3)),  # 60
+    ((38, 0.9), (87, 0.1)),  # 61
+    ((13, 0.9), (15, 0.1)),  # 62
+    ((268, 0.9), (402, 0.1)),  # 63
+    ((292, 0.7), (375, 0.3)),  # 64
+    ((317, 0.85), (404, 0.15)),  # 65
+    ((15, 0.85), (13, 0.15)),  # 66
+    ((86, 0.85), (38, 0.15)),  # 67
+)
 """For each iBUG point, ``(vertex, weight)`` pairs whose weighted mean of mesh vertices gives it (a
 convex blend of at most two vertices, weights in steps of 0.05). Distilled from dlib's points
 (:func:`dlib_68`, mirrored) on 500 LFW and 500 UTKFace faces and their mirror images, no 300-W data;
@@ -89,13 +158,17 @@ features the nearest pixel's, and how much dlib's points on a face and on its mi
 stops falling there (LFW, UTKFace and WIDER faces: 1.53 % of the eye distance at the box's own size,
 1.45 / 1.39 / 1.38 / 1.37 % at 200 / 300 / 400 / 600 px)."""
 
-L5_BOX: tuple[float, float] = (0.0, 0.0)
+L5_BOX: tuple[float, float] = (0.667, 1.63)
 """HOG-like box from the five points: side = ``L5_BOX[0]`` x eye distance + ``L5_BOX[1]`` x
 eyes-to-mouth distance, centred halfway between the eyes' and the mouth corners' midpoints. Fitted to
 dlib HOG boxes on LFW and UTKFace faces drawn at random scales and offsets by
 ``training/fit_dlib_box.py``."""
 
-BOX_ADAPTERS: dict[str, tuple[float, float]] = {}
+BOX_ADAPTERS: dict[str, tuple[float, float]] = {
+    "yunet": (0.04, 1.074),
+    "blazeface_short": (-0.037, 0.964),
+    "blazeface_full": (0.014, 0.906),
+}
 """HOG-like box from a detector's box alone: (centre moved down by this fraction of the height, side
 as a fraction of the width), the mean offset and the geometric mean size ratio of dlib HOG's boxes to
 the detector's on the data of :data:`L5_BOX` (``training/fit_dlib_box.py``). Detectors not listed
@@ -353,7 +426,7 @@ class Landmarks68Stage(Stage):
         points = mesh_to_68(mesh)
         if self.mirror:
             mirrored = mesh_to_68(self._mesh.predict(image, face, mirror=True)[0])[list(MIRROR_68)]
-            points = (points + mirrored) / 2
+            points = ((points + mirrored) / 2).astype(np.float32)
         return points
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:

@@ -7,6 +7,7 @@ settings and faceflow's version, so a rerun after a change in the scoring is fas
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,24 @@ def _version() -> str:
     return __version__
 
 
+def _code_hash() -> str:
+    """Digest of faceflow's model-facing source (detectors, stages, models), so that a change in how
+    a model is run invalidates cached results just as a change of model file does."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted([*root.glob("*.py"), *root.glob("detect/*.py"), *root.glob("models/*.py")]):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_for(protocol: str, models: Sequence[str], settings: str, enabled: bool = True) -> ResultCache | None:
-    """A result cache whose key changes whenever a model file, a setting or faceflow's version does."""
+    """A result cache whose key changes whenever a model file, the code that runs it, a setting or
+    faceflow's version does."""
     if not enabled:
         return None
     hashes = ",".join(f.sha256[:12] for m in models if m in MODELS for f in MODELS[m].files)
-    return ResultCache(f"{protocol}|{','.join(models)}|{hashes}|{settings}|faceflow {_version()}")
+    return ResultCache(f"{protocol}|{','.join(models)}|{hashes}|{settings}|faceflow {_version()}|{_code_hash()}")
 
 
 def nearest(faces: Sequence[Face], point: npt.ArrayLike) -> Face:
