@@ -80,6 +80,26 @@ def test_ten_fold_threshold_selection_on_two_toy_folds() -> None:
     assert set(r) >= {"accuracy_mean", "accuracy_std", "tar_at_far_1e-3", "roc_auc", "eer"}
 
 
+def test_per_fold_score_rows() -> None:
+    # row k is used only when fold k is tested: thresholds from its training pairs, figures on its test pairs
+    scores = np.array([0.9, 0.7, 0.35, 0.5, 0.8, 0.4, 0.55, 0.2])
+    labels = [True, True, False, False] * 2
+    folds = [0] * 4 + [1] * 4
+    plain = evaluate_lfw(scores, labels, folds)
+    same = evaluate_lfw(np.stack([scores, scores]), labels, folds)
+    assert same["accuracy_mean"] == plain["accuracy_mean"] and same["roc_auc"] == plain["roc_auc"]
+    # row 0 serves fold 0's test: its training part (fold 1) is all 9.0, so its one candidate threshold
+    # is 9.0 and fold 0 (its test part doubled) is all rejected: 2/4; row 1 is plain: fold 1 gets 3/4
+    rows = np.stack([np.r_[scores[:4] * 2, [9.0] * 4], scores])
+    r = evaluate_lfw(rows, labels, folds)
+    assert r["thresholds"] == pytest.approx([9.0, 0.6])
+    assert r["accuracy_mean"] == pytest.approx((0.5 + 0.75) / 2)
+    # the ROC is over the test-fold parts of the rows: fold 0 from row 0, fold 1 from row 1
+    assert r["roc_auc"] == pytest.approx(evaluate_lfw(np.r_[scores[:4] * 2, scores[4:]], labels, folds)["roc_auc"])
+    with pytest.raises(ValueError):
+        evaluate_lfw(np.stack([scores] * 3), labels, folds)
+
+
 def test_far_threshold_allows_floor_of_false_accepts() -> None:
     neg = np.linspace(0, 1, 2700)
     scores = np.r_[neg, [2.0]]

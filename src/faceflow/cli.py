@@ -114,7 +114,7 @@ def analyze(
 def verify(
     image_a: Annotated[Path, typer.Argument(help="First photo (its largest face is used).")],
     image_b: Annotated[Path, typer.Argument(help="Second photo.")],
-    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Say whether two photos show the same person: similarity, decision and threshold."""
@@ -191,9 +191,11 @@ def _eval(label: str, run: Callable[[], dict[str, Any]], root: Path, json_out: P
 
 @eval_app.command("lfw")
 def eval_lfw(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
-             model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+             model: Annotated[str, typer.Option(help="Recognition model: fused (accurate), sface (fast) "
+                                                  "or dlib.")] = "fused",
              detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
-             flip: Annotated[bool, typer.Option(help="Average with the mirrored face.")] = False) -> None:
+             flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average with the mirrored face "
+                                                       "(default: the model's own; on for fused).")] = None) -> None:
     """LFW View 2, 10-fold: accuracy, TAR@FAR=1e-3, ROC AUC, EER."""
     from faceflow.eval.tasks import eval_lfw as run
 

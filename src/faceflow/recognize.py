@@ -349,7 +349,8 @@ class Calibration:
 #          figures, weights refitted per fold: 99.58 +- 0.31 %, TAR@FAR=1e-3 99.17 %, AUC 0.9997.
 # Reproduce: FACEFLOW_THREADS=2 nice .venv/bin/python benchmarks/calibrate_verify.py --model sface
 # (then --model dlib; "fused" applies faceflow.eval.fusion.impostor_weights and that script's threshold
-# rule to the two models' scores, with flip from the embeddings of the mirrored crops); LFW is research data, so these figures describe LFW-like photos, not any deployment.
+# rule to the two models' scores, with flip from the embeddings of the mirrored crops); LFW is research
+# data, so these figures describe LFW-like photos, not any deployment.
 CALIBRATION: dict[str, Calibration] = {
     "sface": Calibration(threshold=0.3461, fmr=1e-3, tmr=0.9900, accuracy=0.9945),
     "dlib": Calibration(threshold=0.9192, fmr=1e-3, tmr=0.9607, accuracy=0.9798),

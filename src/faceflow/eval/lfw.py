@@ -34,6 +34,10 @@ from faceflow.eval.cache import ResultCache
 EmbedFn = Callable[[Path], "npt.ArrayLike | None"]
 """``embed_fn(path) -> embedding`` (1-D), or ``None`` when no face was found."""
 
+PairScorer = Callable[..., "npt.NDArray[np.float64]"]
+"""``scorer(emb1, emb2, labels, folds) -> scores``: ``(n,)``, or ``(n_folds, n)`` for a score model
+fitted per fold on its training pairs (see :func:`evaluate_lfw`)."""
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -150,25 +154,33 @@ def evaluate_lfw(
 ) -> dict[str, Any]:
     """The View 2 figures from per-pair similarity ``scores`` (higher = more alike).
 
+    ``scores`` is ``(n,)``, or ``(n_folds, n)`` when the scoring itself is fitted per fold (a score
+    fusion, :mod:`faceflow.eval.fusion`): row ``k`` (folds in sorted order) must come from a fit on
+    the other folds, and is used when fold ``k`` is tested (thresholds from its training pairs,
+    figures on its test pairs); ROC, AUC and EER are then over the test-fold parts of the rows.
+
     Returns ``accuracy_mean``, ``accuracy_std`` (ddof=0), ``tar_at_far_1e-3``, ``roc_auc``, ``eer``
     (fractions), ``thresholds`` (per fold), and ``curves`` (``fpr``, ``tpr``) for plots.
     """
     s, y, f = np.asarray(scores, np.float64), np.asarray(labels, bool), np.asarray(folds)
-    if not (s.shape == y.shape == f.shape) or s.ndim != 1:
-        raise ValueError("scores, labels and folds must be 1-D and of equal length")
     fold_ids = np.unique(f)
+    rows = s if s.ndim == 2 else np.broadcast_to(s, (fold_ids.size, *s.shape))
+    if y.ndim != 1 or y.shape != f.shape or rows.shape != (fold_ids.size, y.size):
+        raise ValueError("scores must be (n,) or (n_folds, n), labels and folds (n,)")
     if fold_ids.size < 2:
         raise ValueError("the protocol needs at least two folds")
     accuracies, tars, thresholds = [], [], []
-    for fold in fold_ids:
+    pooled = np.empty(y.size)
+    for row, fold in zip(rows, fold_ids, strict=True):
         test = f == fold
         train = ~test
-        t = best_threshold(s[train], y[train])
+        t = best_threshold(row[train], y[train])
         thresholds.append(t)
-        accuracies.append(np.mean((s[test] >= t) == y[test]))
-        t_far = far_threshold(s[train], y[train], far)
-        tars.append(np.mean(s[test & y] >= t_far))
-    fpr, tpr, _ = roc_curve(s, y)
+        accuracies.append(np.mean((row[test] >= t) == y[test]))
+        t_far = far_threshold(row[train], y[train], far)
+        tars.append(np.mean(row[test & y] >= t_far))
+        pooled[test] = row[test]
+    fpr, tpr, _ = roc_curve(pooled, y)
     return {
         "protocol": "lfw",
         "accuracy_mean": float(np.mean(accuracies)),
@@ -196,8 +208,12 @@ def run_lfw(
     fallback_fn: EmbedFn | None = None,
     progress: bool = True,
     cache: ResultCache | None = None,
+    scorer: PairScorer | None = None,
 ) -> dict[str, Any]:
     """Embed every image that ``<root>/pairs.txt`` uses once, score pairs by cosine, evaluate.
+
+    ``scorer(emb1, emb2, labels, folds)`` replaces the cosine (e.g. a per-fold fitted score fusion);
+    it sees the scored pairs only.
 
     ``embed_fn(path)`` returns an embedding or ``None`` when it finds no face; that counts as a
     detection failure and ``fallback_fn(path)`` (e.g. a centre crop) is used when given. A pair with
@@ -222,15 +238,18 @@ def run_lfw(
             seconds += secs or 0.0
         if emb is not None:
             embeddings[path] = np.asarray(emb, np.float64).reshape(-1)
+    labels = np.array([p.same for p in pairs])
+    folds = np.array([p.fold for p in pairs])
     scored = np.array([p.path1 in embeddings and p.path2 in embeddings for p in pairs])
-    scores = np.full(len(pairs), -1.0)
+    scores: npt.NDArray[np.float64] = np.full(len(pairs), -1.0)
     if scored.any():
         idx = np.nonzero(scored)[0]
-        scores[idx] = cosine_scores(
-            np.stack([embeddings[pairs[i].path1] for i in idx]),
-            np.stack([embeddings[pairs[i].path2] for i in idx]),
-        )
-    result = evaluate_lfw(scores, [p.same for p in pairs], [p.fold for p in pairs])
+        emb1 = np.stack([embeddings[pairs[i].path1] for i in idx])
+        emb2 = np.stack([embeddings[pairs[i].path2] for i in idx])
+        part = cosine_scores(emb1, emb2) if scorer is None else np.asarray(scorer(emb1, emb2, labels[idx], folds[idx]))
+        scores = np.full((*part.shape[:-1], len(pairs)), -1.0)
+        scores[..., idx] = part
+    result = evaluate_lfw(scores, labels, folds)
     result.update(
         detection_failures=failures,
         images=len(paths),

@@ -71,14 +71,23 @@ def centre_face(image: Image, fraction: float = 0.5) -> Face:
     return Face(box=np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32), score=0.0)
 
 
-def eval_lfw(root: Path | str, *, model: str = "sface", detector: str = "yunet", flip: bool = False,
+def eval_lfw(root: Path | str, *, model: str = "sface", detector: str = "yunet", flip: bool | None = None,
              progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
     """LFW View 2 with faceflow's detector and embedder; the face nearest the centre is used, a
-    centre box when none is found."""
-    from faceflow.recognize import create_embedder
+    centre box when none is found. ``flip=None`` is the model's default.
+
+    ``model="fused"`` embeds each image with both parts and fits the fusion weights per fold on the
+    nine training folds (:class:`faceflow.eval.fusion.FoldFusionScorer`), never on the test fold.
+    """
+    from faceflow.eval.fusion import FoldFusionScorer
+    from faceflow.recognize import FusedEmbedder, create_embedder
 
     det = create_detector(detector)
     embedder = create_embedder(model, flip=flip)
+    encode, scorer, parts = embedder.embed, None, []
+    if isinstance(embedder, FusedEmbedder):
+        encode, scorer = embedder.embed_parts, FoldFusionScorer(embedder.part_dims)
+        parts = [p.name for p in embedder.parts]
 
     def embed(path: Path) -> npt.NDArray[np.float32] | None:
         image = load_image(path)
@@ -86,15 +95,18 @@ def eval_lfw(root: Path | str, *, model: str = "sface", detector: str = "yunet",
         if not faces:
             return None
         h, w = image.shape[:2]
-        return np.asarray(embedder.embed(image, [nearest(faces, (w / 2, h / 2))])[0], np.float32)
+        return np.asarray(encode(image, [nearest(faces, (w / 2, h / 2))])[0], np.float32)
 
     def fallback(path: Path) -> npt.NDArray[np.float32]:
         image = load_image(path)
-        return np.asarray(embedder.embed(image, [centre_face(image)])[0], np.float32)
+        return np.asarray(encode(image, [centre_face(image)])[0], np.float32)
 
-    cache = cache_for("lfw", [detector, model], f"flip={flip}", use_cache)
-    result = run_lfw(root, embed, fallback, progress=progress, cache=cache)
-    result.update(protocol="lfw", model=model, detector=detector, flip=flip)
+    weights_of = [{"dlib": "dlib_resnet"}.get(p, p) for p in parts]  # registry names: their hashes key the cache
+    cache = cache_for("lfw", [detector, model, *weights_of], f"flip={embedder.flip}", use_cache)
+    result = run_lfw(root, embed, fallback, progress=progress, cache=cache, scorer=scorer)
+    result.update(protocol="lfw", model=model, detector=detector, flip=embedder.flip)
+    if scorer is not None and scorer.weights is not None:
+        result["fusion_weights"] = dict(zip(parts, scorer.weights.T.tolist(), strict=True))
     return result
 
 

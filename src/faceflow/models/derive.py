@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.models.dlib_resnet import dlib_resnet_to_onnx as dlib_resnet_to_onnx
+from faceflow.models.speedups import onnx_prelu_split as onnx_prelu_split
+
 
 def _drop_initializer_inputs(graph: object, keep: set[str]) -> None:
     """Remove graph inputs other than ``keep`` (old exporters list every weight as an input too)."""

