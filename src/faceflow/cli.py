@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from faceflow import gallery_cli
 from faceflow.errors import ConfigError, FaceflowError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Face analysis on a CPU, offline.")
@@ -293,6 +294,14 @@ def models_verify() -> None:
             colour = {"ok": "green", "missing": "dim", "corrupt": "red"}[state]
             console.print(f"[{colour}]{state:8}[/{colour}] {spec.name}: {f.name}")
     raise typer.Exit(1 if bad else 0)
+
+
+# Gallery commands live in their own module; mounted here so that `faceflow --help` lists them last.
+app.add_typer(gallery_cli.gallery_app, name="gallery")
+for _command in (gallery_cli.enroll, gallery_cli.identify, gallery_cli.cluster):
+    app.command()(_command)
+eval_app.command("identification")(gallery_cli.eval_identification)
+eval_app.command("clustering")(gallery_cli.eval_clustering)
 
 
 def main() -> None:
