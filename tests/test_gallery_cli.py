@@ -39,6 +39,8 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-unt
 
 def test_enroll_identify_export_import_delete(run, knn: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run("enroll", "people", "-", knn / "train")
+    broken = knn.parents[2] / "broken"
+    run("enroll", "people", "nobody", broken / "zero_faces.png", code=1)  # skipped, reported: exit 1
     (g,) = [json.loads(line) for line in run("gallery", "list", "--json").splitlines()]
     assert (g["name"], g["subjects"], g["faces"]) == ("people", 5, 9) and g["model"].startswith("sface@")
     run("identify", "people", knn / "test", "--out", tmp_path / "ids.jsonl")

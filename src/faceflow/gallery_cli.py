@@ -59,8 +59,9 @@ def _gallery(store: Any, name: str) -> Any:
 @gallery_app.command("create")
 def gallery_create(
     name: Annotated[str, typer.Argument(help="Gallery name.")],
-    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
-    flip: Annotated[bool, typer.Option(help="Average each embedding with the mirrored face's.")] = False,
+    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
+                                              "face's (default: the model's own choice).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Open-set threshold (default: the model's).")] = None,
     store: Store = None,
 ) -> None:
@@ -174,8 +175,9 @@ def gallery_calibrate(
 @gallery_app.command("reembed")
 def gallery_reembed(
     name: Annotated[str, typer.Argument(help="Gallery name.")],
-    model: Annotated[str, typer.Option(help="The new recognition model: sface or dlib.")],
-    flip: Annotated[bool, typer.Option(help="Average each embedding with the mirrored face's.")] = False,
+    model: Annotated[str, typer.Option(help="The new recognition model: sface, dlib or fused.")],
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
+                                              "face's (default: the model's own choice).")] = None,
     store: Store = None,
 ) -> None:
     """Re-embed every face from its source photo with another model, then switch the gallery to it."""
@@ -288,7 +290,7 @@ def cluster(
     min_face: Annotated[float, typer.Option(help="Leave faces smaller than this (pixels) unassigned.")] = 32.0,
     min_score: Annotated[float, typer.Option(help="Leave faces of lower quality/score unassigned.")] = 0.0,
     min_size: Annotated[int, typer.Option(help="Smallest cluster reported as a person.")] = 2,
-    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
 ) -> None:
     """Cluster the faces of a photo library into persons: OUT/clusters.json and OUT/index.html.
 
@@ -324,17 +326,18 @@ def cluster(
 # -- evaluation runners (the lead mounts them under `faceflow eval`) -----------------------------------
 
 
-def _lfw_embedder(model: str) -> Any:
+def _lfw_embedder(model: str, flip: bool | None = None) -> Any:
     """``embed_fn(path)``: the embedding of the face nearest the centre of an LFW image, or None.
 
     Results are cached per image content under ``$FACEFLOW_HOME/eval-cache`` (both runners share them).
     """
     from faceflow.eval.cache import ResultCache, timed
-    from faceflow.gallery.service import make_analyzer
+    from faceflow.gallery.service import make_analyzer, resolve_flip
     from faceflow.io import load_image
 
-    analyzer = make_analyzer(model)
-    cache = ResultCache(f"gallery-eval {model} yunet face-nearest-centre")
+    flip = resolve_flip(model, flip)
+    analyzer = make_analyzer(model, flip=flip)
+    cache = ResultCache(f"gallery-eval {model} yunet face-nearest-centre" + (" flip" if flip else ""))
 
     def compute(path: Path) -> Any:
         image = load_image(path)
@@ -350,8 +353,10 @@ def _lfw_embedder(model: str) -> Any:
 
 def eval_identification(
     root: Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")],
-    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
     aggregate: Annotated[str, typer.Option(help="Subject score: max or mean.")] = "max",
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
+                                              "face's (default: the model's own choice).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for identification.json and det.png.")] = Path("faceflow-eval"),
 ) -> None:
     """Open-set identification on LFW: rank-1, FNIR at FPIR 1 % and 0.1 %, DET plot."""
@@ -360,7 +365,7 @@ def eval_identification(
     console, progress, _ = _ui()
     with progress() as bar:
         task = bar.add_task("embedding", total=None)
-        result = run_identification(root, _lfw_embedder(model), aggregate=aggregate, det_plot=out / "det.png",
+        result = run_identification(root, _lfw_embedder(model, flip), aggregate=aggregate, det_plot=out / "det.png",
                                     progress=lambda i, n: bar.update(task, completed=i, total=n))
     _report(console, out / "identification.json", result, ("rank1", "fnir_at_fpir_0.01", "fnir_at_fpir_0.001"),
             ("threshold_at_fpir_0.01", "no_face"))
@@ -368,8 +373,10 @@ def eval_identification(
 
 def eval_clustering(
     root: Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")],
-    model: Annotated[str, typer.Option(help="Recognition model: sface or dlib.")] = "sface",
+    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
     threshold: Annotated[float | None, typer.Option(help="Average-linkage threshold.")] = None,
+    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
+                                              "face's (default: the model's own choice).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for clustering.json.")] = Path("faceflow-eval"),
 ) -> None:
     """Cluster LFW (people with 2+ images, one-image people as distractors): pairwise and BCubed F."""
@@ -378,7 +385,7 @@ def eval_clustering(
     console, progress, _ = _ui()
     with progress() as bar:
         task = bar.add_task("embedding", total=None)
-        result = run_clustering(root, _lfw_embedder(model), threshold=threshold,
+        result = run_clustering(root, _lfw_embedder(model, flip), threshold=threshold,
                                 progress=lambda i, n: bar.update(task, completed=i, total=n))
     _report(console, out / "clustering.json", result,
             ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"), ("clusters", "threshold"))

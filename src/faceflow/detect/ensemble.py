@@ -1,25 +1,28 @@
-"""Weighted box fusion and the ``accurate`` mode: CenterFace and multi-scale YuNet, fused.
+"""Weighted box fusion and the ``accurate`` mode: several looks of CenterFace and YuNet, fused.
 
 Weighted box fusion (Solovyev, Wang and Gabruseva, 2019) keeps what every member found instead of
 choosing between them as NMS does: boxes of all members, highest score first, join the cluster whose
 fused box overlaps them most (IoU above a threshold) or start a new one; a cluster's box and five
 points are the averages of its members' weighted by score, and its score is the mean over *all*
-members of each member's best score in it, a member that did not vote counting 0. A face that only
-one of two detectors saw keeps half its score, so agreement ranks above a lone guess.
+members of each member's best score in it, a member that did not vote counting 0. A face that one
+of four members saw keeps a quarter of its score, so agreement ranks above a lone guess.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
 from faceflow.detect.base import Detector, DetectorOptions, RawDetections, iou_matrix, nms
 from faceflow.detect.centerface import CenterFaceDetector
 from faceflow.detect.yunet_ort import YuNetOrtDetector
-from faceflow.types import Face, FloatArray, Image
+from faceflow.types import FloatArray, Image
 
 
 def weighted_box_fusion(
@@ -35,23 +38,25 @@ def weighted_box_fusion(
     ``(N_m, 5, 2)`` or ``None``. A box joins the cluster whose fused box has the highest IoU with it
     when that IoU exceeds ``iou_threshold``. Fused coordinates and points are averages weighted by
     ``weight * score`` (points over the boxes that have them); the fused score is
-    ``sum_m weight_m * best_score_m / sum_m weight_m``. The result is sorted by score, highest
-    first; its ``landmarks5`` is ``None`` unless every cluster holds at least one box with points.
+    ``sum_m weight_m * best_score_m / sum_m weight_m``, where ``best_score_m`` is member ``m``'s best
+    score in the cluster, 0 when it has no box there. The result is sorted by score, highest first;
+    its ``landmarks5`` is ``None`` unless every cluster holds at least one box with points.
     """
     n_members = len(boxes)
     w = np.ones(n_members) if weights is None else np.asarray(weights, np.float64)
-    lms_in = list(landmarks) if landmarks is not None else [None] * n_members
-    if not (len(scores) == len(lms_in) == len(w) == n_members):
+    points_in = [None] * n_members if landmarks is None else list(landmarks)
+    if not (len(scores) == len(points_in) == len(w) == n_members):
         raise ValueError("boxes, scores, landmarks and weights need one entry per member")
-    b = np.concatenate([np.asarray(x, np.float64).reshape(-1, 4) for x in boxes] + [np.zeros((0, 4))])
-    s = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in scores] + [np.zeros(0)])
-    member = np.concatenate([np.full(len(np.asarray(x).reshape(-1)), m) for m, x in enumerate(scores)]
-                            + [np.zeros(0, np.int64)]).astype(np.int64)
-    pts = np.concatenate([np.full((len(np.asarray(x).reshape(-1)), 5, 2), np.nan) if p is None
-                          else np.asarray(p, np.float64).reshape(-1, 5, 2) for x, p in zip(scores, lms_in, strict=True)]
-                         + [np.zeros((0, 5, 2))])
-    if len(b) != len(s):
-        raise ValueError(f"{len(b)} boxes but {len(s)} scores")
+    parts: list[tuple[Any, ...]] = [(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), np.zeros((0, 5, 2)))]
+    for m in range(n_members):
+        bm = np.asarray(boxes[m], np.float64).reshape(-1, 4)
+        sm = np.asarray(scores[m], np.float64).reshape(-1)
+        if len(bm) != len(sm):
+            raise ValueError(f"member {m}: {len(bm)} boxes but {len(sm)} scores")
+        pm = points_in[m]
+        pm = np.full((len(sm), 5, 2), np.nan) if pm is None else np.asarray(pm, np.float64).reshape(-1, 5, 2)
+        parts.append((bm, sm, np.full(len(sm), m, np.int64), pm))
+    b, s, member, pts = (np.concatenate(column) for column in zip(*parts, strict=True))
     vote = w[member] * s  # each box's weight in the averages
     clusters: list[list[int]] = []
     fused = np.zeros((0, 4))
@@ -79,18 +84,66 @@ def weighted_box_fusion(
     return RawDetections(fused[order].astype(np.float32), out_scores[order].astype(np.float32), lms)
 
 
-def _arrays(faces: Sequence[Face]) -> tuple[FloatArray, FloatArray, FloatArray | None]:
-    """Boxes, scores and (when every face has them) five points of detected faces."""
-    boxes = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
+MIRROR_POINTS = [1, 0, 2, 4, 3]
+"""Mirroring swaps the image-left and image-right eyes and mouth corners."""
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One look at the image: ``model`` on a copy resized by ``scale`` and, if ``mirror``, flipped
+    left to right; only faces whose shorter side (in image pixels) is below ``below`` are kept."""
+
+    model: str
+    scale: float = 1.0
+    mirror: bool = False
+    below: float = math.inf
+
+
+@dataclass(frozen=True)
+class Member:
+    """One vote in the fusion: the faces of its passes, merged by NMS, with a weight."""
+
+    passes: tuple[Pass, ...]
+    weight: float = 1.0
+
+
+def _resized(image: Image, factor: float) -> Image:
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    return np.asarray(cv2.resize(image, size, interpolation=interp), np.uint8)
+
+
+def look(detector: Detector, image: Image, p: Pass, max_side: int) -> RawDetections:
+    """``detector``'s faces in one :class:`Pass` over ``image``, in the image's pixels.
+
+    An enlarging pass is limited to ``max_side`` pixels on the longer side, and gives nothing when
+    that leaves no enlargement (it would repeat the plain pass).
+    """
+    h, w = image.shape[:2]
+    factor = p.scale if p.scale <= 1 else min(p.scale, max_side / max(h, w))
+    if p.scale > 1 and factor <= 1:
+        return RawDetections.empty(with_landmarks=True)
+    view = image if factor == 1 else _resized(image, factor)
+    if p.mirror:
+        view = np.ascontiguousarray(view[:, ::-1])
+    faces = [f for f in detector.detect(view) if min(f.width, f.height) < p.below * factor]
+    boxes: FloatArray = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
     scores = np.array([f.score for f in faces], np.float32)
-    with_points = all(f.landmarks5 is not None for f in faces)
-    lms = np.array([f.landmarks5 for f in faces], np.float32).reshape(-1, 5, 2) if with_points else None
-    return boxes, scores, lms
+    lms: FloatArray | None = None
+    if all(f.landmarks5 is not None for f in faces):
+        lms = np.array([f.landmarks5 for f in faces], np.float32).reshape(-1, 5, 2)
+    if p.mirror:
+        vw = view.shape[1]
+        boxes = np.stack([vw - boxes[:, 2], boxes[:, 1], vw - boxes[:, 0], boxes[:, 3]], axis=1)
+        if lms is not None:
+            lms = lms[:, MIRROR_POINTS] * np.array([-1, 1], np.float32) + np.array([vw, 0], np.float32)
+    return RawDetections(boxes, scores, lms).mapped(w / view.shape[1])
 
 
 class AccurateDetector(Detector):
-    """``accurate`` mode: CenterFace, and YuNet at the image's size and enlarged ``upscale`` times for
-    faces under ``small_face`` pixels, fused by :func:`weighted_box_fusion`.
+    """``accurate`` mode: CenterFace at three views and YuNet at two scales (see :attr:`members`),
+    fused by :func:`weighted_box_fusion`.
 
     Members run at ``member_threshold`` (their weak votes still count in the fused mean) with their
     own post-processing (NMS, padded second pass); the fused result then gets the shared one.
@@ -98,34 +151,41 @@ class AccurateDetector(Detector):
 
     name: ClassVar[str] = "accurate"
     default_score_threshold: ClassVar[float] = 0.5
-    retry_pad: ClassVar[float] = 0.0  # each member looks again on a padded copy on its own
+    retry_pad: ClassVar[float] = 0.0  # each pass looks again on a padded copy on its own
     member_threshold: ClassVar[float] = 0.05
-    upscale: ClassVar[float] = 2.0
-    upscale_max_side: ClassVar[int] = 2560
-    """The enlarged pass is shrunk to this longer side (at most), and skipped when that leaves no
-    enlargement."""
-    small_face: ClassVar[float] = 32.0
-    """Faces of the enlarged pass are kept when their shorter side, in image pixels, is below this."""
-    fusion_iou: ClassVar[float] = 0.55
+    max_side: ClassVar[int] = 2560
+    """Enlarged copies are limited to this longer side."""
+    fusion_iou: ClassVar[float] = 0.4
+    """Boxes that the final NMS would treat as one face are fused instead (its default threshold)."""
+    members: ClassVar[tuple[Member, ...]] = (
+        Member((Pass("centerface"),)),
+        Member((Pass("centerface", mirror=True),)),
+        Member((Pass("centerface", scale=0.5),)),
+        Member((Pass("yunet"), Pass("yunet", scale=2.0, below=32.0))),
+    )
+    """One vote per look: CenterFace on the image, its mirror image and a half-size copy (the views
+    agree on the larger faces), and YuNet, which finds more of the smallest faces, on the image and,
+    for faces under 32 px, on a copy enlarged twice."""
 
     def _load(self) -> Any:
         opts = DetectorOptions(score_threshold=min(self.member_threshold, self.score_threshold),
                                nms_threshold=self.options.nms_threshold, threads=self.options.threads)
-        return (CenterFaceDetector(opts, self.store), YuNetOrtDetector(opts, self.store),
-                YuNetOrtDetector(opts, self.store, scale=self.upscale, max_side=self.upscale_max_side))
+        return {"centerface": CenterFaceDetector(opts, self.store),
+                "yunet": YuNetOrtDetector(opts, self.store, max_side=self.max_side)}
 
-    def _yunet_multiscale(self, image: Image) -> list[Face]:
-        """YuNet at 1x, plus the small faces of the enlarged pass, merged by NMS."""
-        _, plain, enlarged = self.model
-        faces = plain.detect(image)
-        if enlarged.resize_factor(*image.shape[:2]) <= 1:
-            return faces
-        faces += [f for f in enlarged.detect(image) if min(f.width, f.height) < self.small_face]
-        boxes, scores, _ = _arrays(faces)
-        return [faces[i] for i in nms(boxes, scores, self.options.nms_threshold)]
+    def _member(self, image: Image, member: Member) -> RawDetections:
+        """The faces of a member's passes, merged by NMS when there are several."""
+        looks = [look(self.model[p.model], image, p, self.max_side) for p in member.passes]
+        if len(looks) == 1:
+            return looks[0]
+        boxes = np.concatenate([r.boxes for r in looks])
+        scores = np.concatenate([r.scores for r in looks])
+        keep = nms(boxes, scores, self.options.nms_threshold)
+        points = [r.landmarks5 for r in looks if r.landmarks5 is not None]
+        lms = np.concatenate(points)[keep] if len(points) == len(looks) else None
+        return RawDetections(boxes[keep], scores[keep], lms)
 
     def _detect(self, image: Image) -> RawDetections:
-        centerface = self.model[0]
-        members = [_arrays(centerface.detect(image)), _arrays(self._yunet_multiscale(image))]
-        boxes, scores, lms = zip(*members, strict=True)
-        return weighted_box_fusion(boxes, scores, lms, iou_threshold=self.fusion_iou)
+        raws = [self._member(image, m) for m in self.members]
+        return weighted_box_fusion([r.boxes for r in raws], [r.scores for r in raws], [r.landmarks5 for r in raws],
+                                   weights=[m.weight for m in self.members], iou_threshold=self.fusion_iou)

@@ -103,38 +103,22 @@ def suppress(raw: RawDetections, threshold: float, top_k: int = TOP_K) -> RawDet
 
 
 class YuNetOrtDetector(Detector):
-    """YuNet through ONNX Runtime; ``scale`` > 1 runs it on an enlarged copy (for small faces).
-
-    The image is resized by ``scale``, or less where that would make its longer side exceed
-    ``max_side`` (longer images are shrunk to it, as :class:`~faceflow.detect.yunet.YuNetDetector`
-    does), so faces of about ``10 / scale`` pixels come within the network's reach.
-    """
+    """YuNet through ONNX Runtime, at the image's own size (images longer than ``max_side`` are shrunk
+    to it first, as :class:`~faceflow.detect.yunet.YuNetDetector` does)."""
 
     name: ClassVar[str] = "yunet_ort"
     default_score_threshold: ClassVar[float] = 0.6
 
     def __init__(self, options: DetectorOptions | None = None, store: ModelStore | None = None,
-                 scale: float = 1.0, max_side: int = MAX_SIDE) -> None:
+                 max_side: int = MAX_SIDE) -> None:
         super().__init__(options, store)
-        self.scale = scale
         self.max_side = max_side
-
-    def resize_factor(self, height: int, width: int) -> float:
-        """The factor the network's input is resized by for an image of this size."""
-        return min(self.scale, self.max_side / max(height, width))
 
     def _load(self) -> Any:
         return yunet_session(self.options.threads, self.store)
 
     def _detect(self, image: Image) -> RawDetections:
-        h, w = image.shape[:2]
-        target = self.resize_factor(h, w)
-        if target > 1:
-            size = (max(1, round(w * target)), max(1, round(h * target)))
-            small = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), np.uint8)
-            s = size[0] / w
-        else:
-            small, s = fit_within(image, round(max(h, w) * target))
+        small, s = fit_within(image, self.max_side)
         padded = pad_bottom_right(small, MULTIPLE, MIN_SIDE)
         blob = cv2.dnn.blobFromImage(padded, swapRB=True)  # RGB -> BGR, NCHW float32
         sess = self.model

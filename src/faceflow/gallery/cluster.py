@@ -25,8 +25,9 @@ import numpy.typing as npt
 
 from faceflow.types import FloatArray
 
-DEFAULT_CLUSTER_THRESHOLD = 0.30
-"""Average-linkage cosine threshold for SFace embeddings (see ``faceflow eval clustering``)."""
+DEFAULT_CLUSTER_THRESHOLD = 0.45
+"""Average-linkage cosine threshold for SFace embeddings: the best pairwise F (0.980) on half of
+LFW's people (split by sha1 of the name) over 0.20-0.55; on the other half it gives 0.978."""
 
 IntArray = npt.NDArray[np.int64]
 

@@ -1,13 +1,15 @@
 """Galleries over the analysis pipeline: enrol photos, identify the faces of photos, cluster a folder.
 
 Each photo is analysed with ``detect`` + ``embed``; enrolment takes the photo's largest face. The
-embedding model's key is ``"<name>@<first 12 hex of the model file's sha256>"`` (``+flip`` when
-mirrored crops are averaged in), so that a gallery refuses faces from any other model or weights.
+embedding model's key is ``"<name>@<first 12 hex of the weights' sha256>"`` (for ``fused``, of its
+parts' and their weights), with ``+flip`` when mirrored crops are averaged in, so that a gallery
+refuses faces from any other model or weights.
 Batch drivers here record a :class:`~faceflow.errors.FaceflowError` per photo and go on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
@@ -29,33 +31,49 @@ from faceflow.types import Face, Image
 Tick = Callable[[], None]
 """Called once per photo done (progress bars)."""
 
-_REGISTRY_NAME = {"dlib": "dlib_resnet"}
+_WEIGHTS = {"sface": "sface", "dlib": "dlib_resnet"}  # embedder -> registry entry of its original weights
 
 
-def embedder_model_id(name: str = "sface", *, flip: bool = False) -> str:
-    """The store key of an embedder's vectors, e.g. ``"sface@d1b9fcf732a4"``."""
-    from faceflow.models import registry
-
-    spec = registry.get(_REGISTRY_NAME.get(name, name))
-    return model_id(name, spec.files[0].sha256[:12] + ("+flip" if flip else ""))
-
-
-def make_analyzer(embedder: str = "sface", *, flip: bool = False, detector: str = "yunet") -> Any:
-    """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``."""
-    from faceflow.pipeline import Analyzer
-
-    return Analyzer(stages=("detect", "embed"), detector=detector, embedders=(embedder,), flip=flip)
-
-
-def create_gallery(store: GalleryStore, name: str, embedder: str = "sface", *, flip: bool = False,
-                   threshold: float | None = None) -> GalleryInfo:
-    """A new gallery for ``embedder``'s embeddings."""
+def resolve_flip(embedder: str, flip: bool | None) -> bool:
+    """``flip``, or the embedder's own default when ``None``; unknown embedders raise GalleryError."""
     from faceflow.recognize import EMBEDDERS
 
     if embedder not in EMBEDDERS:
         raise GalleryError(f"unknown recognition model {embedder!r}; choose one of: {', '.join(EMBEDDERS)}")
-    return store.create_gallery(name, embedder_model_id(embedder, flip=flip), EMBEDDERS[embedder].dim,
-                                threshold=threshold, metadata={"embedder": embedder, "flip": flip})
+    return EMBEDDERS[embedder].default_flip if flip is None else flip
+
+
+def embedder_model_id(name: str = "sface", *, flip: bool | None = None) -> str:
+    """The store key of an embedder's vectors, e.g. ``"sface@d1b9fcf732a4"``."""
+    from faceflow.models import registry
+
+    use_flip = resolve_flip(name, flip)
+    if name in _WEIGHTS:
+        version = registry.get(_WEIGHTS[name]).files[0].sha256[:12]
+    else:  # fused: its parts' weights and the fusion weights
+        from faceflow.recognize import FUSION_WEIGHTS
+
+        text = json.dumps({m: [embedder_model_id(m, flip=False), w] for m, w in sorted(FUSION_WEIGHTS.items())})
+        version = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return model_id(name, version + ("+flip" if use_flip else ""))
+
+
+def make_analyzer(embedder: str = "sface", *, flip: bool | None = None, detector: str = "yunet") -> Any:
+    """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``."""
+    from faceflow.pipeline import Analyzer
+
+    return Analyzer(stages=("detect", "embed"), detector=detector, embedders=(embedder,),
+                    flip=resolve_flip(embedder, flip))
+
+
+def create_gallery(store: GalleryStore, name: str, embedder: str = "sface", *, flip: bool | None = None,
+                   threshold: float | None = None) -> GalleryInfo:
+    """A new gallery for ``embedder``'s embeddings (``flip=None``: the embedder's default)."""
+    from faceflow.recognize import EMBEDDERS
+
+    use_flip = resolve_flip(embedder, flip)
+    return store.create_gallery(name, embedder_model_id(embedder, flip=use_flip), EMBEDDERS[embedder].dim,
+                                threshold=threshold, metadata={"embedder": embedder, "flip": use_flip})
 
 
 def analyzer_for(gallery: GalleryInfo, detector: str = "yunet") -> Any:
@@ -368,7 +386,7 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def reembed(
-    store: GalleryStore, gallery: str, embedder: str, *, flip: bool = False, batch: int = 256,
+    store: GalleryStore, gallery: str, embedder: str, *, flip: bool | None = None, batch: int = 256,
     tick: Tick | None = None,
 ) -> EnrolReport:
     """Re-embed every face from its source photo with another model, then switch the gallery to it.
@@ -378,10 +396,7 @@ def reembed(
     otherwise the gallery keeps its model and the report lists the faces that failed (re-run after
     fixing them, or delete them). Until the switch, searches keep using the old model.
     """
-    from faceflow.recognize import EMBEDDERS
-
-    if embedder not in EMBEDDERS:
-        raise GalleryError(f"unknown recognition model {embedder!r}; choose one of: {', '.join(EMBEDDERS)}")
+    flip = resolve_flip(embedder, flip)
     new_model = embedder_model_id(embedder, flip=flip)
     g = store.gallery(gallery)
     if new_model == g.model:
