@@ -95,9 +95,9 @@ def suppress(raw: RawDetections, threshold: float, top_k: int = TOP_K) -> RawDet
     """``raw`` after OpenCV's greedy NMS (``cv2.dnn.NMSBoxes``), highest score first."""
     if len(raw) == 0:
         return raw
-    xywh = np.concatenate([raw.boxes[:, :2], raw.boxes[:, 2:] - raw.boxes[:, :2]], axis=1)
-    keep = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), raw.scores.tolist(), 0.0, threshold, top_k=top_k),
-                      np.int64).reshape(-1)
+    boxes = raw.boxes.astype(np.float64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    keep = np.asarray(cv2.dnn.NMSBoxes(xywh, raw.scores, 0.0, threshold, top_k=top_k), np.int64).reshape(-1)
     lms = None if raw.landmarks5 is None else raw.landmarks5[keep]
     return RawDetections(raw.boxes[keep], raw.scores[keep], lms)
 
