@@ -4,8 +4,9 @@ Tables live in the schema ``faceflow`` (so a shared database is not cluttered); 
 pgvector ``vector`` values, sent and read in binary (float32, exact). A gallery that reaches the ANN
 size gets a partial HNSW index of its own (inner product over the gallery's model), built by the
 first search that finds it that big (minutes for a million faces, while writes to the table wait)
-and from then on kept up to date by PostgreSQL on every insert. Needs the ``vector`` extension, created on first use (which takes a
-role allowed to create it, or an administrator having done ``CREATE EXTENSION vector`` before).
+and from then on kept up to date by PostgreSQL on every insert. Needs the ``vector`` extension,
+created on first use (which takes a role allowed to create it, or an administrator having done
+``CREATE EXTENSION vector`` before).
 """
 
 from __future__ import annotations

@@ -93,8 +93,8 @@ SQL: dict[str, str] = {
     "insert_subject_if_new": """INSERT INTO subjects (gallery_id, name, metadata, created_at) VALUES (?, ?, ?, ?)
         ON CONFLICT (gallery_id, name) DO NOTHING""",
     "subject_ids": f"SELECT id, name FROM subjects WHERE gallery_id = ? AND name IN {_IDS}",
-    "subject_names": f"""SELECT s.id, s.name FROM subjects s JOIN galleries g ON g.id = s.gallery_id
-        WHERE g.name = ? AND s.id IN {_IDS}""",
+    "subject_names": """SELECT s.id, s.name FROM subjects s WHERE s.id IN (SELECT value FROM json_each(?2))
+        AND +s.gallery_id = (SELECT id FROM galleries WHERE name = ?1)""",
     "face_subjects": f"SELECT id, subject_id FROM faces WHERE gallery_id = ? AND id IN {_IDS}",
     "delete_subject_embeddings": "DELETE FROM embeddings WHERE face_id IN (SELECT id FROM faces WHERE subject_id = ?)",
     "delete_subject_faces": "DELETE FROM faces WHERE subject_id = ?",
