@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from faceflow.eval.utkface import load_utkface
 
@@ -94,7 +95,7 @@ def _age(name: str) -> int:
     return int(name.split("_")[0])
 
 
-def _embeddings(features: Path) -> tuple[list[str], np.ndarray]:
+def _embeddings(features: Path) -> tuple[list[str], npt.NDArray[np.float64]]:
     """File names and SFace embeddings (zero where no face was found) from the feature cache."""
     data = np.load(features)
     emb = np.where(data["found"][:, None], data["sface"], 0.0).astype(np.float64)
