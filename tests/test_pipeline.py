@@ -49,6 +49,18 @@ def test_stages_are_resolved_and_validated() -> None:
         Analyzer(detector="retina")
     with pytest.raises(ConfigError, match="unknown option"):
         Analyzer(detecter="yunet")
+    with pytest.raises(ConfigError, match="unknown age_gender 'dex'"):
+        Analyzer(age_gender="dex")
+
+
+def test_age_gender_from_the_trained_heads(astronaut: np.ndarray, full: Analyzer) -> None:
+    """``age_gender="heads"`` swaps in the UTKFace heads; expression still comes from its own model."""
+    (f,) = Analyzer(stages="attributes", age_gender="heads").analyze(astronaut)
+    (g,) = full.analyze(astronaut)
+    assert f.gender is not None and f.gender.value == "female" and f.expression is not None
+    assert f.age is not None and 18 <= f.age.value <= 60 and g.age is not None
+    assert f.age.value != g.age.value  # a different model, not the default's answer
+    assert f.expression.value == g.expression.value
 
 
 def test_face_rejects_unknown_fields() -> None:

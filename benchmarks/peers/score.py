@@ -161,10 +161,10 @@ def score_300w(recs: list[dict[str, Any]], root: Path) -> dict[str, float]:
     }
 
 
-def score_utkface(recs: list[dict[str, Any]], root: Path) -> dict[str, float]:
-    """Age MAE, CS(5) and gender accuracy over the images with a face."""
+def score_utkface(recs: list[dict[str, Any]], root: Path, split: Path | None = None) -> dict[str, float]:
+    """Age MAE, CS(5) and gender accuracy over the images (of ``split``, if given) with a face."""
     by_path = {r["path"]: r for r in recs}
-    images, _ = load_utkface(root)
+    images, _ = load_utkface(root, split)
     got = [by_path[im.path.relative_to(root).as_posix()] for im in images]
     r = evaluate_utkface(
         [im.age for im in images], [g["age"] for g in got], [im.gender for im in images], [g["gender"] for g in got]
@@ -174,7 +174,7 @@ def score_utkface(recs: list[dict[str, Any]], root: Path) -> dict[str, float]:
         "CS(5) %": 100 * r["cs5"],
         "gender %": 100 * r["gender_accuracy"],
         "n": r["n"],
-        "median ms": statistics.median(x["ms"] for x in recs),
+        "median ms": statistics.median(by_path[im.path.relative_to(root).as_posix()]["ms"] for im in images),
     }
 
 

@@ -38,6 +38,10 @@ def _progress() -> Progress:
     )
 
 
+AgeGenderOpt = Annotated[str, typer.Option(help="Age and gender source: cydral, or heads (trained on UTKFace: "
+                                                 "non-commercial).")]
+
+
 def _fail_usage(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(USAGE_ERROR)
@@ -53,6 +57,7 @@ def analyze(
     = "detect,landmarks,pose,attributes",
     landmarks: Annotated[str, typer.Option(help="68-point source: mesh or dlib (non-commercial weights).")]
     = "mesh",
+    age_gender: AgeGenderOpt = "cydral",
     threshold: Annotated[float | None, typer.Option(help="Detector score threshold.")] = None,
     min_face: Annotated[float, typer.Option(help="Minimum face size in pixels.")] = 0.0,
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Write embeddings into faces.jsonl.")] = False,
@@ -71,7 +76,7 @@ def analyze(
         stage_list += ("embed",)
     try:
         analyzer = Analyzer(
-            stages=stage_list, detector=detector, landmarks=landmarks,
+            stages=stage_list, detector=detector, landmarks=landmarks, age_gender=age_gender,
             detector_options=DetectorOptions(score_threshold=threshold, min_face_size=min_face),
         )
     except ConfigError as exc:
@@ -227,12 +232,14 @@ def eval_300w(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None,
 @eval_app.command("utkface")
 def eval_utkface(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
                  detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
+                 age_gender: AgeGenderOpt = "cydral",
                  split: Annotated[Path | None, typer.Option(help="File listing the image names to score.")]
                  = None) -> None:
     """UTKFace age MAE, CS(5) and gender accuracy (labels from the file names)."""
     from faceflow.eval.tasks import eval_utkface as run
 
-    _eval(f"faceflow {detector}", lambda: run(root, detector=detector, split=split, use_cache=cache),
+    _eval(f"faceflow {detector}+{age_gender}",
+          lambda: run(root, detector=detector, age_gender=age_gender, split=split, use_cache=cache),
           root, json_out, report)
 
 

@@ -27,6 +27,8 @@ from faceflow.types import Face, Image, ImageResult, Stage
 STAGES: tuple[str, ...] = ("detect", "landmarks", "mesh", "pose", "embed", "attributes")
 """Stage names for ``stages=`` / ``--stages``, in the order they run."""
 
+AGE_GENDER_SOURCES: tuple[str, ...] = ("cydral", "heads")
+
 DEFAULT_STAGES: tuple[str, ...] = ("detect", "landmarks", "pose", "attributes")
 """What ``faceflow analyze`` runs unless told otherwise: boxes, landmarks, pose, age/gender/expression."""
 
@@ -41,6 +43,9 @@ class AnalyzerOptions:
     landmarks: str = "mesh"
     """Source of the 68 points: ``"mesh"`` (mapped from MediaPipe's mesh, Apache-2.0) or ``"dlib"``
     (dlib's predictor; its weights are licensed for non-commercial use only)."""
+    age_gender: str = "cydral"
+    """Source of age and gender: ``"cydral"`` (dlib's Cydral networks, CC0) or ``"heads"`` (heads
+    trained on UTKFace over faceflow's own features, more accurate there; non-commercial, as UTKFace)."""
     embedders: tuple[str, ...] = ("sface",)
     flip: bool = False
     """Average each embedding with that of the mirrored face (slower, slightly more accurate)."""
@@ -87,6 +92,8 @@ class Analyzer:
             opts = dataclasses.replace(opts, **overrides)
         if opts.detector not in DETECTORS:
             raise ConfigError(f"unknown detector {opts.detector!r}; choose one of: {', '.join(DETECTORS)}")
+        if opts.age_gender not in AGE_GENDER_SOURCES:
+            raise ConfigError(f"unknown age_gender {opts.age_gender!r}; choose one of: {', '.join(AGE_GENDER_SOURCES)}")
         det_opts = opts.detector_options
         if opts.threads is not None and det_opts.threads is None:
             det_opts = dataclasses.replace(det_opts, threads=opts.threads)
@@ -116,6 +123,10 @@ class Analyzer:
 
             return EmbedStage(models=o.embedders, flip=o.flip, threads=o.threads, store=store)
         if name == "attributes":
+            if o.age_gender == "heads":
+                from faceflow.attribute_heads import HeadAttributesStage
+
+                return HeadAttributesStage(threads=o.threads, store=store)
             from faceflow.attributes import AttributesStage
 
             return AttributesStage(threads=o.threads, store=store)

@@ -117,19 +117,30 @@ def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 
 def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> npt.NDArray[np.int64]:
-    """Greedy non-maximum suppression; returns kept indices, highest score first."""
+    """Greedy non-maximum suppression; returns kept indices, highest score first (ties: lower index
+    first). A box is dropped when its IoU with a kept, higher-scoring box exceeds ``threshold``.
+
+    The loop runs in OpenCV (``cv2.dnn.NMSBoxes``, the same greedy rule): in Python it cost about
+    15 ms per WIDER image at a 0.05 score threshold, as much as the fast detector's network.
+    """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(b) < 2:
+        return np.arange(len(b), dtype=np.int64)
+    # OpenCV wants float32 scores above a threshold >= 0; ranks keep the exact order and any score.
     order = np.argsort(-s, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        if order.size == 1:
-            break
-        ious = iou_matrix(b[i : i + 1], b[order[1:]])[0]
-        order = order[1:][ious <= threshold]
-    return np.asarray(keep, dtype=np.int64)
+    rank = np.empty(len(s), np.float32)
+    rank[order] = np.arange(len(s), 0, -1, dtype=np.float32)
+    wh = np.maximum(b[:, 2:] - b[:, :2], 0.0)
+    # A box without area overlaps nothing (IoU 0): always kept, never suppressing. OpenCV would
+    # divide 0 by 0 for two of them, so they stay out of its call.
+    solid = np.nonzero((wh > 0).all(axis=1))[0]
+    xywh = np.concatenate([b[solid, :2], wh[solid]], axis=1)
+    kept = solid[np.asarray(cv2.dnn.NMSBoxes(xywh, rank[solid], 0.0, float(threshold)), np.int64).reshape(-1)]
+    mask = np.ones(len(s), bool)
+    mask[solid] = False
+    mask[kept] = True
+    return order[mask[order]].astype(np.int64)
 
 
 class Detector(ABC):
@@ -147,6 +158,8 @@ class Detector(ABC):
     (see :meth:`_detect_padded`); 0 disables the second pass."""
     retry_side: ClassVar[int] = 640
     """Longest side of the padded second-pass image (larger images are shrunk to it)."""
+    suppresses: ClassVar[bool] = False
+    """True when :meth:`_detect` already applies NMS at ``options.nms_threshold`` (then skipped here)."""
     gives_landmarks5: ClassVar[bool] = True
     """False for detectors without mouth corners (dlib HOG, Haar, BlazeFace): the 68-point stage
     fills them."""
@@ -194,20 +207,18 @@ class Detector(ABC):
         keep = raw.scores >= self.score_threshold
         boxes, scores = raw.boxes[keep], raw.scores[keep]
         lms = raw.landmarks5[keep] if raw.landmarks5 is not None else None
-        idx = nms(boxes, scores, self.options.nms_threshold)
+        idx = np.argsort(-scores, kind="stable") if self.suppresses else nms(boxes, scores, self.options.nms_threshold)
         h, w = image.shape[:2]
-        faces: list[Face] = []
-        for i in idx:
-            box = boxes[i].astype(np.float32).copy()
-            box[[0, 2]] = np.clip(box[[0, 2]], 0, w)
-            box[[1, 3]] = np.clip(box[[1, 3]], 0, h)
-            bw, bh = box[2] - box[0], box[3] - box[1]
-            if bw <= 0 or bh <= 0 or min(bw, bh) < self.options.min_face_size:
-                continue
-            faces.append(
-                Face(box=box, score=float(scores[i]), detector=self.name,
-                     landmarks5=None if lms is None else lms[i])
-            )
-            if self.options.max_faces is not None and len(faces) >= self.options.max_faces:
-                break
+        kept = boxes[idx].astype(np.float32)
+        kept[:, [0, 2]] = np.clip(kept[:, [0, 2]], 0, w)
+        kept[:, [1, 3]] = np.clip(kept[:, [1, 3]], 0, h)
+        side = np.minimum(kept[:, 2] - kept[:, 0], kept[:, 3] - kept[:, 1])
+        ok = (side > 0) & (side >= self.options.min_face_size)
+        idx, kept = idx[ok], kept[ok]
+        if self.options.max_faces is not None:
+            idx, kept = idx[: self.options.max_faces], kept[: self.options.max_faces]
+        faces = [
+            Face(box=box, score=float(scores[i]), detector=self.name, landmarks5=None if lms is None else lms[i])
+            for i, box in zip(idx, kept, strict=True)
+        ]
         return faces

@@ -110,6 +110,7 @@ class YuNetOrtDetector(Detector):
 
     name: ClassVar[str] = "yunet_ort"
     default_score_threshold: ClassVar[float] = 0.6
+    suppresses: ClassVar[bool] = True
 
     def __init__(self, options: DetectorOptions | None = None, store: ModelStore | None = None,
                  max_side: int = MAX_SIDE) -> None:

@@ -36,12 +36,17 @@ def _version() -> str:
     return __version__
 
 
+EDGE_MODULES = frozenset({"cli.py", "gallery_cli.py", "draw.py", "bench.py"})
+"""Top-level modules that never touch a model's input or output: left out of :func:`_code_hash`."""
+
+
 def _code_hash() -> str:
     """Digest of faceflow's model-facing source (detectors, stages, models), so that a change in how
     a model is run invalidates cached results just as a change of model file does."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for path in sorted([*root.glob("*.py"), *root.glob("detect/*.py"), *root.glob("models/*.py")]):
+    top = [p for p in root.glob("*.py") if p.name not in EDGE_MODULES]
+    for path in sorted([*top, *root.glob("detect/*.py"), *root.glob("models/*.py")]):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -144,12 +149,13 @@ def eval_300w(root: Path | str, *, detector: str = "yunet", landmarks: str = "me
     return result
 
 
-def eval_utkface(root: Path | str, *, detector: str = "yunet", split: Path | str | None = None,
-                 progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
-    """Age MAE, CS(5) and gender accuracy on UTKFace-named images (face nearest the centre)."""
+def eval_utkface(root: Path | str, *, detector: str = "yunet", age_gender: str = "cydral",
+                 split: Path | str | None = None, progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
+    """Age MAE, CS(5) and gender accuracy on UTKFace-named images (face nearest the centre), with
+    age and gender from ``age_gender`` (see :class:`~faceflow.pipeline.AnalyzerOptions`)."""
     from faceflow.pipeline import Analyzer
 
-    analyzer = Analyzer(stages=("detect", "attributes"), detector=detector)
+    analyzer = Analyzer(stages=("detect", "attributes"), detector=detector, age_gender=age_gender)
 
     def predict(path: Path) -> tuple[float | None, str | None]:
         image = load_image(path)
@@ -162,7 +168,12 @@ def eval_utkface(root: Path | str, *, detector: str = "yunet", split: Path | str
         gender = None if face.gender is None else str(face.gender.value)
         return age, gender
 
-    cache = cache_for("utkface", [detector, "age", "gender", "dlib_shape5"], "", use_cache)
+    models, settings = [detector, "age", "gender", "dlib_shape5"], ""
+    if age_gender == "heads":
+        from faceflow.attribute_heads import HEADS_SHA256
+
+        models, settings = [*models, "sface", "dlib_resnet"], f"heads={HEADS_SHA256[:12]}"
+    cache = cache_for("utkface", models, settings, use_cache)
     result = run_utkface(root, predict, split=split, progress=progress, cache=cache)
-    result.update(protocol="utkface", detector=detector, split=str(split) if split else None)
+    result.update(protocol="utkface", detector=detector, age_gender=age_gender, split=str(split) if split else None)
     return result
