@@ -329,15 +329,18 @@ def cluster(
 def _lfw_embedder(model: str, flip: bool | None = None) -> Any:
     """``embed_fn(path)``: the embedding of the face nearest the centre of an LFW image, or None.
 
-    Results are cached per image content under ``$FACEFLOW_HOME/eval-cache`` (both runners share them).
+    Results are cached per image content under ``$FACEFLOW_HOME/eval-cache`` (both runners share them),
+    keyed like ``faceflow eval``'s: the model's weights, the detector's, and faceflow's model-facing code.
     """
-    from faceflow.eval.cache import ResultCache, timed
-    from faceflow.gallery.service import make_analyzer, resolve_flip
+    from faceflow.eval.cache import timed
+    from faceflow.eval.tasks import cache_for
+    from faceflow.gallery.service import embedder_model_id, make_analyzer, resolve_flip
     from faceflow.io import load_image
 
     flip = resolve_flip(model, flip)
     analyzer = make_analyzer(model, flip=flip)
-    cache = ResultCache(f"gallery-eval {model} yunet face-nearest-centre" + (" flip" if flip else ""))
+    cache = cache_for("gallery-eval", ["yunet"], f"{embedder_model_id(model, flip=flip)} face-nearest-centre")
+    assert cache is not None
 
     def compute(path: Path) -> Any:
         image = load_image(path)
