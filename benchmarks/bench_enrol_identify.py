@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _emit import emit_json  # benchmarks/_emit.py
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,11 +61,7 @@ def main() -> None:
         figures["probes_identified_correctly"] = right
         figures["enrol_photos_per_s"] = round(len(chosen) / float(figures["enroll_wall_s"]), 1)  # type: ignore[arg-type]
         figures["identify_photos_per_s"] = round(len(chosen) / float(figures["identify_wall_s"]), 1)  # type: ignore[arg-type]
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit_json(figures, args.json)
 
 
 if __name__ == "__main__":

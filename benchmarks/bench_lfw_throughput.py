@@ -42,6 +42,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from _emit import emit_json  # benchmarks/_emit.py
+
 REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO / "benchmarks" / "peers"
 VENVS = REPO / "benchmarks" / ".venvs"
@@ -204,11 +206,7 @@ def main() -> None:
             ratios = {f"ratio_{kind}": round(ours[key] / theirs[key], 2) for kind, key in
                       (("wall", "images_per_second"), ("cpu_bound", "cpu_bound_images_per_second"))}
             results["targets"][config] = {"vs": peer, **ratios, "met (>= 2x)": {k: v >= 2 for k, v in ratios.items()}}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit_json(results, args.json)
 
 
 if __name__ == "__main__":

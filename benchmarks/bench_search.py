@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _emit import emit_json  # benchmarks/_emit.py
 
 from faceflow.gallery import GalleryFace, open_gallery_store
 from faceflow.gallery.search import Searcher, exact_topk
@@ -171,11 +172,7 @@ def main() -> None:
             results["backends"].append(r)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit_json(results, args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +26,10 @@ Store = Annotated[str | None, typer.Option(
     "--store", envvar="FACEFLOW_GALLERY", help="Gallery store: a SQLite path or sqlite:/// URL, or postgresql://...",
     show_default="$FACEFLOW_HOME/galleries.db")]
 Paths = Annotated[list[Path], typer.Argument(help="Photos and/or folders (walked recursively).")]
+ModelOpt = Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")]
+FlipOpt = Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
+                                              "face's (default: the model's own choice).")]
+LfwRootOpt = Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")]
 
 
 def _ui() -> tuple[Any, Any, Any]:
@@ -37,43 +41,36 @@ def _ui() -> tuple[Any, Any, Any]:
 
 @contextmanager
 def _open(store: str | None) -> Iterator[Any]:
+    """The store, open for the block; a :class:`GalleryError` in the block exits with its message."""
     from faceflow.gallery import open_gallery_store
 
     _, _, fail = _ui()
     try:
-        s = open_gallery_store(store)
+        with open_gallery_store(store) as s:
+            yield s
     except GalleryError as exc:
         raise fail(str(exc)) from None
-    with s:
-        yield s
 
 
 def _gallery(store: Any, name: str) -> Any:
-    _, _, fail = _ui()
-    try:
-        return store.gallery(name)
-    except GalleryError as exc:
-        raise fail(str(exc)) from None
+    """The gallery called ``name`` (inside :func:`_open`, whose block turns a missing one into an exit)."""
+    return store.gallery(name)
 
 
 @gallery_app.command("create")
 def gallery_create(
     name: Annotated[str, typer.Argument(help="Gallery name.")],
-    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
-    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
-                                              "face's (default: the model's own choice).")] = None,
+    model: ModelOpt = "sface",
+    flip: FlipOpt = None,
     threshold: Annotated[float | None, typer.Option(help="Open-set threshold (default: the model's).")] = None,
     store: Store = None,
 ) -> None:
     """Create an empty gallery bound to one recognition model."""
     from faceflow.gallery.service import create_gallery
 
-    console, _, fail = _ui()
+    console, _, _ = _ui()
     with _open(store) as s:
-        try:
-            g = create_gallery(s, name, model, flip=flip, threshold=threshold)
-        except GalleryError as exc:
-            raise fail(str(exc)) from None
+        g = create_gallery(s, name, model, flip=flip, threshold=threshold)
         console.print(f"created gallery {g.name!r} ({g.model}, {g.dim}-d) in {s.url}")
 
 
@@ -125,13 +122,10 @@ def gallery_export(
     """Export a gallery losslessly (gallery.json, subjects.jsonl, faces.jsonl, embeddings/*.npy)."""
     from faceflow.gallery.io import export_gallery
 
-    console, _, fail = _ui()
+    console, _, _ = _ui()
     with _open(store) as s:
         _gallery(s, name)
-        try:
-            path = export_gallery(s, name, out, overwrite=overwrite)
-        except GalleryError as exc:
-            raise fail(str(exc)) from None
+        path = export_gallery(s, name, out, overwrite=overwrite)
     console.print(f"exported {name!r} to {path}")
 
 
@@ -144,12 +138,9 @@ def gallery_import(
     """Import an exported gallery (all or nothing)."""
     from faceflow.gallery.io import import_gallery
 
-    console, _, fail = _ui()
+    console, _, _ = _ui()
     with _open(store) as s:
-        try:
-            g = import_gallery(s, src, name=name)
-        except GalleryError as exc:
-            raise fail(str(exc)) from None
+        g = import_gallery(s, src, name=name)
     console.print(f"imported gallery {g.name!r}: {g.subjects} subjects, {g.faces} faces ({g.model})")
 
 
@@ -162,13 +153,10 @@ def gallery_calibrate(
     """Set the open-set threshold at FPIR from the gallery's own subjects (leave-one-subject-out)."""
     from faceflow.gallery.search import Searcher
 
-    console, _, fail = _ui()
+    console, _, _ = _ui()
     with _open(store) as s:
         _gallery(s, name)
-        try:
-            t = Searcher(s, name).calibrate(fpir)
-        except GalleryError as exc:
-            raise fail(str(exc)) from None
+        t = Searcher(s, name).calibrate(fpir)
     console.print(f"{name!r}: threshold {t:.4f} at FPIR {fpir:g}")
 
 
@@ -176,22 +164,18 @@ def gallery_calibrate(
 def gallery_reembed(
     name: Annotated[str, typer.Argument(help="Gallery name.")],
     model: Annotated[str, typer.Option(help="The new recognition model: sface, dlib or fused.")],
-    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
-                                              "face's (default: the model's own choice).")] = None,
+    flip: FlipOpt = None,
     store: Store = None,
 ) -> None:
     """Re-embed every face from its source photo with another model, then switch the gallery to it."""
     from faceflow.gallery.service import reembed
 
-    console, progress, fail = _ui()
+    console, progress, _ = _ui()
     with _open(store) as s:
         g = _gallery(s, name)
-        try:
-            with progress() as bar:
-                task = bar.add_task("re-embedding", total=g.faces)
-                report = reembed(s, name, model, flip=flip, tick=lambda: bar.advance(task))
-        except GalleryError as exc:
-            raise fail(str(exc)) from None
+        with progress() as bar:
+            task = bar.add_task("re-embedding", total=g.faces)
+            report = reembed(s, name, model, flip=flip, tick=lambda: bar.advance(task))
         g = s.gallery(name)
     for item in report.skipped:
         console.print(f"[yellow]failed:[/yellow] {item['path']}: {item['reason']}")
@@ -290,7 +274,7 @@ def cluster(
     min_face: Annotated[float, typer.Option(help="Leave faces smaller than this (pixels) unassigned.")] = 32.0,
     min_score: Annotated[float, typer.Option(help="Leave faces of lower quality/score unassigned.")] = 0.0,
     min_size: Annotated[int, typer.Option(help="Smallest cluster reported as a person.")] = 2,
-    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
+    model: ModelOpt = "sface",
 ) -> None:
     """Cluster the faces of a photo library into persons: OUT/clusters.json and OUT/index.html.
 
@@ -309,12 +293,9 @@ def cluster(
                           min_face=min_face, min_score=min_score, min_cluster_size=min_size)
     with progress() as bar:
         task = bar.add_task("analysing", total=None)
-        try:
-            summary = cluster_folder(folder, out, analyzer, model=embedder_model_id(model), options=opts,
-                                     tick=lambda: bar.advance(task),
-                                     on_photos=lambda n: bar.update(task, total=n))
-        except GalleryError as exc:
-            raise fail(str(exc)) from None
+        summary = cluster_folder(folder, out, analyzer, model=embedder_model_id(model), options=opts,
+                                 tick=lambda: bar.advance(task),
+                                 on_photos=lambda n: bar.update(task, total=n))
     for e in summary["errors"]:
         console.print(f"[yellow]failed:[/yellow] {e['error']}")
     console.print(f"{summary['clusters']} persons, {summary['faces']} faces ({summary['unassigned']} unassigned) "
@@ -354,42 +335,45 @@ def _lfw_embedder(model: str, flip: bool | None = None) -> Any:
     return lambda path: cache.call(path, lambda: timed(compute, path))[0]
 
 
+
+
+def _run_lfw(run: Callable[..., dict[str, Any]], root: Path, model: str, flip: bool | None,
+             **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """Run one LFW gallery protocol with a progress bar; returns the console and the figures."""
+    console, progress, _ = _ui()
+    with progress() as bar:
+        task = bar.add_task("embedding", total=None)
+        result = run(root, _lfw_embedder(model, flip), progress=lambda i, n: bar.update(task, completed=i, total=n),
+                     **kwargs)
+    return console, result
+
+
 def eval_identification(
-    root: Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")],
-    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
+    root: LfwRootOpt,
+    model: ModelOpt = "sface",
     aggregate: Annotated[str, typer.Option(help="Subject score: max or mean.")] = "max",
-    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
-                                              "face's (default: the model's own choice).")] = None,
+    flip: FlipOpt = None,
     out: Annotated[Path, typer.Option(help="Folder for identification.json and det.png.")] = Path("faceflow-eval"),
 ) -> None:
     """Open-set identification on LFW: rank-1, FNIR at FPIR 1 % and 0.1 %, DET plot."""
     from faceflow.eval.identification import run_identification
 
-    console, progress, _ = _ui()
-    with progress() as bar:
-        task = bar.add_task("embedding", total=None)
-        result = run_identification(root, _lfw_embedder(model, flip), aggregate=aggregate, det_plot=out / "det.png",
-                                    progress=lambda i, n: bar.update(task, completed=i, total=n))
+    console, result = _run_lfw(run_identification, root, model, flip, aggregate=aggregate, det_plot=out / "det.png")
     _report(console, out / "identification.json", result, ("rank1", "fnir_at_fpir_0.01", "fnir_at_fpir_0.001"),
             ("threshold_at_fpir_0.01", "no_face"))
 
 
 def eval_clustering(
-    root: Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")],
-    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
+    root: LfwRootOpt,
+    model: ModelOpt = "sface",
     threshold: Annotated[float | None, typer.Option(help="Average-linkage threshold.")] = None,
-    flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
-                                              "face's (default: the model's own choice).")] = None,
+    flip: FlipOpt = None,
     out: Annotated[Path, typer.Option(help="Folder for clustering.json.")] = Path("faceflow-eval"),
 ) -> None:
     """Cluster LFW (people with 2+ images, one-image people as distractors): pairwise and BCubed F."""
     from faceflow.eval.clustering import run_clustering
 
-    console, progress, _ = _ui()
-    with progress() as bar:
-        task = bar.add_task("embedding", total=None)
-        result = run_clustering(root, _lfw_embedder(model, flip), threshold=threshold,
-                                progress=lambda i, n: bar.update(task, completed=i, total=n))
+    console, result = _run_lfw(run_clustering, root, model, flip, threshold=threshold)
     _report(console, out / "clustering.json", result,
             ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"), ("clusters", "threshold"))
 
