@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from functools import cache
 
+import cv2
 import numpy as np
 import pytest
 
 from faceflow.detect import Detector, DetectorOptions, create_detector, iou_matrix
 from faceflow.detect.ensemble import Pass, look, weighted_box_fusion
-from faceflow.detect.yunet_ort import YuNetOrtDetector, dynamic_graph
+from faceflow.detect.yunet_ort import YuNetOrtDetector, bgr_planes, dynamic_graph
 from faceflow.io import load_image
 from faceflow.models.runtime import model_path
 from faceflow.types import Image
@@ -80,6 +81,12 @@ def test_dynamic_graph_leaves_the_weights_alone() -> None:
     dims = [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, "height", "width"]
     assert len(m.graph.initializer) == len(onnx.load_from_string(src).graph.initializer)
+
+
+def test_bgr_planes_equal_opencvs_blob(astronaut: Image) -> None:
+    odd = np.ascontiguousarray(astronaut[:97, :131])
+    for image in (astronaut, odd):
+        assert np.array_equal(bgr_planes(image), cv2.dnn.blobFromImage(image, swapRB=True))
 
 
 def test_onnxruntime_yunet_matches_opencv(astronaut: Image) -> None:

@@ -74,6 +74,15 @@ def yunet_session(threads: int | None = None, store: ModelStore | None = None) -
         return _session(path, default_threads() if threads is None else threads)
 
 
+def bgr_planes(image: Image) -> FloatArray:
+    """An RGB uint8 image as the float32 BGR planes ``(1, 3, H, W)`` that YuNet reads: what
+    ``cv2.dnn.blobFromImage(image, swapRB=True)`` gives, several times faster (one plane at a time)."""
+    blob = np.empty((1, 3, *image.shape[:2]), np.float32)
+    for plane, channel in enumerate(cv2.split(image)[::-1]):
+        blob[0, plane] = channel
+    return blob
+
+
 def decode(outputs: dict[str, FloatArray], height: int, width: int, threshold: float) -> RawDetections:
     """Candidates scoring at least ``threshold`` from the twelve named outputs of one
     ``height`` x ``width`` input, in its pixels (before any NMS)."""
@@ -123,7 +132,7 @@ class YuNetOrtDetector(Detector):
     def _detect(self, image: Image) -> RawDetections:
         small, s = fit_within(image, self.max_side)
         padded = pad_bottom_right(small, MULTIPLE, MIN_SIDE)
-        blob = cv2.dnn.blobFromImage(padded, swapRB=True)  # RGB -> BGR, NCHW float32
+        blob = bgr_planes(padded)
         sess = self.model
         names = [o.name for o in sess.get_outputs()]
         outputs = dict(zip(names, sess.run(names, {sess.get_inputs()[0].name: blob}), strict=True))
