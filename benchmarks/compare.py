@@ -106,6 +106,7 @@ def main() -> int:
     p.add_argument("--run-peers", default="",
                    help="peer jobs to run first (peers/run_all.sh): a comma list, 'quick' (all but LFW) or 'all'")
     args = p.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
     if args.threads:
         import cv2
 
@@ -131,13 +132,15 @@ def main() -> int:
                 figs = score.score_utkface(recs, args.datasets / DATA[protocol], SPLIT[protocol])
                 figs["wall_s"] = header["wall_s"]
                 peers.setdefault(protocol, []).append((f"{header['peer']} (peer)", figs))
+    ran_now = sorted(QUICK_PEER_JOBS if args.run_peers == "quick" else [] if not args.run_peers else
+                     args.run_peers.split(",") if args.run_peers != "all" else ["all"])
     md = ["# faceflow and its peers, same data, same scoring", "",
-          f"Written {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/compare.py {' '.join(sys.argv[1:])}` on "
-          f"{os.cpu_count()} cores, faceflow with {args.threads or 'all'} thread(s) per model. faceflow rows: measured "
-          "in this run (wall s includes model loading; "
-          "a cached run is fast). Peer rows: scored now from `results/peers/`, run "
-          f"{'just before, ' + args.run_peers if args.run_peers else 'earlier'} (their wall s is that run's, "
-          "one thread, niced). Speed columns depend on the machine's load.", ""]
+          f"`benchmarks/compare.py {' '.join(sys.argv[1:])}`, started {started}, {os.cpu_count()} cores; faceflow "
+          f"with {args.threads or 'all'} thread(s) per model, the peers with one (niced). faceflow rows are measured "
+          "in this run (wall s includes loading the models; with the per-image cache a rerun is fast and "
+          "keeps the first run's times). Peer rows are scored now from `results/peers/`; peer jobs run in "
+          f"this run: {', '.join(ran_now) or 'none'} (the others' outputs are from an earlier run; their wall "
+          "s is that run's). Speed columns depend on the machine's load.", ""]
     everything: dict[str, Any] = {}
     for protocol in wanted:
         root = args.datasets / DATA[protocol]
