@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from faceflow.errors import ConfigError
 from faceflow.eval.clustering import bcubed_prf, evaluate_clustering, pairwise_prf
-from faceflow.gallery.cluster import average_linkage, cannot_link_violations, update_clusters
+from faceflow.gallery.cluster import average_linkage, cannot_link_violations, cluster_threshold, update_clusters
 
 
 def partition(labels) -> set[frozenset[int]]:  # type: ignore[no-untyped-def]
@@ -76,3 +77,11 @@ def test_pairwise_and_bcubed_by_hand() -> None:
     lumped = evaluate_clustering(truth, [0] * 6)
     assert lumped["pairwise_recall"] == 1.0 and lumped["pairwise_precision"] == pytest.approx(4 / 15)
     assert lumped["bcubed_precision"] == pytest.approx((3 * 3 / 6 + 2 * 2 / 6 + 1 / 6) / 6)
+
+
+def test_every_model_has_its_own_clustering_threshold() -> None:
+    from faceflow.recognize import EMBEDDERS
+
+    assert {m: cluster_threshold(m) for m in EMBEDDERS} == {"sface": 0.45, "dlib": 0.925, "fused": 0.80}
+    with pytest.raises(ConfigError, match="no clustering threshold is known for model 'arcface'"):
+        cluster_threshold("arcface")

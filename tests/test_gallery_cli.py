@@ -1,4 +1,5 @@
-"""The gallery commands end to end on real photos (face_recognition's samples) with YuNet + SFace."""
+"""The gallery commands end to end on real photos (face_recognition's samples) with the real models:
+galleries with their default (fused) model, clustering with its default (SFace)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_enroll_identify_export_import_delete(run, knn: Path, tmp_path: Path) ->
     broken = knn.parents[2] / "broken"
     run("enroll", "people", "nobody", broken / "zero_faces.png", code=1)  # skipped, reported: exit 1
     (g,) = [json.loads(line) for line in run("gallery", "list", "--json").splitlines()]
-    assert (g["name"], g["subjects"], g["faces"]) == ("people", 5, 9) and g["model"].startswith("sface@")
+    assert (g["name"], g["subjects"], g["faces"]) == ("people", 5, 9) and g["model"].startswith("fused@")
     run("identify", "people", knn / "test", "--out", tmp_path / "ids.jsonl")
     rows = {Path(r["path"]).name: r for r in map(json.loads, (tmp_path / "ids.jsonl").read_text().splitlines())}
     assert [f["subject"] for f in rows["obama1.jpg"]["faces"]] == ["obama"]

@@ -18,7 +18,8 @@ from typing import Annotated, Any
 
 import typer
 
-from faceflow.errors import FaceflowError, GalleryError
+from faceflow.errors import ConfigError, FaceflowError, GalleryError
+from faceflow.gallery.service import DEFAULT_GALLERY_MODEL
 
 gallery_app = typer.Typer(no_args_is_help=True, help="Create, list, delete, export, import and calibrate galleries.")
 
@@ -60,7 +61,7 @@ def _gallery(store: Any, name: str) -> Any:
 @gallery_app.command("create")
 def gallery_create(
     name: Annotated[str, typer.Argument(help="Gallery name.")],
-    model: ModelOpt = "sface",
+    model: ModelOpt = DEFAULT_GALLERY_MODEL,
     flip: FlipOpt = None,
     threshold: Annotated[float | None, typer.Option(help="Open-set threshold (default: the model's).")] = None,
     store: Store = None,
@@ -270,7 +271,8 @@ def identify(
 def cluster(
     folder: Annotated[list[Path], typer.Argument(help="Photo folders and/or files.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (kept between runs: incremental).")],
-    threshold: Annotated[float | None, typer.Option(help="Average-linkage cosine threshold.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Average-linkage cosine threshold (default: the model's).")]
+    = None,
     min_face: Annotated[float, typer.Option(help="Leave faces smaller than this (pixels) unassigned.")] = 32.0,
     min_score: Annotated[float, typer.Option(help="Leave faces of lower quality/score unassigned.")] = 0.0,
     min_size: Annotated[int, typer.Option(help="Smallest cluster reported as a person.")] = 2,
@@ -281,15 +283,16 @@ def cluster(
     Faces of one photo never share a cluster. Run again after adding photos: only the new ones are
     analysed, and they join the existing clusters.
     """
-    from faceflow.gallery.cluster import DEFAULT_CLUSTER_THRESHOLD
+    from faceflow.gallery.cluster import cluster_threshold
     from faceflow.gallery.service import ClusterOptions, cluster_folder, embedder_model_id, make_analyzer
 
     console, progress, fail = _ui()
     try:
         analyzer = make_analyzer(model)
+        threshold = cluster_threshold(model) if threshold is None else threshold
     except FaceflowError as exc:
         raise fail(str(exc)) from None
-    opts = ClusterOptions(threshold=DEFAULT_CLUSTER_THRESHOLD if threshold is None else threshold,
+    opts = ClusterOptions(threshold=threshold,
                           min_face=min_face, min_score=min_score, min_cluster_size=min_size)
     with progress() as bar:
         task = bar.add_task("analysing", total=None)
@@ -350,7 +353,7 @@ def _run_lfw(run: Callable[..., dict[str, Any]], root: Path, model: str, flip: b
 
 def eval_identification(
     root: LfwRootOpt,
-    model: ModelOpt = "sface",
+    model: ModelOpt = DEFAULT_GALLERY_MODEL,
     aggregate: Annotated[str, typer.Option(help="Subject score: max or mean.")] = "max",
     flip: FlipOpt = None,
     out: Annotated[Path, typer.Option(help="Folder for identification.json and det.png.")] = Path("faceflow-eval"),
@@ -366,13 +369,18 @@ def eval_identification(
 def eval_clustering(
     root: LfwRootOpt,
     model: ModelOpt = "sface",
-    threshold: Annotated[float | None, typer.Option(help="Average-linkage threshold.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Average-linkage threshold (default: the model's).")] = None,
     flip: FlipOpt = None,
     out: Annotated[Path, typer.Option(help="Folder for clustering.json.")] = Path("faceflow-eval"),
 ) -> None:
     """Cluster LFW (people with 2+ images, one-image people as distractors): pairwise and BCubed F."""
     from faceflow.eval.clustering import run_clustering
+    from faceflow.gallery.cluster import cluster_threshold
 
+    try:
+        threshold = cluster_threshold(model) if threshold is None else threshold
+    except ConfigError as exc:
+        raise _ui()[2](str(exc)) from None
     console, result = _run_lfw(run_clustering, root, model, flip, threshold=threshold)
     _report(console, out / "clustering.json", result,
             ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"), ("clusters", "threshold"))

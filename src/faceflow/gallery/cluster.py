@@ -23,11 +23,24 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.errors import ConfigError
 from faceflow.types import FloatArray
 
-DEFAULT_CLUSTER_THRESHOLD = 0.45
-"""Average-linkage cosine threshold for SFace embeddings: the best pairwise F (0.980) on half of
-LFW's people (split by sha1 of the name) over 0.20-0.55; on the other half it gives 0.978."""
+CLUSTER_THRESHOLDS: dict[str, float] = {"sface": 0.45, "fused": 0.80, "dlib": 0.925}
+"""Average-linkage cosine threshold per recognition model (each with its default flip): the best
+pairwise F on one half of LFW's people (``training/fit_cluster_threshold.py``, halves by the SHA-1
+of the name). sface 0.45 (grid 0.20-0.55 by 0.05): F 0.976 on that half, 0.977 on the other;
+fused 0.80 (grid 0.50-0.85): 0.977 and 0.984; dlib 0.925 (grid 0.75-0.95 by 0.025): 0.804 and 0.795."""
+DEFAULT_CLUSTER_THRESHOLD = CLUSTER_THRESHOLDS["sface"]
+
+
+def cluster_threshold(model: str) -> float:
+    """The clustering threshold of recognition model ``model``; :class:`ConfigError` when none is known."""
+    try:
+        return CLUSTER_THRESHOLDS[model]
+    except KeyError:
+        raise ConfigError(f"no clustering threshold is known for model {model!r} (known: "
+                          f"{', '.join(CLUSTER_THRESHOLDS)}); pass one") from None
 
 IntArray = npt.NDArray[np.int64]
 

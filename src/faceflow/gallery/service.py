@@ -43,6 +43,12 @@ def resolve_flip(embedder: str, flip: bool | None) -> bool:
     return EMBEDDERS[embedder].default_flip if flip is None else flip
 
 
+DEFAULT_GALLERY_MODEL = "fused"
+"""Galleries embed with both models (score-level fusion, mirrored faces averaged): in 1:N search the
+false matches grow with the gallery, and on LFW's identification protocol the fused model misses
+4.56 % of mated searches at FPIR 1 % where SFace alone misses 6.64 % (rank-1 98.74 vs 98.36 %)."""
+
+
 def embedder_model_id(name: str = "sface", *, flip: bool | None = None) -> str:
     """The store key of an embedder's vectors, e.g. ``"sface@d1b9fcf732a4"``."""
     from faceflow.models import registry
@@ -58,7 +64,7 @@ def embedder_model_id(name: str = "sface", *, flip: bool | None = None) -> str:
     return model_id(name, version + ("+flip" if use_flip else ""))
 
 
-def make_analyzer(embedder: str = "sface", *, flip: bool | None = None, detector: str = "yunet") -> Any:
+def make_analyzer(embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None, detector: str = "yunet") -> Any:
     """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``."""
     from faceflow.pipeline import Analyzer
 
@@ -66,7 +72,7 @@ def make_analyzer(embedder: str = "sface", *, flip: bool | None = None, detector
                     flip=resolve_flip(embedder, flip))
 
 
-def create_gallery(store: GalleryStore, name: str, embedder: str = "sface", *, flip: bool | None = None,
+def create_gallery(store: GalleryStore, name: str, embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None,
                    threshold: float | None = None) -> GalleryInfo:
     """A new gallery for ``embedder``'s embeddings (``flip=None``: the embedder's default)."""
     from faceflow.recognize import EMBEDDERS
