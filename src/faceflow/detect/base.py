@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import cv2
 import numpy as np
@@ -116,6 +116,14 @@ def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def opencv_nms(xywh: npt.NDArray[np.float64], scores: npt.NDArray[np.float32], threshold: float,
+               top_k: int = 0) -> npt.NDArray[np.int64]:
+    """``cv2.dnn.NMSBoxes`` on ``(x, y, w, h)`` boxes with scores above 0: kept rows, best first
+    (``top_k`` of them at most, 0 for all)."""
+    keep = cv2.dnn.NMSBoxes(cast(Any, xywh), cast(Any, scores), 0.0, float(threshold), top_k=top_k)
+    return np.asarray(keep, dtype=np.int64).reshape(-1)
+
+
 def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> npt.NDArray[np.int64]:
     """Greedy non-maximum suppression; returns kept indices, highest score first (ties: lower index
     first). A box is dropped when its IoU with a kept, higher-scoring box exceeds ``threshold``.
@@ -136,11 +144,12 @@ def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> npt.ND
     # divide 0 by 0 for two of them, so they stay out of its call.
     solid = np.nonzero((wh > 0).all(axis=1))[0]
     xywh = np.concatenate([b[solid, :2], wh[solid]], axis=1)
-    kept = solid[np.asarray(cv2.dnn.NMSBoxes(xywh, rank[solid], 0.0, float(threshold)), np.int64).reshape(-1)]
+    kept = solid[opencv_nms(xywh, rank[solid], threshold)]
     mask = np.ones(len(s), bool)
     mask[solid] = False
     mask[kept] = True
-    return order[mask[order]].astype(np.int64)
+    kept_in_order: npt.NDArray[np.int64] = order[mask[order]].astype(np.int64)
+    return kept_in_order
 
 
 class Detector(ABC):

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from faceflow.detect.base import Detector, DetectorOptions, RawDetections, fit_within, pad_bottom_right
+from faceflow.detect.base import Detector, DetectorOptions, RawDetections, fit_within, opencv_nms, pad_bottom_right
 from faceflow.models.runtime import default_threads, model_path
 from faceflow.models.store import ModelStore
 from faceflow.types import FloatArray, Image
@@ -108,7 +108,7 @@ def suppress(raw: RawDetections, threshold: float, top_k: int = TOP_K) -> RawDet
         return raw
     boxes = raw.boxes.astype(np.float64)
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    keep = np.asarray(cv2.dnn.NMSBoxes(xywh, raw.scores, 0.0, threshold, top_k=top_k), np.int64).reshape(-1)
+    keep = opencv_nms(xywh, raw.scores, threshold, top_k)
     lms = None if raw.landmarks5 is None else raw.landmarks5[keep]
     return RawDetections(raw.boxes[keep], raw.scores[keep], lms)
 
