@@ -96,3 +96,20 @@ def test_models_list_and_verify() -> None:
     proc = run("models", "list")
     assert proc.returncode == 0 and "yunet" in proc.stdout and "Apache-2.0" in proc.stdout
     assert run("models", "verify").returncode == 0
+
+
+@pytest.mark.parametrize("source", ["cydral", "heads"])
+def test_eval_utkface_with_either_age_gender_source(tmp_path: Path, astronaut: np.ndarray, source: str) -> None:
+    """``faceflow eval utkface`` on a folder of UTKFace-named images (labels in the names: age 40,
+    female), with the default networks and with the trained heads; an unparseable name is skipped."""
+    root = tmp_path / "utk"
+    root.mkdir()
+    PILImage.fromarray(astronaut).save(root / "40_1_0_20170110225243501.jpg.chip.jpg")
+    PILImage.fromarray(astronaut[:, ::-1]).save(root / "40_1_0_20170110225243502.jpg.chip.jpg")
+    PILImage.fromarray(astronaut).save(root / "no_label.jpg")
+    out = tmp_path / "r.json"
+    proc = run("eval", "utkface", "--root", root, "--age-gender", source, "--no-cache", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(out.read_text()).values()
+    assert result["age_gender"] == source and result["n"] == 2 and result["skipped"] == 1
+    assert result["gender_accuracy"] == 1.0 and result["age_mae"] < 25
