@@ -28,6 +28,7 @@ STAGES: tuple[str, ...] = ("detect", "landmarks", "mesh", "pose", "embed", "attr
 """Stage names for ``stages=`` / ``--stages``, in the order they run."""
 
 AGE_GENDER_SOURCES: tuple[str, ...] = ("cydral", "heads")
+"""Values of ``age_gender=`` / ``--age-gender`` (see :attr:`AnalyzerOptions.age_gender`)."""
 
 DEFAULT_STAGES: tuple[str, ...] = ("detect", "landmarks", "pose", "attributes")
 """What ``faceflow analyze`` runs unless told otherwise: boxes, landmarks, pose, age/gender/expression."""
