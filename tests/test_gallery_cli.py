@@ -80,3 +80,13 @@ def test_cluster_is_incremental_and_respects_photos(run, knn: Path, tmp_path: Pa
     assert any("obama_and_biden" in f["photo"] for f in obama["faces"])
     assert (out / "index.html").exists() and all((out / "clusters" / f"{c['id']}.html").exists()
                                                  for c in second["clusters"])
+
+
+def test_cluster_refuses_an_output_folder_of_another_model(run, knn: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "clusters"
+    run("cluster", knn / "test" / "obama1.jpg", "--out", out)
+    result = CliRunner().invoke(standalone, ["cluster", str(knn / "test" / "obama1.jpg"), "--out", str(out),
+                                             "--model", "dlib"])
+    assert result.exit_code == 2, result.output  # a clear usage error, not a traceback
+    message = " ".join(result.output.split())  # the console wraps long lines
+    assert "was clustered with sface@" in message and "use another --out" in message

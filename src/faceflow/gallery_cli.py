@@ -53,11 +53,6 @@ def _open(store: str | None) -> Iterator[Any]:
         raise fail(str(exc)) from None
 
 
-def _gallery(store: Any, name: str) -> Any:
-    """The gallery called ``name`` (inside :func:`_open`, whose block turns a missing one into an exit)."""
-    return store.gallery(name)
-
-
 @gallery_app.command("create")
 def gallery_create(
     name: Annotated[str, typer.Argument(help="Gallery name.")],
@@ -106,7 +101,7 @@ def gallery_delete(
     """Delete a gallery with all its subjects and faces."""
     console, _, _ = _ui()
     with _open(store) as s:
-        g = _gallery(s, name)
+        g = s.gallery(name)
         if not yes and not typer.confirm(f"Delete gallery {name!r} ({g.subjects} subjects, {g.faces} faces)?"):
             raise typer.Exit(1)
         s.delete_gallery(name)
@@ -125,7 +120,7 @@ def gallery_export(
 
     console, _, _ = _ui()
     with _open(store) as s:
-        _gallery(s, name)
+        s.gallery(name)
         path = export_gallery(s, name, out, overwrite=overwrite)
     console.print(f"exported {name!r} to {path}")
 
@@ -156,7 +151,7 @@ def gallery_calibrate(
 
     console, _, _ = _ui()
     with _open(store) as s:
-        _gallery(s, name)
+        s.gallery(name)
         t = Searcher(s, name).calibrate(fpir)
     console.print(f"{name!r}: threshold {t:.4f} at FPIR {fpir:g}")
 
@@ -173,7 +168,7 @@ def gallery_reembed(
 
     console, progress, _ = _ui()
     with _open(store) as s:
-        g = _gallery(s, name)
+        g = s.gallery(name)
         with progress() as bar:
             task = bar.add_task("re-embedding", total=g.faces)
             report = reembed(s, name, model, flip=flip, tick=lambda: bar.advance(task))
@@ -245,7 +240,7 @@ def identify(
     files = _photos(paths)
     failed = 0
     with _open(store) as s:
-        g = _gallery(s, gallery)
+        g = s.gallery(gallery)
         try:
             analyzer = analyzer_for(g)
         except FaceflowError as exc:
@@ -296,9 +291,12 @@ def cluster(
                           min_face=min_face, min_score=min_score, min_cluster_size=min_size)
     with progress() as bar:
         task = bar.add_task("analysing", total=None)
-        summary = cluster_folder(folder, out, analyzer, model=embedder_model_id(model), options=opts,
-                                 tick=lambda: bar.advance(task),
-                                 on_photos=lambda n: bar.update(task, total=n))
+        try:
+            summary = cluster_folder(folder, out, analyzer, model=embedder_model_id(model), options=opts,
+                                     tick=lambda: bar.advance(task),
+                                     on_photos=lambda n: bar.update(task, total=n))
+        except GalleryError as exc:
+            raise fail(str(exc)) from None
     for e in summary["errors"]:
         console.print(f"[yellow]failed:[/yellow] {e['error']}")
     console.print(f"{summary['clusters']} persons, {summary['faces']} faces ({summary['unassigned']} unassigned) "
