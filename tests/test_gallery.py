@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -478,11 +479,15 @@ def test_readers_see_whole_batches_while_one_writer_enrols(url: str) -> None:
     batch = 200
     with open_gallery_store(url) as s:
         s.create_gallery("g", MODEL, DIM)
-    proc = _start_enroller(url, batch)
+    # A short pause inside each batch keeps the gallery small enough for the reader to loop many
+    # times in 3 s; the reports are drained meanwhile, or a full pipe would stop the writer.
+    proc = _start_enroller(url, batch, pause=0.01)
     try:
         _wait_for(proc, "done", 0)
+        assert proc.stdout is not None
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
         with open_gallery_store(url) as reader:
-            searcher = Searcher(reader, "g", threshold=0.5)
+            searcher = Searcher(reader, "g", threshold=0.5, ann=False)  # no index build mid-loop
             sizes = set()
             deadline = time.monotonic() + 3.0
             while time.monotonic() < deadline:
