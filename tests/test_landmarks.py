@@ -16,12 +16,12 @@ from faceflow.io import load_image
 from faceflow.landmarks import (
     BOX_ADAPTERS,
     DLIB_LIKE_BOXES,
-    MESH_BLEND_68,
     MESH_INPUT,
     MESH_TO_68,
     MIRROR_68,
     Landmarks68Stage,
     MeshStage,
+    MeshTo68,
     Roi,
     dlib_box,
     landmarks5_from_68,
@@ -29,7 +29,9 @@ from faceflow.landmarks import (
     mesh_roi,
     mesh_to_68,
     roi_from_mesh,
+    similarity_onto,
 )
+from faceflow.models.runtime import model_path
 from faceflow.types import Face
 
 # -- pure geometry ----------------------------------------------------------------------------------
@@ -48,20 +50,43 @@ def test_landmarks5_from_68_on_a_hand_made_face() -> None:
         landmarks5_from_68(np.zeros((5, 2)))
 
 
-def test_mesh_to_68_blends_the_table_vertices() -> None:
-    mesh = np.random.default_rng(1).normal(size=(468, 3)).astype(np.float32)
+def test_similarity_onto_recovers_a_known_transform() -> None:
+    pts = np.random.default_rng(0).normal(size=(40, 2))
+    angle, scale, shift = 0.4, 2.5, np.array([3.0, -7.0])
+    rot = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    a, t = similarity_onto(pts @ rot.T + shift, pts)
+    np.testing.assert_allclose(a, rot, atol=1e-12)
+    np.testing.assert_allclose(t, shift, atol=1e-12)
+    with pytest.raises(ValueError, match="one place"):
+        similarity_onto(pts, np.ones((40, 2)))
+
+
+def test_mesh_to_68_is_packaged_and_moves_with_the_face() -> None:
+    """The packaged regression loads (checked against the registry's sha256), and moving, turning and
+    scaling a mesh in the image moves its 68 points the same way: it reads the mesh in its own frame."""
+    mesh = np.zeros((468, 3), np.float32)
+    model = _packaged_mesh_to_68()
+    mesh[:, :2] = model.reference * 0.8 + 200
+    mesh[:, 2] = np.random.default_rng(2).normal(size=468)
     out = mesh_to_68(mesh)
     assert out.shape == (68, 2) and out.dtype == np.float32
-    expected = [sum(w * mesh[v, :2] for v, w in blend) for blend in MESH_BLEND_68]
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
-    assert len(MESH_BLEND_68) == 68
-    for blend in MESH_BLEND_68:
-        vertices, weights = zip(*blend, strict=True)
-        assert 1 <= len(blend) <= 2 and len(set(vertices)) == len(blend) and max(vertices) < 468
-        assert min(weights) > 0 and sum(weights) == pytest.approx(1.0)
+    assert np.isfinite(out).all()
+    # On the mean face the points fall inside it, eyes above the mouth, image-left eye first.
+    assert out[36, 0] < out[45, 0] and out[36:48, 1].mean() < out[48:68, 1].mean()
+    c, s = math.cos(0.3), math.sin(0.3)
+    rot = 1.7 * np.array([[c, -s], [s, c]])
+    moved = mesh.copy()
+    moved[:, :2] = mesh[:, :2] @ rot.T + [40, -15]
+    moved[:, 2] *= 1.7
+    np.testing.assert_allclose(mesh_to_68(moved), out @ rot.T + [40, -15], atol=1e-2)
+    assert MeshTo68.from_bytes(model.to_bytes()).to_bytes() == model.to_bytes()
     assert len(set(MESH_TO_68)) == 68 and max(MESH_TO_68) < 468  # the vertex set pose and attributes use
     with pytest.raises(ValueError, match="468"):
         mesh_to_68(np.zeros((68, 3)))
+
+
+def _packaged_mesh_to_68() -> MeshTo68:
+    return MeshTo68.from_bytes(model_path("mesh_to_68").read_bytes())
 
 
 def test_mirror_68_swaps_sides_and_keeps_the_midline() -> None:

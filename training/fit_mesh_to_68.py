@@ -1,25 +1,26 @@
-"""Fit ``MESH_BLEND_68`` (:mod:`faceflow.landmarks`): the iBUG 68 points as blends of mesh vertices.
+"""Fit the mesh-to-68 regression (:class:`faceflow.landmarks.MeshTo68`) and write ``faceflow/data/mesh_to_68.npz``.
 
-    FACEFLOW_THREADS=1 .venv/bin/python training/fit_mesh_to_68.py --datasets ../shared/datasets
+    FACEFLOW_THREADS=1 OMP_NUM_THREADS=1 .venv/bin/python training/fit_mesh_to_68.py --datasets ../shared/datasets
 
 Distillation, no 300-W data: the teacher is faceflow's dlib route (``Landmarks68Stage("dlib")``: YuNet's
 box and five points, mirrored and averaged), the student the mesh (``MeshStage``), on the faces of
-:func:`fit_images` (500 LFW, 500 UTKFace train), each also read mirrored (the mirrored mesh against the
-teacher's points in mirrored order), 2,000 samples. For each iBUG point the script picks the mesh
-vertex, or the convex blend of two of the ten best vertices with a weight on a 0.05 grid, whose mean
-distance to the teacher's point, over the teacher's outer-eye-corner distance, is least. Run
-``training/fit_dlib_box.py`` first: the teacher's boxes come from the constants it fits.
+:func:`fit_images` with ``n=FIT_PER_DATASET`` (the first image of 3,000 LFW people, 2,763 UTKFace
+train-split images), each also read mirrored (the mirrored mesh against the teacher's points in
+mirrored order). The regression is ridge on the normalised mesh (:meth:`MeshTo68.normalise`) to the
+teacher's points in the same frame; its penalty is the one of :data:`ALPHAS` with the least mean error
+against the teacher when fitted on one dataset and scored on the other (both ways), and the model is
+then fitted on both. Run ``training/fit_dlib_box.py`` first: the teacher's boxes come from its constants.
 
-It prints the table to paste into ``landmarks.py``, and the error against the teacher on one dataset
-of a table fitted on the other (single vertices against blends of two), which is how two was chosen.
-The result is deterministic on a given machine and library versions (one thread per model).
+It prints the cross-dataset errors, writes the file and prints its sha256 (for ``MESH_TO_68_FILE`` in
+:mod:`faceflow.models.registry`). Collecting the samples takes about four minutes on one core. A rerun
+writes the same bytes on the same machine and library versions (one thread per model and for BLAS;
+checked: two runs, sha256 b599fc0c...); other BLAS builds may differ in the last bits of the weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +28,18 @@ import numpy.typing as npt
 
 from faceflow.detect import create_detector
 from faceflow.io import load_image
-from faceflow.landmarks import MIRROR_68, Landmarks68Stage, MeshStage
+from faceflow.landmarks import MIRROR_68, Landmarks68Stage, MeshStage, MeshTo68, similarity_onto
+from faceflow.models.registry import MESH_TO_68_FILE
 from faceflow.types import Face
 
 PER_DATASET = 500
-CANDIDATES = 10
-WEIGHT_STEP = 0.05
+FIT_PER_DATASET = 3000
+ALPHAS = (0.3, 1.0, 3.0, 10.0, 30.0)
+REFERENCE_NORM = 100.0
+"""The reference mesh's x, y are centred and scaled to this root-sum-of-squares (the penalty's scale)."""
 SPLITS = Path(__file__).resolve().parent / "splits"
-
-Blend = tuple[tuple[int, float], ...]
+OUT = Path(__file__).resolve().parents[1] / "src" / "faceflow" / "data" / MESH_TO_68_FILE.name
+Samples = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
 
 
 def _sha1(name: str) -> str:
@@ -58,8 +62,8 @@ def central_face(faces: list[Face], image: npt.NDArray[np.uint8]) -> Face | None
     return min(faces, key=lambda f: float(np.hypot(f.center[0] - w / 2, f.center[1] - h / 2)), default=None)
 
 
-def samples(paths: list[Path]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Meshes ``(n, 468, 2)`` and teacher points ``(n, 68, 2)``: each face, then its mirror image."""
+def samples(paths: list[Path]) -> Samples:
+    """Meshes ``(n, 468, 3)`` and teacher points ``(n, 68, 2)``: each face, then its mirror image."""
     detector, mesh, teacher = create_detector("yunet"), MeshStage(), Landmarks68Stage("dlib")
     meshes, points = [], []
     for path in paths:
@@ -70,69 +74,72 @@ def samples(paths: list[Path]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.
             continue
         target = teacher.predict(image, face).astype(np.float64)
         for mirror, order in ((False, slice(None)), (True, list(MIRROR_68))):
-            meshes.append(mesh.predict(image, face, mirror=mirror)[0][:, :2].astype(np.float64))
+            meshes.append(mesh.predict(image, face, mirror=mirror)[0].astype(np.float64))
             points.append(target[order])
     return np.array(meshes), np.array(points)
 
 
-def _errors(pred: npt.NDArray[np.float64], target: npt.NDArray[np.float64], iod: npt.NDArray[np.float64]) -> float:
-    return float(np.mean(np.linalg.norm(pred - target, axis=-1) / iod))
+def reference_mesh(meshes: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """The frame's mean mesh: the meshes' x, y laid onto the first one and averaged, twice (a short
+    generalised Procrustes), centred and scaled to :data:`REFERENCE_NORM`."""
+    ref = meshes[0, :, :2]
+    for _ in range(2):
+        laid = [m[:, :2] @ a.T + t for m in meshes for a, t in [similarity_onto(ref, m[:, :2])]]
+        ref = np.mean(laid, axis=0)
+    ref = ref - ref.mean(0)
+    return (ref * REFERENCE_NORM / np.sqrt((ref**2).sum())).astype(np.float32)
 
 
-def fit_point(
-    meshes: npt.NDArray[np.float64], target: npt.NDArray[np.float64], iod: npt.NDArray[np.float64], vertices: int = 2
-) -> Blend:
-    """The blend of up to ``vertices`` (1 or 2) mesh vertices nearest ``target`` ``(n, 2)`` on average."""
-    single = (np.linalg.norm(meshes - target[:, None], axis=2) / iod[:, None]).mean(0)
-    order = np.argsort(single, kind="stable")
-    best: tuple[float, Blend] = (float(single[order[0]]), ((int(order[0]), 1.0),))
-    if vertices < 2:
-        return best[1]
-    grid = np.round(np.arange(1, round(1 / WEIGHT_STEP)) * WEIGHT_STEP, 2)
-    for a, b in itertools.combinations(order[:CANDIDATES].tolist(), 2):
-        for w in grid:
-            err = _errors(w * meshes[:, a] + (1 - w) * meshes[:, b], target, iod)
-            if err < best[0]:
-                best = (err, ((a, float(w)), (b, float(round(1 - w, 2)))))
-    return best[1]
+def fit(
+    meshes: npt.NDArray[np.float64], points: npt.NDArray[np.float64], reference: npt.NDArray[np.float32], alpha: float
+) -> MeshTo68:
+    """Ridge regression (penalty ``alpha``, intercept unpenalised) of the teacher's points on the
+    normalised meshes, both in the reference frame."""
+    shell = MeshTo68(reference, np.zeros((1404, 136), np.float32), np.zeros(136, np.float32))
+    x, y = np.empty((len(meshes), 1404)), np.empty((len(meshes), 136))
+    for i, (m, p) in enumerate(zip(meshes, points, strict=True)):
+        x[i], rot, shift = shell.normalise(m)
+        y[i] = (p @ rot.T + shift).ravel()
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc = x - x_mean
+    weights = np.linalg.solve(xc.T @ xc + alpha * np.eye(1404), xc.T @ (y - y_mean))
+    return MeshTo68(reference, weights.astype(np.float32), (y_mean - x_mean @ weights).astype(np.float32))
 
 
-def fit_table(meshes: npt.NDArray[np.float64], points: npt.NDArray[np.float64], vertices: int = 2) -> list[Blend]:
-    """One blend per iBUG point (:func:`fit_point`)."""
+def error(model: MeshTo68, meshes: npt.NDArray[np.float64], points: npt.NDArray[np.float64]) -> float:
+    """Mean point error against the teacher, over the teacher's outer-eye-corner distance."""
+    pred = np.array([model(m) for m in meshes], np.float64)
     iod = np.linalg.norm(points[:, 36] - points[:, 45], axis=1)
-    return [fit_point(meshes, points[:, j], iod, vertices) for j in range(68)]
-
-
-def table_error(table: list[Blend], meshes: npt.NDArray[np.float64], points: npt.NDArray[np.float64]) -> float:
-    """Mean point error of ``table`` against the teacher, over the teacher's outer-eye-corner distance."""
-    pred = np.stack([sum(w * meshes[:, v] for v, w in blend) for blend in table], axis=1)
-    iod = np.linalg.norm(points[:, 36] - points[:, 45], axis=1)
-    return _errors(pred, points, iod[:, None])
-
-
-def format_table(table: list[Blend]) -> str:
-    """The table as Python source, one iBUG point per line."""
-    rows = [
-        "(" + ", ".join(f"({v}, {w!r})" for v, w in blend) + ("," if len(blend) == 1 else "") + ")" for blend in table
-    ]
-    return "MESH_BLEND_68 = (\n" + "".join(f"    {r},  # {j}\n" for j, r in enumerate(rows)) + ")"
+    return float(np.mean(np.linalg.norm(pred - points, axis=-1).mean(1) / iod))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Collect the samples, check single vertices against blends across datasets, print the table."""
+    """Collect the samples, pick the penalty across datasets, fit on both, write the file."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    data = {name: samples(paths) for name, paths in fit_images(args.datasets).items()}
-    for train, test in itertools.permutations(data, 2):
-        for vertices in (1, 2):
-            table = fit_table(*data[train], vertices)
-            held_out, seen = (100 * table_error(table, *data[name]) for name in (test, train))
-            print(f"{vertices}-vertex table from {train}: error on {test} {held_out:.2f} %, on {train} {seen:.2f} %")
+    data = {name: samples(paths) for name, paths in fit_images(args.datasets, FIT_PER_DATASET).items()}
     meshes, points = (np.concatenate(parts) for parts in zip(*data.values(), strict=True))
-    table = fit_table(meshes, points)
-    print(f"{len(meshes)} samples; error against the teacher {100 * table_error(table, meshes, points):.2f} %")
-    print(format_table(table))
+    reference = reference_mesh(meshes)
+    scores = {}
+    for alpha in ALPHAS:
+        held_out = [
+            error(fit(*data[a], reference, alpha), *data[b]) for a, b in (("lfw", "utkface"), ("utkface", "lfw"))
+        ]
+        scores[alpha] = float(np.mean(held_out))
+        print(
+            f"alpha {alpha:g}: error on the other dataset {100 * held_out[0]:.3f} % (lfw -> utkface), "
+            f"{100 * held_out[1]:.3f} % (utkface -> lfw)"
+        )
+    alpha = min(scores, key=lambda a: scores[a])
+    model = fit(meshes, points, reference, alpha)
+    blob = model.to_bytes()
+    args.out.write_bytes(blob)
+    print(
+        f"{len(meshes)} samples, alpha {alpha:g}: error against the teacher {100 * error(model, meshes, points):.3f} %"
+    )
+    print(f"wrote {args.out} ({len(blob):,} bytes), sha256 {hashlib.sha256(blob).hexdigest()}")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,10 @@ training time: retrain them when any of those changes.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,15 +28,15 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.attributes import AgeGenderStage, AttributesStage, ExpressionStage, _blob
-from faceflow.errors import ChecksumMismatch, ModelUnavailable
+from faceflow.models.registry import HEADS_FILE as _HEADS
 from faceflow.models.runtime import LazyModel, default_threads, model_path
 from faceflow.models.store import ModelStore
 from faceflow.recognize import DlibEmbedder, SFaceEmbedder, l2_normalize
 from faceflow.types import Estimate, Face, FloatArray, Image, Stage
 
-HEADS_FILE = "attribute_heads.json"
+HEADS_FILE = _HEADS.name
 """The trained heads, in ``faceflow/data/``."""
-HEADS_SHA256 = "333ed242c54a5e0ffa49ac95a0b23886b4c7125240f438862a28037b52d0ed7e"
+HEADS_SHA256 = _HEADS.sha256
 """sha256 of :data:`HEADS_FILE` as ``training/train_attribute_heads.py`` builds it."""
 
 _BLOCKS = {
@@ -262,15 +260,7 @@ class AttributeHeads:
         """The heads in ``path``, or the packaged ones (checked against :data:`HEADS_SHA256`)."""
         if path is not None:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        try:
-            data = resources.files("faceflow").joinpath("data", HEADS_FILE).read_bytes()
-        except OSError as exc:
-            raise ModelUnavailable(
-                f"faceflow/data/{HEADS_FILE} is missing; rebuild it with training/train_attribute_heads.py"
-            ) from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != HEADS_SHA256:
-            raise ChecksumMismatch(f"faceflow/data/{HEADS_FILE} has sha256 {digest}, expected {HEADS_SHA256}")
+        data = model_path("attribute_heads").read_bytes()
         return cls.from_dict(json.loads(data))
 
 

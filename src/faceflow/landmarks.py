@@ -15,21 +15,26 @@
     of dlib's HOG detector, so other detectors' faces get a HOG-like box (:func:`dlib_box`): from the
     five points when the detector gives them (:data:`L5_BOX`); else from the box
     (:data:`BOX_ADAPTERS`), then once more from the five points of that first pass.
-  - ``"mesh"``: blends of mesh vertices, :data:`MESH_BLEND_68`, distilled from dlib's points on LFW
-    and UTKFace. The jaw stays approximate: iBUG's jaw is the visible outline of the face, which
-    slides over the skin as the head turns, while a mesh vertex stays put.
+  - ``"mesh"``: a linear regression from the whole mesh, in a normalised frame (:class:`MeshTo68`, the
+    registry's ``mesh_to_68``), distilled from dlib's points on 3,000 LFW and 2,763 UTKFace
+    train faces and their mirror images by ``training/fit_mesh_to_68.py``. It follows the jaw better
+    than any fixed vertex could (iBUG's jaw is the visible outline of the face, which slides over the
+    skin as the head turns), but it can only learn dlib's points as far as the mesh predicts them.
   - ``"auto"`` (default): dlib when its model can be loaded, else the mesh.
 
   Nothing here was fitted or chosen on 300-W. On all 330 HELEN test images with YuNet (NME by the
   outer eye corners, mean / median, failures above 0.1, AUC@0.1): dlib 2.54 % / 2.35 %, 0.3 %, 0.746
-  (without ``mirror`` 2.59 %); mesh 4.26 % / 4.01 %, 0 %, 0.574 (without ``mirror`` 4.37 %). dlib from
-  its own HOG boxes: 2.61 % over the 319 faces HOG finds.
+  (without ``mirror`` 2.59 %); mesh 3.85 % / 3.64 %, 0.3 %, 0.616 (without ``mirror`` 3.93 %). dlib from its own HOG
+  boxes: 2.61 % over the 319 faces HOG finds. The mesh route's earlier fixed blends of two vertices
+  per point, distilled the same way, gave 4.26 % / 4.01 %, 0 %, 0.574.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +43,13 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.errors import ConfigError, ModelUnavailable
-from faceflow.models.runtime import LazyModel, dlib_object, tflite_model
+from faceflow.models.runtime import LazyModel, dlib_object, model_path, tflite_model
 from faceflow.models.store import ModelStore
 from faceflow.types import Face, FloatArray, Image, Stage
 
 log = logging.getLogger(__name__)
+
+Float64Array = npt.NDArray[np.float64]
 
 MESH_INPUT = 192
 """Side of the square RGB crop the mesh model reads (values in [0, 1])."""
@@ -62,82 +69,7 @@ MESH_TO_68: tuple[int, ...] = (
 """One mesh vertex per iBUG point: the vertex set that :mod:`faceflow.pose` (its ``MODEL_68``) and the
 attribute heads are built on, kept as it is because they depend on it. It was chosen by the vertices'
 distance to the annotations of 100 300-W HELEN *test* images, so it no longer makes the 68 points
-(:data:`MESH_BLEND_68` does)."""
-
-MESH_BLEND_68: tuple[tuple[tuple[int, float], ...], ...] = (
-    ((127, 0.95), (162, 0.05)),  # 0
-    ((234, 0.7), (137, 0.3)),  # 1
-    ((132, 0.55), (137, 0.45)),  # 2
-    ((58, 0.7), (177, 0.3)),  # 3
-    ((172, 0.9), (215, 0.1)),  # 4
-    ((136, 0.7), (150, 0.3)),  # 5
-    ((149, 0.9), (150, 0.1)),  # 6
-    ((148, 0.65), (176, 0.35)),  # 7
-    ((152, 1.0),),  # 8
-    ((377, 0.6), (400, 0.4)),  # 9
-    ((378, 0.85), (379, 0.15)),  # 10
-    ((365, 0.75), (379, 0.25)),  # 11
-    ((397, 0.85), (435, 0.15)),  # 12
-    ((435, 0.9), (361, 0.1)),  # 13
-    ((401, 0.55), (323, 0.45)),  # 14
-    ((454, 0.75), (366, 0.25)),  # 15
-    ((356, 0.95), (389, 0.05)),  # 16
-    ((70, 0.65), (156, 0.35)),  # 17
-    ((63, 0.9), (52, 0.1)),  # 18
-    ((105, 0.65), (66, 0.35)),  # 19
-    ((66, 0.65), (107, 0.35)),  # 20
-    ((107, 0.7), (193, 0.3)),  # 21
-    ((336, 0.75), (417, 0.25)),  # 22
-    ((296, 0.65), (336, 0.35)),  # 23
-    ((334, 0.65), (296, 0.35)),  # 24
-    ((293, 0.9), (282, 0.1)),  # 25
-    ((300, 0.65), (383, 0.35)),  # 26
-    ((168, 0.7), (6, 0.3)),  # 27
-    ((197, 0.9), (351, 0.1)),  # 28
-    ((281, 0.5), (3, 0.5)),  # 29
-    ((4, 0.9), (354, 0.1)),  # 30
-    ((240, 0.75), (99, 0.25)),  # 31
-    ((97, 0.85), (141, 0.15)),  # 32
-    ((164, 0.55), (94, 0.45)),  # 33
-    ((326, 0.95), (458, 0.05)),  # 34
-    ((327, 0.6), (290, 0.4)),  # 35
-    ((25, 0.7), (160, 0.3)),  # 36
-    ((161, 0.55), (158, 0.45)),  # 37
-    ((157, 0.65), (159, 0.35)),  # 38
-    ((133, 0.7), (26, 0.3)),  # 39
-    ((145, 0.6), (26, 0.4)),  # 40
-    ((144, 0.9), (230, 0.1)),  # 41
-    ((382, 0.95), (452, 0.05)),  # 42
-    ((384, 0.6), (386, 0.4)),  # 43
-    ((388, 0.55), (385, 0.45)),  # 44
-    ((466, 0.7), (339, 0.3)),  # 45
-    ((373, 0.9), (253, 0.1)),  # 46
-    ((380, 0.8), (253, 0.2)),  # 47
-    ((61, 0.9), (43, 0.1)),  # 48
-    ((73, 0.55), (40, 0.45)),  # 49
-    ((37, 0.75), (82, 0.25)),  # 50
-    ((0, 0.65), (13, 0.35)),  # 51
-    ((267, 0.8), (312, 0.2)),  # 52
-    ((304, 0.6), (269, 0.4)),  # 53
-    ((291, 0.85), (287, 0.15)),  # 54
-    ((320, 0.55), (406, 0.45)),  # 55
-    ((314, 0.9), (313, 0.1)),  # 56
-    ((17, 0.9), (18, 0.1)),  # 57
-    ((84, 0.9), (83, 0.1)),  # 58
-    ((90, 0.55), (182, 0.45)),  # 59
-    ((78, 0.7), (146, 0.3)),  # 60
-    ((38, 0.9), (87, 0.1)),  # 61
-    ((13, 0.9), (15, 0.1)),  # 62
-    ((268, 0.9), (402, 0.1)),  # 63
-    ((292, 0.7), (375, 0.3)),  # 64
-    ((317, 0.85), (404, 0.15)),  # 65
-    ((15, 0.85), (13, 0.15)),  # 66
-    ((86, 0.85), (38, 0.15)),  # 67
-)
-"""For each iBUG point, ``(vertex, weight)`` pairs whose weighted mean of mesh vertices gives it (a
-convex blend of at most two vertices, weights in steps of 0.05). Distilled from dlib's points
-(:func:`dlib_68`, mirrored) on 500 LFW and 500 UTKFace faces and their mirror images, no 300-W data;
-rebuilt bit for bit by ``training/fit_mesh_to_68.py``."""
+(:func:`mesh_to_68` does)."""
 
 MIRROR_68: tuple[int, ...] = (
     *range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31,
@@ -245,24 +177,89 @@ def mesh_in_roi(model: Any, image: Image, roi: Roi) -> tuple[FloatArray, float]:
     return out, float(1.0 / (1.0 + math.exp(-float(np.ravel(logit)[0]))))
 
 
-def _blend_matrix(table: tuple[tuple[tuple[int, float], ...], ...]) -> npt.NDArray[np.float32]:
-    w = np.zeros((len(table), 468), np.float32)
-    for i, row in enumerate(table):
-        for vertex, weight in row:
-            w[i, vertex] = weight
-    return w
+def similarity_onto(reference: npt.ArrayLike, points: npt.ArrayLike) -> tuple[Float64Array, Float64Array]:
+    """The least-squares similarity transform (rotation, uniform scale, shift) that lays ``points``
+    ``(n, 2)`` onto ``reference`` ``(n, 2)``: ``A`` (2x2) and ``t``, applied as ``points @ A.T + t``."""
+    ref, pts = np.asarray(reference, dtype=np.float64), np.asarray(points, dtype=np.float64)
+    ref_mean, pts_mean = ref.mean(0), pts.mean(0)
+    r, q = ref - ref_mean, pts - pts_mean
+    norm = float((q**2).sum())
+    if norm <= 0.0:
+        raise ValueError("the points are all in one place")
+    a = float((q * r).sum()) / norm
+    b = float((q[:, 0] * r[:, 1] - q[:, 1] * r[:, 0]).sum()) / norm
+    rot = np.array([[a, -b], [b, a]])
+    return rot, ref_mean - rot @ pts_mean
 
 
-_MESH_BLEND = _blend_matrix(MESH_BLEND_68)
+@dataclass(frozen=True)
+class MeshTo68:
+    """A linear regression from the mesh to the iBUG 68 points, in a normalised frame: the mesh is laid
+    onto :attr:`reference` by :func:`similarity_onto` (its x, y; z scaled alike), its 468 x 3 values
+    times :attr:`weights` plus :attr:`bias` give the 68 points in that frame, and the inverse transform
+    brings them back to the image. A linear map of the whole mesh, unlike a fixed blend of vertices,
+    can follow the jaw line, which slides over the skin as the head turns."""
+
+    reference: npt.NDArray[np.float32]
+    """``(468, 2)``: the frame's mean mesh."""
+    weights: npt.NDArray[np.float32]
+    """``(1404, 136)``: normalised mesh values (x, y, z per vertex) to the 68 points' (x, y)."""
+    bias: npt.NDArray[np.float32]
+    """``(136,)``."""
+
+    def normalise(self, mesh: npt.ArrayLike) -> tuple[Float64Array, Float64Array, Float64Array]:
+        """The mesh's 1404 values in the frame, and the transform ``(A, t)`` into it."""
+        m = np.asarray(mesh, dtype=np.float64)
+        if m.ndim != 2 or m.shape != (468, 3):
+            raise ValueError(f"expected a (468, 3) mesh, got shape {m.shape}")
+        rot, shift = similarity_onto(self.reference, m[:, :2])
+        scale = math.sqrt(abs(float(np.linalg.det(rot))))
+        return np.concatenate([m[:, :2] @ rot.T + shift, m[:, 2:] * scale], axis=1).ravel(), rot, shift
+
+    def predict(self, mesh: npt.ArrayLike) -> Float64Array:
+        """The regression's 68 points for ``mesh``, read as it is."""
+        values, rot, shift = self.normalise(mesh)
+        framed = (values @ self.weights.astype(np.float64) + self.bias).reshape(68, 2)
+        return np.asarray(np.linalg.solve(rot, (framed - shift).T).T, np.float64)
+
+    def __call__(self, mesh: npt.ArrayLike) -> FloatArray:
+        """The 68 points for ``mesh``: the mean of :meth:`predict` on it and, reflected back, on its
+        reflection (x negated), so that a mesh and its mirror image give mirror-image points exactly."""
+        m = np.array(mesh, dtype=np.float64)
+        direct = self.predict(m)
+        m[:, 0] = -m[:, 0]
+        reflected = self.predict(m)
+        reflected[:, 0] = -reflected[:, 0]
+        return ((direct + reflected) / 2).astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        """A zip of three ``.npy`` arrays with fixed timestamps: the same model gives the same bytes."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name in ("reference", "weights", "bias"):
+                member = io.BytesIO()
+                np.save(member, np.ascontiguousarray(getattr(self, name), np.float32))
+                archive.writestr(
+                    zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
+                    member.getvalue(),
+                    compress_type=zipfile.ZIP_DEFLATED,
+                )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MeshTo68:
+        with np.load(io.BytesIO(data)) as arrays:
+            return cls(*(np.asarray(arrays[name], np.float32) for name in ("reference", "weights", "bias")))
+
+
+_mesh_to_68 = LazyModel(lambda: MeshTo68.from_bytes(model_path("mesh_to_68").read_bytes()))
+"""The registry's ``mesh_to_68``: ``faceflow/data/mesh_to_68.npz``, checked against its sha256."""
 
 
 def mesh_to_68(mesh: npt.ArrayLike) -> FloatArray:
-    """The iBUG 68 points (x, y) from a (468, 2 or 3) mesh: the blends of :data:`MESH_BLEND_68`.
-    Points from a mesh of a mirrored crop come in the mirrored face's order: take ``[MIRROR_68]``."""
-    m = np.asarray(mesh, dtype=np.float32)
-    if m.ndim != 2 or m.shape[0] != 468:
-        raise ValueError(f"expected a (468, 2|3) mesh, got shape {m.shape}")
-    return _MESH_BLEND @ m[:, :2]
+    """The iBUG 68 points (x, y) from a (468, 3) mesh, by the packaged :class:`MeshTo68`. Points from
+    a mesh of a mirrored crop come in the mirrored face's order: take ``[MIRROR_68]``."""
+    return _mesh_to_68.get()(mesh)
 
 
 def landmarks5_from_68(points: npt.ArrayLike) -> FloatArray:

