@@ -42,8 +42,9 @@ class AnalyzerOptions:
     detector: str = DEFAULT_DETECTOR
     detector_options: DetectorOptions = field(default_factory=DetectorOptions)
     landmarks: str = "mesh"
-    """Source of the 68 points: ``"mesh"`` (mapped from MediaPipe's mesh, Apache-2.0) or ``"dlib"``
-    (dlib's predictor; its weights are licensed for non-commercial use only)."""
+    """Source of the 68 points: ``"mesh"`` (a regression from MediaPipe's mesh, the registry's
+    ``mesh_to_68``) or ``"dlib"`` (dlib's predictor, closer to 300-W's points; its weights are licensed
+    for non-commercial use only)."""
     age_gender: str = "cydral"
     """Source of age and gender: ``"cydral"`` (dlib's Cydral networks, CC0) or ``"heads"`` (heads
     trained on UTKFace over faceflow's own features, more accurate there; non-commercial, as UTKFace)."""
