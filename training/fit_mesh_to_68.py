@@ -12,7 +12,7 @@ against the teacher when fitted on one dataset and scored on the other (both way
 then fitted on both. Run ``training/fit_dlib_box.py`` first: the teacher's boxes come from its constants.
 
 It prints the cross-dataset errors, writes the file and prints its sha256 (for ``MESH_TO_68_FILE`` in
-:mod:`faceflow.models.registry`). Collecting the samples takes about four minutes on one core. A rerun
+:mod:`faceflow.models.registry`). A run takes about six minutes on one core. A rerun
 writes the same bytes on the same machine and library versions (one thread per model and for BLAS;
 checked: two runs, sha256 b599fc0c...); other BLAS builds may differ in the last bits of the weights.
 """
