@@ -29,7 +29,6 @@ from faceflow.landmarks import (
     mesh_roi,
     mesh_to_68,
     roi_from_mesh,
-    similarity_onto,
 )
 from faceflow.models.runtime import model_path
 from faceflow.types import Face
@@ -48,17 +47,6 @@ def test_landmarks5_from_68_on_a_hand_made_face() -> None:
     assert landmarks5_from_68(depth)[2, 2] == 30  # 3-D points keep their third coordinate
     with pytest.raises(ValueError, match="68 points"):
         landmarks5_from_68(np.zeros((5, 2)))
-
-
-def test_similarity_onto_recovers_a_known_transform() -> None:
-    pts = np.random.default_rng(0).normal(size=(40, 2))
-    angle, scale, shift = 0.4, 2.5, np.array([3.0, -7.0])
-    rot = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    a, t = similarity_onto(pts @ rot.T + shift, pts)
-    np.testing.assert_allclose(a, rot, atol=1e-12)
-    np.testing.assert_allclose(t, shift, atol=1e-12)
-    with pytest.raises(ValueError, match="one place"):
-        similarity_onto(pts, np.ones((40, 2)))
 
 
 def test_mesh_to_68_is_packaged_and_moves_with_the_face() -> None:

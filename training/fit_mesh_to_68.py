@@ -14,7 +14,7 @@ then fitted on both. Run ``training/fit_dlib_box.py`` first: the teacher's boxes
 It prints the cross-dataset errors, writes the file and prints its sha256 (for ``MESH_TO_68_FILE`` in
 :mod:`faceflow.models.registry`). A run takes about six minutes on one core. A rerun
 writes the same bytes on the same machine and library versions (one thread per model and for BLAS;
-checked: two runs, sha256 b599fc0c...); other BLAS builds may differ in the last bits of the weights.
+checked: two runs, sha256 1632e3ff...); other BLAS builds may differ in the last bits of the weights.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.align import similarity_transform
 from faceflow.detect import create_detector
 from faceflow.io import load_image
-from faceflow.landmarks import MIRROR_68, Landmarks68Stage, MeshStage, MeshTo68, similarity_onto
+from faceflow.landmarks import MIRROR_68, Landmarks68Stage, MeshStage, MeshTo68
 from faceflow.models.registry import MESH_TO_68_FILE
 from faceflow.types import Face
 
@@ -84,7 +85,8 @@ def reference_mesh(meshes: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
     generalised Procrustes), centred and scaled to :data:`REFERENCE_NORM`."""
     ref = meshes[0, :, :2]
     for _ in range(2):
-        laid = [m[:, :2] @ a.T + t for m in meshes for a, t in [similarity_onto(ref, m[:, :2])]]
+        onto = [similarity_transform(m[:, :2], ref) for m in meshes]
+        laid = [m[:, :2] @ a[:, :2].T + a[:, 2] for m, a in zip(meshes, onto, strict=True)]
         ref = np.mean(laid, axis=0)
     ref = ref - ref.mean(0)
     return (ref * REFERENCE_NORM / np.sqrt((ref**2).sum())).astype(np.float32)

@@ -24,8 +24,8 @@
 
   Nothing here was fitted or chosen on 300-W. On all 330 HELEN test images with YuNet (NME by the
   outer eye corners, mean / median, failures above 0.1, AUC@0.1): dlib 2.54 % / 2.35 %, 0.3 %, 0.746
-  (without ``mirror`` 2.59 %); mesh 3.85 % / 3.64 %, 0.3 %, 0.616 (without ``mirror`` 3.93 %). dlib from its own HOG
-  boxes: 2.61 % over the 319 faces HOG finds. The mesh route's earlier fixed blends of two vertices
+  (without ``mirror`` 2.59 %); mesh 3.85 % / 3.64 %, 0.3 %, 0.616 (without ``mirror`` 3.93 %). dlib
+  from its own HOG boxes: 2.61 % over the 319 faces HOG finds. The mesh route's earlier fixed blends of two vertices
   per point, distilled the same way, gave 4.26 % / 4.01 %, 0 %, 0.574.
 """
 
@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.align import similarity_transform
 from faceflow.errors import ConfigError, ModelUnavailable
 from faceflow.models.runtime import LazyModel, dlib_object, model_path, tflite_model
 from faceflow.models.store import ModelStore
@@ -177,28 +178,13 @@ def mesh_in_roi(model: Any, image: Image, roi: Roi) -> tuple[FloatArray, float]:
     return out, float(1.0 / (1.0 + math.exp(-float(np.ravel(logit)[0]))))
 
 
-def similarity_onto(reference: npt.ArrayLike, points: npt.ArrayLike) -> tuple[Float64Array, Float64Array]:
-    """The least-squares similarity transform (rotation, uniform scale, shift) that lays ``points``
-    ``(n, 2)`` onto ``reference`` ``(n, 2)``: ``A`` (2x2) and ``t``, applied as ``points @ A.T + t``."""
-    ref, pts = np.asarray(reference, dtype=np.float64), np.asarray(points, dtype=np.float64)
-    ref_mean, pts_mean = ref.mean(0), pts.mean(0)
-    r, q = ref - ref_mean, pts - pts_mean
-    norm = float((q**2).sum())
-    if norm <= 0.0:
-        raise ValueError("the points are all in one place")
-    a = float((q * r).sum()) / norm
-    b = float((q[:, 0] * r[:, 1] - q[:, 1] * r[:, 0]).sum()) / norm
-    rot = np.array([[a, -b], [b, a]])
-    return rot, ref_mean - rot @ pts_mean
-
-
 @dataclass(frozen=True)
 class MeshTo68:
     """A linear regression from the mesh to the iBUG 68 points, in a normalised frame: the mesh is laid
-    onto :attr:`reference` by :func:`similarity_onto` (its x, y; z scaled alike), its 468 x 3 values
-    times :attr:`weights` plus :attr:`bias` give the 68 points in that frame, and the inverse transform
-    brings them back to the image. A linear map of the whole mesh, unlike a fixed blend of vertices,
-    can follow the jaw line, which slides over the skin as the head turns."""
+    onto :attr:`reference` by :func:`~faceflow.align.similarity_transform` (its x, y; z scaled alike),
+    its 468 x 3 values times :attr:`weights` plus :attr:`bias` give the 68 points in that frame, and
+    the inverse transform brings them back to the image. A linear map of the whole mesh, unlike a fixed
+    blend of vertices, can follow the jaw line, which slides over the skin as the head turns."""
 
     reference: npt.NDArray[np.float32]
     """``(468, 2)``: the frame's mean mesh."""
@@ -210,9 +196,10 @@ class MeshTo68:
     def normalise(self, mesh: npt.ArrayLike) -> tuple[Float64Array, Float64Array, Float64Array]:
         """The mesh's 1404 values in the frame, and the transform ``(A, t)`` into it."""
         m = np.asarray(mesh, dtype=np.float64)
-        if m.ndim != 2 or m.shape != (468, 3):
+        if m.shape != (468, 3):
             raise ValueError(f"expected a (468, 3) mesh, got shape {m.shape}")
-        rot, shift = similarity_onto(self.reference, m[:, :2])
+        onto = similarity_transform(m[:, :2], self.reference)
+        rot, shift = onto[:, :2], onto[:, 2]
         scale = math.sqrt(abs(float(np.linalg.det(rot))))
         return np.concatenate([m[:, :2] @ rot.T + shift, m[:, 2:] * scale], axis=1).ravel(), rot, shift
 

@@ -121,7 +121,7 @@ SFACE_NCHWC_FILE = ModelFile(
 )
 # Trained for faceflow, shipped in the package (each under 1 MiB).
 MESH_TO_68_FILE = ModelFile(
-    "mesh_to_68.npz", "b599fc0cd73650706c5008f1255667ab06a8ccbd96dc7038577e3cc96c6e7203", 716186,
+    "mesh_to_68.npz", "1632e3ff963fc56987086d82f4eea81d27b46c84b299c2971fd284c0dd06a75c", 716217,
     (Packaged("training/fit_mesh_to_68.py"),),
 )
 HEADS_FILE = ModelFile(
