@@ -68,11 +68,13 @@ def _init_worker(model: str, flip: bool | None, warmup: str) -> None:
     import cv2
 
     from faceflow.detect import create_detector
+    from faceflow.models.runtime import Runtime
     from faceflow.recognize import create_embedder
 
     cv2.setNumThreads(1)
-    _worker["detector"] = create_detector("yunet")
-    _worker["embedder"] = create_embedder(model, flip=flip, threads=1)
+    runtime = Runtime(threads=1)
+    _worker["detector"] = create_detector("yunet", runtime=runtime)
+    _worker["embedder"] = create_embedder(model, flip=flip, runtime=runtime)
     _process([warmup])
 
 

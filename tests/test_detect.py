@@ -17,6 +17,7 @@ from faceflow.detect import DETECTORS, Detector, DetectorOptions, create_detecto
 from faceflow.detect.base import RawDetections, fit_within, nms, pad_image
 from faceflow.errors import ConfigError
 from faceflow.io import load_image
+from faceflow.models.runtime import Runtime
 from faceflow.types import Face, Image
 from tests.conftest import ASTRONAUT_FACE_BOX
 from tests.synthetic import Box, FaceSpec, compose, tight_crop
@@ -235,7 +236,7 @@ def test_min_face_size_and_max_faces(name: str, astronaut: Image) -> None:
 @pytest.mark.parametrize("name", ["centerface", "blazeface_full"])
 def test_threads_option_gives_the_same_result(name: str, astronaut: Image) -> None:
     (default,) = detector(name).detect(astronaut)
-    (one,) = create_detector(name, DetectorOptions(threads=1)).detect(astronaut)
+    (one,) = create_detector(name, runtime=Runtime(threads=1)).detect(astronaut)
     np.testing.assert_allclose(one.box, default.box, atol=0.5)
 
 

@@ -49,7 +49,7 @@ def test_stages_are_resolved_and_validated() -> None:
         Analyzer(detector="retina")
     with pytest.raises(ConfigError, match="unknown option"):
         Analyzer(detecter="yunet")
-    with pytest.raises(ConfigError, match="unknown age_gender 'dex'"):
+    with pytest.raises(ConfigError, match="unknown age-gender 'dex'"):
         Analyzer(age_gender="dex")
 
 

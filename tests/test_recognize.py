@@ -20,6 +20,7 @@ from faceflow.recognize import (
     CALIBRATION,
     EMBEDDERS,
     FUSION_WEIGHTS,
+    EmbedOptions,
     EmbedStage,
     FusedEmbedder,
     Verification,
@@ -129,11 +130,11 @@ def test_dlib_box_is_square_around_the_points() -> None:
 
 
 def test_embed_stage_fills_each_model(astronaut, astronaut_face) -> None:
-    stage = EmbedStage(models=("sface", "dlib", "fused"))
+    stage = EmbedStage(EmbedOptions(models=("sface", "dlib", "fused"), flip=None))
     assert stage.name == "embed" and set(stage.needs) == {"box", "landmarks5"}
-    assert EmbedStage(models=("dlib",)).needs == ("box",)
+    assert EmbedStage(EmbedOptions(models=("dlib",))).needs == ("box",)
     assert [e.flip for e in stage.embedders] == [False, False, True]  # each model's own default
-    assert [e.flip for e in EmbedStage(models=("sface", "fused"), flip=False).embedders] == [False, False]
+    assert [e.flip for e in EmbedStage(EmbedOptions(models=("sface", "fused"), flip=False)).embedders] == [False, False]
     face = Face(box=astronaut_face.box, landmarks5=astronaut_face.landmarks5)
     assert stage.run(astronaut, []) == []
     stage.run(astronaut, [face])
@@ -167,7 +168,7 @@ def test_unknown_model_and_bad_vectors_raise() -> None:
     with pytest.raises(ConfigError):
         create_embedder("arcface")
     with pytest.raises(ConfigError):
-        EmbedStage(models=("sface", "nope"))
+        EmbedStage(EmbedOptions(models=("sface", "nope")))
     with pytest.raises(ConfigError):
         verify(np.ones(64), np.ones(64))
     with pytest.raises(ConfigError):

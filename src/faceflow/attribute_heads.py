@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,10 @@ import numpy.typing as npt
 
 from faceflow.attributes import AgeGenderStage, AttributesStage, ExpressionStage, _blob
 from faceflow.models.registry import HEADS_FILE as _HEADS
-from faceflow.models.runtime import LazyModel, default_threads, model_path
-from faceflow.models.store import ModelStore
+from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.recognize import DlibEmbedder, SFaceEmbedder, l2_normalize
-from faceflow.types import Estimate, Face, FloatArray, Image, Stage
+from faceflow.stage import Stage
+from faceflow.types import Estimate, Face, FloatArray, Image
 
 HEADS_FILE = _HEADS.name
 """The trained heads, in ``faceflow/data/``."""
@@ -60,32 +59,15 @@ def _mirror(images: Sequence[Image]) -> list[Image]:
 class HeadFeatureExtractor:
     """Computes :data:`RAW_BLOCKS` for faces with a box (and ``landmarks5``, or their box estimate)."""
 
-    def __init__(self, *, threads: int | None = None, store: ModelStore | None = None) -> None:
-        self.threads = threads
-        self.store = store
-        self.sface = SFaceEmbedder(threads=threads, store=store)
-        self.dlib = DlibEmbedder(threads=threads, store=store)
-        self.chips = AgeGenderStage(threads=threads, store=store)
-        self._sessions: dict[str, Any] = {}
-        self._lock = threading.Lock()
+    def __init__(self, *, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime or default_runtime()
+        self.sface = SFaceEmbedder(runtime=self.runtime)
+        self.dlib = DlibEmbedder(runtime=self.runtime)
+        self.chips = AgeGenderStage(runtime=self.runtime)
 
     def _session(self, name: str) -> Any:
         """An ONNX Runtime session of a registered model that also returns its :data:`_TAPS` layer."""
-        with self._lock:
-            if name not in self._sessions:
-                import onnx
-                import onnxruntime as ort
-
-                model = onnx.load(str(model_path(name, store=self.store)))
-                model.graph.output.insert(0, onnx.ValueInfoProto(name=_TAPS[name][1]))
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = default_threads() if self.threads is None else self.threads
-                opts.inter_op_num_threads = 1
-                opts.log_severity_level = 3
-                self._sessions[name] = ort.InferenceSession(
-                    model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
-                )
-            return self._sessions[name]
+        return self.runtime.onnx(name, taps=(_TAPS[name][1],))
 
     def _run(self, name: str, blob: FloatArray) -> tuple[FloatArray, FloatArray]:
         """The tapped layer (averaged over its spatial axes, if any) and the output, one row per input."""
@@ -256,15 +238,12 @@ class AttributeHeads:
         )
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> AttributeHeads:
+    def load(cls, path: str | Path | None = None, runtime: Runtime | None = None) -> AttributeHeads:
         """The heads in ``path``, or the packaged ones (checked against :data:`HEADS_SHA256`)."""
         if path is not None:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        data = model_path("attribute_heads").read_bytes()
+        data = (runtime or default_runtime()).path("attribute_heads").read_bytes()
         return cls.from_dict(json.loads(data))
-
-
-_packaged = LazyModel(AttributeHeads.load)
 
 
 class AttributeHeadsStage(Stage):
@@ -274,16 +253,15 @@ class AttributeHeadsStage(Stage):
     needs: tuple[str, ...] = ("box",)
     provides: tuple[str, ...] = ("age", "gender")
 
-    def __init__(
-        self, *, threads: int | None = None, store: ModelStore | None = None, heads: AttributeHeads | None = None
-    ) -> None:
-        self.features = HeadFeatureExtractor(threads=threads, store=store)
+    def __init__(self, *, runtime: Runtime | None = None, heads: AttributeHeads | None = None) -> None:
+        self.runtime = runtime or default_runtime()
+        self.features = HeadFeatureExtractor(runtime=self.runtime)
         self.heads = heads
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         if not faces:
             return faces
-        heads = self.heads or _packaged.get()
+        heads = self.heads or self.runtime.load(("attribute_heads",), lambda: AttributeHeads.load(runtime=self.runtime))
         for face, (age, gender) in zip(faces, heads.estimates(self.features.raw(image, faces)), strict=True):
             face.age, face.gender = age, gender
         return faces

@@ -11,16 +11,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.models.runtime import onnx_session, tflite_model
-from faceflow.models.store import ModelStore
+from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.recognize import dlib_box, dlib_shapes
-from faceflow.types import EXPRESSIONS, Estimate, Expression, Face, FloatArray, Image, Stage
+from faceflow.stage import Stage, StageSpec, option
+from faceflow.types import EXPRESSIONS, Estimate, Expression, Face, FloatArray, Image
 
 AGE_BINS: FloatArray = np.array([0.25, *range(1, 81)], dtype=np.float32)
 """The age in years of each of the age model's 81 classes (manifest ``age_weights``)."""
@@ -71,19 +72,16 @@ class AgeGenderStage(Stage):
     """Fills ``face.age`` and ``face.gender``; one dlib shape per face serves both models' chips."""
 
     name = "age_gender"
-    needs: tuple[str, ...] = ("box",)
-    provides: tuple[str, ...] = ("age", "gender")
 
-    def __init__(self, *, threads: int | None = None, store: ModelStore | None = None) -> None:
-        self.threads = threads
-        self.store = store
+    def __init__(self, *, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime or default_runtime()
 
     def chips(self, image: Image, faces: Sequence[Face]) -> tuple[list[Image], list[Image]]:
         """The 64x64 age chips and 32x32 gender chips, each extracted from the original image."""
         import dlib
 
         img = np.ascontiguousarray(image)
-        shapes = dlib_shapes(img, faces, self.store)
+        shapes = dlib_shapes(img, faces, self.runtime)
         ages = [dlib.get_face_chip(img, s, AGE_CHIP, CHIP_PADDING) for s in shapes]
         genders = [dlib.get_face_chip(img, s, GENDER_CHIP, CHIP_PADDING) for s in shapes]
         return ages, genders
@@ -91,8 +89,7 @@ class AgeGenderStage(Stage):
     def probabilities(self, image: Image, faces: Sequence[Face]) -> tuple[FloatArray, FloatArray]:
         """Age ``(N, 81)`` and gender ``(N, 2)`` probabilities, one batched run per model."""
         ages, genders = self.chips(image, faces)
-        age = onnx_session("age", threads=self.threads, store=self.store)
-        gender = onnx_session("gender", threads=self.threads, store=self.store)
+        age, gender = self.runtime.onnx("age"), self.runtime.onnx("gender")
         return (
             np.asarray(age.run(None, {"images": _blob(ages)})[0], dtype=np.float32),
             np.asarray(gender.run(None, {"images": _blob(genders)})[0], dtype=np.float32),
@@ -124,16 +121,13 @@ class ExpressionStage(Stage):
     """Fills ``face.expression`` with fer's seven-class scores."""
 
     name = "expression"
-    needs: tuple[str, ...] = ("box",)
-    provides: tuple[str, ...] = ("expression",)
 
-    def __init__(self, *, threads: int | None = None, store: ModelStore | None = None) -> None:
-        self.threads = threads
-        self.store = store
+    def __init__(self, *, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime or default_runtime()
 
     def scores(self, image: Image, faces: Sequence[Face]) -> FloatArray:
         """``(N, 7)`` probabilities in :data:`EXPRESSIONS` order (the model runs one face at a time)."""
-        model = tflite_model("expression", threads=self.threads, store=self.store)
+        model = self.runtime.tflite("expression")
         gray = np.asarray(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY), dtype=np.uint8)
         out = np.zeros((len(faces), len(EXPRESSIONS)), np.float32)
         for i, face in enumerate(faces):
@@ -148,19 +142,67 @@ class ExpressionStage(Stage):
         return faces
 
 
+AGE_GENDER_SOURCES: tuple[str, ...] = ("cydral", "heads")
+"""Values of the ``age_gender`` option (``--age-gender``)."""
+
+
+@dataclass(frozen=True)
+class AttributesOptions:
+    """Settings of the ``attributes`` stage."""
+
+    age_gender: str = option("cydral", "Age and gender source: cydral (dlib's Cydral networks, CC0), or heads "
+                                       "(trained on UTKFace over faceflow's features: non-commercial).",
+                             flag="age-gender", choices=AGE_GENDER_SOURCES)
+
+
 class AttributesStage(Stage):
     """The ``attributes`` stage: age, gender and expression for every face (both models batched)."""
 
     name = "attributes"
-    needs: tuple[str, ...] = ("box",)
-    provides: tuple[str, ...] = ("age", "gender", "expression")
     parts: ClassVar[tuple[type[Stage], ...]] = (AgeGenderStage, ExpressionStage)
 
-    def __init__(self, *, threads: int | None = None, store: ModelStore | None = None) -> None:
-        self.stages = [cls(threads=threads, store=store) for cls in self.parts]  # type: ignore[call-arg]
+    def __init__(self, options: AttributesOptions | None = None, runtime: Runtime | None = None) -> None:
+        self.options = options or AttributesOptions()
+        self.stages = [cls(runtime=runtime) for cls in self.parts]  # type: ignore[call-arg]
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         if faces:
             for stage in self.stages:
                 stage.run(image, faces)
         return faces
+
+
+def attributes_stage(options: AttributesOptions, runtime: Runtime) -> Stage:
+    """The ``attributes`` stage for ``options.age_gender`` (the heads' module loads only when chosen)."""
+    if options.age_gender == "heads":
+        from faceflow.attribute_heads import HeadAttributesStage
+
+        return HeadAttributesStage(options, runtime)
+    return AttributesStage(options, runtime)
+
+
+def _attributes_needs(options: AttributesOptions) -> tuple[str, ...]:
+    # The heads read SFace embeddings, aligned by the five points; Cydral and fer need only a box.
+    return ("box", "landmarks5") if options.age_gender == "heads" else ("box",)
+
+
+def _label(face: Face) -> str | None:
+    parts = []
+    if face.gender is not None:
+        parts.append(str(face.gender.value)[0].upper())
+    if face.age is not None:
+        parts.append(f"{float(face.age.value):.0f}")
+    if face.expression is not None:
+        parts.append(face.expression.value)
+    return " ".join(parts) or None
+
+
+STAGE = StageSpec(
+    name="attributes",
+    help="Age, gender and expression.",
+    options=AttributesOptions,
+    factory=attributes_stage,
+    needs=_attributes_needs,
+    provides=("age", "gender", "expression"),
+    label=_label,
+)

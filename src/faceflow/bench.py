@@ -57,7 +57,7 @@ def run_bench(analyzer: Analyzer, paths: Sequence[str | os.PathLike[str]], *, li
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "threads": threading.active_count(),
         "cpu_count": os.cpu_count(),
-        "faceflow_threads": os.environ.get("FACEFLOW_THREADS", "all cores"),
+        "threads_per_model": analyzer.runtime.threads,
         "stages": list(analyzer.options.stages),
-        "detector": analyzer.options.detector,
+        "detector": analyzer.options.options_for("detect").detector,
     }

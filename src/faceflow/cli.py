@@ -6,12 +6,13 @@ errors (unknown option, stage, detector or model).
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -38,8 +39,67 @@ def _progress() -> Progress:
     )
 
 
-AgeGenderOpt = Annotated[str, typer.Option(help="Age and gender source: cydral, or heads (trained on UTKFace: "
-                                                 "non-commercial).")]
+def _choices(name: str) -> str:
+    """Help text for an option whose values are the choices of a stage option (one declaration)."""
+    from faceflow.stage import registry
+
+    field = next(f for f in registry().fields() if f.key == name)
+    return f"{field.help} One of: {', '.join(field.choices or ())}."
+
+
+def _default(name: str) -> Any:
+    from faceflow.stage import registry
+
+    return next(f for f in registry().fields() if f.key == name).default
+
+
+DEFAULT_DETECTOR = _default("detector")
+DEFAULT_LANDMARKS = _default("landmarks")
+DEFAULT_AGE_GENDER = _default("age-gender")
+AgeGenderOpt = Annotated[str, typer.Option(help=_choices("age-gender"))]
+DetectorOpt = Annotated[str, typer.Option(help=_choices("detector"))]
+LandmarksOpt = Annotated[str, typer.Option(help=_choices("landmarks"))]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_stage_options(command: F) -> F:
+    """Add one CLI option per field of every registered stage's options (``--detector``,
+    ``--landmarks-mirror/--no-landmarks-mirror``, ...) to ``command``, which receives the ones the user
+    gave as ``stage_values: dict[str, Any]`` (keyword -> value; unset options are left out)."""
+    from faceflow.stage import _unwrap, registry
+
+    fixed = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "stage_values"]
+    params = list(fixed)
+    names = {p.name for p in fixed}
+    for f in registry().fields():
+        base, _ = _unwrap(f.type)
+        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        text = f"{f.help} ({f.stage} stage; default: {default}.)"
+        if f.choices:
+            text += f" One of: {', '.join(f.choices)}."
+        if base is bool:
+            decl = typer.Option(f"--{f.key}/--no-{f.key}", help=text, show_default=False)
+            kind: Any = bool | None
+        else:
+            decl = typer.Option(f"--{f.key}", help=text, show_default=False)
+            kind = {int: int, float: float}.get(base, str) | None
+        if f.keyword in names:
+            raise RuntimeError(f"stage option --{f.key} clashes with an option of {command.__name__}")
+        params.append(inspect.Parameter(f.keyword, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[kind, decl]))
+    keywords = [p.name for p in params[len(fixed):]]
+
+    def wrapper(**kwargs: Any) -> Any:
+        values = {k: kwargs.pop(k) for k in keywords if kwargs.get(k) is not None}
+        for k in keywords:
+            kwargs.pop(k, None)
+        return command(**kwargs, stage_values=values)
+
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__name__ = command.__name__
+    wrapper.__doc__ = command.__doc__
+    return wrapper  # type: ignore[return-value]
 
 
 def _fail_usage(message: str) -> typer.Exit:
@@ -47,40 +107,57 @@ def _fail_usage(message: str) -> typer.Exit:
     return typer.Exit(USAGE_ERROR)
 
 
+def _stages_help() -> str:
+    from faceflow.stage import registry
+
+    return "Comma-separated stages (each pulls in what it needs): " + ", ".join(registry().names()) + "."
+
+
+def _default_stages() -> str:
+    from faceflow.pipeline import DEFAULT_STAGES
+
+    return ",".join(DEFAULT_STAGES)
+
+
+def _build_analyzer(stages: str, stage_values: dict[str, Any], **options: Any) -> Any:
+    """The Analyzer for a command's options; a configuration error is a usage error (exit 2)."""
+    from faceflow.pipeline import Analyzer
+
+    try:
+        return Analyzer(stages=tuple(s for s in stages.split(",") if s.strip()), **options, **stage_values)
+    except ConfigError as exc:
+        raise _fail_usage(str(exc)) from None
+
+
+DEFAULT_STAGE_LIST = _default_stages()
+
+
 @app.command()
+@with_stage_options
 def analyze(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (walked recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for faces.jsonl and annotated images.")]
     = Path("faceflow-out"),
-    detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
-    stages: Annotated[str, typer.Option(help="Comma-separated stages: detect,landmarks,mesh,pose,embed,attributes.")]
-    = "detect,landmarks,pose,attributes",
-    landmarks: Annotated[str, typer.Option(help="68-point source: mesh or dlib (non-commercial weights).")]
-    = "mesh",
-    age_gender: AgeGenderOpt = "cydral",
-    threshold: Annotated[float | None, typer.Option(help="Detector score threshold.")] = None,
-    min_face: Annotated[float, typer.Option(help="Minimum face size in pixels.")] = 0.0,
+    stages: Annotated[str, typer.Option(help=_stages_help())] = DEFAULT_STAGE_LIST,
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Write embeddings into faces.jsonl.")] = False,
     annotate: Annotated[bool, typer.Option(help="Write annotated copies of the images.")] = True,
-    workers: Annotated[int, typer.Option(help="Images analysed at once (threads).")] = 1,
+    workers: Annotated[int, typer.Option(help="Images analysed at once (threads); each model then gets the "
+                                              "cores divided by this many threads.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="Threads per model (default: FACEFLOW_THREADS, else the "
+                                                     "cores divided between the workers).")] = None,
+    stage_values: dict[str, Any] | None = None,
 ) -> None:
-    """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images."""
-    from faceflow.detect import DetectorOptions
+    """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images.
+
+    Every stage option below comes from the stage's own declaration (see `faceflow stages`)."""
     from faceflow.draw import annotate as draw
     from faceflow.draw import save_image
     from faceflow.io import iter_image_files
-    from faceflow.pipeline import Analyzer, result_paths
+    from faceflow.pipeline import result_paths
 
-    stage_list = tuple(s for s in stages.split(",") if s.strip())
-    if embeddings and "embed" not in stage_list:
-        stage_list += ("embed",)
-    try:
-        analyzer = Analyzer(
-            stages=stage_list, detector=detector, landmarks=landmarks, age_gender=age_gender,
-            detector_options=DetectorOptions(score_threshold=threshold, min_face_size=min_face),
-        )
-    except ConfigError as exc:
-        raise _fail_usage(str(exc)) from None
+    if embeddings and "embed" not in stages.split(","):
+        stages += ",embed"
+    analyzer = _build_analyzer(stages, stage_values or {}, workers=workers, threads=threads)
     files = iter_image_files(paths)
     if not files:
         raise _fail_usage("no image files found in " + ", ".join(map(str, paths)))
@@ -101,7 +178,7 @@ def analyze(
     jsonl = out / "faces.jsonl"
     with open(jsonl, "w", encoding="utf-8") as fh, _progress() as bar:
         task = bar.add_task("analysing", total=len(files))
-        for result in analyzer.analyze_batch(files, workers=workers, on_result=write_annotated):
+        for result in analyzer.analyze_batch(files, on_result=write_annotated):
             fh.write(json.dumps(result.to_dict(embeddings=embeddings)) + "\n")
             fh.flush()
             if result.error:
@@ -142,21 +219,18 @@ def verify(
 
 
 @app.command()
+@with_stage_options
 def bench(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
-    detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
-    stages: Annotated[str, typer.Option(help="Comma-separated stages.")] = "detect,landmarks,pose,embed,attributes",
+    stages: Annotated[str, typer.Option(help=_stages_help())] = "detect,landmarks,pose,embed,attributes",
     limit: Annotated[int | None, typer.Option(help="Use at most this many images.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures here.")] = None,
+    stage_values: dict[str, Any] | None = None,
 ) -> None:
     """Median ms per stage, end-to-end images/s, peak RSS and threads, on a folder of images."""
     from faceflow.bench import run_bench
-    from faceflow.pipeline import Analyzer
 
-    try:
-        analyzer = Analyzer(stages=tuple(stages.split(",")), detector=detector)
-    except ConfigError as exc:
-        raise _fail_usage(str(exc)) from None
+    analyzer = _build_analyzer(stages, stage_values or {})
     result = run_bench(analyzer, [str(p) for p in paths], limit=limit)
     text = json.dumps(result, indent=2)
     if json_out:
@@ -199,7 +273,7 @@ def _eval(label: str, run: Callable[[], dict[str, Any]], root: Path, json_out: P
 def eval_lfw(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
              model: Annotated[str, typer.Option(help="Recognition model: fused (accurate), sface (fast) "
                                                   "or dlib.")] = "fused",
-             detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
+             detector: DetectorOpt = DEFAULT_DETECTOR,
              flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average with the mirrored face "
                                                        "(default: the model's own; on for fused).")] = None) -> None:
     """LFW View 2, 10-fold: accuracy, TAR@FAR=1e-3, ROC AUC, EER."""
@@ -211,7 +285,7 @@ def eval_lfw(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, 
 
 @eval_app.command("wider")
 def eval_wider(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
-               detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet") -> None:
+               detector: DetectorOpt = DEFAULT_DETECTOR) -> None:
     """WIDER FACE validation (official AP on easy, medium, hard) on the images under ROOT."""
     from faceflow.eval.tasks import eval_wider as run
 
@@ -220,8 +294,8 @@ def eval_wider(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None
 
 @eval_app.command("300w")
 def eval_300w(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
-              detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
-              landmarks: Annotated[str, typer.Option(help="68-point source: mesh or dlib.")] = "mesh") -> None:
+              detector: DetectorOpt = DEFAULT_DETECTOR,
+              landmarks: LandmarksOpt = DEFAULT_LANDMARKS) -> None:
     """300-W 68-point NME (outer eye corners), failure rate at 0.1, AUC@0.1."""
     from faceflow.eval.tasks import eval_300w as run
 
@@ -231,8 +305,8 @@ def eval_300w(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None,
 
 @eval_app.command("utkface")
 def eval_utkface(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
-                 detector: Annotated[str, typer.Option(help="Face detector.")] = "yunet",
-                 age_gender: AgeGenderOpt = "cydral",
+                 detector: DetectorOpt = DEFAULT_DETECTOR,
+                 age_gender: AgeGenderOpt = DEFAULT_AGE_GENDER,
                  split: Annotated[Path | None, typer.Option(help="File listing the image names to score.")]
                  = None) -> None:
     """UTKFace age MAE, CS(5) and gender accuracy (labels from the file names)."""
@@ -241,6 +315,22 @@ def eval_utkface(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = No
     _eval(f"faceflow {detector}+{age_gender}",
           lambda: run(root, detector=detector, age_gender=age_gender, split=split, use_cache=cache),
           root, json_out, report)
+
+
+@app.command("stages")
+def stages_list() -> None:
+    """Every registered stage (built in or from a plug-in) with what it needs, provides and its options."""
+    from faceflow.stage import registry
+
+    reg = registry()
+    table = Table("stage", "needs", "provides", "options", "about")
+    for spec in reg.specs.values():
+        opts = spec.options()
+        needs = spec.needs_of(opts)
+        provides = spec.provides_of(opts)
+        flags = " ".join(f"--{f.key}" for f in spec.fields())
+        table.add_row(spec.name, ",".join(needs), ",".join(provides), flags, spec.help)
+    Console().print(table)
 
 
 @models_app.command("list")

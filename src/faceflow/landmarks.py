@@ -44,9 +44,9 @@ import numpy.typing as npt
 
 from faceflow.align import similarity_transform
 from faceflow.errors import ConfigError, ModelUnavailable
-from faceflow.models.runtime import LazyModel, dlib_object, model_path, tflite_model
-from faceflow.models.store import ModelStore
-from faceflow.types import Face, FloatArray, Image, Stage
+from faceflow.models.runtime import LazyModel, Runtime, default_runtime
+from faceflow.stage import Stage, StageSpec, option
+from faceflow.types import Face, FloatArray, Image
 
 log = logging.getLogger(__name__)
 
@@ -239,14 +239,17 @@ class MeshTo68:
             return cls(*(np.asarray(arrays[name], np.float32) for name in ("reference", "weights", "bias")))
 
 
-_mesh_to_68 = LazyModel(lambda: MeshTo68.from_bytes(model_path("mesh_to_68").read_bytes()))
-"""The registry's ``mesh_to_68``: ``faceflow/data/mesh_to_68.npz``, checked against its sha256."""
+def packaged_mesh_to_68(runtime: Runtime | None = None) -> MeshTo68:
+    """The registry's ``mesh_to_68`` (``faceflow/data/mesh_to_68.npz``, checked against its sha256),
+    loaded once per runtime."""
+    rt = runtime or default_runtime()
+    return rt.load(("mesh_to_68",), lambda: MeshTo68.from_bytes(rt.path("mesh_to_68").read_bytes()))
 
 
-def mesh_to_68(mesh: npt.ArrayLike) -> FloatArray:
+def mesh_to_68(mesh: npt.ArrayLike, runtime: Runtime | None = None) -> FloatArray:
     """The iBUG 68 points (x, y) from a (468, 3) mesh, by the packaged :class:`MeshTo68`. Points from
     a mesh of a mirrored crop come in the mirrored face's order: take ``[MIRROR_68]``."""
-    return _mesh_to_68.get()(mesh)
+    return packaged_mesh_to_68(runtime)(mesh)
 
 
 def landmarks5_from_68(points: npt.ArrayLike) -> FloatArray:
@@ -321,33 +324,33 @@ def dlib_68(predictor: Any, image: Image, box: npt.ArrayLike, angle: float = 0.0
     return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class MeshOptions:
+    """Settings of the ``mesh`` stage."""
+
+    scale: float = option(1.5, "Side of the mesh model's crop, as a multiple of the face's size.")
+    refine: int = option(1, "Passes re-centring the crop on the previous pass's mesh.")
+
+
 class MeshStage(Stage):
-    """Fills ``face.mesh``: MediaPipe's 468 points (x, y image pixels; z relative depth, same scale)."""
+    """Fills ``face.mesh``: MediaPipe's 468 points (x, y image pixels; z relative depth, same scale).
+    The crop is placed by the five points when a stage has filled them, else by the box."""
 
     name = "mesh"
-    needs = ("box",)
-    provides = ("mesh",)
 
-    def __init__(
-        self,
-        *,
-        scale: float = 1.5,
-        refine: int = 1,
-        threads: int | None = None,
-        store: ModelStore | None = None,
-    ) -> None:
-        self.scale = scale
-        self.refine = refine
-        self._model = LazyModel(lambda: tflite_model("face_mesh", threads=threads, store=store))
+    def __init__(self, options: MeshOptions | None = None, runtime: Runtime | None = None) -> None:
+        self.options = options or MeshOptions()
+        self.runtime = runtime or default_runtime()
 
     def predict(self, image: Image, face: Face, mirror: bool = False) -> tuple[FloatArray, float]:
         """The mesh of ``face`` and the model's face-presence probability for its last crop. With
         ``mirror`` the model reads mirrored crops: the mesh, in image pixels, is then the mirrored
         face's (its vertex 33 on the subject's left eye)."""
-        model = self._model.get()
-        mesh, score = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, self.scale, mirror))
-        for _ in range(self.refine):
-            mesh, score = mesh_in_roi(model, image, roi_from_mesh(mesh, self.scale, mirror))
+        model = self.runtime.tflite("face_mesh")
+        scale = self.options.scale
+        mesh, score = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, scale, mirror))
+        for _ in range(self.options.refine):
+            mesh, score = mesh_in_roi(model, image, roi_from_mesh(mesh, scale, mirror))
         return mesh, score
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
@@ -356,36 +359,47 @@ class MeshStage(Stage):
         return faces
 
 
+@dataclass(frozen=True)
+class LandmarksOptions:
+    """Settings of the ``landmarks`` stage (68 points)."""
+
+    source: str = option("mesh", "68-point source: mesh (a regression from MediaPipe's mesh) or dlib "
+                                 "(dlib's predictor, closer to 300-W; non-commercial weights); auto tries dlib.",
+                         flag="landmarks", choices=LANDMARK_SOURCES)
+    mirror: bool = option(True, "Also read the mirrored face and average the two.")
+    scale: float = option(1.5, "Mesh route: side of the mesh model's crop, as a multiple of the face's size.")
+    refine: int = option(1, "Mesh route: passes re-centring the crop on the previous pass's mesh.")
+
+
 class Landmarks68Stage(Stage):
     """Fills ``face.landmarks68`` (iBUG order, image pixels) from dlib or the mesh, and
     ``face.landmarks5`` from them when the detector left it ``None`` (a detector's own are kept).
-    With ``mirror`` (default) each source also reads the mirrored face and the two are averaged."""
+    With ``mirror`` (default) each source also reads the mirrored face and the two are averaged.
+    A mesh already on the face (the ``mesh`` stage runs first when both are asked for) is reused."""
 
     name = "landmarks"
-    needs = ("box",)
-    provides = ("landmarks68", "landmarks5")
 
-    def __init__(
-        self,
-        source: str = "auto",
-        *,
-        mirror: bool = True,
-        threads: int | None = None,
-        store: ModelStore | None = None,
-    ) -> None:
-        if source not in LANDMARK_SOURCES:
-            raise ConfigError(f"unknown landmark source {source!r}; choose one of: {', '.join(LANDMARK_SOURCES)}")
-        self.requested = source
-        self.mirror = mirror
-        self._mesh = MeshStage(threads=threads, store=store)
+    def __init__(self, options: LandmarksOptions | str | None = None, runtime: Runtime | None = None) -> None:
+        if isinstance(options, str):
+            options = LandmarksOptions(source=options)
+        self.options = options or LandmarksOptions()
+        if self.options.source not in LANDMARK_SOURCES:
+            raise ConfigError(f"unknown landmark source {self.options.source!r}; "
+                              f"choose one of: {', '.join(LANDMARK_SOURCES)}")
+        self.runtime = runtime or default_runtime()
+        self.requested = self.options.source
+        self.mirror = self.options.mirror
+        self._mesh = MeshStage(MeshOptions(self.options.scale, self.options.refine), self.runtime)
         self._source = LazyModel(self._resolve)
-        self._predictor = LazyModel(lambda: dlib_object("dlib_shape68", "shape_predictor", store=store))
+
+    def _predictor(self) -> Any:
+        return self.runtime.dlib("dlib_shape68", "shape_predictor")
 
     def _resolve(self) -> str:
         if self.requested != "auto":
             return self.requested
         try:
-            self._predictor.get()
+            self._predictor()
         except (ModelUnavailable, ImportError) as exc:
             log.warning("dlib's 68-point model is unavailable (%s); using the mesh instead", exc)
             return "mesh"
@@ -399,17 +413,18 @@ class Landmarks68Stage(Stage):
     def predict(self, image: Image, face: Face) -> FloatArray:
         """The 68 points of ``face`` (a mesh already on the face is reused)."""
         if self.source == "dlib":
-            predictor = self._predictor.get()
+            predictor = self._predictor()
             box, angle = dlib_box(face)
             if face.landmarks5 is None and face.detector not in DLIB_LIKE_BOXES:
                 # A box alone places dlib's box roughly: a first pass gives five points to place it by.
                 first = dlib_68(predictor, image, box, angle, mirror=False)
                 box, angle = hog_box_from_landmarks5(landmarks5_from_68(first))
             return dlib_68(predictor, image, box, angle, mirror=self.mirror)
+        table = packaged_mesh_to_68(self.runtime)
         mesh = face.mesh if face.mesh is not None else self._mesh.predict(image, face)[0]
-        points = mesh_to_68(mesh)
+        points = table(mesh)
         if self.mirror:
-            mirrored = mesh_to_68(self._mesh.predict(image, face, mirror=True)[0])[list(MIRROR_68)]
+            mirrored = table(self._mesh.predict(image, face, mirror=True)[0])[list(MIRROR_68)]
             points = ((points + mirrored) / 2).astype(np.float32)
         return points
 
@@ -419,3 +434,23 @@ class Landmarks68Stage(Stage):
             if face.landmarks5 is None:
                 face.landmarks5 = landmarks5_from_68(face.landmarks68)
         return faces
+
+
+MESH_STAGE = StageSpec(
+    name="mesh",
+    help="MediaPipe's 468-point 3-D mesh.",
+    options=MeshOptions,
+    factory=MeshStage,
+    needs=("box",),
+    provides=("mesh",),
+)
+
+LANDMARKS_STAGE = StageSpec(
+    name="landmarks",
+    help="The 68 iBUG points (and the five points when the detector gave none).",
+    options=LandmarksOptions,
+    factory=Landmarks68Stage,
+    needs=("box",),
+    provides=("landmarks68", "landmarks5"),
+    after=("mesh",),
+)

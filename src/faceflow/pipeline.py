@@ -12,127 +12,122 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faceflow.detect import DEFAULT_DETECTOR, DETECTORS, Detector, DetectorOptions, create_detector
 from faceflow.errors import ConfigError, FaceflowError
 from faceflow.io import ImageSource, load_image
+from faceflow.models.runtime import Runtime
 from faceflow.models.store import ModelStore
-from faceflow.types import Face, Image, ImageResult, Stage
-
-STAGES: tuple[str, ...] = ("detect", "landmarks", "mesh", "pose", "embed", "attributes")
-"""Stage names for ``stages=`` / ``--stages``, in the order they run."""
-
-AGE_GENDER_SOURCES: tuple[str, ...] = ("cydral", "heads")
-"""Values of ``age_gender=`` / ``--age-gender`` (see :attr:`AnalyzerOptions.age_gender`)."""
+from faceflow.stage import OptionField, Stage, StageRegistry, registry
+from faceflow.types import Face, Image, ImageResult
 
 DEFAULT_STAGES: tuple[str, ...] = ("detect", "landmarks", "pose", "attributes")
 """What ``faceflow analyze`` runs unless told otherwise: boxes, landmarks, pose, age/gender/expression."""
 
+_LEGACY = {"detector_options": "detect"}
+"""Keywords of earlier versions that name a stage's whole options object."""
+
 
 @dataclass(frozen=True)
 class AnalyzerOptions:
-    """Everything that configures an :class:`Analyzer`; unknown keyword names fail loudly."""
+    """Everything that configures an :class:`Analyzer`; unknown names fail loudly.
+
+    ``stage_options`` maps a stage's name to its options object (see each stage's ``*Options``
+    dataclass, e.g. ``{"landmarks": LandmarksOptions(source="dlib")}``); stages not named there run
+    with their defaults. :meth:`with_values` sets single fields by their keyword (``detector="fast"``,
+    ``landmarks="dlib"``, ``landmarks_mirror=False``), as the CLI does.
+    """
 
     stages: tuple[str, ...] = DEFAULT_STAGES
-    detector: str = DEFAULT_DETECTOR
-    detector_options: DetectorOptions = field(default_factory=DetectorOptions)
-    landmarks: str = "mesh"
-    """Source of the 68 points: ``"mesh"`` (a regression from MediaPipe's mesh, the registry's
-    ``mesh_to_68``) or ``"dlib"`` (dlib's predictor, closer to 300-W's points; its weights are licensed
-    for non-commercial use only)."""
-    age_gender: str = "cydral"
-    """Source of age and gender: ``"cydral"`` (dlib's Cydral networks, CC0) or ``"heads"`` (heads
-    trained on UTKFace over faceflow's own features, more accurate there; non-commercial, as UTKFace)."""
-    embedders: tuple[str, ...] = ("sface",)
-    flip: bool = False
-    """Average each embedding with that of the mirrored face (slower, slightly more accurate)."""
+    stage_options: Mapping[str, Any] = field(default_factory=dict)
     threads: int | None = None
-    """Intra-op threads per model; ``None`` uses ``FACEFLOW_THREADS`` or every core."""
+    """Intra-op threads per model; ``None``: ``FACEFLOW_THREADS``, else the cores shared by the workers."""
+    workers: int = 1
+    """Images analysed at once by :meth:`Analyzer.analyze_batch` (threads)."""
     max_pixels: int | None = None
+    """Largest image decoded (default ``FACEFLOW_MAX_PIXELS`` or 100 megapixels)."""
 
+    def options_for(self, stage: str, stages: StageRegistry | None = None) -> Any:
+        """The options of ``stage``: those given, else the stage's defaults."""
+        given = self.stage_options.get(stage)
+        return given if given is not None else (stages or registry())[stage].options()
 
-def _resolve_stages(requested: Iterable[str], detector: str) -> tuple[str, ...]:
-    """Validate names and add the stages that the requested ones depend on."""
-    wanted = set()
-    for name in requested:
-        name = name.strip()
-        if not name:
-            continue
-        if name not in STAGES:
-            raise ConfigError(f"unknown stage {name!r}; choose from: {', '.join(STAGES)}")
-        wanted.add(name)
-    if not wanted:
-        raise ConfigError("no stage requested")
-    wanted.add("detect")
-    from faceflow.detect import detector_class
-
-    # Stages that need five points pull in the 68-point stage when the detector gives none.
-    if wanted & {"embed", "pose", "attributes"} and not detector_class(detector).gives_landmarks5:
-        wanted.add("landmarks")
-    return tuple(s for s in STAGES if s in wanted)
+    def with_values(self, values: Mapping[str, Any], stages: StageRegistry | None = None) -> AnalyzerOptions:
+        """A copy with fields set by keyword: this class's own fields, a stage's name with its options
+        object, or any stage option by its keyword (strings are parsed as the CLI parses them)."""
+        reg = stages or registry()
+        own = {f.name for f in dataclasses.fields(self)}
+        by_keyword = {f.keyword: f for f in reg.fields()}
+        top: dict[str, Any] = {}
+        per_stage: dict[str, dict[str, Any]] = {}
+        objects = dict(self.stage_options)
+        for key, value in values.items():
+            key = _LEGACY.get(key, key)
+            if key in own:
+                top[key] = value
+            elif key in reg and dataclasses.is_dataclass(value) and isinstance(value, reg[key].options):
+                objects[key] = value
+            elif key in by_keyword:
+                f: OptionField = by_keyword[key]
+                per_stage.setdefault(f.stage, {})[f.name] = f.parse(value)
+            else:
+                known = sorted(own | set(by_keyword) | set(reg.names()))
+                raise ConfigError(f"unknown option {key!r}; known: {', '.join(known)}")
+        for stage, changes in per_stage.items():
+            base = objects.get(stage) or reg[stage].options()
+            objects[stage] = dataclasses.replace(base, **changes)
+        if isinstance(top.get("stages"), str):
+            top["stages"] = tuple(top["stages"].split(","))
+        return dataclasses.replace(self, stage_options=objects, **top)
 
 
 class Analyzer:
-    """Runs detection and the chosen stages; returns one :class:`Face` per face found."""
+    """Runs detection and the chosen stages; returns one :class:`Face` per face found.
+
+    The analyser owns a :class:`~faceflow.models.runtime.Runtime` (its loaded models) unless one is
+    passed in; :meth:`close` (or ``with Analyzer(...) as a:``) frees it.
+    """
 
     def __init__(
-        self, options: AnalyzerOptions | None = None, *, store: ModelStore | None = None, **overrides: Any
+        self,
+        options: AnalyzerOptions | None = None,
+        *,
+        runtime: Runtime | None = None,
+        store: ModelStore | None = None,
+        stage_registry: StageRegistry | None = None,
+        **overrides: Any,
     ) -> None:
-        opts = options or AnalyzerOptions()
-        if overrides:
-            known = {f.name for f in dataclasses.fields(AnalyzerOptions)}
-            unknown = sorted(set(overrides) - known)
-            if unknown:
-                raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-            if "stages" in overrides and isinstance(overrides["stages"], str):
-                overrides["stages"] = tuple(overrides["stages"].split(","))
-            opts = dataclasses.replace(opts, **overrides)
-        if opts.detector not in DETECTORS:
-            raise ConfigError(f"unknown detector {opts.detector!r}; choose one of: {', '.join(DETECTORS)}")
-        if opts.age_gender not in AGE_GENDER_SOURCES:
-            raise ConfigError(f"unknown age_gender {opts.age_gender!r}; choose one of: {', '.join(AGE_GENDER_SOURCES)}")
-        det_opts = opts.detector_options
-        if opts.threads is not None and det_opts.threads is None:
-            det_opts = dataclasses.replace(det_opts, threads=opts.threads)
-        self.options = dataclasses.replace(
-            opts, stages=_resolve_stages(opts.stages, opts.detector), detector_options=det_opts
-        )
-        self.store = store
-        self.detector: Detector = create_detector(opts.detector, det_opts, store)
-        self.stages: list[Stage] = [self._build(name) for name in self.options.stages if name != "detect"]
+        reg = stage_registry or registry()
+        opts = (options or AnalyzerOptions()).with_values(overrides, reg)
+        if opts.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {opts.workers}")
+        plan = reg.plan(opts.stages, dict(opts.stage_options))
+        resolved = {name: opts.options_for(name, reg) for name in plan}
+        self.options = dataclasses.replace(opts, stages=plan, stage_options=resolved)
+        self.registry = reg
+        self._owns_runtime = runtime is None
+        self.runtime = runtime or Runtime(store, threads=opts.threads, workers=opts.workers)
+        self.stages: list[Stage] = [reg[name].build(resolved[name], self.runtime) for name in plan]
 
-    def _build(self, name: str) -> Stage:
-        o, store = self.options, self.store
-        if name == "landmarks":
-            from faceflow.landmarks import Landmarks68Stage
+    @property
+    def detector(self) -> Any:
+        """The detect stage's detector (``None`` when no stage detects)."""
+        return next((getattr(s, "detector", None) for s in self.stages if s.name == "detect"), None)
 
-            return Landmarks68Stage(source=o.landmarks, threads=o.threads, store=store)
-        if name == "mesh":
-            from faceflow.landmarks import MeshStage
+    def close(self) -> None:
+        """Free the models this analyser loaded (a runtime passed in by the caller stays open)."""
+        if self._owns_runtime:
+            self.runtime.close()
 
-            return MeshStage(threads=o.threads, store=store)
-        if name == "pose":
-            from faceflow.pose import PoseStage
+    def __enter__(self) -> Analyzer:
+        return self
 
-            return PoseStage()
-        if name == "embed":
-            from faceflow.recognize import EmbedStage
-
-            return EmbedStage(models=o.embedders, flip=o.flip, threads=o.threads, store=store)
-        if name == "attributes":
-            if o.age_gender == "heads":
-                from faceflow.attribute_heads import HeadAttributesStage
-
-                return HeadAttributesStage(threads=o.threads, store=store)
-            from faceflow.attributes import AttributesStage
-
-            return AttributesStage(threads=o.threads, store=store)
-        raise ConfigError(f"unknown stage {name!r}")  # unreachable: names are validated above
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def analyze(self, image: ImageSource) -> list[Face]:
         """Decode ``image`` (path, bytes, PIL or numpy RGB) and return its faces, largest score first."""
@@ -140,17 +135,14 @@ class Analyzer:
 
     def analyze_array(self, image: Image, timings: dict[str, list[float]] | None = None) -> list[Face]:
         """Run the stages on a decoded RGB image; ``timings`` collects seconds per stage name."""
-        t0 = time.perf_counter()
-        faces = self.detector.detect(image)
-        if timings is not None:
-            timings.setdefault("detect", []).append(time.perf_counter() - t0)
-        for stage in self.stages:
-            if not faces:
+        faces: list[Face] = []
+        for i, (name, stage) in enumerate(zip(self.options.stages, self.stages, strict=True)):
+            if i and not faces:
                 break
             t0 = time.perf_counter()
             faces = stage.run(image, faces)
             if timings is not None:
-                timings.setdefault(stage.name, []).append(time.perf_counter() - t0)
+                timings.setdefault(name, []).append(time.perf_counter() - t0)
         return faces
 
     def analyze_file(self, path: str | os.PathLike[str]) -> tuple[ImageResult, Image | None]:
@@ -169,15 +161,17 @@ class Analyzer:
         self,
         paths: Iterable[str | os.PathLike[str]],
         *,
-        workers: int = 1,
+        workers: int | None = None,
         on_result: Callable[[ImageResult, Image | None], None] | None = None,
     ) -> Iterator[ImageResult]:
         """Analyse many files in order; a bad file gets its ``error`` and the batch goes on.
 
-        ``workers`` > 1 analyses that many images at once in threads (the runtimes release the GIL).
+        ``workers`` > 1 analyses that many images at once in threads (the runtimes release the GIL);
+        ``None`` takes the analyser's ``workers`` option, which also sized its models' thread budget.
         ``on_result`` sees each result with its decoded image (for annotated output).
         """
         items = list(paths)
+        workers = workers or self.options.workers
         if workers <= 1:
             results: Iterable[tuple[ImageResult, Image | None]] = map(self.analyze_file, items)
             for result, image in results:

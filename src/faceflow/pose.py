@@ -30,13 +30,15 @@ defines pitch 0), scaled to 63 mm between the eye centres, its depth multiplied 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from faceflow.landmarks import MESH_TO_68, landmarks5_from_68
-from faceflow.types import Face, FloatArray, Image, Pose, Stage
+from faceflow.stage import Stage, StageSpec
+from faceflow.types import Face, FloatArray, Image, Pose
 
 MESH_DEPTH_SCALE = 0.7
 """The mesh's z is deeper than real faces: with the model's depth scaled by 0.7 its projections fit the
@@ -161,15 +163,32 @@ def face_pose(face: Face, image_size: tuple[int, int]) -> Pose | None:
     return None
 
 
+@dataclass(frozen=True)
+class PoseOptions:
+    """The ``pose`` stage has no settings: it uses the best points a face carries."""
+
+
 class PoseStage(Stage):
     """Fills ``face.pose`` (degrees) from the mesh, the 68 points or the five points."""
 
     name = "pose"
-    needs = ("landmarks5",)
-    provides = ("pose",)
+
+    def __init__(self, options: PoseOptions | None = None, runtime: object = None) -> None:
+        self.options = options or PoseOptions()
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         size = (int(image.shape[1]), int(image.shape[0]))
         for face in faces:
             face.pose = face_pose(face, size)
         return faces
+
+
+STAGE = StageSpec(
+    name="pose",
+    help="Head pose (yaw, pitch, roll in degrees) from the mesh, the 68 points or the five points.",
+    options=PoseOptions,
+    factory=PoseStage,
+    needs=("landmarks5",),
+    provides=("pose",),
+    after=("mesh", "landmarks68"),
+)

@@ -20,9 +20,9 @@ import numpy.typing as npt
 
 from faceflow.align import align_crop
 from faceflow.errors import ConfigError, FaceflowError
-from faceflow.models.runtime import dlib_object, onnx_session
-from faceflow.models.store import ModelStore
-from faceflow.types import Face, FloatArray, Image, Stage
+from faceflow.models.runtime import Runtime, default_runtime
+from faceflow.stage import Stage, StageSpec, option
+from faceflow.types import Face, FloatArray, Image
 
 # -- geometry shared by the embedders (and by the attributes stage) ---------------------------------
 
@@ -70,11 +70,11 @@ def dlib_box(face: Face) -> tuple[int, int, int, int]:
     return round(cx - half), round(cy - half), round(cx + half) - 1, round(cy + half) - 1
 
 
-def dlib_shapes(image: Image, faces: Sequence[Face], store: ModelStore | None = None) -> list[Any]:
+def dlib_shapes(image: Image, faces: Sequence[Face], runtime: Runtime | None = None) -> list[Any]:
     """dlib 5-point shapes (eye corners, nose base) for each face; internal to dlib-aligned models."""
     import dlib
 
-    predictor = dlib_object("dlib_shape5", "shape_predictor", store=store)
+    predictor = (runtime or default_runtime()).dlib("dlib_shape5", "shape_predictor")
     return [predictor(image, dlib.rectangle(*dlib_box(f))) for f in faces]
 
 
@@ -118,12 +118,9 @@ class Embedder(ABC):
     needs: ClassVar[tuple[str, ...]] = ("box",)
     default_flip: ClassVar[bool] = False
 
-    def __init__(
-        self, *, flip: bool | None = None, threads: int | None = None, store: ModelStore | None = None
-    ) -> None:
+    def __init__(self, *, flip: bool | None = None, runtime: Runtime | None = None) -> None:
         self.flip = self.default_flip if flip is None else flip
-        self.threads = threads
-        self.store = store
+        self.runtime = runtime or default_runtime()
 
     @abstractmethod
     def embed(self, image: Image, faces: Sequence[Face]) -> FloatArray:
@@ -177,7 +174,7 @@ class SFaceEmbedder(AlignedEmbedder):
         return [align_crop(image, face_landmarks5(f), 112) for f in faces]
 
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
-        session = onnx_session(_fast_graph("sface") or "sface", threads=self.threads, store=self.store)
+        session = self.runtime.onnx(_fast_graph("sface") or "sface")
         blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
         return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
 
@@ -200,16 +197,16 @@ class DlibEmbedder(AlignedEmbedder):
         import dlib
 
         img = np.ascontiguousarray(image)
-        shapes = dlib_shapes(img, faces, self.store)
+        shapes = dlib_shapes(img, faces, self.runtime)
         return [dlib.get_face_chip(img, s, self.chip_size, self.chip_padding) for s in shapes]
 
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
         graph = _fast_graph("dlib")
         if graph is not None:
-            session = onnx_session(graph, threads=self.threads, store=self.store)
+            session = self.runtime.onnx(graph)
             blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
             return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
-        net = dlib_object("dlib_resnet", "face_recognition_model_v1", store=self.store)
+        net = self.runtime.dlib("dlib_resnet", "face_recognition_model_v1")
         with _dlib_net_lock:
             vectors = net.compute_face_descriptor([np.ascontiguousarray(c) for c in crops])
         return np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
@@ -240,13 +237,9 @@ class FusedEmbedder(Embedder):
     needs = tuple(dict.fromkeys(SFaceEmbedder.needs + DlibEmbedder.needs))
     default_flip = True
 
-    def __init__(
-        self, *, flip: bool | None = None, threads: int | None = None, store: ModelStore | None = None
-    ) -> None:
-        super().__init__(flip=flip, threads=threads, store=store)
-        self.parts: list[Embedder] = [
-            EMBEDDERS[m](flip=self.flip, threads=threads, store=store) for m in FUSION_WEIGHTS
-        ]
+    def __init__(self, *, flip: bool | None = None, runtime: Runtime | None = None) -> None:
+        super().__init__(flip=flip, runtime=runtime)
+        self.parts: list[Embedder] = [EMBEDDERS[m](flip=self.flip, runtime=self.runtime) for m in FUSION_WEIGHTS]
         weights = [FUSION_WEIGHTS[p.name] for p in self.parts]
         self.scale = np.sqrt(np.repeat(weights, self.part_dims)).astype(np.float32)
 
@@ -270,41 +263,39 @@ EMBEDDERS: dict[str, type[Embedder]] = {"sface": SFaceEmbedder, "dlib": DlibEmbe
 """Embedder names (keys of ``Face.embeddings``, ``--model``) and their classes."""
 
 
-def create_embedder(
-    model: str = "sface",
-    *,
-    flip: bool | None = None,
-    threads: int | None = None,
-    store: ModelStore | None = None,
-) -> Embedder:
+def create_embedder(model: str = "sface", *, flip: bool | None = None, runtime: Runtime | None = None) -> Embedder:
     """The embedder called ``model`` (see :data:`EMBEDDERS`); ``flip=None`` takes the model's default."""
     try:
         cls = EMBEDDERS[model]
     except KeyError:
         raise ConfigError(f"unknown recognition model {model!r}; choose one of: {', '.join(EMBEDDERS)}") from None
-    return cls(flip=flip, threads=threads, store=store)
+    return cls(flip=flip, runtime=runtime)
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Settings of the ``embed`` stage."""
+
+    models: tuple[str, ...] = option(("sface",), "Recognition models, comma-separated: sface, dlib, fused.",
+                                     flag="embedders", choices=("sface", "dlib", "fused"))
+    flip: bool | None = option(False, "Average each embedding with the mirrored face's (slower, slightly "
+                                      "more accurate); unset: the model's own default.", flag="flip")
 
 
 class EmbedStage(Stage):
     """Fills ``face.embeddings[model]`` for each requested model (each batched over the image's faces)."""
 
     name = "embed"
-    provides = ("embeddings",)
 
-    def __init__(
-        self,
-        models: Sequence[str] = ("sface",),
-        *,
-        flip: bool | None = None,
-        threads: int | None = None,
-        store: ModelStore | None = None,
-    ) -> None:
+    def __init__(self, options: EmbedOptions | None = None, runtime: Runtime | None = None) -> None:
+        self.options = options or EmbedOptions()
+        models = self.options.models
         if isinstance(models, str):
             models = (models,)
         if not models:
             raise ConfigError("the embed stage needs at least one recognition model")
-        self.embedders = [create_embedder(m, flip=flip, threads=threads, store=store) for m in models]
-        self.needs = tuple(dict.fromkeys(n for e in self.embedders for n in e.needs))
+        self.embedders = [create_embedder(m, flip=self.options.flip, runtime=runtime) for m in models]
+        self.needs = embed_needs(self.options)
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         if not faces:
@@ -313,6 +304,25 @@ class EmbedStage(Stage):
             for face, vector in zip(faces, embedder.embed(image, faces), strict=True):
                 face.embeddings[embedder.name] = vector
         return faces
+
+
+def embed_needs(options: EmbedOptions) -> tuple[str, ...]:
+    """The Face fields the chosen models read (SFace aligns by the five points; dlib needs a box)."""
+    models = (options.models,) if isinstance(options.models, str) else options.models
+    for m in models:
+        if m not in EMBEDDERS:
+            raise ConfigError(f"unknown recognition model {m!r}; choose one of: {', '.join(EMBEDDERS)}")
+    return tuple(dict.fromkeys(n for m in models for n in EMBEDDERS[m].needs))
+
+
+STAGE = StageSpec(
+    name="embed",
+    help="Recognition embeddings (unit-norm vectors) for verification, galleries and clustering.",
+    options=EmbedOptions,
+    factory=EmbedStage,
+    needs=embed_needs,
+    provides=("embeddings",),
+)
 
 
 # -- verification -----------------------------------------------------------------------------------
@@ -408,14 +418,14 @@ def verify(
 
 
 def verify_images(
-    image_a: str | Path | Image, image_b: str | Path | Image, model: str = "sface", store: ModelStore | None = None
+    image_a: str | Path | Image, image_b: str | Path | Image, model: str = "sface", runtime: Runtime | None = None
 ) -> Verification:
     """Detect (YuNet) the largest face of each image, embed both with ``model`` and :func:`verify`."""
     from faceflow.detect import create_detector
     from faceflow.io import load_image
 
-    embedder = create_embedder(model, store=store)
-    detector = create_detector("yunet", store=store)
+    embedder = create_embedder(model, runtime=runtime)
+    detector = create_detector("yunet", runtime=runtime)
     vectors = []
     for source in (image_a, image_b):
         image = load_image(source)

@@ -98,6 +98,9 @@ class Face:
     gender: Estimate | None = None
     expression: Expression | None = None
     quality: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Fields of plug-in stages that ``Face`` does not declare, by the stage's field name (JSON-ready
+    values, or objects with ``to_dict()``)."""
 
     def __post_init__(self) -> None:
         box = np.asarray(self.box, dtype=np.float32).reshape(-1)
@@ -136,6 +139,8 @@ class Face:
                 out[name] = value.to_dict()
         if self.quality is not None:
             out["quality"] = round(self.quality, 4)
+        for name, value in self.extra.items():
+            out[name] = value.to_dict() if hasattr(value, "to_dict") else value
         if embeddings and self.embeddings:
             out["embeddings"] = {k: [round(float(x), 6) for x in v] for k, v in self.embeddings.items()}
         return out
@@ -163,19 +168,3 @@ class ImageResult:
             "faces": [f.to_dict(embeddings=embeddings) for f in self.faces],
             "error": self.error,
         }
-
-
-class Stage:
-    """One step of the pipeline. Subclasses set ``name`` and ``needs`` and implement :meth:`run`.
-
-    ``needs`` names the :class:`Face` fields the stage reads; the pipeline checks, when it is built,
-    that an earlier stage provides them (``provides``). Models load lazily on first ``run``.
-    """
-
-    name: str = ""
-    needs: tuple[str, ...] = ()
-    provides: tuple[str, ...] = ()
-
-    def run(self, image: Image, faces: list[Face]) -> list[Face]:
-        """Fill this stage's fields on ``faces`` (and return them)."""
-        raise NotImplementedError

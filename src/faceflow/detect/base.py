@@ -11,25 +11,37 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.models.runtime import LazyModel
-from faceflow.models.store import ModelStore
+from faceflow.models.runtime import LazyModel, Runtime, default_runtime
+from faceflow.stage import option
 from faceflow.types import Face, FloatArray, Image
+
+DETECTORS: dict[str, str] = {
+    "yunet": "faceflow.detect.yunet:YuNetDetector",
+    "centerface": "faceflow.detect.centerface:CenterFaceDetector",
+    "blazeface_short": "faceflow.detect.blazeface:BlazeFaceShortDetector",
+    "blazeface_full": "faceflow.detect.blazeface:BlazeFaceFullDetector",
+    "dlib_hog": "faceflow.detect.dlib_hog:DlibHogDetector",
+    "haar": "faceflow.detect.haar:HaarDetector",
+    "accurate": "faceflow.detect.ensemble:AccurateDetector",
+    "fast": "faceflow.detect.yunet_ort:FastDetector",
+}
+"""Detector names (for ``--detector``) and the class implementing each, imported on first use."""
+
+DEFAULT_DETECTOR = "yunet"
 
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    """Settings every detector understands (MediaPipe Tasks style: one options object)."""
+    """Settings of the detect stage (MediaPipe Tasks style: one options object); every detector
+    understands all of them, and ignores ``detector``, which the stage uses to pick the class."""
 
-    score_threshold: float | None = None
-    """Keep detections scoring at least this; ``None`` uses the detector's own default."""
-    nms_threshold: float = 0.4
-    """IoU above which the lower-scoring of two boxes is suppressed."""
-    min_face_size: float = 0.0
-    """Drop faces whose box is narrower or shorter than this many pixels."""
-    max_faces: int | None = None
-    """Keep at most this many faces (highest scores first)."""
-    threads: int | None = None
-    """Intra-op threads for the model; ``None`` uses ``FACEFLOW_THREADS`` or all cores."""
+    detector: str = option(DEFAULT_DETECTOR, "Face detector, or a mode: accurate (ensemble), fast.",
+                           flag="detector", choices=tuple(DETECTORS))
+    score_threshold: float | None = option(
+        None, "Keep detections scoring at least this (default: the detector's own).", flag="threshold")
+    nms_threshold: float = option(0.4, "IoU above which the lower-scoring of two boxes is suppressed.")
+    min_face_size: float = option(0.0, "Drop faces narrower or shorter than this many pixels.", flag="min-face")
+    max_faces: int | None = option(None, "Keep at most this many faces (highest scores first).")
 
 
 @dataclass
@@ -173,9 +185,9 @@ class Detector(ABC):
     """False for detectors without mouth corners (dlib HOG, Haar, BlazeFace): the 68-point stage
     fills them."""
 
-    def __init__(self, options: DetectorOptions | None = None, store: ModelStore | None = None) -> None:
+    def __init__(self, options: DetectorOptions | None = None, runtime: Runtime | None = None) -> None:
         self.options = options or DetectorOptions()
-        self.store = store
+        self.runtime = runtime or default_runtime()
         self._model: LazyModel[Any] = LazyModel(self._load)
         self._lock = threading.Lock()
         """Held around calls into model objects that keep state between calls (OpenCV, dlib)."""

@@ -20,7 +20,6 @@ import numpy as np
 
 from faceflow.detect.base import Detector, RawDetections, sigmoid
 from faceflow.errors import ModelUnavailable
-from faceflow.models.runtime import tflite_model
 from faceflow.types import FloatArray, Image
 
 
@@ -78,7 +77,7 @@ class _BlazeFace(Detector):
     anchors_per_cell: ClassVar[tuple[int, ...]]
 
     def _load(self) -> Any:
-        model = tflite_model(self.model_name, threads=self.options.threads, store=self.store)
+        model = self.runtime.tflite(self.model_name)
         n = len(ssd_anchor_centres(self.input_size, self.strides, self.anchors_per_cell))
         shapes = [tuple(d["shape"]) for d in model.outputs]
         if (1, n, 16) not in shapes or (1, n, 1) not in shapes:

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from faceflow.detect.base import Detector, RawDetections, fit_within, pad_bottom_right
-from faceflow.models.runtime import onnx_session
 from faceflow.types import FloatArray, Image
 
 STRIDE = 4
@@ -53,7 +52,7 @@ class CenterFaceDetector(Detector):
     default_score_threshold: ClassVar[float] = 0.4
 
     def _load(self) -> Any:
-        return onnx_session("centerface", threads=self.options.threads, store=self.store)
+        return self.runtime.onnx("centerface")
 
     def _detect(self, image: Image) -> RawDetections:
         small, s = fit_within(image, MAX_SIDE)

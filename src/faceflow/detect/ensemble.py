@@ -169,9 +169,9 @@ class AccurateDetector(Detector):
 
     def _load(self) -> Any:
         opts = DetectorOptions(score_threshold=min(self.member_threshold, self.score_threshold),
-                               nms_threshold=self.options.nms_threshold, threads=self.options.threads)
-        return {"centerface": CenterFaceDetector(opts, self.store),
-                "yunet": YuNetOrtDetector(opts, self.store, max_side=self.max_side)}
+                               nms_threshold=self.options.nms_threshold)
+        return {"centerface": CenterFaceDetector(opts, self.runtime),
+                "yunet": YuNetOrtDetector(opts, self.runtime, max_side=self.max_side)}
 
     def _member(self, image: Image, member: Member) -> RawDetections:
         """The faces of a member's passes, merged by NMS when there are several."""

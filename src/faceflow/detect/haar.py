@@ -17,7 +17,6 @@ import numpy as np
 
 from faceflow.detect.base import Detector, RawDetections, fit_within, sigmoid
 from faceflow.errors import ModelUnavailable
-from faceflow.models.runtime import model_path
 from faceflow.types import Image
 
 SCALE_STEP = 1.1
@@ -35,7 +34,7 @@ class HaarDetector(Detector):
     gives_landmarks5: ClassVar[bool] = False
 
     def _load(self) -> Any:
-        cascade = cv2.CascadeClassifier(str(model_path("haar", store=self.store)))
+        cascade = cv2.CascadeClassifier(str(self.runtime.path("haar")))
         if cascade.empty():
             raise ModelUnavailable("OpenCV could not read the Haar cascade file")
         return cascade

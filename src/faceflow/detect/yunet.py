@@ -5,7 +5,7 @@ resolution; ONNX Runtime would need the fixed 640x640 input of the shipped graph
 (about 20 ms for 640x640 either way on this machine). YuNet's five points are already in faceflow's
 order (image-left eye first, image-left mouth corner first).
 
-``options.threads`` does not apply: OpenCV's thread pool is process-wide (``cv2.setNumThreads``) and a
+The runtime's thread count does not apply: OpenCV's thread pool is process-wide (``cv2.setNumThreads``) and a
 detector should not change it for every other stage.
 """
 
@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 
 from faceflow.detect.base import Detector, RawDetections, fit_within, pad_bottom_right
-from faceflow.models.runtime import model_path
 from faceflow.types import Image
 
 MAX_SIDE = 1920
@@ -36,7 +35,7 @@ class YuNetDetector(Detector):
     default_score_threshold: ClassVar[float] = 0.6
 
     def _load(self) -> Any:
-        path = str(model_path("yunet", store=self.store))
+        path = str(self.runtime.path("yunet"))
         return cv2.FaceDetectorYN.create(
             path, "", (320, 320), self.score_threshold, self.options.nms_threshold, 5000
         )

@@ -3,9 +3,8 @@ and the same WIDER FACE AP (within 0.002). On a WIDER image (about 1024x750, one
 takes about 20 ms in ONNX Runtime against 50-65 ms for OpenCV's ``FaceDetectorYN`` with its decoding;
 faceflow's shared post-processing then costs both the same.
 
-The shipped graph fixes its input at 1x3x640x640, but every operator in it is size-agnostic (the
-reshapes flatten with ``-1``, the upsamplings use scales), so :func:`dynamic_graph` only makes the
-input's height and width and the outputs' anchor count symbolic. The network sees BGR 0..255,
+The shipped graph fixes its input at 1x3x640x640; the registry's derived ``yunet_dynamic`` file (see
+:func:`faceflow.models.derive.onnx_yunet_dynamic`) makes its input size symbolic. The network sees BGR 0..255,
 padded at the bottom and right to multiples of 32, exactly as OpenCV feeds it.
 
 Decoding follows OpenCV's ``FaceDetectorYN``: per stride 8, 16 and 32, cells row-major; score
@@ -16,16 +15,13 @@ post-processing gets a few hundred candidates, not tens of thousands.
 
 from __future__ import annotations
 
-import threading
-from functools import cache
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 
 from faceflow.detect.base import Detector, DetectorOptions, RawDetections, fit_within, opencv_nms, pad_bottom_right
-from faceflow.models.runtime import default_threads, model_path
-from faceflow.models.store import ModelStore
+from faceflow.models.runtime import Runtime
 from faceflow.types import FloatArray, Image
 
 STRIDES = (8, 16, 32)
@@ -34,45 +30,6 @@ MAX_SIDE = 1920
 MIN_SIDE = 64
 TOP_K = 5000
 """Candidates kept by the NMS at most (OpenCV's ``top_k`` as PEERS.md ran it)."""
-
-_session_lock = threading.Lock()
-
-
-def dynamic_graph(model: bytes) -> bytes:
-    """The YuNet graph with symbolic input height and width (and anchor count of every output)."""
-    import onnx
-
-    m = onnx.load_from_string(model)
-    g = m.graph
-    dims = g.input[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "height", "width"
-    for out in g.output:
-        out.type.tensor_type.shape.dim[1].dim_param = f"anchors_{out.name.split('_')[-1]}"
-    del g.value_info[:]
-    onnx.checker.check_model(m)
-    return m.SerializeToString()  # type: ignore[no-any-return]
-
-
-@cache
-def _session(path: str, threads: int) -> Any:
-    import onnxruntime as ort
-
-    with open(path, "rb") as f:
-        graph = dynamic_graph(f.read())
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(graph, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def yunet_session(threads: int | None = None, store: ModelStore | None = None) -> Any:
-    """A shared ONNX Runtime session of the dynamic-size YuNet graph (``run`` is thread-safe)."""
-    path = str(model_path("yunet", store=store))
-    with _session_lock:
-        return _session(path, default_threads() if threads is None else threads)
-
 
 def bgr_planes(image: Image) -> FloatArray:
     """An RGB uint8 image as the float32 BGR planes ``(1, 3, H, W)`` that YuNet reads: what
@@ -121,13 +78,13 @@ class YuNetOrtDetector(Detector):
     default_score_threshold: ClassVar[float] = 0.6
     suppresses: ClassVar[bool] = True
 
-    def __init__(self, options: DetectorOptions | None = None, store: ModelStore | None = None,
+    def __init__(self, options: DetectorOptions | None = None, runtime: Runtime | None = None,
                  max_side: int = MAX_SIDE) -> None:
-        super().__init__(options, store)
+        super().__init__(options, runtime)
         self.max_side = max_side
 
     def _load(self) -> Any:
-        return yunet_session(self.options.threads, self.store)
+        return self.runtime.onnx("yunet_dynamic")
 
     def _detect(self, image: Image) -> RawDetections:
         small, s = fit_within(image, self.max_side)

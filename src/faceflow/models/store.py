@@ -72,7 +72,8 @@ class ModelStore:
         self.local_dirs = dirs
         self.offline = offline if offline is not None else os.environ.get("FACEFLOW_OFFLINE") == "1"
         self.progress = progress
-        self._lock = threading.RLock()
+        self._guard = threading.Lock()
+        self._file_locks: dict[str, threading.RLock] = {}
         self._verified: dict[str, Path] = {}
 
     # -- lookup -----------------------------------------------------------------------------------
@@ -107,8 +108,16 @@ class ModelStore:
         return [self.fetch_file(f, spec) for f in spec.files]
 
     # -- fetching ---------------------------------------------------------------------------------
+    def _file_lock(self, f: ModelFile) -> threading.RLock:
+        """One lock per file: fetching (maybe downloading) one file never blocks another's lookup."""
+        with self._guard:
+            return self._file_locks.setdefault(f.sha256, threading.RLock())
+
     def fetch_file(self, f: ModelFile, spec: ModelSpec | None = None) -> Path:
-        with self._lock:
+        verified = self._verified.get(f.sha256)
+        if verified is not None:
+            return verified
+        with self._file_lock(f):
             if f.sha256 in self._verified:
                 return self._verified[f.sha256]
             label = spec.name if spec else f.name
