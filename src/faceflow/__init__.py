@@ -10,7 +10,9 @@ from faceflow.errors import (
     ModelUnavailable,
 )
 from faceflow.io import load_image
+from faceflow.models.runtime import Runtime
 from faceflow.pipeline import Analyzer, AnalyzerOptions, analyze
+from faceflow.stage import Stage, StageSpec, option
 from faceflow.types import Estimate, Expression, Face, ImageResult, Pose
 
 __version__ = "0.1.0"
@@ -30,8 +32,12 @@ __all__ = [
     "ImageResult",
     "ModelUnavailable",
     "Pose",
+    "Runtime",
+    "Stage",
+    "StageSpec",
     "__version__",
     "analyze",
     "create_detector",
     "load_image",
+    "option",
 ]
