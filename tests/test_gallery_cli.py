@@ -16,7 +16,7 @@ from faceflow.gallery_cli import standalone
 def knn(dataset) -> Path:  # type: ignore[no-untyped-def]
     """Photos of five people in train/<person>/ and five test photos."""
     from faceflow.errors import ModelUnavailable
-    from faceflow.gallery.service import make_analyzer
+    from faceflow.gallery.workflows import make_analyzer
 
     try:
         make_analyzer().analyze_array(__import__("numpy").zeros((64, 64, 3), "uint8"))
