@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from faceflow.errors import GalleryError, MissingExtra, StoreUnavailable
+from faceflow.errors import GalleryError, StoreUnavailable
+from faceflow.extras import require
 from faceflow.gallery.store import GalleryInfo, GalleryStore, VectorSet
 from faceflow.types import FloatArray
 
@@ -183,10 +184,7 @@ class PostgresStore(GalleryStore):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise MissingExtra("the PostgreSQL gallery backend", "postgres", "psycopg") from exc
+        psycopg = require("psycopg", "the PostgreSQL gallery backend")
         self.url = url
         self._psycopg = psycopg
         self._ef = 0
