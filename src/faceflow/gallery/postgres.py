@@ -194,7 +194,7 @@ class PostgresStore(GalleryStore):
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to {url}: {exc}") from exc
         self._migrate()
-        oid = self._conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]  # type: ignore[index]
+        oid = self._conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
         dumper, loader = _vector_adapters(int(oid))
         self._conn.adapters.register_dumper(np.ndarray, dumper)
         self._conn.adapters.register_loader(int(oid), loader)

@@ -178,7 +178,7 @@ class UsearchIndex:
 
     def search(self, queries: FloatArray, k: int) -> npt.NDArray[np.int64]:
         """Candidate face ids ``(Q, k)``, -1 where fewer were found."""
-        self.index.expansion_search = max(k, HNSW_EXPANSION_SEARCH)  # type: ignore[misc]
+        self.index.expansion_search = max(k, HNSW_EXPANSION_SEARCH)
         m = self.index.search(queries, k, threads=self.threads)
         batches = [(m.keys[i], m.counts[i]) for i in range(len(m))] if hasattr(m, "counts") else [(m.keys, len(m))]
         out = np.full((queries.shape[0], k), -1, np.int64)
