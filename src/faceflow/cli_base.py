@@ -29,7 +29,7 @@ from faceflow.errors import (
     StoreUnavailable,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages keep paths whole (no wrapping mid-path)
 
 OK = 0
 INPUT_FAILED = 1
