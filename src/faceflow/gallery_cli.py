@@ -297,7 +297,7 @@ def _lfw_embedder(model: str, flip: bool | None = None) -> Any:
     from faceflow.types import nearest_face
 
     identity = embedding_identity(model, flip=flip)
-    analyzer = make_analyzer(model, flip=identity.version.endswith("+flip"))
+    analyzer = make_analyzer(model, flip=identity.flip)
     cache = cache_for("gallery-eval", ["yunet"], f"{identity.key} face-nearest-centre")
     assert cache is not None
 

@@ -120,6 +120,8 @@ class EmbeddingIdentity:
     """The first 12 hex of the weights' sha256 (for ``fused``: of its parts' keys and weights), with
     ``+flip`` when mirrored crops are averaged in."""
     dim: int
+    flip: bool = False
+    """Whether the vectors average each face with its mirror image (part of :attr:`version`)."""
 
     @property
     def key(self) -> str:
@@ -154,7 +156,7 @@ class Embedder(ABC):
     def identity_for(cls, flip: bool | None = None) -> EmbeddingIdentity:
         """The identity of the vectors this model makes with ``flip`` (``None``: its default)."""
         use_flip = cls.default_flip if flip is None else flip
-        return EmbeddingIdentity(cls.name, cls.weights_version() + ("+flip" if use_flip else ""), cls.dim)
+        return EmbeddingIdentity(cls.name, cls.weights_version() + ("+flip" if use_flip else ""), cls.dim, use_flip)
 
     @property
     def identity(self) -> EmbeddingIdentity:

@@ -50,9 +50,8 @@ def create_gallery(store: GalleryStore, name: str, embedder: str = DEFAULT_GALLE
     :func:`analyzer_for`), also when another process creates it at the same moment.
     """
     identity = embedding_identity(embedder, flip=flip)
-    use_flip = identity.version.endswith("+flip")
     return store.create_gallery(name, identity.key, identity.dim, threshold=threshold,
-                                metadata={"embedder": embedder, "flip": use_flip}, exist_ok=exist_ok)
+                                metadata={"embedder": embedder, "flip": identity.flip}, exist_ok=exist_ok)
 
 
 def analyzer_for(gallery: GalleryInfo, detector: str = "yunet") -> Any:
@@ -245,11 +244,10 @@ def reembed(
     from faceflow.detect.base import iou_matrix
 
     identity = embedding_identity(embedder, flip=flip)
-    use_flip = identity.version.endswith("+flip")
     g = store.gallery(gallery)
     if identity.key == g.model:
         raise GalleryError(f"gallery {gallery!r} already holds {identity.key} embeddings")
-    analyzer = make_analyzer(embedder, flip=use_flip)
+    analyzer = make_analyzer(embedder, flip=identity.flip)
     report = ReembedReport(identity.key)
     done = {f.id for f in store.faces(gallery, embeddings=True, model=identity.key) if f.embedding is not None}
     pending: dict[int, npt.NDArray[Any]] = {}
@@ -278,6 +276,6 @@ def reembed(
             tick()
     flush()
     if not report.failed:
-        store.switch_model(gallery, identity.key, metadata=dict(g.metadata, embedder=embedder, flip=use_flip))
+        store.switch_model(gallery, identity.key, metadata=dict(g.metadata, embedder=embedder, flip=identity.flip))
         report.switched = True
     return report
