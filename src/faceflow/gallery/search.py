@@ -224,8 +224,9 @@ class Searcher:
     Safe to share between threads: each public call holds the searcher's lock from the revision
     check to the answer, so that no search sees vectors, subject offsets, index and names of two
     different revisions (a reload in one thread swaps them while another would be reading).
-    Calls on one searcher therefore run one at a time; give each thread its own searcher (they may
-    share the store) for searches in parallel.
+    Calls on one searcher therefore run one at a time (the exact search's matrix product is itself
+    multi-threaded by BLAS); give each thread its own searcher (they may share the store) for
+    searches in parallel.
     """
 
     def __init__(
