@@ -80,8 +80,9 @@ def _init_worker(model: str, flip: bool | None, warmup: str) -> None:
 
 def _process(paths: list[str]) -> tuple[int, float]:
     """Detect, align and embed each image's centre face -> (faces embedded, CPU seconds used)."""
-    from faceflow.eval.tasks import centre_face, nearest
+    from faceflow.eval.tasks import centre_face
     from faceflow.io import load_image
+    from faceflow.types import nearest_face
 
     start = time.process_time()
     items = []
@@ -89,7 +90,7 @@ def _process(paths: list[str]) -> tuple[int, float]:
         image = load_image(path)
         faces = _worker["detector"].detect(image)
         h, w = image.shape[:2]
-        items.append((image, [nearest(faces, (w / 2, h / 2)) if faces else centre_face(image)]))
+        items.append((image, [nearest_face(faces, (w / 2, h / 2)) or centre_face(image)]))
     n = len(_worker["embedder"].embed_many(items))
     return n, time.process_time() - start
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv/ at the repository root (Python 3.11) and install faceflow with its test tools.
+# Create .venv/ at the repository root (Python 3.11) and install faceflow with its test tools and
+# every optional extra the tests exercise (postgres, ann, plots: see pyproject.toml).
 # Idempotent: a second run only checks that everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,6 @@ stamp=.venv/.faceflow-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "== installing faceflow and its dependencies into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet -e ".[all,dev]"
   touch "$stamp"
 fi

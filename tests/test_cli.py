@@ -113,3 +113,32 @@ def test_eval_utkface_with_either_age_gender_source(tmp_path: Path, astronaut: n
     (result,) = json.loads(out.read_text()).values()
     assert result["age_gender"] == source and result["n"] == 2 and result["skipped"] == 1
     assert result["gender_accuracy"] == 1.0 and result["age_mae"] < 25
+
+
+def test_verify_says_which_face_of_a_group_photo_it_compared(dataset) -> None:  # type: ignore[no-untyped-def]
+    from faceflow.detect import create_detector
+    from faceflow.io import load_image
+
+    knn = dataset("samples", "face_recognition", "examples", "knn_examples")
+    group, single = knn / "test" / "obama_and_biden.jpg", knn / "train" / "obama" / "obama.jpg"
+    proc = run("verify", group, single, "--json")
+    assert proc.returncode == 0, proc.stderr
+    v = json.loads(proc.stdout)
+    faces = create_detector("yunet").detect(load_image(group))
+    assert len(faces) >= 2 and v["faces_found"] == [len(faces), 1]
+    largest = max(faces, key=lambda f: f.width * f.height)
+    np.testing.assert_allclose(v["boxes"][0], largest.box, atol=0.01)  # the box of the face compared
+    warning = " ".join(proc.stderr.split())
+    box_text = "[" + ", ".join(f"{x:.0f}" for x in v["boxes"][0]) + "]"
+    assert f"obama_and_biden.jpg shows {len(faces)} faces; compared the largest, at {box_text}" in warning
+    text = run("verify", group, single)
+    assert f"obama_and_biden.jpg {box_text}" in text.stdout and f"shows {len(faces)} faces" in text.stderr
+    alone = run("verify", single, knn / "train" / "obama" / "obama2.jpg")
+    assert alone.returncode == 0 and "warning" not in alone.stderr  # one face each: nothing to warn about
+
+
+def test_verify_without_a_face_exits_1(dataset) -> None:  # type: ignore[no-untyped-def]
+    samples = dataset("samples")
+    proc = run("verify", samples / "broken" / "zero_faces.png",
+               samples / "face_recognition" / "examples" / "obama.jpg")
+    assert proc.returncode == 1 and "zero_faces.png: no face found" in " ".join(proc.stderr.split())

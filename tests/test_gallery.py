@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceflow.errors import GalleryError
-from faceflow.gallery import GalleryFace, open_gallery_store
+from faceflow.errors import GalleryError, InvalidName
+from faceflow.gallery import GalleryFace, GalleryInfo, open_gallery_store
 from faceflow.gallery.io import export_gallery, import_gallery
 from faceflow.gallery.search import Searcher
 from faceflow.gallery.tempdb import temporary_postgres, with_database
@@ -234,6 +234,52 @@ def test_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(GalleryError, match="schema version 99, newer"):
         open_gallery_store(path)
+
+
+def test_a_gallery_being_created_elsewhere_is_joined_not_refused(url: str) -> None:
+    """Two enrolments creating the same new gallery at once: the second waits for the first and uses
+    its gallery (it used to fail with "already exists" and exit 2 having enrolled nothing)."""
+    with open_gallery_store(url) as first, open_gallery_store(url) as second:
+        got: dict[str, object] = {}
+
+        def create() -> None:
+            try:
+                got["gallery"] = second.create_gallery("new", MODEL, DIM, exist_ok=True)
+            except Exception as exc:  # a failure in the thread fails the test below
+                got["error"] = exc
+
+        with first.transaction():  # the first creator's row exists but is not committed yet
+            first.create_gallery("new", MODEL, DIM)
+            racer = threading.Thread(target=create)
+            racer.start()
+            racer.join(1.0)
+            assert racer.is_alive()  # blocked on the first creator (row lock / write lock), not answered
+        racer.join(60)
+        assert "error" not in got, got.get("error")
+        g = got["gallery"]
+        assert isinstance(g, GalleryInfo) and g.name == "new" and g.model == MODEL
+        with pytest.raises(GalleryError, match="already exists"):  # without exist_ok it is still refused
+            second.create_gallery("new", MODEL, DIM)
+        assert [x.name for x in second.galleries()] == ["new"]
+
+
+def test_subject_names_are_validated(store) -> None:  # type: ignore[no-untyped-def]
+    store.create_gallery("g", MODEL, DIM)
+    for bad, why in [("", "empty"), ("   ", "empty or blank"), ("ann\nbob", "U\\+000A"), ("nul\x00", "U\\+0000"),
+                     ("tab\there", "U\\+0009"), ("x" * 10_000, "10,000 characters"), ("x" * 201, "at most 200")]:
+        with pytest.raises(InvalidName, match=why):
+            store.add_faces("g", [GalleryFace(bad, unit(1)[0])], model=MODEL)
+        with pytest.raises(InvalidName):
+            store.add_subject("g", bad)
+    assert store.gallery("g").faces == 0 and store.subjects("g") == []
+    enrol(store, "g", ["  Ann Lee ", "x" * 200, "Zoë"], unit(3))  # trimmed; 200 characters is the limit
+    assert {s.name for s in store.subjects("g")} == {"Ann Lee", "x" * 200, "Zoë"}
+    assert store.subject("g", "Ann Lee ").faces == 1  # lookups trim the same way
+    decomposed = "Zoe\u0308"  # the same name in another Unicode form is the same subject
+    enrol(store, "g", [decomposed], unit(1, seed=3))
+    assert store.subject("g", "Zoë").faces == 2
+    with pytest.raises(InvalidName, match="'/'"):
+        store.create_gallery("a/b", MODEL, DIM)
 
 
 # -- export / import ---------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ galleries with their default (fused) model, clustering with its default (SFace).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from faceflow.gallery_cli import standalone
@@ -16,7 +18,7 @@ from faceflow.gallery_cli import standalone
 def knn(dataset) -> Path:  # type: ignore[no-untyped-def]
     """Photos of five people in train/<person>/ and five test photos."""
     from faceflow.errors import ModelUnavailable
-    from faceflow.gallery.service import make_analyzer
+    from faceflow.gallery.workflows import make_analyzer
 
     try:
         make_analyzer().analyze_array(__import__("numpy").zeros((64, 64, 3), "uint8"))
@@ -90,3 +92,52 @@ def test_cluster_refuses_an_output_folder_of_another_model(run, knn: Path, tmp_p
     assert result.exit_code == 2, result.output  # a clear usage error, not a traceback
     message = " ".join(result.output.split())  # the console wraps long lines
     assert "was clustered with sface@" in message and "use another --out" in message
+
+
+def _invoke(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(standalone, [str(a) for a in args])
+    return result.exit_code, " ".join(result.output.split())  # the console wraps long lines
+
+
+def test_group_photo_is_refused_unless_the_largest_face_is_asked_for(run, knn: Path) -> None:  # type: ignore[no-untyped-def]
+    run("gallery", "create", "g", "--model", "sface")
+    group = knn / "test" / "obama_and_biden.jpg"
+    code, out = _invoke("enroll", "g", "obama", group, knn / "test" / "obama1.jpg")
+    assert code == 1, out  # the group photo failed on its own, naming how many faces it has
+    found = re.search(r"obama_and_biden\.jpg: (\d+) faces found, expected one", out)
+    assert found and int(found[1]) >= 2 and "--largest" in out, out
+    (g,) = [json.loads(line) for line in run("gallery", "list", "--json").splitlines()]
+    assert g["faces"] == 1  # the single-face photo was enrolled all the same
+    code, out = _invoke("enroll", "g", "obama", group, "--largest")
+    assert code == 0 and f"obama_and_biden.jpg: {found[1]} faces; the largest enrolled" in out, out
+    (g,) = [json.loads(line) for line in run("gallery", "list", "--json").splitlines()]
+    assert g["faces"] == 2
+
+
+def test_bad_subject_names_are_usage_errors(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    photo = tmp_path / "p.png"
+    PILImage.new("RGB", (32, 32)).save(photo)
+    for name, why in [("", "cannot be empty"), ("  ", "cannot be empty"), ("a\nb", "U+000A"),
+                      ("x" * 10_000, "10,000 characters")]:
+        code, out = _invoke("enroll", "g", name, photo)
+        assert code == 2 and why in out, out
+    assert run("gallery", "list", "--json") == ""  # refused before anything was created or analysed
+
+
+def test_store_down_or_damaged_exits_4_and_model_mismatch_5(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not a SQLite file " * 200)
+    code, out = _invoke("gallery", "list", "--store", damaged)
+    assert code == 4 and "not a database" in out, out
+    code, out = _invoke("gallery", "list", "--store", "postgresql://faceflow@127.0.0.1:9/none")
+    assert code == 4 and "cannot connect" in out, out
+    from faceflow.gallery import open_gallery_store
+
+    with open_gallery_store(tmp_path / "galleries.db") as s:  # a gallery of weights this faceflow lacks
+        s.create_gallery("old", "sface@000000000000", 128, metadata={"embedder": "sface", "flip": False})
+    photo = tmp_path / "p.png"
+    PILImage.new("RGB", (32, 32)).save(photo)
+    code, out = _invoke("identify", "old", photo)
+    assert code == 5 and "holds sface@000000000000 embeddings" in out and "re-embed" in out, out
+    code, out = _invoke("identify", "nothere", photo)
+    assert code == 2 and "no gallery named 'nothere'" in out, out

@@ -32,6 +32,7 @@ from faceflow.recognize import (
     verify_images,
 )
 from faceflow.types import Face
+from faceflow.types import largest_face as largest_face_of
 
 MODELS = tuple(EMBEDDERS)
 
@@ -42,9 +43,9 @@ def detector():  # type: ignore[no-untyped-def]
 
 
 def largest_face(detector, image: np.ndarray) -> Face:  # type: ignore[no-untyped-def]
-    faces = detector.detect(image)
-    assert faces, "no face found"
-    return max(faces, key=lambda f: f.width * f.height)
+    face = largest_face_of(detector.detect(image))
+    assert face is not None, "no face found"
+    return face
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.attributes import AgeGenderStage, AttributesStage, ExpressionStage, _blob
+from faceflow.attributes import AgeGenderStage, AttributesOptions, AttributesStage, ExpressionStage, _blob
 from faceflow.models.registry import HEADS_FILE as _HEADS
 from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.recognize import DlibEmbedder, SFaceEmbedder, l2_normalize
@@ -271,3 +271,10 @@ class HeadAttributesStage(AttributesStage):
     """The ``attributes`` stage with age and gender from the trained heads, expression as before."""
 
     parts: ClassVar[tuple[type[Stage], ...]] = (AttributeHeadsStage, ExpressionStage)
+
+
+def attributes_stage(options: AttributesOptions, runtime: Runtime) -> Stage:
+    """The ``attributes`` stage for ``options.age_gender``: Cydral's networks or the trained heads."""
+    if options.age_gender == "heads":
+        return HeadAttributesStage(options, runtime)
+    return AttributesStage(options, runtime)

@@ -172,15 +172,6 @@ class AttributesStage(Stage):
         return faces
 
 
-def attributes_stage(options: AttributesOptions, runtime: Runtime) -> Stage:
-    """The ``attributes`` stage for ``options.age_gender`` (the heads' module loads only when chosen)."""
-    if options.age_gender == "heads":
-        from faceflow.attribute_heads import HeadAttributesStage
-
-        return HeadAttributesStage(options, runtime)
-    return AttributesStage(options, runtime)
-
-
 def _attributes_needs(options: AttributesOptions) -> tuple[str, ...]:
     # The heads read SFace embeddings, aligned by the five points; Cydral and fer need only a box.
     return ("box", "landmarks5") if options.age_gender == "heads" else ("box",)
@@ -201,7 +192,9 @@ STAGE = StageSpec(
     name="attributes",
     help="Age, gender and expression.",
     options=AttributesOptions,
-    factory=attributes_stage,
+    # The factory sits with the heads (which build on this module): "heads" needs their class,
+    # "cydral" this module's, and naming it by string keeps this module free of an import of it.
+    factory="faceflow.attribute_heads:attributes_stage",
     needs=_attributes_needs,
     provides=("age", "gender", "expression"),
     label=_label,

@@ -1,7 +1,9 @@
 """The ``faceflow`` command line: a thin layer over the library (no logic of its own).
 
-Exit codes: 0 when everything ran, 1 when some inputs failed (each with its own error), 2 on usage
-errors (unknown option, stage, detector or model).
+Exit codes come from one table, :data:`faceflow.cli_base.EXIT_CODES`: 0 when everything ran, 1 when
+some inputs failed (each with its own error) or an input had no face, 2 on usage errors (unknown
+option, stage, detector, model, gallery; invalid name; missing extra), 3 model unavailable, 4 gallery
+store unavailable or damaged, 5 model mismatch (a gallery of a model this faceflow cannot make).
 """
 
 from __future__ import annotations
@@ -16,27 +18,20 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from faceflow import gallery_cli
+from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
+from faceflow.cli_base import fail_usage as _fail_usage
+from faceflow.cli_base import progress as _progress
 from faceflow.errors import ConfigError, FaceflowError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Face analysis on a CPU, offline.")
+app = typer.Typer(cls=ErrorExitGroup, add_completion=False, no_args_is_help=True,
+                  help="Face analysis on a CPU, offline.")
 models_app = typer.Typer(no_args_is_help=True, help="List, pull and verify the pretrained models.")
 app.add_typer(models_app, name="models")
 eval_app = typer.Typer(no_args_is_help=True, help="Standard evaluation protocols on official dataset layouts.")
 app.add_typer(eval_app, name="eval")
-
-console = Console(stderr=True)
-USAGE_ERROR = 2
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=False, disable=not console.is_terminal,
-    )
 
 
 def _choices(name: str) -> str:
@@ -102,11 +97,6 @@ def with_stage_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _fail_usage(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(USAGE_ERROR)
-
-
 def _stages_help() -> str:
     from faceflow.stage import registry
 
@@ -120,13 +110,10 @@ def _default_stages() -> str:
 
 
 def _build_analyzer(stages: str, stage_values: dict[str, Any], **options: Any) -> Any:
-    """The Analyzer for a command's options; a configuration error is a usage error (exit 2)."""
+    """The Analyzer for a command's options (a ConfigError exits 2 through the error table)."""
     from faceflow.pipeline import Analyzer
 
-    try:
-        return Analyzer(stages=tuple(s for s in stages.split(",") if s.strip()), **options, **stage_values)
-    except ConfigError as exc:
-        raise _fail_usage(str(exc)) from None
+    return Analyzer(stages=tuple(s for s in stages.split(",") if s.strip()), **options, **stage_values)
 
 
 DEFAULT_STAGE_LIST = _default_stages()
@@ -196,26 +183,33 @@ def analyze(
 @app.command()
 def verify(
     image_a: Annotated[Path, typer.Argument(help="First photo (its largest face is used).")],
-    image_b: Annotated[Path, typer.Argument(help="Second photo.")],
+    image_b: Annotated[Path, typer.Argument(help="Second photo (its largest face is used).")],
     model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
-    """Say whether two photos show the same person: similarity, decision and threshold."""
+    """Say whether two photos show the same person: similarity, decision, threshold, faces compared.
+
+    The largest face of each photo is compared; its box is printed (text and JSON), and a photo
+    with several faces gets a warning on stderr.
+    """
     from faceflow.recognize import verify_images
 
-    try:
-        v = verify_images(image_a, image_b, model=model)
-    except ConfigError as exc:
-        raise _fail_usage(str(exc)) from None
-    except FaceflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    v = verify_images(image_a, image_b, model=model)
+    assert v.boxes is not None and v.faces_found is not None
+    for path, box, n in zip((image_a, image_b), v.boxes, v.faces_found, strict=True):
+        if n > 1:
+            warn(f"{path} shows {n} faces; compared the largest, at {_box_text(box)}")
     if as_json:
         print(json.dumps(v.to_dict()))
     else:
         verdict = "same person" if v.same else "different people"
         print(f"{verdict}: similarity {v.similarity:.4f}, threshold {v.threshold:.4f} "
-              f"({model}, calibrated at FMR {v.far:g})")
+              f"({model}, calibrated at FMR {v.far:g}); faces compared: {image_a} {_box_text(v.boxes[0])}, "
+              f"{image_b} {_box_text(v.boxes[1])}")
+
+
+def _box_text(box: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.0f}" for x in box) + "]"
 
 
 @app.command()
@@ -402,12 +396,14 @@ eval_app.command("clustering")(gallery_cli.eval_clustering)
 
 
 def main() -> None:
-    """Entry point of the ``faceflow`` script."""
+    """Entry point of the ``faceflow`` script: errors become exit codes by :func:`faceflow.cli_base.exit_code`
+    (raised inside a command, :class:`~faceflow.cli_base.ErrorExitGroup` has done it already; this catches
+    what escapes outside one)."""
     try:
         app()
-    except ConfigError as exc:  # pragma: no cover - safety net; commands map their own errors
-        console.print(f"[red]error:[/red] {exc}")
-        sys.exit(USAGE_ERROR)
+    except FaceflowError as exc:  # pragma: no cover - commands' errors are mapped by the group
+        console.print(f"error: {exc}", markup=False)
+        sys.exit(exit_code(exc))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """One typed exception per kind of failure, all under :class:`FaceflowError`.
 
 Library calls raise these; batch drivers (CLI, eval, gallery) catch ``FaceflowError`` per item,
-record the message next to the item and go on.
+record the message next to the item and go on. Only the interfaces (``faceflow.cli_base``'s table,
+later ``serve/``) turn them into exit codes or HTTP statuses; the classes are fine enough that
+users can tell the cases apart there (no face, bad usage, model missing, store down, model mismatch).
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ class ImageError(FaceflowError):
         super().__init__(f"{source}: {reason}" if source else reason)
 
 
+class NoFaceFound(FaceflowError):
+    """An image that had to show a face shows none (verification, enrolment)."""
+
+    def __init__(self, source: str | None = None) -> None:
+        self.source = source
+        super().__init__(f"{source}: no face found" if source else "no face found")
+
+
+class MultipleFaces(FaceflowError):
+    """An image that had to show one face shows several, and nothing said which one to take."""
+
+    def __init__(self, count: int, source: str | None = None, hint: str = "") -> None:
+        self.count = count
+        self.source = source
+        text = f"{count} faces found, expected one" + (f" ({hint})" if hint else "")
+        super().__init__(f"{source}: {text}" if source else text)
+
+
 class ModelUnavailable(FaceflowError):
     """A model file is not in any local source and could not be fetched."""
 
@@ -32,9 +52,33 @@ class ConfigError(FaceflowError, ValueError):
     """Options that cannot work together, or a name that is not known (detector, stage, model)."""
 
 
+class MissingExtra(ConfigError):
+    """An optional part of faceflow is used whose packages are not installed (``pip install 'faceflow[x]'``)."""
+
+    def __init__(self, feature: str, extra: str, package: str) -> None:
+        self.extra = extra
+        super().__init__(f"{feature} needs {package}, which is not installed: pip install 'faceflow[{extra}]'")
+
+
 class DatasetError(FaceflowError):
     """An evaluation dataset is missing or not in the expected layout."""
 
 
 class GalleryError(FaceflowError):
-    """A gallery operation failed: unknown gallery or subject, a model mismatch, or a damaged store."""
+    """A gallery operation was refused: unknown gallery or subject, a name or value it cannot take."""
+
+
+class InvalidName(GalleryError, ValueError):
+    """A gallery or subject name that cannot be stored (empty, control characters, too long, ...)."""
+
+
+class ModelMismatch(GalleryError):
+    """Embeddings of one model met a gallery (or clustering state) of another: scores never mix models."""
+
+
+class StoreUnavailable(GalleryError):
+    """The gallery store cannot be reached or opened (PostgreSQL down, a file that cannot be opened)."""
+
+
+class StoreDamaged(StoreUnavailable):
+    """The gallery store is there but damaged (a corrupt SQLite file, a schema newer than this faceflow)."""

@@ -3,25 +3,27 @@
 
 ``faceflow.cli`` mounts :data:`gallery_app` and the command functions; ``python -m faceflow.gallery_cli``
 runs them on their own (:data:`standalone`). The store is ``--store`` (a URL or path), else
-``$FACEFLOW_GALLERY``, else ``$FACEFLOW_HOME/galleries.db``. Exit codes: 0 all done, 1 some photos
-failed (each reported), 2 usage errors (unknown gallery, bad option).
+``$FACEFLOW_GALLERY``, else ``$FACEFLOW_HOME/galleries.db``. Errors become exit codes by the one
+table in :mod:`faceflow.cli_base` (0 all done, 1 some photos failed, each reported, 2 usage, 3 model
+unavailable, 4 store unavailable or damaged, 5 model mismatch).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from faceflow.errors import ConfigError, FaceflowError, GalleryError
-from faceflow.gallery.service import DEFAULT_GALLERY_MODEL
+from faceflow.cli_base import ErrorExitGroup, console, fail_usage, progress
+from faceflow.gallery.backends import open_gallery_store
+from faceflow.gallery.workflows import DEFAULT_GALLERY_MODEL
 
-gallery_app = typer.Typer(no_args_is_help=True, help="Create, list, delete, export, import and calibrate galleries.")
+gallery_app = typer.Typer(cls=ErrorExitGroup, no_args_is_help=True,
+                          help="Create, list, delete, export, import, calibrate and re-embed galleries.")
 
 Store = Annotated[str | None, typer.Option(
     "--store", envvar="FACEFLOW_GALLERY", help="Gallery store: a SQLite path or sqlite:/// URL, or postgresql://...",
@@ -33,26 +35,6 @@ FlipOpt = Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average 
 LfwRootOpt = Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")]
 
 
-def _ui() -> tuple[Any, Any, Any]:
-    """The main CLI's console, progress bar factory and usage-error helper (imported late: no cycle)."""
-    from faceflow.cli import _fail_usage, _progress, console
-
-    return console, _progress, _fail_usage
-
-
-@contextmanager
-def _open(store: str | None) -> Iterator[Any]:
-    """The store, open for the block; a :class:`GalleryError` in the block exits with its message."""
-    from faceflow.gallery import open_gallery_store
-
-    _, _, fail = _ui()
-    try:
-        with open_gallery_store(store) as s:
-            yield s
-    except GalleryError as exc:
-        raise fail(str(exc)) from None
-
-
 @gallery_app.command("create")
 def gallery_create(
     name: Annotated[str, typer.Argument(help="Gallery name.")],
@@ -62,10 +44,9 @@ def gallery_create(
     store: Store = None,
 ) -> None:
     """Create an empty gallery bound to one recognition model."""
-    from faceflow.gallery.service import create_gallery
+    from faceflow.gallery.workflows import create_gallery
 
-    console, _, _ = _ui()
-    with _open(store) as s:
+    with open_gallery_store(store) as s:
         g = create_gallery(s, name, model, flip=flip, threshold=threshold)
         console.print(f"created gallery {g.name!r} ({g.model}, {g.dim}-d) in {s.url}")
 
@@ -78,8 +59,7 @@ def gallery_list(
     """List the galleries with their model and sizes."""
     from rich.table import Table
 
-    console, _, _ = _ui()
-    with _open(store) as s:
+    with open_gallery_store(store) as s:
         galleries = s.galleries()
     if as_json:
         for g in galleries:
@@ -99,8 +79,7 @@ def gallery_delete(
     store: Store = None,
 ) -> None:
     """Delete a gallery with all its subjects and faces."""
-    console, _, _ = _ui()
-    with _open(store) as s:
+    with open_gallery_store(store) as s:
         g = s.gallery(name)
         if not yes and not typer.confirm(f"Delete gallery {name!r} ({g.subjects} subjects, {g.faces} faces)?"):
             raise typer.Exit(1)
@@ -118,8 +97,7 @@ def gallery_export(
     """Export a gallery losslessly (gallery.json, subjects.jsonl, faces.jsonl, embeddings/*.npy)."""
     from faceflow.gallery.io import export_gallery
 
-    console, _, _ = _ui()
-    with _open(store) as s:
+    with open_gallery_store(store) as s:
         s.gallery(name)
         path = export_gallery(s, name, out, overwrite=overwrite)
     console.print(f"exported {name!r} to {path}")
@@ -134,8 +112,7 @@ def gallery_import(
     """Import an exported gallery (all or nothing)."""
     from faceflow.gallery.io import import_gallery
 
-    console, _, _ = _ui()
-    with _open(store) as s:
+    with open_gallery_store(store) as s:
         g = import_gallery(s, src, name=name)
     console.print(f"imported gallery {g.name!r}: {g.subjects} subjects, {g.faces} faces ({g.model})")
 
@@ -149,8 +126,7 @@ def gallery_calibrate(
     """Set the open-set threshold at FPIR from the gallery's own subjects (leave-one-subject-out)."""
     from faceflow.gallery.search import Searcher
 
-    console, _, _ = _ui()
-    with _open(store) as s:
+    with open_gallery_store(store) as s:
         s.gallery(name)
         t = Searcher(s, name).calibrate(fpir)
     console.print(f"{name!r}: threshold {t:.4f} at FPIR {fpir:g}")
@@ -164,29 +140,33 @@ def gallery_reembed(
     store: Store = None,
 ) -> None:
     """Re-embed every face from its source photo with another model, then switch the gallery to it."""
-    from faceflow.gallery.service import reembed
+    from faceflow.gallery.workflows import reembed
 
-    console, progress, _ = _ui()
-    with _open(store) as s:
+    with open_gallery_store(store) as s:
         g = s.gallery(name)
         with progress() as bar:
             task = bar.add_task("re-embedding", total=g.faces)
             report = reembed(s, name, model, flip=flip, tick=lambda: bar.advance(task))
         g = s.gallery(name)
-    for item in report.skipped:
-        console.print(f"[yellow]failed:[/yellow] {item['path']}: {item['reason']}")
-    console.print(f"{report.enrolled} faces re-embedded; gallery {name!r} now holds {g.model} embeddings"
-                  + (" (not switched: fix or delete the failed faces and run again)" if report.skipped else ""))
-    raise typer.Exit(1 if report.skipped else 0)
+    for item in report.failed:
+        _failed(f"face {item.face_id}: {item.path}: {item.reason}")
+    console.print(f"{report.reembedded} faces re-embedded; gallery {name!r} now holds {g.model} embeddings"
+                  + ("" if report.switched else " (not switched: fix or delete the failed faces and run again)"))
+    raise typer.Exit(1 if report.failed else 0)
+
+
+def _failed(message: str) -> None:
+    from rich.markup import escape
+
+    console.print(f"[yellow]failed:[/yellow] {escape(message)}")
 
 
 def _photos(paths: list[Path]) -> list[Path]:
     from faceflow.io import iter_image_files
 
-    _, _, fail = _ui()
     files = iter_image_files(paths)
     if not files:
-        raise fail("no image files found in " + ", ".join(map(str, paths)))
+        raise fail_usage("no image files found in " + ", ".join(map(str, paths)))
     return files
 
 
@@ -194,31 +174,37 @@ def enroll(
     gallery: Annotated[str, typer.Argument(help="Gallery name (created with the default model if new).")],
     name: Annotated[str, typer.Argument(help="Subject name; '-' takes each photo's folder name instead.")],
     paths: Paths,
+    largest: Annotated[bool, typer.Option("--largest", help="Enrol the largest face of a photo with several "
+                                          "(by default such a photo is refused).")] = False,
     batch: Annotated[int, typer.Option(help="Photos per transaction.")] = 64,
     store: Store = None,
 ) -> None:
-    """Enrol the largest face of each photo as NAME (or as its folder's name with '-')."""
-    from faceflow.gallery.service import analyzer_for, create_gallery
-    from faceflow.gallery.service import enroll as do_enroll
+    """Enrol the face of each photo as NAME (or as its folder's name with '-').
 
-    console, progress, fail = _ui()
+    A photo must show one face: one with several is refused, naming how many, unless --largest.
+    Names are trimmed; empty names, control characters and names over 200 characters are refused.
+    """
+    from faceflow.gallery.store import check_name
+    from faceflow.gallery.workflows import analyzer_for, create_gallery
+    from faceflow.gallery.workflows import enroll as do_enroll
+
+    if name != "-":
+        name = check_name(name)  # one bad NAME is a usage error, before any photo is analysed
     files = _photos(paths)
-    with _open(store) as s:
-        if not any(g.name == gallery for g in s.galleries()):
-            g = create_gallery(s, gallery)
-            console.print(f"created gallery {gallery!r} ({g.model})")
-        try:
-            analyzer = analyzer_for(s.gallery(gallery, counts=False))
-        except FaceflowError as exc:
-            raise fail(str(exc)) from None
+    with open_gallery_store(store) as s:
+        g = create_gallery(s, gallery, exist_ok=True)  # safe when another enroll creates it meanwhile
+        analyzer = analyzer_for(g)
         items = [(f.parent.name if name == "-" else name, f) for f in files]
         with progress() as bar:
             task = bar.add_task("enrolling", total=len(items))
-            report = do_enroll(s, gallery, items, analyzer, batch=batch, tick=lambda: bar.advance(task))
-    for item in report.skipped:
-        console.print(f"[yellow]skipped:[/yellow] {item['path']}: {item['reason']}")
-    console.print(f"enrolled {report.enrolled} of {len(items)} photos into {gallery!r}")
-    raise typer.Exit(1 if report.skipped else 0)
+            report = do_enroll(s, gallery, items, analyzer, largest=largest, batch=batch,
+                               tick=lambda: bar.advance(task))
+    for item in report.failed:
+        _failed(item.reason if item.reason.startswith(item.path) else f"{item.path}: {item.reason}")
+    for item in report.notes:
+        console.print(f"note: {item.path}: {item.reason}", markup=False)
+    console.print(f"enrolled {report.enrolled} of {len(items)} photos into {gallery!r} ({g.model})", markup=False)
+    raise typer.Exit(1 if report.failed else 0)
 
 
 def identify(
@@ -231,31 +217,26 @@ def identify(
     store: Store = None,
 ) -> None:
     """Identify every face of each photo: one JSON line per photo (subject or null when unknown)."""
-    from faceflow.gallery.service import analyzer_for
-    from faceflow.gallery.service import identify as do_identify
+    from faceflow.gallery.workflows import analyzer_for
+    from faceflow.gallery.workflows import identify as do_identify
 
-    console, progress, fail = _ui()
     if aggregate not in ("max", "mean"):
-        raise fail(f"--aggregate must be max or mean, got {aggregate!r}")
+        raise fail_usage(f"--aggregate must be max or mean, got {aggregate!r}")
     files = _photos(paths)
     failed = 0
-    with _open(store) as s:
-        g = s.gallery(gallery)
-        try:
-            analyzer = analyzer_for(g)
-        except FaceflowError as exc:
-            raise fail(str(exc)) from None
+    with open_gallery_store(store) as s:
+        analyzer = analyzer_for(s.gallery(gallery))
         sink = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115 - closed below
         try:
             with progress() as bar:
                 task = bar.add_task("identifying", total=len(files))
-                for record in do_identify(s, gallery, files, analyzer, top=top, threshold=threshold,
-                                          aggregate=aggregate, tick=lambda: bar.advance(task)):  # type: ignore[arg-type]
-                    sink.write(json.dumps(record) + "\n")
+                for photo in do_identify(s, gallery, files, analyzer, top=top, threshold=threshold,
+                                         aggregate=aggregate, tick=lambda: bar.advance(task)):  # type: ignore[arg-type]
+                    sink.write(json.dumps(photo.to_dict()) + "\n")
                     sink.flush()
-                    if record["error"]:
+                    if photo.error:
                         failed += 1
-                        console.print(f"[yellow]failed:[/yellow] {record['error']}")
+                        _failed(photo.error)
         finally:
             if out:
                 sink.close()
@@ -279,30 +260,24 @@ def cluster(
     analysed, and they join the existing clusters.
     """
     from faceflow.gallery.cluster import cluster_threshold
-    from faceflow.gallery.service import ClusterOptions, cluster_folder, embedder_model_id, make_analyzer
+    from faceflow.gallery.folders import ClusterOptions, cluster_folder
+    from faceflow.gallery.workflows import make_analyzer
+    from faceflow.recognize import embedding_identity
 
-    console, progress, fail = _ui()
-    try:
-        analyzer = make_analyzer(model)
-        threshold = cluster_threshold(model) if threshold is None else threshold
-    except FaceflowError as exc:
-        raise fail(str(exc)) from None
+    analyzer = make_analyzer(model)
+    threshold = cluster_threshold(model) if threshold is None else threshold
     opts = ClusterOptions(threshold=threshold,
                           min_face=min_face, min_score=min_score, min_cluster_size=min_size)
     with progress() as bar:
         task = bar.add_task("analysing", total=None)
-        try:
-            summary = cluster_folder(folder, out, analyzer, model=embedder_model_id(model), options=opts,
-                                     tick=lambda: bar.advance(task),
-                                     on_photos=lambda n: bar.update(task, total=n))
-        except GalleryError as exc:
-            raise fail(str(exc)) from None
-    for e in summary["errors"]:
-        console.print(f"[yellow]failed:[/yellow] {e['error']}")
-    console.print(f"{summary['clusters']} persons, {summary['faces']} faces ({summary['unassigned']} unassigned) "
-                  f"in {summary['photos']} photos ({summary['analysed_now']} analysed now). "
-                  f"Results: {summary['json']}, {summary['html']}")
-    raise typer.Exit(1 if summary["errors"] else 0)
+        summary = cluster_folder(folder, out, analyzer, model=embedding_identity(model).key, options=opts,
+                                 tick=lambda: bar.advance(task), on_photos=lambda n: bar.update(task, total=n))
+    for e in summary.errors:
+        _failed(e.reason)
+    console.print(f"{summary.clusters} persons, {summary.faces} faces ({summary.unassigned} unassigned) "
+                  f"in {summary.photos} photos ({summary.analysed_now} analysed now). "
+                  f"Results: {summary.json_path}, {summary.html_path}", markup=False)
+    raise typer.Exit(1 if summary.errors else 0)
 
 
 # -- evaluation runners (the lead mounts them under `faceflow eval`) -----------------------------------
@@ -316,22 +291,21 @@ def _lfw_embedder(model: str, flip: bool | None = None) -> Any:
     """
     from faceflow.eval.cache import timed
     from faceflow.eval.tasks import cache_for
-    from faceflow.gallery.service import embedder_model_id, make_analyzer, resolve_flip
+    from faceflow.gallery.workflows import make_analyzer
     from faceflow.io import load_image
+    from faceflow.recognize import embedding_identity
+    from faceflow.types import nearest_face
 
-    flip = resolve_flip(model, flip)
-    analyzer = make_analyzer(model, flip=flip)
-    cache = cache_for("gallery-eval", ["yunet"], f"{embedder_model_id(model, flip=flip)} face-nearest-centre")
+    identity = embedding_identity(model, flip=flip)
+    analyzer = make_analyzer(model, flip=identity.flip)
+    cache = cache_for("gallery-eval", ["yunet"], f"{identity.key} face-nearest-centre")
     assert cache is not None
 
     def compute(path: Path) -> Any:
         image = load_image(path)
-        faces = analyzer.analyze_array(image)
-        if not faces:
-            return None
         h, w = image.shape[:2]
-        face = min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2)
-        return face.embeddings.get(model)
+        face = nearest_face(analyzer.analyze_array(image), (w / 2, h / 2))
+        return None if face is None else face.embeddings.get(model)
 
     return lambda path: cache.call(path, lambda: timed(compute, path))[0]
 
@@ -341,7 +315,6 @@ def _lfw_embedder(model: str, flip: bool | None = None) -> Any:
 def _run_lfw(run: Callable[..., dict[str, Any]], root: Path, model: str, flip: bool | None,
              **kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """Run one LFW gallery protocol with a progress bar; returns the console and the figures."""
-    console, progress, _ = _ui()
     with progress() as bar:
         task = bar.add_task("embedding", total=None)
         result = run(root, _lfw_embedder(model, flip), progress=lambda i, n: bar.update(task, completed=i, total=n),
@@ -375,10 +348,7 @@ def eval_clustering(
     from faceflow.eval.clustering import run_clustering
     from faceflow.gallery.cluster import cluster_threshold
 
-    try:
-        threshold = cluster_threshold(model) if threshold is None else threshold
-    except ConfigError as exc:
-        raise _ui()[2](str(exc)) from None
+    threshold = cluster_threshold(model) if threshold is None else threshold
     console, result = _run_lfw(run_clustering, root, model, flip, threshold=threshold)
     _report(console, out / "clustering.json", result,
             ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"), ("clusters", "threshold"))
@@ -395,7 +365,8 @@ def _report(console: Any, path: Path, result: dict[str, Any], rates: tuple[str, 
     console.print(f"written: {path}")
 
 
-standalone = typer.Typer(no_args_is_help=True, add_completion=False, help="faceflow gallery commands.")
+standalone = typer.Typer(cls=ErrorExitGroup, no_args_is_help=True, add_completion=False,
+                         help="faceflow gallery commands.")
 standalone.add_typer(gallery_app, name="gallery")
 for _fn in (enroll, identify, cluster):
     standalone.command()(_fn)

@@ -8,6 +8,8 @@ thresholds below were calibrated on LFW View 2 (see :data:`CALIBRATION`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -19,10 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.align import align_crop
-from faceflow.errors import ConfigError, FaceflowError
+from faceflow.errors import ConfigError, NoFaceFound
 from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.stage import Stage, StageSpec, option
-from faceflow.types import Face, FloatArray, Image
+from faceflow.types import Face, FloatArray, Image, largest_face
 
 # -- geometry shared by the embedders (and by the attributes stage) ---------------------------------
 
@@ -105,6 +107,28 @@ def _fast_graph(model: str) -> str | None:
     return name if name in MODELS else None
 
 
+@dataclass(frozen=True)
+class EmbeddingIdentity:
+    """What an embedder's vectors are: its name, the version of the weights behind them, their size.
+
+    Two vectors are comparable only when their identities' :attr:`key` are equal; galleries store
+    this key with every embedding and refuse vectors of any other (``faceflow.errors.ModelMismatch``).
+    """
+
+    name: str
+    version: str
+    """The first 12 hex of the weights' sha256 (for ``fused``: of its parts' keys and weights), with
+    ``+flip`` when mirrored crops are averaged in."""
+    dim: int
+    flip: bool = False
+    """Whether the vectors average each face with its mirror image (part of :attr:`version`)."""
+
+    @property
+    def key(self) -> str:
+        """``"name@version"``, e.g. ``"sface@d1b9fcf732a4"``."""
+        return f"{self.name}@{self.version}"
+
+
 class Embedder(ABC):
     """Turns the faces of an image into unit-norm embeddings ``(len(faces), dim)``.
 
@@ -117,6 +141,27 @@ class Embedder(ABC):
     dim: ClassVar[int] = 128
     needs: ClassVar[tuple[str, ...]] = ("box",)
     default_flip: ClassVar[bool] = False
+    weights: ClassVar[str] = ""
+    """Registry name of the model file whose bytes define the vectors (the original weights; a faster
+    graph of :data:`FAST_GRAPHS` gives the same vectors)."""
+
+    @classmethod
+    def weights_version(cls) -> str:
+        """12 hex of what defines this model's vectors (the weights' sha256), without flip."""
+        from faceflow.models.registry import get
+
+        return get(cls.weights).files[0].sha256[:12]
+
+    @classmethod
+    def identity_for(cls, flip: bool | None = None) -> EmbeddingIdentity:
+        """The identity of the vectors this model makes with ``flip`` (``None``: its default)."""
+        use_flip = cls.default_flip if flip is None else flip
+        return EmbeddingIdentity(cls.name, cls.weights_version() + ("+flip" if use_flip else ""), cls.dim, use_flip)
+
+    @property
+    def identity(self) -> EmbeddingIdentity:
+        """The identity of the vectors this embedder makes."""
+        return self.identity_for(self.flip)
 
     def __init__(self, *, flip: bool | None = None, runtime: Runtime | None = None) -> None:
         self.flip = self.default_flip if flip is None else flip
@@ -169,6 +214,7 @@ class SFaceEmbedder(AlignedEmbedder):
 
     name = "sface"
     needs = ("box", "landmarks5")
+    weights = "sface"
 
     def crops(self, image: Image, faces: Sequence[Face]) -> list[Image]:
         return [align_crop(image, face_landmarks5(f), 112) for f in faces]
@@ -190,6 +236,7 @@ class DlibEmbedder(AlignedEmbedder):
     """
 
     name = "dlib"
+    weights = "dlib_resnet"
     chip_size: ClassVar[int] = 150
     chip_padding: ClassVar[float] = 0.25
 
@@ -237,6 +284,12 @@ class FusedEmbedder(Embedder):
     needs = tuple(dict.fromkeys(SFaceEmbedder.needs + DlibEmbedder.needs))
     default_flip = True
 
+    @classmethod
+    def weights_version(cls) -> str:
+        """12 hex of the parts' identities (without flip) and the fusion weights."""
+        text = json.dumps({m: [EMBEDDERS[m].identity_for(False).key, w] for m, w in sorted(FUSION_WEIGHTS.items())})
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
     def __init__(self, *, flip: bool | None = None, runtime: Runtime | None = None) -> None:
         super().__init__(flip=flip, runtime=runtime)
         self.parts: list[Embedder] = [EMBEDDERS[m](flip=self.flip, runtime=self.runtime) for m in FUSION_WEIGHTS]
@@ -265,11 +318,20 @@ EMBEDDERS: dict[str, type[Embedder]] = {"sface": SFaceEmbedder, "dlib": DlibEmbe
 
 def create_embedder(model: str = "sface", *, flip: bool | None = None, runtime: Runtime | None = None) -> Embedder:
     """The embedder called ``model`` (see :data:`EMBEDDERS`); ``flip=None`` takes the model's default."""
+    return embedder_class(model)(flip=flip, runtime=runtime)
+
+
+def embedder_class(model: str) -> type[Embedder]:
+    """The embedder class called ``model``; :class:`ConfigError` naming the known ones otherwise."""
     try:
-        cls = EMBEDDERS[model]
+        return EMBEDDERS[model]
     except KeyError:
         raise ConfigError(f"unknown recognition model {model!r}; choose one of: {', '.join(EMBEDDERS)}") from None
-    return cls(flip=flip, runtime=runtime)
+
+
+def embedding_identity(model: str, *, flip: bool | None = None) -> EmbeddingIdentity:
+    """The identity of ``model``'s vectors with ``flip`` (``None``: the model's default)."""
+    return embedder_class(model).identity_for(flip)
 
 
 @dataclass(frozen=True)
@@ -379,14 +441,23 @@ class Verification:
     threshold: float
     far: float | None
     """False-accept (false-match) rate measured at ``threshold`` on LFW; ``None`` for a custom threshold."""
+    boxes: tuple[list[float], list[float]] | None = None
+    """The box of the face compared in each image (:func:`verify_images`); ``None`` for embeddings."""
+    faces_found: tuple[int, int] | None = None
+    """How many faces each image showed (:func:`verify_images`): above 1, the largest was compared."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "similarity": round(self.similarity, 6),
             "same": self.same,
             "threshold": self.threshold,
             "far": self.far,
         }
+        if self.boxes is not None:
+            out["boxes"] = [[round(v, 2) for v in b] for b in self.boxes]
+        if self.faces_found is not None:
+            out["faces_found"] = list(self.faces_found)
+        return out
 
 
 def _vector(x: Face | npt.ArrayLike, model: str) -> FloatArray:
@@ -420,19 +491,26 @@ def verify(
 def verify_images(
     image_a: str | Path | Image, image_b: str | Path | Image, model: str = "sface", runtime: Runtime | None = None
 ) -> Verification:
-    """Detect (YuNet) the largest face of each image, embed both with ``model`` and :func:`verify`."""
+    """Detect (YuNet) the largest face of each image, embed both with ``model`` and :func:`verify`.
+
+    The result says which face was compared in each image (``boxes``) and how many there were
+    (``faces_found``), so that a caller can warn when a group photo made the choice ambiguous.
+    Raises :class:`~faceflow.errors.NoFaceFound` for an image without a face.
+    """
     from faceflow.detect import create_detector
     from faceflow.io import load_image
 
     embedder = create_embedder(model, runtime=runtime)
     detector = create_detector("yunet", runtime=runtime)
-    vectors = []
+    vectors, boxes, counts = [], [], []
     for source in (image_a, image_b):
         image = load_image(source)
         faces = detector.detect(image)
-        if not faces:
-            where = "" if isinstance(source, np.ndarray) else f"{source}: "
-            raise FaceflowError(f"{where}no face found")
-        largest = max(faces, key=lambda f: f.width * f.height)
-        vectors.append(embedder.embed(image, [largest])[0])
-    return verify(vectors[0], vectors[1], model)
+        face = largest_face(faces)
+        if face is None:
+            raise NoFaceFound(None if isinstance(source, np.ndarray) else str(source))
+        vectors.append(embedder.embed(image, [face])[0])
+        boxes.append([float(v) for v in face.box])
+        counts.append(len(faces))
+    v = verify(vectors[0], vectors[1], model)
+    return Verification(v.similarity, v.same, v.threshold, v.far, (boxes[0], boxes[1]), (counts[0], counts[1]))

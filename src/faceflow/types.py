@@ -11,6 +11,7 @@ Conventions (shared by every stage, the CLI and the service):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +145,18 @@ class Face:
         if embeddings and self.embeddings:
             out["embeddings"] = {k: [round(float(x), 6) for x in v] for k, v in self.embeddings.items()}
         return out
+
+
+def largest_face(faces: Sequence[Face]) -> Face | None:
+    """The face with the largest box area (the first of equals), or ``None`` when there is none."""
+    return max(faces, key=lambda f: f.width * f.height, default=None)
+
+
+def nearest_face(faces: Sequence[Face], point: Sequence[float]) -> Face | None:
+    """The face whose box centre is nearest ``point`` (x, y), or ``None``; e.g. the most central face
+    with ``point = (width / 2, height / 2)``."""
+    px, py = float(point[0]), float(point[1])
+    return min(faces, key=lambda f: (f.center[0] - px) ** 2 + (f.center[1] - py) ** 2, default=None)
 
 
 @dataclass(slots=True)

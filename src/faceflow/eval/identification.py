@@ -104,9 +104,9 @@ def evaluate_identification(
 
 def plot_det(curves: dict[str, tuple[npt.ArrayLike, npt.ArrayLike]], path: Path | str) -> Path:
     """Write a DET plot (FNIR against FPIR, log axes) of the labelled ``(fpir, fnir)`` curves."""
-    import matplotlib
+    from faceflow.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "the DET plot").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))

@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
+
+from faceflow.extras import require
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 Results = Mapping[str, Mapping[str, Any]]
 
@@ -138,7 +141,8 @@ def plot_protocol(protocol: str, results: Results, path: Path | str) -> Path | N
     results = {k: r for k, r in results.items() if "curves" in r}
     if protocol not in TITLES or not results:
         return None
-    fig = Figure(figsize=(15, 4.5) if protocol == "wider" else (6.5, 4.5), layout="constrained")
+    figure = require("matplotlib.figure", "evaluation plots").Figure
+    fig = figure(figsize=(15, 4.5) if protocol == "wider" else (6.5, 4.5), layout="constrained")
     if protocol == "wider":
         axes = fig.subplots(1, 3)
         for ax, setting in zip(axes, ("easy", "medium", "hard"), strict=True):

@@ -23,7 +23,7 @@ from faceflow.eval.w300 import run_300w
 from faceflow.eval.wider import boxes_from_faces, run_wider
 from faceflow.io import load_image
 from faceflow.models.registry import MODELS
-from faceflow.types import Face, Image
+from faceflow.types import Face, Image, nearest_face
 
 WIDER_SCORE_THRESHOLD = 0.05
 """Detections kept for WIDER FACE AP: low, so the precision-recall curve is traced in full (the
@@ -36,7 +36,7 @@ def _version() -> str:
     return __version__
 
 
-EDGE_MODULES = frozenset({"cli.py", "gallery_cli.py", "draw.py", "bench.py"})
+EDGE_MODULES = frozenset({"cli.py", "cli_base.py", "gallery_cli.py", "draw.py", "bench.py"})
 """Top-level modules that never touch a model's input or output: left out of :func:`_code_hash`."""
 
 
@@ -59,12 +59,6 @@ def cache_for(protocol: str, models: Sequence[str], settings: str, enabled: bool
         return None
     hashes = ",".join(f.sha256[:12] for m in models if m in MODELS for f in MODELS[m].files)
     return ResultCache(f"{protocol}|{','.join(models)}|{hashes}|{settings}|faceflow {_version()}|{_code_hash()}")
-
-
-def nearest(faces: Sequence[Face], point: npt.ArrayLike) -> Face:
-    """The face whose box centre is nearest ``point`` (x, y)."""
-    p = np.asarray(point, dtype=np.float64)
-    return min(faces, key=lambda f: float(np.hypot(*(np.asarray(f.center) - p))))
 
 
 def centre_face(image: Image, fraction: float = 0.5) -> Face:
@@ -100,7 +94,9 @@ def eval_lfw(root: Path | str, *, model: str = "sface", detector: str = "yunet",
         if not faces:
             return None
         h, w = image.shape[:2]
-        return np.asarray(encode(image, [nearest(faces, (w / 2, h / 2))])[0], np.float32)
+        face = nearest_face(faces, (w / 2, h / 2))
+        assert face is not None
+        return np.asarray(encode(image, [face])[0], np.float32)
 
     def fallback(path: Path) -> npt.NDArray[np.float32]:
         image = load_image(path)
@@ -140,7 +136,8 @@ def eval_300w(root: Path | str, *, detector: str = "yunet", landmarks: str = "me
         faces = analyzer.analyze_array(image)
         if not faces:
             return None
-        return nearest(faces, gt.mean(axis=0)).landmarks68
+        face = nearest_face(faces, gt.mean(axis=0).tolist())
+        return None if face is None else face.landmarks68
 
     models = [detector, "face_mesh" if landmarks == "mesh" else "dlib_shape68"]
     cache = cache_for("300w", models, f"landmarks={landmarks}", use_cache)
@@ -163,7 +160,8 @@ def eval_utkface(root: Path | str, *, detector: str = "yunet", age_gender: str =
         if not faces:
             return None, None
         h, w = image.shape[:2]
-        face = nearest(faces, (w / 2, h / 2))
+        face = nearest_face(faces, (w / 2, h / 2))
+        assert face is not None
         age = None if face.age is None else float(face.age.value)
         gender = None if face.gender is None else str(face.gender.value)
         return age, gender

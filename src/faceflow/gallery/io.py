@@ -16,7 +16,6 @@ an import is one transaction: it lands whole or not at all.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ import numpy.typing as npt
 
 from faceflow.errors import GalleryError
 from faceflow.gallery.store import GalleryFace, GalleryInfo, GalleryStore
+from faceflow.models.store import sha256_file
 
 FORMAT = "faceflow-gallery"
 FORMAT_VERSION = 1
@@ -40,14 +40,6 @@ Progress = Callable[[int, int], None]
 
 def _safe(model: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in model)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
@@ -85,7 +77,7 @@ def export_gallery(store: GalleryStore, gallery: str, out: str | os.PathLike[str
             if m != g.model:
                 entry["rows"] = f"embeddings/{_safe(m)}.rows.npy"
                 np.save(tmp / entry["rows"], rows[order], allow_pickle=False)
-            entry["sha256"] = {k: _sha256(tmp / entry[k]) for k in ("file", "rows") if k in entry}
+            entry["sha256"] = {k: sha256_file(tmp / entry[k]) for k in ("file", "rows") if k in entry}
             files[m] = entry
         _write_jsonl(tmp / "subjects.jsonl", (
             {"name": s.name, "metadata": s.metadata, "created_at": s.created_at} for s in subjects))
@@ -115,7 +107,7 @@ def _load_embeddings(
     out = {}
     for m, entry in header["embeddings"].items():
         for key, digest in entry["sha256"].items():
-            if _sha256(src / entry[key]) != digest:
+            if sha256_file(src / entry[key]) != digest:
                 raise GalleryError(f"{src / entry[key]} does not match its sha256 in gallery.json")
         vectors = np.load(src / entry["file"], allow_pickle=False).astype(np.float32)
         rows = np.load(src / entry["rows"], allow_pickle=False) if "rows" in entry else np.arange(n_faces)

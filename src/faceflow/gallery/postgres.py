@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from faceflow.errors import GalleryError
+from faceflow.errors import GalleryError, StoreUnavailable
+from faceflow.extras import require
 from faceflow.gallery.store import GalleryInfo, GalleryStore, VectorSet
 from faceflow.types import FloatArray
 
@@ -88,7 +89,7 @@ SQL: dict[str, str] = {
         FROM faceflow.galleries WHERE name = %s""",
     "list_galleries": f"SELECT {_GALLERY_COLUMNS} FROM faceflow.galleries g ORDER BY g.name",
     "insert_gallery": """INSERT INTO faceflow.galleries (name, model, dim, threshold, metadata, created_at)
-        VALUES (%s, %s, %s, %s, %s::jsonb, %s)""",
+        VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (name) DO NOTHING RETURNING id""",
     "update_gallery_settings": "UPDATE faceflow.galleries SET threshold = %s, metadata = %s::jsonb WHERE id = %s",
     "delete_gallery_embeddings": "DELETE FROM faceflow.embeddings WHERE gallery_id = %s",
     "delete_gallery_faces": "DELETE FROM faceflow.faces WHERE gallery_id = %s",
@@ -183,10 +184,7 @@ class PostgresStore(GalleryStore):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        try:
-            import psycopg
-        except ImportError as exc:  # pragma: no cover - psycopg is a dependency
-            raise GalleryError("the PostgreSQL backend needs psycopg: pip install 'psycopg[binary]'") from exc
+        psycopg = require("psycopg", "the PostgreSQL gallery backend")
         self.url = url
         self._psycopg = psycopg
         self._ef = 0
@@ -194,9 +192,9 @@ class PostgresStore(GalleryStore):
         try:
             self._conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
         except psycopg.Error as exc:
-            raise GalleryError(f"cannot connect to {url}: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to {url}: {exc}") from exc
         self._migrate()
-        oid = self._conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]  # type: ignore[index]
+        oid = self._conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
         dumper, loader = _vector_adapters(int(oid))
         self._conn.adapters.register_dumper(np.ndarray, dumper)
         self._conn.adapters.register_loader(int(oid), loader)
@@ -213,7 +211,7 @@ class PostgresStore(GalleryStore):
                     self._run("INSERT INTO faceflow.schema_version VALUES (0)")
                 version = int(rows[0][0]) if rows else 0
                 if version > len(MIGRATIONS):
-                    raise GalleryError(
+                    raise StoreUnavailable(
                         f"{self.url} has schema version {version}, newer than this faceflow knows ({len(MIGRATIONS)})"
                     )
                 for statements in MIGRATIONS[version:]:
@@ -221,9 +219,9 @@ class PostgresStore(GalleryStore):
                         self._run(statement)
                 self._run("UPDATE faceflow.schema_version SET version = %s", (len(MIGRATIONS),))
         except psycopg.errors.FeatureNotSupported as exc:
-            raise GalleryError(f"{self.url}: pgvector is not available ({exc})") from exc
+            raise StoreUnavailable(f"{self.url}: pgvector is not available ({exc})") from exc
         except psycopg.Error as exc:
-            raise GalleryError(f"cannot set up the gallery schema in {self.url}: {exc}") from exc
+            raise StoreUnavailable(f"cannot set up the gallery schema in {self.url}: {exc}") from exc
 
     @property
     def schema_version(self) -> int:
@@ -251,6 +249,8 @@ class PostgresStore(GalleryStore):
                 return cur.fetchall() if cur.description is not None else []
         except (errors.IntegrityError, errors.InvalidParameterValue, errors.DataException) as exc:
             raise GalleryError(f"refused by the store: {exc}") from exc
+        except self._psycopg.OperationalError as exc:  # the server went away, the connection broke
+            raise StoreUnavailable(f"gallery store {self.url}: {exc}") from exc
 
     def _vec_param(self, vector: FloatArray) -> FloatArray:
         return np.asarray(vector, dtype=np.float32)

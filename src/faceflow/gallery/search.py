@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,9 +159,10 @@ class UsearchIndex:
 
     def __init__(self, dim: int, *, dtype: str = INDEX_DTYPE, connectivity: int = HNSW_CONNECTIVITY,
                  expansion_add: int = HNSW_EXPANSION_ADD, threads: int = 0) -> None:
-        from usearch.index import Index
+        from faceflow.extras import require
 
-        self.index = Index(ndim=dim, metric="ip", dtype=dtype, connectivity=connectivity,
+        index_class = require("usearch.index", "the ANN index of big SQLite galleries").Index
+        self.index = index_class(ndim=dim, metric="ip", dtype=dtype, connectivity=connectivity,
                            expansion_add=expansion_add)
         self.threads = threads
         self.stamp: dict[str, Any] = {}
@@ -176,7 +178,7 @@ class UsearchIndex:
 
     def search(self, queries: FloatArray, k: int) -> npt.NDArray[np.int64]:
         """Candidate face ids ``(Q, k)``, -1 where fewer were found."""
-        self.index.expansion_search = max(k, HNSW_EXPANSION_SEARCH)  # type: ignore[misc]
+        self.index.expansion_search = max(k, HNSW_EXPANSION_SEARCH)
         m = self.index.search(queries, k, threads=self.threads)
         batches = [(m.keys[i], m.counts[i]) for i in range(len(m))] if hasattr(m, "counts") else [(m.keys, len(m))]
         out = np.full((queries.shape[0], k), -1, np.int64)
@@ -218,6 +220,13 @@ class Searcher:
 
     ``ann``: ``None`` switches to ANN at ``ann_threshold`` faces, ``True``/``False`` forces it.
     ``threshold`` overrides the gallery's open-set threshold.
+
+    Safe to share between threads: each public call holds the searcher's lock from the revision
+    check to the answer, so that no search sees vectors, subject offsets, index and names of two
+    different revisions (a reload in one thread swaps them while another would be reading).
+    Calls on one searcher therefore run one at a time (the exact search's matrix product is itself
+    multi-threaded by BLAS); give each thread its own searcher (they may share the store) for
+    searches in parallel.
     """
 
     def __init__(
@@ -245,6 +254,7 @@ class Searcher:
         self._row_of: dict[int, int] = {}
         self._index: UsearchIndex | None = None
         self._names: dict[int, str] = {}
+        self._lock = threading.RLock()
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -265,6 +275,10 @@ class Searcher:
 
     def refresh(self) -> None:
         """Re-read the gallery; reload vectors and extend or rebuild the index if it changed."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         if self.store.revision(self.name)[0] == self._loaded_revision:
             return
         self.info = self.store.gallery(self.name)
@@ -338,7 +352,11 @@ class Searcher:
     # -- search ----------------------------------------------------------------------------------
     def identify(self, queries: npt.ArrayLike, *, top: int = 5) -> list[Identification]:
         """Open-set identification of each query embedding: the ``top`` subjects and the decision."""
-        self.refresh()
+        with self._lock:
+            return self._identify(queries, top)
+
+    def _identify(self, queries: npt.ArrayLike, top: int) -> list[Identification]:
+        self._refresh()
         q = as_queries(queries, self.info.dim)
         threshold = self.threshold
         if self.info.faces == 0:
@@ -425,7 +443,11 @@ class Searcher:
 
     def search_faces(self, queries: npt.ArrayLike, k: int = 10) -> tuple[npt.NDArray[np.int64], FloatArray]:
         """The ``k`` most similar faces (ids, exact scores), best first, in the searcher's mode; -1 pads."""
-        self.refresh()
+        with self._lock:
+            return self._search_faces(queries, k)
+
+    def _search_faces(self, queries: npt.ArrayLike, k: int) -> tuple[npt.NDArray[np.int64], FloatArray]:
+        self._refresh()
         q = as_queries(queries, self.info.dim)
         ids = np.full((q.shape[0], k), -1, np.int64)
         scores = np.full((q.shape[0], k), -np.inf, np.float32)
@@ -448,7 +470,11 @@ class Searcher:
         subjects to be distinct people and at least ``ceil(1 / fpir)`` of them for the rate to mean
         anything. Uses exact scores over all faces, with the searcher's aggregate.
         """
-        self.refresh()
+        with self._lock:
+            return self._calibrate(fpir, max_probes, seed)
+
+    def _calibrate(self, fpir: float, max_probes: int, seed: int) -> float:
+        self._refresh()
         if self._set is None:
             self._load_vectors()
         vs, starts = self._set, self._starts

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from faceflow.errors import GalleryError
+from faceflow.errors import GalleryError, StoreDamaged, StoreUnavailable
 from faceflow.gallery.store import GalleryInfo, GalleryStore
 from faceflow.types import FloatArray
 
@@ -81,7 +81,7 @@ SQL: dict[str, str] = {
         FROM galleries WHERE name = ?""",
     "list_galleries": f"SELECT {_GALLERY_COLUMNS} FROM galleries g ORDER BY g.name",
     "insert_gallery": """INSERT INTO galleries (name, model, dim, threshold, metadata, created_at)
-        VALUES (?, ?, ?, ?, ?, ?)""",
+        VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING RETURNING id""",
     "update_gallery_settings": "UPDATE galleries SET threshold = ?, metadata = ? WHERE id = ?",
     "delete_gallery_embeddings": "DELETE FROM embeddings WHERE gallery_id = ?",
     "delete_gallery_faces": "DELETE FROM faces WHERE gallery_id = ?",
@@ -131,6 +131,13 @@ SQL: dict[str, str] = {
 }
 
 
+def _store_error(exc: sqlite3.DatabaseError, where: str) -> StoreUnavailable:
+    """A damaged file (not a database, malformed pages) vs a file that cannot be used now (locked, no access)."""
+    text = str(exc)
+    damaged = not isinstance(exc, sqlite3.OperationalError) or "malformed" in text or "not a database" in text
+    return (StoreDamaged if damaged else StoreUnavailable)(f"{where}: {text}")
+
+
 class SQLiteStore(GalleryStore):
     """A gallery store in one SQLite file (``":memory:"`` for a private, temporary one)."""
 
@@ -152,14 +159,17 @@ class SQLiteStore(GalleryStore):
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+        except GalleryError:
+            self._conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
-            raise GalleryError(f"cannot open gallery store {self.path}: {exc}") from exc
+            raise _store_error(exc, f"cannot open gallery store {self.path}") from exc
 
     def _migrate(self) -> None:
         with self.transaction():
             version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
             if version > len(MIGRATIONS):
-                raise GalleryError(
+                raise StoreUnavailable(
                     f"{self.path} has schema version {version}, newer than this faceflow knows ({len(MIGRATIONS)})"
                 )
             for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -189,6 +199,8 @@ class SQLiteStore(GalleryStore):
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.IntegrityError as exc:
             raise GalleryError(f"refused by the store: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise _store_error(exc, f"gallery store {self.path}") from exc
 
     def _vec_param(self, vector: FloatArray) -> bytes:
         return np.asarray(vector, dtype="<f4").tobytes()

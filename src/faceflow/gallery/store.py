@@ -10,17 +10,20 @@ Every write is one transaction and bumps the gallery's ``revision``; a change th
 append (a deletion, a model switch) also sets ``reset_revision``, so that a search index built at an
 earlier revision knows whether it may be extended or must be rebuilt.
 
-:func:`open_gallery_store` picks the backend from a URL or path: ``postgresql://...`` gives
-:class:`~faceflow.gallery.postgres.PostgresStore`, anything else a SQLite file
-(``sqlite:///path/to.db``, ``path/to.db``; default ``$FACEFLOW_HOME/galleries.db``).
+:func:`faceflow.gallery.backends.open_gallery_store` picks the backend from a URL or path (this
+module knows no backend, so that the backends may import it).
+
+Names of galleries and subjects go through :func:`check_name`: surrounding spaces are trimmed, the
+text is NFC-normalised, and empty names, control characters and names over :data:`MAX_NAME_LENGTH`
+characters are refused (:class:`~faceflow.errors.InvalidName`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,12 +34,33 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.errors import GalleryError
-from faceflow.models.store import faceflow_home
+from faceflow.errors import GalleryError, InvalidName, ModelMismatch
 from faceflow.types import FloatArray
 
-GALLERY_URL_ENV = "FACEFLOW_GALLERY"
-"""Environment variable naming the default store (URL or path) instead of ``$FACEFLOW_HOME/galleries.db``."""
+MAX_NAME_LENGTH = 200
+"""Longest gallery or subject name, in characters (after trimming)."""
+
+
+def check_name(name: object, what: str = "subject") -> str:
+    """``name`` as stored: trimmed and NFC-normalised; :class:`InvalidName` when it cannot be a name.
+
+    Refused: non-strings, empty or blank names, control characters (line breaks and tabs included),
+    line/paragraph separators, lone surrogates, more than :data:`MAX_NAME_LENGTH` characters, and for
+    galleries a ``/``.
+    """
+    if not isinstance(name, str):
+        raise InvalidName(f"a {what} name must be text, got {type(name).__name__}")
+    text = unicodedata.normalize("NFC", name.strip())
+    if not text:
+        raise InvalidName(f"a {what} name cannot be empty or blank")
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")), None)
+    if bad is not None:
+        raise InvalidName(f"{what} name {text[:40]!r} contains the control character U+{ord(bad):04X}")
+    if len(text) > MAX_NAME_LENGTH:
+        raise InvalidName(f"{what} name of {len(text):,} characters: at most {MAX_NAME_LENGTH} allowed")
+    if what == "gallery" and "/" in text:
+        raise InvalidName(f"gallery name {text!r} contains '/'")
+    return text
 
 
 def model_id(name: str, version: str | None = None) -> str:
@@ -273,18 +297,23 @@ class GalleryStore(ABC):
 
     def create_gallery(
         self, name: str, model: str, dim: int, *, threshold: float | None = None,
-        metadata: Mapping[str, Any] | None = None, created_at: float | None = None,
+        metadata: Mapping[str, Any] | None = None, created_at: float | None = None, exist_ok: bool = False,
     ) -> GalleryInfo:
-        """A new, empty gallery for embeddings of ``model`` (``"name@version"``) with ``dim`` values."""
-        if not name or name != name.strip() or "/" in name:
-            raise GalleryError(f"bad gallery name {name!r}: non-empty, no surrounding spaces, no '/'")
+        """A new, empty gallery for embeddings of ``model`` (``"name@version"``) with ``dim`` values.
+
+        ``exist_ok=True`` returns the gallery already called ``name`` instead of refusing it, whatever
+        its model (the caller checks it), also when another process creates it at the same moment.
+        """
+        name = check_name(name, "gallery")
         if dim <= 0:
             raise GalleryError(f"embedding dimension must be positive, got {dim}")
         with self.transaction():
-            if self._q("gallery_by_name", name):
+            # ON CONFLICT DO NOTHING: a concurrent creator's row wins without failing this transaction.
+            created = self._q("insert_gallery", name, model, int(dim), threshold,
+                              self._json_param(dict(metadata or {})),
+                              time.time() if created_at is None else float(created_at))
+            if not created and not exist_ok:
                 raise GalleryError(f"gallery {name!r} already exists")
-            self._q("insert_gallery", name, model, int(dim), threshold, self._json_param(dict(metadata or {})),
-                    time.time() if created_at is None else float(created_at))
             return self.gallery(name)
 
     def gallery(self, name: str, *, counts: bool = True) -> GalleryInfo:
@@ -292,7 +321,7 @@ class GalleryStore(ABC):
 
         ``counts=False`` skips counting subjects and faces (they read -1): cheap on a big gallery.
         """
-        rows = self._q("gallery_by_name" if counts else "gallery_head", name)
+        rows = self._q("gallery_by_name" if counts else "gallery_head", check_name(name, "gallery"))
         if not rows:
             known = ", ".join(g.name for g in self.galleries()) or "none yet"
             raise GalleryError(f"no gallery named {name!r} (galleries: {known})")
@@ -336,6 +365,7 @@ class GalleryStore(ABC):
         self, gallery: str, name: str, metadata: Mapping[str, Any] | None = None, *, created_at: float | None = None
     ) -> Subject:
         """A new subject (a name already in the gallery raises :class:`GalleryError`)."""
+        name = check_name(name)
         with self.transaction():
             g = self.gallery(gallery, counts=False)
             if self._q("subject_by_name", g.id, name):
@@ -347,6 +377,7 @@ class GalleryStore(ABC):
 
     def subject(self, gallery: str, name: str) -> Subject:
         """The subject called ``name``; :class:`GalleryError` if there is none."""
+        name = check_name(name)
         with self.transaction(write=False):
             rows = self._q("subject_by_name", self.gallery(gallery, counts=False).id, name)
         if not rows:
@@ -392,7 +423,7 @@ class GalleryStore(ABC):
     # -- faces -----------------------------------------------------------------------------------
     def _check_model(self, g: GalleryInfo, model: str) -> None:
         if model != g.model:
-            raise GalleryError(
+            raise ModelMismatch(
                 f"gallery {g.name!r} holds {g.model} embeddings, these are {model}: embeddings of different "
                 "models never mix; re-embed the gallery or use another one"
             )
@@ -403,6 +434,7 @@ class GalleryStore(ABC):
         Returns the new face ids, in order. Embeddings are stored L2-normalised as float32.
         """
         faces = list(faces)
+        names = [check_name(f.subject) for f in faces]
         with self.transaction():
             g = self.gallery(gallery, counts=False)
             self._check_model(g, model)
@@ -411,18 +443,18 @@ class GalleryStore(ABC):
             if any(f.embedding is None for f in faces):
                 raise GalleryError("every face to enrol needs an embedding")
             vectors = _unit_rows((f.embedding for f in faces), g.dim)  # type: ignore[misc]
-            subject_ids = self._subject_ids(g.id, [f.subject for f in faces])
+            subject_ids = self._subject_ids(g.id, names)
             ids = self._reserve_face_ids(len(faces))
             now = time.time()
             self._many("insert_face", [
-                (fid, g.id, subject_ids[f.subject], self._json_param(_box(f.box)),
+                (fid, g.id, subject_ids[n], self._json_param(_box(f.box)),
                  None if f.quality is None else float(f.quality), f.source, f.source_sha256,
                  self._json_param(dict(f.metadata)), now if f.created_at is None else float(f.created_at))
-                for fid, f in zip(ids, faces, strict=True)
+                for fid, f, n in zip(ids, faces, names, strict=True)
             ])
             self._many("insert_embedding", [
-                (fid, g.id, subject_ids[f.subject], model, g.dim, self._vec_param(v))
-                for fid, f, v in zip(ids, faces, vectors, strict=True)
+                (fid, g.id, subject_ids[n], model, g.dim, self._vec_param(v))
+                for fid, n, v in zip(ids, names, vectors, strict=True)
             ])
             self._bump(g.id, reset=False)
             return ids
@@ -547,28 +579,3 @@ class GalleryStore(ABC):
                     if count:
                         problems.append(f"gallery {g.name!r}: {count} {what}")
         return problems
-
-
-def default_gallery_url() -> str:
-    """``$FACEFLOW_GALLERY`` or the SQLite file ``$FACEFLOW_HOME/galleries.db``."""
-    return os.environ.get(GALLERY_URL_ENV) or str(faceflow_home() / "galleries.db")
-
-
-def open_gallery_store(url: str | os.PathLike[str] | None = None) -> GalleryStore:
-    """Open (creating and migrating as needed) the store at ``url``.
-
-    ``postgresql://user@host/db`` (or ``postgres://``) -> PostgreSQL with pgvector;
-    ``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` (as SQLAlchemy), ``sqlite:///:memory:``
-    or a plain path -> SQLite;
-    ``None`` -> :func:`default_gallery_url`.
-    """
-    text = str(url) if url is not None else default_gallery_url()
-    if text.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        from faceflow.gallery.postgres import PostgresStore
-
-        return PostgresStore(text.replace("postgresql+psycopg://", "postgresql://", 1))
-    from faceflow.gallery.sqlite import SQLiteStore
-
-    if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///"):]  # as SQLAlchemy: sqlite:///rel.db, sqlite:////abs/path.db
-    return SQLiteStore(text)
