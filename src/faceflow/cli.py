@@ -24,7 +24,7 @@ from faceflow import gallery_cli
 from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
 from faceflow.cli_base import fail_usage as _fail_usage
 from faceflow.cli_base import progress as _progress
-from faceflow.errors import ConfigError, FaceflowError
+from faceflow.errors import FaceflowError
 
 app = typer.Typer(cls=ErrorExitGroup, add_completion=False, no_args_is_help=True,
                   help="Face analysis on a CPU, offline.")
@@ -241,17 +241,13 @@ CacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse per-im
 
 def _eval(label: str, run: Callable[[], dict[str, Any]], root: Path, json_out: Path | None,
           report: Path | None) -> None:
-    """Run one protocol, print its table, write JSON and the report; dataset problems exit 1."""
+    """Run one protocol, print its table, write JSON and the report."""
     from faceflow.eval import print_tables, write_json, write_report
 
     if not root.is_dir():
         raise _fail_usage(f"--root {root} is not a folder")
     t0 = time.perf_counter()
-    try:
-        result = run()
-    except FaceflowError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    result = run()  # errors exit through the table: dataset problems 1, a missing model 3
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     results = {label: result}
     print_tables(results, Console())
@@ -353,11 +349,8 @@ def models_pull(
 
     store = default_store()
     store.progress = lambda msg: console.print(f"  {msg}")
-    try:
-        specs = list(MODELS.values()) if all_models else (
-            [get(n) for n in names] if names else [m for m in MODELS.values() if m.default])
-    except ConfigError as exc:
-        raise _fail_usage(str(exc)) from None
+    specs = list(MODELS.values()) if all_models else (
+        [get(n) for n in names] if names else [m for m in MODELS.values() if m.default])
     failed = 0
     for spec in specs:
         if spec.notes:
