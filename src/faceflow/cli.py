@@ -1,7 +1,7 @@
 """The ``faceflow`` command line: a thin layer over the library (no logic of its own).
 
 Exit codes: 0 when everything ran, 1 when some inputs failed (each with its own error), 2 on usage
-errors (unknown option, stage, detector or model).
+errors (unknown option, stage, detector or model), 3 when a model is missing and cannot be fetched.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,7 +29,9 @@ eval_app = typer.Typer(no_args_is_help=True, help="Standard evaluation protocols
 app.add_typer(eval_app, name="eval")
 
 console = Console(stderr=True)
+console.soft_wrap = not console.is_terminal  # a log or a pipe gets whole lines, not 80-column pieces
 USAGE_ERROR = 2
+MODEL_UNAVAILABLE = 3
 
 
 def _progress() -> Progress:
@@ -65,11 +68,26 @@ def analyze(
     workers: Annotated[int, typer.Option(help="Images analysed at once (threads).")] = 1,
 ) -> None:
     """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from faceflow.detect import DetectorOptions
     from faceflow.draw import annotate as draw
-    from faceflow.draw import save_image
-    from faceflow.io import iter_image_files
-    from faceflow.pipeline import Analyzer, result_paths
+    from faceflow.draw import encode_image
+    from faceflow.errors import ModelUnavailable
+    from faceflow.io import iter_image_files, load_image
+    from faceflow.outputs import (
+        ANNOTATED_DIR,
+        AnnotatedWriter,
+        check_out_dir,
+        display_path,
+        inside,
+        json_line,
+        open_for_writing,
+        prepare_out_dir,
+        safe_text,
+    )
+    from faceflow.pipeline import Analyzer
+    from faceflow.types import Image, ImageResult
 
     stage_list = tuple(s for s in stages.split(",") if s.strip())
     if embeddings and "embed" not in stage_list:
@@ -81,38 +99,78 @@ def analyze(
         )
     except ConfigError as exc:
         raise _fail_usage(str(exc)) from None
-    files = iter_image_files(paths)
-    if not files:
-        raise _fail_usage("no image files found in " + ", ".join(map(str, paths)))
-    out.mkdir(parents=True, exist_ok=True)
-    rel = result_paths([p for p in paths if p.exists()], [f for f in files if f.exists()])
-    annotated_dir = out / "annotated"
+    try:
+        check_out_dir(out)
+        files = iter_image_files(paths, exclude=[out])  # an --out inside an input folder is not input
+        if not files:
+            raise ConfigError("no image files found in " + ", ".join(map(display_path, paths)))
+        annotated_dir = out / ANNOTATED_DIR
+        if annotate and (clash := next((f for f in files if inside(f, annotated_dir)), None)) is not None:
+            raise ConfigError(f"input {display_path(clash)} lies in {display_path(annotated_dir)}, where "
+                              "annotated images are written: choose another --out")
+        prepare_out_dir(out)
+        jsonl = out / "faces.jsonl"
+        fh = open_for_writing(jsonl)
+        writer = AnnotatedWriter(out, paths, files) if annotate else None
+        stale = writer.start() if writer is not None else []
+    except ConfigError as exc:
+        raise _fail_usage(escape(str(exc))) from None
+    if stale:
+        console.print(f"removed {len(stale)} annotated image(s) of an earlier run that this one does not rewrite")
 
-    def write_annotated(result, image) -> None:  # type: ignore[no-untyped-def]
-        if not annotate or image is None:
+    def analyse(path: Path) -> tuple[ImageResult, Image | None]:
+        # Analyzer.analyze_file records every FaceflowError on the image; a missing model is not the
+        # image's fault and must stop the batch, so decoding and analysis are caught apart here.
+        try:
+            image = load_image(path, max_pixels=analyzer.options.max_pixels)
+        except FaceflowError as exc:
+            return ImageResult(path=str(path), error=str(exc)), None
+        result = ImageResult(path=str(path), width=int(image.shape[1]), height=int(image.shape[0]))
+        try:
+            result.faces = analyzer.analyze_array(image)
+        except ModelUnavailable:
+            raise
+        except FaceflowError as exc:
+            result.error = str(exc)
+        return result, image
+
+    def write_annotated(result: ImageResult, image: Image | None) -> None:
+        if writer is None:
             return
-        target = annotated_dir / rel[Path(result.path).resolve()]
-        if target.suffix.lower() not in (".jpg", ".jpeg", ".png"):
-            target = target.with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_image(draw(image, result.faces), str(target))
+        target = writer.next_target(result.path)
+        if image is None or result.error:
+            return
+        try:
+            problem = writer.save(target, encode_image(draw(image, result.faces), target.suffix))
+        except ValueError as exc:
+            problem = f"annotated image not written: {exc}"
+        if problem:
+            result.error = problem
 
     failed = n_faces = 0
-    jsonl = out / "faces.jsonl"
-    with open(jsonl, "w", encoding="utf-8") as fh, _progress() as bar:
-        task = bar.add_task("analysing", total=len(files))
-        for result in analyzer.analyze_batch(files, workers=workers, on_result=write_annotated):
-            fh.write(json.dumps(result.to_dict(embeddings=embeddings)) + "\n")
-            fh.flush()
-            if result.error:
-                failed += 1
-                console.print(f"[yellow]failed:[/yellow] {result.error}")
-            n_faces += len(result.faces)
-            bar.advance(task)
-    console.print(
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        with fh, _progress() as bar:
+            task = bar.add_task("analysing", total=len(files))
+            for result, image in (pool.map(analyse, files) if pool else map(analyse, files)):
+                write_annotated(result, image)
+                fh.write(json_line(result.to_dict(embeddings=embeddings)))
+                fh.flush()
+                if result.error:
+                    failed += 1
+                    message = safe_text(result.error)
+                    if not message.startswith(display_path(result.path)):
+                        message = f"{display_path(result.path)}: {message}"
+                    console.print(f"[yellow]failed:[/yellow] {escape(message)}")
+                n_faces += len(result.faces)
+                bar.advance(task)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    console.print(escape(
         f"{len(files) - failed} of {len(files)} images analysed, {n_faces} faces, {failed} failed. "
-        f"Results: {jsonl}" + (f"; annotated images: {annotated_dir}" if annotate else "")
-    )
+        f"Results: {display_path(jsonl)}" + (f"; annotated images: {display_path(annotated_dir)}" if annotate else "")
+    ))
     raise typer.Exit(1 if failed else 0)
 
 
@@ -313,8 +371,13 @@ eval_app.command("clustering")(gallery_cli.eval_clustering)
 
 def main() -> None:
     """Entry point of the ``faceflow`` script."""
+    from faceflow.errors import ModelUnavailable
+
     try:
         app()
+    except ModelUnavailable as exc:  # no image can be analysed: stop with one message (exit 3)
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(MODEL_UNAVAILABLE)
     except ConfigError as exc:  # pragma: no cover - safety net; commands map their own errors
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(USAGE_ERROR)

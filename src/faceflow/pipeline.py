@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from faceflow.detect import DEFAULT_DETECTOR, DETECTORS, Detector, DetectorOptions, create_detector
@@ -196,15 +195,3 @@ def analyze(image: ImageSource, **options: Any) -> list[Face]:
     """One-shot convenience: ``Analyzer(**options).analyze(image)``."""
     return Analyzer(**options).analyze(image)
 
-
-def result_paths(inputs: Iterable[Path], files: Iterable[Path]) -> dict[Path, Path]:
-    """Output path (relative) for each file, mirroring it below the common folder of the inputs.
-
-    ``inputs`` are what the user named (files and folders); a folder counts as its own base, so
-    ``analyze photos/`` writes ``photos/a/b.jpg`` as ``a/b.jpg`` and equal names never collide.
-    """
-    bases = [p.resolve() if p.is_dir() else p.resolve().parent for p in map(Path, inputs)]
-    if not bases:
-        return {}
-    common = Path(os.path.commonpath(bases))
-    return {Path(f).resolve(): Path(f).resolve().relative_to(common) for f in files}
