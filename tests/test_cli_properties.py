@@ -101,6 +101,7 @@ class Tree:
     links: list[tuple[int, str, str]] = field(default_factory=list)  # (folder, name, link kind)
     out: str = "outside"  # outside | inside | nested | file
     explicit: list[int] = field(default_factory=list)  # indexes of files also named on the command line
+    workers: int = 1
 
 
 trees = st.builds(
@@ -110,6 +111,7 @@ trees = st.builds(
     links=st.lists(st.tuples(st.integers(0, 2), names, st.sampled_from(LINKS)), max_size=3),
     out=st.sampled_from(["outside", "inside", "nested", "file"]),
     explicit=st.lists(st.integers(0, 5), max_size=2),
+    workers=st.sampled_from([1, 2]),
 )
 
 FOLDERS = ["", "sub", "sub/deeper"]
@@ -200,7 +202,7 @@ def test_every_input_gets_one_line_in_process(tree: Tree) -> None:
     runner = CliRunner()
     with tempfile.TemporaryDirectory() as tmp:
         inputs, out, expected = build(tree, Path(tmp))
-        args = ["analyze", *map(str, inputs), "--out", str(out), "--stages", "detect"]
+        args = ["analyze", *map(str, inputs), "--out", str(out), "--stages", "detect", "--workers", str(tree.workers)]
         for _ in range(2):
             res = runner.invoke(app, args)
             assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)

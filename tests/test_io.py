@@ -218,7 +218,7 @@ def test_avif_decodes(rgb: np.ndarray, tmp_path: Path) -> None:
 
 
 def test_walk_lists_what_cannot_be_decoded_and_skips_the_output(tmp_path: Path) -> None:
-    """Every image-suffixed entry that is not a folder is listed (each will get its own error line);
+    """Every image-suffixed entry that is not a folder can be listed (each will get its own error line);
     a folder linking to its parent ends the walk there; the excluded folder is not entered."""
     root = tmp_path / "in"
     (root / "sub").mkdir(parents=True)
@@ -229,7 +229,10 @@ def test_walk_lists_what_cannot_be_decoded_and_skips_the_output(tmp_path: Path) 
     (root / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (root / "sub" / "up").symlink_to(root)  # a link loop
     (root / "folder.jpg").mkdir()  # a folder named like an image is walked, not listed
-    files = iter_image_files([root], exclude=[root / "out"])
+    files = iter_image_files([root], exclude=[root / "out"], unreadable=True)
     assert [f.relative_to(root).as_posix() for f in files] == [
         "a.jpg", "b.avif", "c.heic", "dangling.jpg", "fifo.png", "sub/d.HEIF"]
-    assert len(iter_image_files([root])) == 7  # without the exclusion the old output is input again
+    assert len(iter_image_files([root], unreadable=True)) == 7  # without the exclusion: the old output too
+    # Other callers (gallery, bench) get regular files only, as before.
+    assert [f.name for f in iter_image_files([root], exclude=[root / "out"])] == ["a.jpg", "b.avif", "c.heic",
+                                                                                 "d.HEIF"]

@@ -101,7 +101,8 @@ def analyze(
         raise _fail_usage(str(exc)) from None
     try:
         check_out_dir(out)
-        files = iter_image_files(paths, exclude=[out])  # an --out inside an input folder is not input
+        # Every image-named entry gets a line, unreadable ones too; an --out inside an input is not input.
+        files = iter_image_files(paths, exclude=[out], unreadable=True)
         if not files:
             raise ConfigError("no image files found in " + ", ".join(map(display_path, paths)))
         annotated_dir = out / ANNOTATED_DIR

@@ -233,27 +233,28 @@ def _from_array(arr: npt.NDArray[Any], limit: int | None) -> Image:
 
 
 def iter_image_files(
-    paths: list[str] | list[Path], *, exclude: list[Path] | tuple[Path, ...] = ()
+    paths: list[str] | list[Path], *, exclude: list[Path] | tuple[Path, ...] = (), unreadable: bool = False
 ) -> list[Path]:
     """Expand files and folders (recursively, sorted) into the image files to process.
 
     A file named explicitly is always kept, whatever its suffix, so that a bad file given by name
-    gets its own error instead of vanishing. In folders, every entry with an image suffix that is not
-    a folder is kept, dangling links and FIFOs included, so that each gets an error rather than
-    silently nothing. Linked folders are followed, each physical folder at most once (a link loop
-    ends there). Folders in ``exclude`` (say, the output folder inside an input folder) are skipped.
+    gets its own error instead of vanishing. In folders, regular files with an image suffix are
+    kept; with ``unreadable`` also every other image-suffixed entry that is not a folder (dangling
+    or looping links, FIFOs), so that a batch gives each its own error instead of silently nothing.
+    Linked folders are followed, each physical folder at most once (a link loop ends there).
+    Folders in ``exclude`` (say, the output folder inside an input folder) are skipped.
     """
     skip = {os.path.realpath(p) for p in exclude}
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(_walk(p, skip))
+            out.extend(_walk(p, skip, unreadable))
         else:
             out.append(p)
     return out
 
 
-def _walk(root: Path, skip: set[str]) -> list[Path]:
+def _walk(root: Path, skip: set[str], unreadable: bool) -> list[Path]:
     seen: set[tuple[int, int]] = set()
     found: list[Path] = []
 
@@ -269,13 +270,13 @@ def _walk(root: Path, skip: set[str]) -> list[Path]:
         for entry in entries:
             path = folder / entry.name
             try:
-                is_dir = entry.is_dir()
+                is_dir, is_file = entry.is_dir(), entry.is_file()
             except OSError:
-                is_dir = False
+                is_dir = is_file = False
             if is_dir:
                 if os.path.realpath(path) not in skip:
                     visit(path)
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and (is_file or unreadable):
                 found.append(path)
 
     visit(root)
