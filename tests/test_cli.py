@@ -264,3 +264,12 @@ def test_markup_in_a_file_name_is_printed_as_is(tmp_path: Path) -> None:
     res = invoke("analyze", bad, "--out", tmp_path / "out", "--stages", "detect")
     assert res.exit_code == 1, res.output
     assert "[/x] [red].jpg" in res.stderr
+
+
+def test_out_equal_to_the_input_folder(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """With --out the input folder itself, a rerun must not analyse OUT/annotated's copies."""
+    small_face.save(tmp_path / "a.jpg")
+    for _ in range(2):
+        res = invoke("analyze", tmp_path, "--out", tmp_path, "--stages", "detect")
+        assert res.exit_code == 0, res.output
+        assert [Path(r["path"]).name for r in read_jsonl(tmp_path / "faces.jsonl")] == ["a.jpg"]

@@ -5,8 +5,8 @@ UTF-8), symlinks inside and outside the tree, link loops, FIFOs, dangling links,
 (truncated, random bytes, the wrong suffix, a huge header over a few bytes) and output folders
 nested inside the input, then runs the command. The invariant: every input gets exactly one JSON
 line, the exit code is 0 when every line has no error, 1 when some have one, 2 only for a usage
-error, and nothing crashes. Runs are in-process (models load once) except one property that runs
-the real process, where a crash (a signal) would show.
+error (``--out`` a file, no image at all), and nothing crashes. Runs are in-process (models load
+once) except one property that runs the real process, where a crash (a signal) would show.
 """
 
 from __future__ import annotations
@@ -184,6 +184,9 @@ def check(code: int, out: Path, tree: Tree, expected: list[Path], stderr: str) -
     assert code in (0, 1, 2), (code, stderr)
     if tree.out == "file":
         assert code == 2 and "not a folder" in stderr
+        return
+    if not expected:  # nothing with an image suffix and nothing named: a usage error, documented
+        assert code == 2 and "no image files found" in stderr
         return
     assert code != 2, stderr
     lines = (out / "faces.jsonl").read_bytes().decode("utf-8").splitlines()  # strict UTF-8

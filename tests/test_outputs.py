@@ -121,3 +121,16 @@ def test_the_same_file_twice_gets_two_names(tmp_path: Path) -> None:
     f = tmp_path / "a.jpg"
     writer = _run(tmp_path / "out", [f, f], [f, f])
     assert sorted(p.name for p in writer.root.iterdir()) == [MANIFEST, "a.jpg", "a~2.jpg"]
+
+
+def test_a_name_at_the_length_limit_is_written(tmp_path: Path) -> None:
+    """The temporary file was "<name>.tmp": 5 bytes more than a 251-byte name, over the 255 limit."""
+    f = tmp_path / ("n" * 247 + ".jpg")
+    writer = AnnotatedWriter(tmp_path / "out", [f], [f])
+    writer.start()
+    assert writer.save(writer.next_target(str(f)), b"x") is None
+    assert (writer.root / f.name).read_bytes() == b"x"
+    mode = (writer.root / f.name).stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # not mkstemp's 0600

@@ -102,10 +102,10 @@ def analyze(
     try:
         check_out_dir(out)
         # Every image-named entry gets a line, unreadable ones too; an --out inside an input is not input.
-        files = iter_image_files(paths, exclude=[out], unreadable=True)
+        annotated_dir = out / ANNOTATED_DIR
+        files = iter_image_files(paths, exclude=[out, annotated_dir], unreadable=True)
         if not files:
             raise ConfigError("no image files found in " + ", ".join(map(display_path, paths)))
-        annotated_dir = out / ANNOTATED_DIR
         if annotate and (clash := next((f for f in files if inside(f, annotated_dir)), None)) is not None:
             raise ConfigError(f"input {display_path(clash)} lies in {display_path(annotated_dir)}, where "
                               "annotated images are written: choose another --out")

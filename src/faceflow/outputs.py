@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -189,14 +190,18 @@ class AnnotatedWriter:
         """Write ``encoded`` to ``target`` safely (temporary file, then rename); ``None``, or why not."""
         if os.path.realpath(target) in self._inputs:
             return f"annotated image not written: {display_path(target)} is an input"
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp: Path | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            # A short temporary name ("<name>.tmp" could pass the 255-byte limit that <name> just fits),
+            # opened exclusively so that threads never share one; the file mode follows the umask.
+            tmp = target.with_name(f".faceflow-{uuid.uuid4().hex[:16]}.tmp")
+            with open(tmp, "xb") as fh:
                 fh.write(encoded)
             os.replace(tmp, target)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
             return f"annotated image not written to {display_path(target)}: {exc.strerror or exc}"
         return None
