@@ -273,3 +273,15 @@ def test_out_equal_to_the_input_folder(tmp_path: Path, small_face: PILImage.Imag
         res = invoke("analyze", tmp_path, "--out", tmp_path, "--stages", "detect")
         assert res.exit_code == 0, res.output
         assert [Path(r["path"]).name for r in read_jsonl(tmp_path / "faces.jsonl")] == ["a.jpg"]
+
+
+def test_a_relative_name_with_a_leading_dash(tmp_path: Path, small_face: PILImage.Image,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``--`` a name like ``-x.jpg`` is a file, and its copy lands inside --out, not beside it."""
+    monkeypatch.chdir(tmp_path)
+    small_face.save(tmp_path / "-x.jpg")
+    res = invoke("analyze", "--out", "o", "--stages", "detect", "--", "-x.jpg")
+    assert res.exit_code == 0, res.output
+    (rec,) = read_jsonl(tmp_path / "o" / "faces.jsonl")
+    assert rec["path"] == "-x.jpg" and len(rec["faces"]) == 1
+    assert (tmp_path / "o" / "annotated" / "-x.jpg").is_file()
