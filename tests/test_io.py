@@ -236,3 +236,11 @@ def test_walk_lists_what_cannot_be_decoded_and_skips_the_output(tmp_path: Path) 
     # Other callers (gallery, bench) get regular files only, as before.
     assert [f.name for f in iter_image_files([root], exclude=[root / "out"])] == ["a.jpg", "b.avif", "c.heic",
                                                                                  "d.HEIF"]
+
+
+def test_jpeg_check_survives_odd_marker_sequences(rgb: np.ndarray) -> None:
+    """A fill byte and a segment of length 0 before SOS, both of which libjpeg accepts: the size check
+    must neither hang nor raise a false alarm on them (a guard, not a regression test)."""
+    data = _encode(PILImage.fromarray(rgb), "JPEG")
+    assert load_image(data[:2] + b"\xff" + data[2:]).shape == rgb.shape
+    assert load_image(data[:2] + b"\xff\xe0\x00\x00" + data[2:]).shape == rgb.shape

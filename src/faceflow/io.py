@@ -157,6 +157,11 @@ def _check_jpeg_data(stream: Any, name: str | None) -> None:
             if marker == 0xFF:
                 pos += 1  # fill byte
                 continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+                pos += 2  # a marker without a length
+                continue
+            if length < 2:
+                return  # malformed: the decoder will say so
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
                 seg = stream.read(length - 2)
                 if len(seg) >= 6:
