@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from typer.testing import CliRunner, Result
+
+from faceflow.cli import app
 
 FACEFLOW = [sys.executable, "-m", "faceflow.cli"]
 
@@ -142,3 +146,171 @@ def test_verify_without_a_face_exits_1(dataset) -> None:  # type: ignore[no-unty
     proc = run("verify", samples / "broken" / "zero_faces.png",
                samples / "face_recognition" / "examples" / "obama.jpg")
     assert proc.returncode == 1 and "zero_faces.png: no face found" in " ".join(proc.stderr.split())
+
+
+# --- a batch never aborts, and says what it did ------------------------------------------------------------
+
+
+def invoke(*args: object, env: dict[str, str] | None = None) -> Result:
+    """``faceflow`` in this process (models load once for all such tests); stderr kept apart."""
+    return CliRunner(env=env).invoke(app, [str(a) if not isinstance(a, bytes) else os.fsdecode(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def small_face(astronaut: np.ndarray) -> PILImage.Image:
+    """The astronaut at 256x256: one face, quick to analyse."""
+    return PILImage.fromarray(astronaut).resize((256, 256))
+
+
+def test_a_name_that_is_not_utf8(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """cv2.imwrite crashed the process (SIGSEGV) on such a name and faces.jsonl stayed empty."""
+    src = tmp_path / "in"
+    src.mkdir()
+    name = os.fsencode(src) + b"/caf\xe9 \xff.jpg"
+    small_face.save(os.fsdecode(name), format="JPEG")
+    small_face.save(src / "ok.png")
+    proc = subprocess.run([*FACEFLOW, "analyze", src, "--out", tmp_path / "out"], capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    text = (tmp_path / "out" / "faces.jsonl").read_bytes().decode("utf-8")  # strict: valid UTF-8
+    recs = [json.loads(line) for line in text.splitlines()]
+    assert [r["path"] for r in recs] == [f"{src}/caf\\xe9 \\xff.jpg", f"{src}/ok.png"]
+    assert all(r["error"] is None and len(r["faces"]) == 1 for r in recs)
+    annotated = sorted(os.listdir(os.fsencode(tmp_path / "out" / "annotated")))
+    assert annotated == [b".faceflow-annotated", b"caf\xe9 \xff.jpg", b"ok.png"]
+
+
+def test_a_link_to_an_image_outside_the_folder(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """pipeline.result_paths raised ValueError before anything ran."""
+    (tmp_path / "elsewhere").mkdir()
+    small_face.save(tmp_path / "elsewhere" / "real.jpg")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "link.jpg").symlink_to(tmp_path / "elsewhere" / "real.jpg")
+    res = invoke("analyze", tmp_path / "in", "--out", tmp_path / "out", "--stages", "detect")
+    assert res.exit_code == 0, res.output
+    (rec,) = read_jsonl(tmp_path / "out" / "faces.jsonl")
+    assert rec["path"] == str(tmp_path / "in" / "link.jpg") and len(rec["faces"]) == 1
+    assert (tmp_path / "out" / "annotated" / "link.jpg").is_file()
+
+
+def test_an_annotated_image_that_cannot_be_written(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """The write error is recorded on that image, the batch goes on, the exit code says so."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        small_face.save(src / name)
+    (tmp_path / "out" / "annotated" / "a.jpg").mkdir(parents=True)  # in the way of a.jpg's copy
+    res = invoke("analyze", src, "--out", tmp_path / "out", "--stages", "detect")
+    assert res.exit_code == 1, res.output
+    a, b = read_jsonl(tmp_path / "out" / "faces.jsonl")
+    assert a["error"].startswith("annotated image not written") and len(a["faces"]) == 1
+    assert b["error"] is None and (tmp_path / "out" / "annotated" / "b.jpg").is_file()
+    assert "annotated image not written" in res.stderr and "1 failed" in res.stderr
+
+
+def test_annotated_names_of_one_stem_do_not_collide(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """a.gif and a.webp (and x.png beside x.tif) became one PNG, the second overwriting the first."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.gif", "a.webp", "x.png", "x.tif"):
+        small_face.save(src / name)
+    res = invoke("analyze", src, "--out", tmp_path / "out", "--stages", "detect")
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (tmp_path / "out" / "annotated").iterdir() if not p.name.startswith("."))
+    assert names == ["a.gif.png", "a.webp.png", "x.png", "x.tif.png"]
+
+
+def test_rerun_into_the_same_out_inside_the_input(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """The second run must neither analyse the first run's annotated copies nor keep the copy of an
+    image that is gone."""
+    src = tmp_path / "in"
+    src.mkdir()
+    small_face.save(src / "a.jpg")
+    small_face.save(src / "b.jpg")
+    out = src / "results"
+    assert invoke("analyze", src, "--out", out, "--stages", "detect").exit_code == 0
+    (src / "b.jpg").unlink()
+    res = invoke("analyze", src, "--out", out, "--stages", "detect")
+    assert res.exit_code == 0, res.output
+    assert [Path(r["path"]).name for r in read_jsonl(out / "faces.jsonl")] == ["a.jpg"]
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == [".faceflow-annotated", "a.jpg"]
+    assert "removed 1 annotated image" in res.stderr
+
+
+def test_out_naming_a_file_is_a_usage_error(tmp_path: Path, small_face: PILImage.Image) -> None:
+    small_face.save(tmp_path / "a.jpg")
+    (tmp_path / "taken").write_text("not a folder")
+    res = invoke("analyze", tmp_path / "a.jpg", "--out", tmp_path / "taken")
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)  # typer's exit, no traceback
+    assert "exists and is not a folder" in res.stderr
+    assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+def test_input_inside_the_annotated_folder_is_a_usage_error(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """Annotating out/annotated/a.jpg into out/annotated/a.jpg would overwrite the input with its copy."""
+    (tmp_path / "out" / "annotated").mkdir(parents=True)
+    small_face.save(tmp_path / "out" / "annotated" / "a.jpg")
+    res = invoke("analyze", tmp_path / "out" / "annotated", "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "choose another --out" in res.stderr
+
+
+def test_missing_model_offline_stops_at_once_with_exit_3(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """An empty FACEFLOW_HOME offline: one message and exit 3, not one failure per image and exit 1."""
+    for i in range(3):
+        small_face.save(tmp_path / f"{i}.jpg")
+    env = {**os.environ, "FACEFLOW_OFFLINE": "1", "FACEFLOW_HOME": str(tmp_path / "home")}
+    env.pop("FACEFLOW_MODELS", None)
+    proc = subprocess.run([*FACEFLOW, "analyze", tmp_path, "--out", tmp_path / "out"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 3, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "XNNPACK" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: model 'yunet'") and "offline" in lines[0]
+    assert "Traceback" not in proc.stderr and "failed" not in proc.stderr
+
+
+def test_heic_in_a_folder_gets_an_error_line(tmp_path: Path, small_face: PILImage.Image) -> None:
+    small_face.save(tmp_path / "a.jpg")
+    (tmp_path / "b.heic").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64)
+    res = invoke("analyze", tmp_path, "--out", tmp_path / "out", "--stages", "detect")
+    assert res.exit_code == 1
+    recs = {Path(r["path"]).name: r for r in read_jsonl(tmp_path / "out" / "faces.jsonl")}
+    assert set(recs) == {"a.jpg", "b.heic"} and "unsupported format HEIC" in recs["b.heic"]["error"]
+
+
+def test_error_lines_are_not_wrapped_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    name = tmp_path / ("a-rather-long-file-name-" * 4 + ".jpg")
+    name.write_bytes(b"this is not an image\n")
+    proc = run("analyze", name, "--out", tmp_path / "out", "--stages", "detect")
+    assert proc.returncode == 1
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("failed:")]
+    assert len(line) > 120 and line.endswith("not a recognised image format")
+
+
+def test_markup_in_a_file_name_is_printed_as_is(tmp_path: Path) -> None:
+    """Rich read "[/x]" in a name as a closing tag and raised MarkupError out of the batch."""
+    bad = tmp_path / "[" / "x] [red].jpg"  # the path reads ".../[/x] [red].jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"nope")
+    res = invoke("analyze", bad, "--out", tmp_path / "out", "--stages", "detect")
+    assert res.exit_code == 1, res.output
+    assert "[/x] [red].jpg" in res.stderr
+
+
+def test_out_equal_to_the_input_folder(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """With --out the input folder itself, a rerun must not analyse OUT/annotated's copies."""
+    small_face.save(tmp_path / "a.jpg")
+    for _ in range(2):
+        res = invoke("analyze", tmp_path, "--out", tmp_path, "--stages", "detect")
+        assert res.exit_code == 0, res.output
+        assert [Path(r["path"]).name for r in read_jsonl(tmp_path / "faces.jsonl")] == ["a.jpg"]
+
+
+def test_a_relative_name_with_a_leading_dash(tmp_path: Path, small_face: PILImage.Image,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``--`` a name like ``-x.jpg`` is a file, and its copy lands inside --out, not beside it."""
+    monkeypatch.chdir(tmp_path)
+    small_face.save(tmp_path / "-x.jpg")
+    res = invoke("analyze", "--out", "o", "--stages", "detect", "--", "-x.jpg")
+    assert res.exit_code == 0, res.output
+    (rec,) = read_jsonl(tmp_path / "o" / "faces.jsonl")
+    assert rec["path"] == "-x.jpg" and len(rec["faces"]) == 1
+    assert (tmp_path / "o" / "annotated" / "-x.jpg").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from PIL import features
 
 from faceflow.errors import ImageError
 from faceflow.io import iter_image_files, load_image
@@ -158,3 +160,87 @@ def test_iter_image_files(tmp_path: Path) -> None:
     files = iter_image_files([tmp_path / "a", tmp_path / "c.webp", tmp_path / "a" / "notes.txt"])
     names = [f.name for f in files]
     assert names == ["1.jpg", "2.PNG", "c.webp", "notes.txt"]
+
+
+def test_jpeg_declaring_more_pixels_than_its_data_holds(tmp_path: Path) -> None:
+    """A 9000x9000 header with a few bytes of scan and an EOI marker: libjpeg gives 81 megapixels of
+    grey and a warning Pillow drops; it must be a truncation error instead."""
+    data = _encode(PILImage.new("RGB", (9000, 9000), (200, 30, 30)), "JPEG")
+    sos = data.index(b"\xff\xda")
+    path = tmp_path / "tiny.jpg"
+    path.write_bytes(data[: sos + 20] + b"\xff\xd9")
+    assert path.stat().st_size < 1000
+    with pytest.raises(ImageError, match=r"truncated image data: 9000x9000 declared") as info:
+        load_image(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(path.read_bytes())
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])
+def test_tiny_flat_jpegs_still_decode(subsampling: int) -> None:
+    """The bound is one bit per MCU: the smallest honest JPEGs (one flat colour) stay well above it."""
+    for size in ((1, 1), (7, 9), (2000, 1500)):
+        data = _encode(PILImage.new("RGB", size, (90, 90, 90)), "JPEG", quality=1, subsampling=subsampling)
+        assert load_image(data).shape == (size[1], size[0], 3)
+    progressive = _encode(PILImage.new("RGB", (2000, 1500), (90, 90, 90)), "JPEG", quality=1, progressive=True)
+    assert load_image(progressive).shape == (1500, 2000, 3)
+
+
+def test_files_that_cannot_be_read_give_an_error_not_a_hang(tmp_path: Path) -> None:
+    """Tests run as root, so permissions stop nothing: a FIFO (open would block), a dangling link and
+    a link loop are what is unreadable here."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match="broken symbolic link"):
+        load_image(tmp_path / "dangling.jpg")
+    with pytest.raises(ImageError, match="cannot read file"):
+        load_image(tmp_path / "loop.jpg")
+
+
+def test_heic_is_named_as_unsupported(tmp_path: Path) -> None:
+    # The start of a real HEIF file: an ftyp box with brand heic (Pillow has no decoder for it).
+    path = tmp_path / "photo.HEIC"
+    path.write_bytes(struct.pack(">I", 24) + b"ftypheic" + b"\0\0\0\0" + b"mif1heic" + b"\0" * 64)
+    with pytest.raises(ImageError, match="unsupported format HEIC"):
+        load_image(path)
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF codec")
+def test_avif_decodes(rgb: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "x.avif"
+    path.write_bytes(_encode(PILImage.fromarray(rgb), "AVIF", quality=95))
+    out = load_image(path)
+    assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).mean() < 12
+
+
+def test_walk_lists_what_cannot_be_decoded_and_skips_the_output(tmp_path: Path) -> None:
+    """Every image-suffixed entry that is not a folder can be listed (each will get its own error line);
+    a folder linking to its parent ends the walk there; the excluded folder is not entered."""
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    (root / "out" / "annotated").mkdir(parents=True)
+    for rel in ("a.jpg", "b.avif", "c.heic", "sub/d.HEIF", "out/annotated/a.jpg", "notes.txt"):
+        (root / rel).write_bytes(b"x")
+    os.mkfifo(root / "fifo.png")
+    (root / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (root / "sub" / "up").symlink_to(root)  # a link loop
+    (root / "folder.jpg").mkdir()  # a folder named like an image is walked, not listed
+    files = iter_image_files([root], exclude=[root / "out"], unreadable=True)
+    assert [f.relative_to(root).as_posix() for f in files] == [
+        "a.jpg", "b.avif", "c.heic", "dangling.jpg", "fifo.png", "sub/d.HEIF"]
+    assert len(iter_image_files([root], unreadable=True)) == 7  # without the exclusion: the old output too
+    # Other callers (gallery, bench) get regular files only, as before.
+    assert [f.name for f in iter_image_files([root], exclude=[root / "out"])] == ["a.jpg", "b.avif", "c.heic",
+                                                                                 "d.HEIF"]
+
+
+def test_jpeg_check_survives_odd_marker_sequences(rgb: np.ndarray) -> None:
+    """A fill byte and a segment of length 0 before SOS, both of which libjpeg accepts: the size check
+    must neither hang nor raise a false alarm on them (a guard, not a regression test)."""
+    data = _encode(PILImage.fromarray(rgb), "JPEG")
+    assert load_image(data[:2] + b"\xff" + data[2:]).shape == rgb.shape
+    assert load_image(data[:2] + b"\xff\xe0\x00\x00" + data[2:]).shape == rgb.shape

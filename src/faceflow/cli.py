@@ -18,13 +18,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from faceflow import gallery_cli
 from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
 from faceflow.cli_base import fail_usage as _fail_usage
 from faceflow.cli_base import progress as _progress
-from faceflow.errors import FaceflowError
+from faceflow.errors import ConfigError, FaceflowError
 
 app = typer.Typer(cls=ErrorExitGroup, add_completion=False, no_args_is_help=True,
                   help="Face analysis on a CPU, offline.")
@@ -138,45 +139,73 @@ def analyze(
 
     Every stage option below comes from the stage's own declaration (see `faceflow stages`)."""
     from faceflow.draw import annotate as draw
-    from faceflow.draw import save_image
+    from faceflow.draw import encode_image
     from faceflow.io import iter_image_files
-    from faceflow.pipeline import result_paths
+    from faceflow.outputs import (
+        ANNOTATED_DIR,
+        AnnotatedWriter,
+        check_out_dir,
+        display_path,
+        inside,
+        json_line,
+        open_for_writing,
+        prepare_out_dir,
+        safe_text,
+    )
+    from faceflow.types import Image, ImageResult
 
     if embeddings and "embed" not in stages.split(","):
         stages += ",embed"
     analyzer = _build_analyzer(stages, stage_values or {}, workers=workers, threads=threads)
-    files = iter_image_files(paths)
+    check_out_dir(out)
+    # Every image-named entry gets a line, unreadable ones too; an --out inside an input is not input.
+    annotated_dir = out / ANNOTATED_DIR
+    files = iter_image_files(paths, exclude=[out, annotated_dir], unreadable=True)
     if not files:
-        raise _fail_usage("no image files found in " + ", ".join(map(str, paths)))
-    out.mkdir(parents=True, exist_ok=True)
-    rel = result_paths([p for p in paths if p.exists()], [f for f in files if f.exists()])
-    annotated_dir = out / "annotated"
+        raise ConfigError("no image files found in " + ", ".join(map(display_path, paths)))
+    if annotate and (clash := next((f for f in files if inside(f, annotated_dir)), None)) is not None:
+        raise ConfigError(f"input {display_path(clash)} lies in {display_path(annotated_dir)}, where "
+                          "annotated images are written: choose another --out")
+    prepare_out_dir(out)
+    jsonl = out / "faces.jsonl"
+    fh = open_for_writing(jsonl)
+    writer = AnnotatedWriter(out, paths, files) if annotate else None
+    stale = writer.start() if writer is not None else []
+    if stale:
+        console.print(f"removed {len(stale)} annotated image(s) of an earlier run that this one does not rewrite")
 
-    def write_annotated(result, image) -> None:  # type: ignore[no-untyped-def]
-        if not annotate or image is None:
+    def write_annotated(result: ImageResult, image: Image | None) -> None:
+        if writer is None:
             return
-        target = annotated_dir / rel[Path(result.path).resolve()]
-        if target.suffix.lower() not in (".jpg", ".jpeg", ".png"):
-            target = target.with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_image(draw(image, result.faces), str(target))
+        target = writer.next_target(result.path)
+        if image is None or result.error:
+            return
+        try:
+            problem = writer.save(target, encode_image(draw(image, result.faces), target.suffix))
+        except ValueError as exc:
+            problem = f"annotated image not written: {exc}"
+        if problem:
+            result.error = problem
 
     failed = n_faces = 0
-    jsonl = out / "faces.jsonl"
-    with open(jsonl, "w", encoding="utf-8") as fh, _progress() as bar:
+    with fh, _progress() as bar:
         task = bar.add_task("analysing", total=len(files))
+        # A missing model is no image's fault: analyze_batch lets ModelUnavailable out (exit 3).
         for result in analyzer.analyze_batch(files, on_result=write_annotated):
-            fh.write(json.dumps(result.to_dict(embeddings=embeddings)) + "\n")
+            fh.write(json_line(result.to_dict(embeddings=embeddings)))
             fh.flush()
             if result.error:
                 failed += 1
-                console.print(f"[yellow]failed:[/yellow] {result.error}")
+                message = safe_text(result.error)
+                if not message.startswith(display_path(result.path)):
+                    message = f"{display_path(result.path)}: {message}"
+                console.print(f"[yellow]failed:[/yellow] {escape(message)}")
             n_faces += len(result.faces)
             bar.advance(task)
-    console.print(
+    console.print(escape(
         f"{len(files) - failed} of {len(files)} images analysed, {n_faces} faces, {failed} failed. "
-        f"Results: {jsonl}" + (f"; annotated images: {annotated_dir}" if annotate else "")
-    )
+        f"Results: {display_path(jsonl)}" + (f"; annotated images: {display_path(annotated_dir)}" if annotate else "")
+    ))
     raise typer.Exit(1 if failed else 0)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -38,7 +41,23 @@ def annotate(image: Image, faces: list[Face]) -> Image:
     return out
 
 
-def save_image(image: Image, path: str) -> None:
-    """Write an RGB image; the format follows the suffix."""
-    if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+def encode_image(image: Image, suffix: str) -> bytes:
+    """Encode an RGB image in the format that ``suffix`` names (``.jpg``, ``.png``, ...)."""
+    try:
+        ok, buf = cv2.imencode(suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    except cv2.error as exc:  # e.g. a side over JPEG's 65,535 pixels
+        raise ValueError(f"cannot encode an image as {suffix}: {exc.err}") from None
+    if not ok:
+        raise ValueError(f"cannot encode an image as {suffix}")
+    return bytes(buf)
+
+
+def save_image(image: Image, path: str | os.PathLike[str]) -> None:
+    """Write an RGB image; the format follows the suffix.
+
+    Encoded in memory and written through Python's file API: OpenCV's own writer takes the name as
+    UTF-8 text and crashes the process on a name that is not (a surrogate-escaped byte).
+    """
+    data = encode_image(image, Path(path).suffix or ".png")
+    with open(path, "wb") as fh:
+        fh.write(data)

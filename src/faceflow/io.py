@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io as _io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,12 @@ ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage
 DEFAULT_MAX_PIXELS = 100_000_000
 """Largest image (width x height) decoded unless ``FACEFLOW_MAX_PIXELS`` or ``max_pixels`` says otherwise."""
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-"""File suffixes that folder walks treat as images."""
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif",
+                            ".heic", ".heif"})
+"""File suffixes that folder walks treat as images (those Pillow cannot decode get an error each)."""
+
+_NO_DECODER = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF"}
+"""Formats that a Pillow build may lack a decoder for: named in the error instead of "not an image"."""
 
 
 def max_pixels_default() -> int:
@@ -54,15 +59,30 @@ def load_image(source: ImageSource, *, max_pixels: int | None = None) -> Image:
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         name = str(source)
-        if not path.exists():
-            raise ImageError("file not found", name)
-        if path.is_dir():
-            raise ImageError("is a directory, not an image file", name)
-        if path.stat().st_size == 0:
-            raise ImageError("empty file (0 bytes)", name)
-        with open(path, "rb") as fh:
-            return _decode(fh, limit, name)
+        _check_regular_file(path, name)
+        try:
+            with open(path, "rb") as fh:
+                return _decode(fh, limit, name, path.suffix.lower())
+        except OSError as exc:  # unreadable after all: permissions, I/O error, vanished meanwhile
+            raise ImageError(f"cannot read file: {exc.strerror or exc}", name) from None
     raise ImageError(f"unsupported input type {type(source).__name__}")
+
+
+def _check_regular_file(path: Path, name: str) -> None:
+    """Refuse what is not a readable regular file before opening it (a FIFO would block forever)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageError("broken symbolic link" if path.is_symlink() else "file not found", name) from None
+    except OSError as exc:  # a link loop (ELOOP), a name too long, a folder we may not enter
+        raise ImageError(f"cannot read file: {exc.strerror or exc}", name) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("is a directory, not an image file", name)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "device or socket"
+        raise ImageError(f"not a regular file ({kind})", name)
+    if st.st_size == 0:
+        raise ImageError("empty file (0 bytes)", name)
 
 
 def _check_size(width: int, height: int, limit: int, name: str | None) -> None:
@@ -76,7 +96,7 @@ def _check_size(width: int, height: int, limit: int, name: str | None) -> None:
         )
 
 
-def _decode(stream: Any, limit: int, name: str | None) -> Image:
+def _decode(stream: Any, limit: int, name: str | None, suffix: str = "") -> Image:
     with warnings.catch_warnings():
         # We enforce our own limit below; PIL's bomb warning/error would be a second, vaguer one.
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
@@ -86,12 +106,17 @@ def _decode(stream: Any, limit: int, name: str | None) -> Image:
             try:
                 img = PILImage.open(stream)
             except UnidentifiedImageError:
+                if suffix in _NO_DECODER:
+                    raise ImageError(f"unsupported format {_NO_DECODER[suffix]}: this installation cannot decode "
+                                     "it (convert it to JPEG or PNG)", name) from None
                 raise ImageError("not a recognised image format", name) from None
             except (OSError, SyntaxError, ValueError) as exc:
                 raise ImageError(f"cannot read image header: {exc}", name) from None
         finally:
             PILImage.MAX_IMAGE_PIXELS = saved
         _check_size(img.width, img.height, limit, name)
+        if img.format == "JPEG":
+            _check_jpeg_data(stream, name)
         try:
             img.seek(0)
             img.load()
@@ -103,6 +128,62 @@ def _decode(stream: Any, limit: int, name: str | None) -> Image:
                 reason = f"corrupt image data ({reason})"
             raise ImageError(reason, name) from None
         return _from_pil(img, name)
+
+
+_ARITHMETIC_SOF = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _check_jpeg_data(stream: Any, name: str | None) -> None:
+    """Refuse a JPEG whose coded data is too short for the size its header declares.
+
+    libjpeg decodes a stream cut short but ended with an EOI marker into a grey picture of the
+    declared size and only warns, which Pillow drops: a 600-byte file would give 81 megapixels of
+    grey. A Huffman-coded scan needs at least one bit per MCU (8x8 pixels per sampling unit), so
+    fewer coded bytes than ``MCUs / 8`` after the first SOS can only mean missing data. Arithmetic
+    coding can go below that bound and is not checked.
+    """
+    start = stream.tell()
+    try:
+        stream.seek(0, _io.SEEK_END)
+        total = stream.tell()
+        pos = 2
+        frame: tuple[int, int, int, int, int] | None = None  # marker, width, height, hmax, vmax
+        while pos + 4 <= total:
+            stream.seek(pos)
+            head = stream.read(4)
+            if len(head) < 4 or head[0] != 0xFF:
+                return  # not a plain marker sequence: leave the judgement to the decoder
+            marker, length = head[1], int.from_bytes(head[2:4], "big")
+            if marker == 0xFF:
+                pos += 1  # fill byte
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+                pos += 2  # a marker without a length
+                continue
+            if length < 2:
+                return  # malformed: the decoder will say so
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                seg = stream.read(length - 2)
+                if len(seg) >= 6:
+                    height, width, ncomp = int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
+                    factors = [seg[6 + 3 * i + 1] for i in range(ncomp) if 6 + 3 * i + 1 < len(seg)]
+                    hmax = max((f >> 4 for f in factors), default=1) or 1
+                    vmax = max((f & 15 for f in factors), default=1) or 1
+                    frame = (marker, width, height, hmax, vmax)
+            if marker == 0xDA:
+                if frame is None or frame[0] in _ARITHMETIC_SOF:
+                    return
+                _, width, height, hmax, vmax = frame
+                mcus = -(-width // (8 * hmax)) * -(-height // (8 * vmax))
+                coded = total - (pos + 2 + length)
+                if coded * 8 < mcus:
+                    raise ImageError(
+                        f"truncated image data: {width}x{height} declared but only {max(coded, 0):,} bytes of "
+                        f"coded data (at least {-(-mcus // 8):,} needed)", name)
+                return
+            pos += 2 + length
+    finally:
+        stream.seek(start)
 
 
 def _from_pil(img: PILImage.Image, name: str | None) -> Image:
@@ -156,16 +237,52 @@ def _from_array(arr: npt.NDArray[Any], limit: int | None) -> Image:
     return np.ascontiguousarray(out)
 
 
-def iter_image_files(paths: list[str] | list[Path]) -> list[Path]:
+def iter_image_files(
+    paths: list[str] | list[Path], *, exclude: list[Path] | tuple[Path, ...] = (), unreadable: bool = False
+) -> list[Path]:
     """Expand files and folders (recursively, sorted) into the image files to process.
 
     A file named explicitly is always kept, whatever its suffix, so that a bad file given by name
-    gets its own error instead of vanishing.
+    gets its own error instead of vanishing. In folders, regular files with an image suffix are
+    kept; with ``unreadable`` also every other image-suffixed entry that is not a folder (dangling
+    or looping links, FIFOs), so that a batch gives each its own error instead of silently nothing.
+    Linked folders are followed, each physical folder at most once (a link loop ends there).
+    Folders in ``exclude`` (say, the output folder inside an input folder) are skipped.
     """
+    skip = {os.path.realpath(p) for p in exclude}
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(_walk(p, skip, unreadable))
         else:
             out.append(p)
     return out
+
+
+def _walk(root: Path, skip: set[str], unreadable: bool) -> list[Path]:
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+
+    def visit(folder: Path) -> None:
+        try:
+            st = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return  # a folder we may not list is not an input; the walk goes on
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        for entry in entries:
+            path = folder / entry.name
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                if os.path.realpath(path) not in skip:
+                    visit(path)
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and (is_file or unreadable):
+                found.append(path)
+
+    visit(root)
+    return found

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from faceflow.errors import ConfigError, FaceflowError
+from faceflow.errors import ConfigError, FaceflowError, ModelUnavailable
 from faceflow.io import ImageSource, load_image
 from faceflow.models.runtime import Runtime
 from faceflow.models.store import ModelStore
@@ -146,16 +145,22 @@ class Analyzer:
         return faces
 
     def analyze_file(self, path: str | os.PathLike[str]) -> tuple[ImageResult, Image | None]:
-        """Analyse one file; a :class:`FaceflowError` is recorded on the result instead of raised."""
+        """Analyse one file; a :class:`FaceflowError` is recorded on the result instead of raised,
+        except :class:`ModelUnavailable`: a missing model is no image's fault and stops a batch."""
         result = ImageResult(path=str(path))
         try:
             image = load_image(path, max_pixels=self.options.max_pixels)
-            result.height, result.width = int(image.shape[0]), int(image.shape[1])
-            result.faces = self.analyze_array(image)
-            return result, image
         except FaceflowError as exc:
             result.error = str(exc)
             return result, None
+        result.height, result.width = int(image.shape[0]), int(image.shape[1])
+        try:
+            result.faces = self.analyze_array(image)
+        except ModelUnavailable:
+            raise
+        except FaceflowError as exc:
+            result.error = str(exc)
+        return result, image
 
     def analyze_batch(
         self,
@@ -179,26 +184,17 @@ class Analyzer:
                     on_result(result, image)
                 yield result
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             for result, image in pool.map(self.analyze_file, items):
                 if on_result:
                     on_result(result, image)
                 yield result
+        finally:  # an error (a missing model) or a consumer that stops early: drop the queued images
+            pool.shutdown(cancel_futures=True)
 
 
 def analyze(image: ImageSource, **options: Any) -> list[Face]:
     """One-shot convenience: ``Analyzer(**options).analyze(image)``."""
     return Analyzer(**options).analyze(image)
 
-
-def result_paths(inputs: Iterable[Path], files: Iterable[Path]) -> dict[Path, Path]:
-    """Output path (relative) for each file, mirroring it below the common folder of the inputs.
-
-    ``inputs`` are what the user named (files and folders); a folder counts as its own base, so
-    ``analyze photos/`` writes ``photos/a/b.jpg`` as ``a/b.jpg`` and equal names never collide.
-    """
-    bases = [p.resolve() if p.is_dir() else p.resolve().parent for p in map(Path, inputs)]
-    if not bases:
-        return {}
-    common = Path(os.path.commonpath(bases))
-    return {Path(f).resolve(): Path(f).resolve().relative_to(common) for f in files}

@@ -1,0 +1,207 @@
+"""Where a batch writes its results: ``faces.jsonl`` lines and the annotated images under ``--out``.
+
+Pure functions decide the layout (each input's mirrored relative path, a collision-free annotated
+name for each, JSON-safe text for any file name); :class:`AnnotatedWriter` does the writing, never
+overwrites an input, removes what an earlier run into the same folder left behind, and turns a
+failed write into an error message for that one image instead of an exception for the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from faceflow.errors import ConfigError
+
+ANNOTATED_DIR = "annotated"
+"""Folder under ``--out`` that holds the annotated images."""
+
+MANIFEST = ".faceflow-annotated"
+"""File in the annotated folder listing what the last run wrote (one relative path per line, raw
+bytes), so that a rerun removes its own stale images and nothing else."""
+
+KEPT_SUFFIXES = (".jpg", ".jpeg", ".png")
+"""Annotated images keep these suffixes; any other format is written as PNG named ``<name>.png``."""
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as valid Unicode text: bytes that are not UTF-8 become ``\\xNN`` escapes.
+
+    File names on POSIX are bytes; Python carries undecodable ones as lone surrogates, which a JSON
+    or terminal consumer may reject. The escapes keep the name readable and the text valid.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def safe_text(text: str) -> str:
+    """``text`` with any lone surrogate (an undecodable file-name byte) written as a ``\\xNN`` escape."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One ``faces.jsonl`` line; ``path`` and ``error`` made valid Unicode (see :func:`display_path`)."""
+    record = dict(record)
+    record["path"] = display_path(record["path"])
+    if record.get("error") is not None:
+        record["error"] = safe_text(record["error"])
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def result_paths(inputs: Iterable[Path], files: Sequence[Path]) -> list[Path]:
+    """Relative output path of each file (same order), mirroring it below the common folder of the inputs.
+
+    ``inputs`` are what the user named (files and folders); a folder counts as its own base, so
+    ``analyze photos/`` writes ``photos/a/b.jpg`` as ``a/b.jpg`` and equal names never collide. Paths
+    are compared as written (made absolute, not resolved), so a link to a file outside its folder
+    keeps the name it has inside the folder.
+    """
+    bases = [os.path.abspath(p if Path(p).is_dir() else Path(p).parent) for p in inputs]
+    absolute = [os.path.abspath(f) for f in files]
+    if not absolute:
+        return []
+    common = os.path.commonpath(bases + [os.path.dirname(f) for f in absolute])
+    return [Path(os.path.relpath(f, common)) for f in absolute]
+
+
+def annotated_names(rel_paths: Sequence[Path]) -> list[Path]:
+    """A distinct annotated file name for each relative path (same order).
+
+    JPEG and PNG keep their name; another format becomes ``<name>.png`` (``a.gif`` -> ``a.gif.png``),
+    so ``a.gif`` and ``a.webp`` stay apart. Names still equal after that, ignoring case (the same file
+    given twice, ``a.gif`` beside a real ``a.gif.png``, ``A.jpg`` beside ``a.jpg`` on a case-blind
+    disk), get ``~2``, ``~3``, ... before the suffix, in input order.
+    """
+    taken: set[str] = set()
+    out: list[Path] = []
+    for rel in rel_paths:
+        name = rel if rel.suffix.lower() in KEPT_SUFFIXES else rel.with_name(rel.name + ".png")
+        candidate, n = name, 1
+        while _key(candidate) in taken:
+            n += 1
+            candidate = name.with_name(f"{name.stem}~{n}{name.suffix}")
+        taken.add(_key(candidate))
+        out.append(candidate)
+    return out
+
+
+def _key(rel: Path) -> str:
+    return os.fsencode(rel).decode("utf-8", "surrogateescape").casefold()
+
+
+def check_out_dir(out: Path) -> None:
+    """A :class:`ConfigError` (a usage error) when ``out`` exists and is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {display_path(out)} exists and is not a folder")
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Create ``out``; a :class:`ConfigError` (a usage error) when it is a file or cannot be made."""
+    check_out_dir(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {display_path(out)} cannot be created: {exc.strerror or exc}") from None
+
+
+def open_for_writing(path: Path) -> TextIO:
+    """``path`` opened for writing UTF-8 text; a :class:`ConfigError` when that is impossible."""
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {display_path(path)}: {exc.strerror or exc}") from None
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` (resolved) is ``folder`` (resolved) or lies below it."""
+    p, f = os.path.realpath(path), os.path.realpath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+class AnnotatedWriter:
+    """Writes each input's annotated image to its planned name under ``out/annotated``.
+
+    Built from the inputs the user named and the files of the batch (in order); :meth:`start`
+    removes the images an earlier run listed in its manifest and that this run will not rewrite,
+    then records this run's names; :meth:`next_target` names the file for each result in turn and
+    :meth:`save` writes it, returning ``None`` or the reason it could not.
+    """
+
+    def __init__(self, out: Path, inputs: Iterable[Path], files: Sequence[Path]) -> None:
+        self.root = out / ANNOTATED_DIR
+        names = annotated_names(result_paths(inputs, files))
+        self._targets: dict[str, deque[Path]] = defaultdict(deque)
+        for f, name in zip(files, names, strict=True):
+            self._targets[str(f)].append(name)
+        self._names = names
+        self._inputs = {os.path.realpath(f) for f in files}
+
+    def start(self) -> list[Path]:
+        """Remove stale images of an earlier run (never an input); write the new manifest. Returns the removed.
+
+        A :class:`ConfigError` when the annotated folder cannot be made or written.
+        """
+        manifest = self.root / MANIFEST
+        removed: list[Path] = []
+        try:
+            old = [Path(os.fsdecode(line)) for line in manifest.read_bytes().splitlines() if line]
+        except OSError:
+            old = []
+        keep = {_key(n) for n in self._names}
+        for rel in old:
+            target = self.root / rel
+            if rel.is_absolute() or ".." in rel.parts or _key(rel) in keep:
+                continue
+            if os.path.realpath(target) in self._inputs or not target.is_file():
+                continue
+            try:
+                target.unlink()
+                removed.append(target)
+            except OSError:
+                continue
+            self._prune(target.parent)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            manifest.write_bytes(b"".join(os.fsencode(n) + b"\n" for n in self._names))
+        except OSError as exc:
+            raise ConfigError(f"cannot write annotated images in {display_path(self.root)}: "
+                              f"{exc.strerror or exc}") from None
+        return removed
+
+    def _prune(self, folder: Path) -> None:
+        """Remove folders left empty by :meth:`start`, up to the annotated folder."""
+        while folder != self.root and inside(folder, self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
+    def next_target(self, path: str) -> Path:
+        """Where the annotated image of the batch file ``path`` goes (taken in order for a repeated path)."""
+        return self.root / self._targets[path].popleft()
+
+    def save(self, target: Path, encoded: bytes) -> str | None:
+        """Write ``encoded`` to ``target`` safely (temporary file, then rename); ``None``, or why not."""
+        if os.path.realpath(target) in self._inputs:
+            return f"annotated image not written: {display_path(target)} is an input"
+        tmp: Path | None = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # A short temporary name ("<name>.tmp" could pass the 255-byte limit that <name> just fits),
+            # opened exclusively so that threads never share one; the file mode follows the umask.
+            tmp = target.with_name(f".faceflow-{uuid.uuid4().hex[:16]}.tmp")
+            with open(tmp, "xb") as fh:
+                fh.write(encoded)
+            os.replace(tmp, target)
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+            return f"annotated image not written to {display_path(target)}: {exc.strerror or exc}"
+        return None
