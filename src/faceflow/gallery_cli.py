@@ -369,19 +369,29 @@ def eval_clustering(
     model: ModelOpt = "sface",
     threshold: Annotated[float | None, typer.Option(help="Average-linkage threshold (default: the model's).")] = None,
     flip: FlipOpt = None,
+    people: Annotated[str, typer.Option(help="People scored: held-out (the half the model's threshold was not "
+                                              "fitted on), tuning or all.")] = "held-out",
     out: Annotated[Path, typer.Option(help="Folder for clustering.json.")] = Path("faceflow-eval"),
 ) -> None:
-    """Cluster LFW (people with 2+ images, one-image people as distractors): pairwise and BCubed F."""
-    from faceflow.eval.clustering import run_clustering
+    """Cluster LFW (people with 2+ images, one-image people as distractors): pairwise and BCubed F.
+
+    By default only the half of LFW's people that the clustering thresholds were not fitted on is
+    clustered and scored (``training/fit_cluster_threshold.py`` fitted them on the other half).
+    """
+    from faceflow.eval.clustering import PEOPLE_NOTES, run_clustering
     from faceflow.gallery.cluster import cluster_threshold
 
+    bad_parameter = _ui()[2]
+    if people not in PEOPLE_NOTES:
+        raise bad_parameter(f"--people must be one of {', '.join(PEOPLE_NOTES)}, not {people!r}")
     try:
         threshold = cluster_threshold(model) if threshold is None else threshold
     except ConfigError as exc:
-        raise _ui()[2](str(exc)) from None
-    console, result = _run_lfw(run_clustering, root, model, flip, threshold=threshold)
+        raise bad_parameter(str(exc)) from None
+    console, result = _run_lfw(run_clustering, root, model, flip, threshold=threshold, people=people)
     _report(console, out / "clustering.json", result,
-            ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"), ("clusters", "threshold"))
+            ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"),
+            ("clusters", "threshold", "people_note"))
 
 
 def _report(console: Any, path: Path, result: dict[str, Any], rates: tuple[str, ...], plain: tuple[str, ...]) -> None:
