@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from faceflow.eval.clustering import run_clustering
-from faceflow.gallery_cli import _lfw_embedder
+from faceflow.eval.tasks import lfw_gallery_embedder
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--grid", default="0.20:0.90:0.01", help="start:stop:step of the thresholds tried")
     args = ap.parse_args()
     start, stop, step = (float(x) for x in args.grid.split(":"))
-    embed = _lfw_embedder(args.model)
+    embed = lfw_gallery_embedder(args.model)
     grid = np.round(np.arange(start, stop + step / 2, step), 4)
     tuned = {float(t): run_clustering(args.root, embed, threshold=float(t), people="tuning")["pairwise_f"]
              for t in grid}

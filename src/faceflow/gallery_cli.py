@@ -308,44 +308,16 @@ def cluster(
 # -- evaluation runners (the lead mounts them under `faceflow eval`) -----------------------------------
 
 
-def _lfw_embedder(model: str, flip: bool | None = None) -> Any:
-    """``embed_fn(path)``: the embedding of the face nearest the centre of an LFW image, or None.
-
-    Results are cached per image content under ``$FACEFLOW_HOME/eval-cache`` (both runners share them),
-    keyed like ``faceflow eval``'s: the model's weights, the detector's, and faceflow's model-facing code.
-    """
-    from faceflow.eval.cache import timed
-    from faceflow.eval.tasks import cache_for
-    from faceflow.gallery.service import embedder_model_id, make_analyzer, resolve_flip
-    from faceflow.io import load_image
-
-    flip = resolve_flip(model, flip)
-    analyzer = make_analyzer(model, flip=flip)
-    cache = cache_for("gallery-eval", ["yunet"], f"{embedder_model_id(model, flip=flip)} face-nearest-centre")
-    assert cache is not None
-
-    def compute(path: Path) -> Any:
-        image = load_image(path)
-        faces = analyzer.analyze_array(image)
-        if not faces:
-            return None
-        h, w = image.shape[:2]
-        face = min(faces, key=lambda f: (f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2)
-        return face.embeddings.get(model)
-
-    return lambda path: cache.call(path, lambda: timed(compute, path))[0]
-
-
-
-
 def _run_lfw(run: Callable[..., dict[str, Any]], root: Path, model: str, flip: bool | None,
              **kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """Run one LFW gallery protocol with a progress bar; returns the console and the figures."""
+    from faceflow.eval.tasks import lfw_gallery_embedder
+
     console, progress, _ = _ui()
     with progress() as bar:
         task = bar.add_task("embedding", total=None)
-        result = run(root, _lfw_embedder(model, flip), progress=lambda i, n: bar.update(task, completed=i, total=n),
-                     **kwargs)
+        result = run(root, lfw_gallery_embedder(model, flip),
+                     progress=lambda i, n: bar.update(task, completed=i, total=n), **kwargs)
     return console, result
 
 
