@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.errors import ConfigError
 from faceflow.eval.identification import EmbedFn, embed_all, lfw_identities
 
 PeopleScored = Literal["held-out", "tuning", "all"]
@@ -55,7 +56,7 @@ def _people_filter(people: PeopleScored) -> Callable[[str], bool]:
         return lfw_tuning_half
     if people == "all":
         return lambda name: True
-    raise ValueError(f"people must be one of {', '.join(PEOPLE_NOTES)}, not {people!r}")
+    raise ConfigError(f"people must be one of {', '.join(PEOPLE_NOTES)}, not {people!r}")
 
 
 def _codes(labels: Sequence[Hashable], *, unassigned_apart: bool) -> npt.NDArray[np.int64]:
