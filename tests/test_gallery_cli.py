@@ -90,3 +90,10 @@ def test_cluster_refuses_an_output_folder_of_another_model(run, knn: Path, tmp_p
     assert result.exit_code == 2, result.output  # a clear usage error, not a traceback
     message = " ".join(result.output.split())  # the console wraps long lines
     assert "was clustered with sface@" in message and "use another --out" in message
+
+
+def test_eval_clustering_rejects_an_unknown_people_choice(tmp_path: Path) -> None:
+    """A usage error (exit 2) before any model is loaded: the three choices are named."""
+    result = CliRunner().invoke(standalone, ["eval", "clustering", "--root", str(tmp_path), "--people", "most"])
+    assert result.exit_code == 2
+    assert "--people must be one of held-out, tuning, all, not 'most'" in result.stderr
