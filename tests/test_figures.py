@@ -19,6 +19,10 @@ result cached by an earlier run (of older code) is reused; the models are read f
 cache through ``FACEFLOW_MODELS`` with ``FACEFLOW_OFFLINE=1``, so nothing is downloaded. The LFW gallery
 runs (identification, then clustering) share that fresh per-image cache, as ``faceflow eval`` does.
 Each test skips with a message when its part of the data or the model cache is absent.
+
+Wall time (2026-12-06, 2 cores shared with other work, one thread per model): 30 min in all; LFW
+verification 9 min, LFW identification 8 min, WIDER ``accurate`` 5.5 min, UTKFace heads 2.5 min,
+clustering sface 2 min, each of the others under 1 min.
 """
 
 from __future__ import annotations
@@ -117,13 +121,14 @@ def test_lfw_identification_default_model(dataset, tmp_path: Path) -> None:  # t
     within(r, "fnir_at_fpir_0.01", 4.56, 0.1, scale=100)
 
 
-@pytest.mark.parametrize(("model", "pairwise_f"), [("sface", 0.977), ("fused", 0.984)])
+@pytest.mark.parametrize(("model", "pairwise_f"), [("sface", 0.9772), ("fused", 0.9837)])
 def test_lfw_clustering_on_the_held_out_half(dataset, tmp_path: Path, model: str,  # type: ignore[no-untyped-def]
                                              pairwise_f: float) -> None:
     """``faceflow eval clustering`` scores only the half of LFW's people its threshold was not fitted on,
-    and says so; pairwise F ± 0.002 of the held-out figure in ``CLUSTER_THRESHOLDS``' docstring (which
-    gives 3 decimals; a few hundred of the ~20,000 same-person pairs). sface is the command's default;
-    fused reuses the identification test's per-image embeddings."""
+    and says so; pairwise F ± 0.0003 of the held-out figure in ``CLUSTER_THRESHOLDS``' docstring (4
+    decimals): the held-out people have 4,089 same-person pairs, and one pair split or joined moves F
+    by about 0.0001-0.0002. sface is the command's default; fused reuses the identification test's
+    per-image embeddings."""
     from faceflow.eval.clustering import lfw_tuning_half
     from faceflow.gallery.cluster import CLUSTER_THRESHOLDS
 
@@ -135,7 +140,7 @@ def test_lfw_clustering_on_the_held_out_half(dataset, tmp_path: Path, model: str
     assert r["people_scored"] == "held-out" and "fitted on the other half" in r["people_note"]
     assert r["images"] == sum(len(list(d.glob("*.jpg"))) for d in held_out)
     assert r["threshold"] == CLUSTER_THRESHOLDS[model]
-    within(r, "pairwise_f", pairwise_f, 0.002)
+    within(r, "pairwise_f", pairwise_f, 0.0003)
 
 
 # -- WIDER FACE (RESULTS.md, wider) ------------------------------------------------------------------------
