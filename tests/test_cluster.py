@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from faceflow.errors import ConfigError
-from faceflow.eval.clustering import bcubed_prf, evaluate_clustering, pairwise_prf
+from faceflow.eval.clustering import bcubed_prf, evaluate_clustering, lfw_tuning_half, pairwise_prf, run_clustering
 from faceflow.gallery.cluster import average_linkage, cannot_link_violations, cluster_threshold, update_clusters
 
 
@@ -85,3 +85,36 @@ def test_every_model_has_its_own_clustering_threshold() -> None:
     assert {m: cluster_threshold(m) for m in EMBEDDERS} == {"sface": 0.45, "dlib": 0.925, "fused": 0.80}
     with pytest.raises(ConfigError, match="no clustering threshold is known for model 'arcface'"):
         cluster_threshold("arcface")
+
+
+def test_lfw_tuning_half_is_by_the_sha1_of_the_name() -> None:
+    # sha1 first hex digits: Ann 2, Cy c, Hal 4 (even: tuning half); Bob d, Di f, Eve 9 (odd: held out)
+    assert [lfw_tuning_half(n) for n in ("Ann", "Cy", "Hal", "Bob", "Di", "Eve")] == [True] * 3 + [False] * 3
+
+
+def test_lfw_clustering_scores_the_held_out_half_by_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ann (tuning half) looks like Bob (held out): scoring everyone merges them, the held-out half
+    (Bob, Di, Eve) never sees Ann, and the result says which people it scored."""
+    counts = {"Ann": 2, "Bob": 3, "Cy": 2, "Di": 1, "Eve": 2}
+    for name, n in counts.items():
+        (tmp_path / name).mkdir()
+        for i in range(1, n + 1):
+            (tmp_path / name / f"{name}_{i:04d}.jpg").write_bytes(b"x")
+    direction = {"Ann": [1, 0, 0, 0], "Bob": [1, 0, 0, 0], "Cy": [0, 1, 0, 0], "Di": [0, 0, 1, 0], "Eve": [0, 0, 0, 1]}
+    embedded: list[str] = []
+
+    def embed(path):  # type: ignore[no-untyped-def]
+        embedded.append(path.parent.name)
+        return np.array(direction[path.parent.name], np.float32)
+
+    held = run_clustering(tmp_path, embed, threshold=0.5)
+    assert sorted(set(embedded)) == ["Bob", "Di", "Eve"] and held["images"] == 6
+    assert held["people_scored"] == "held-out" and "fitted on the other half" in held["people_note"]
+    assert held["pairwise_f"] == 1.0 and held["clusters"] == 3
+    everyone = run_clustering(tmp_path, embed, threshold=0.5, people="all")
+    assert everyone["images"] == 10 and everyone["pairwise_precision"] < 1.0
+    assert "not a held-out figure" in everyone["people_note"]
+    tuning = run_clustering(tmp_path, embed, threshold=0.5, people="tuning")
+    assert tuning["images"] == 4 and tuning["people_scored"] == "tuning"
+    with pytest.raises(ConfigError, match="people must be one of held-out, tuning, all, not 'most'"):
+        run_clustering(tmp_path, embed, threshold=0.5, people="most")  # type: ignore[arg-type]

@@ -141,3 +141,10 @@ def test_store_down_or_damaged_exits_4_and_model_mismatch_5(run, tmp_path: Path)
     assert code == 5 and "holds sface@000000000000 embeddings" in out and "re-embed" in out, out
     code, out = _invoke("identify", "nothere", photo)
     assert code == 2 and "no gallery named 'nothere'" in out, out
+
+
+def test_eval_clustering_rejects_an_unknown_people_choice(tmp_path: Path) -> None:
+    """A usage error (exit 2) before any model is loaded: the three choices are named."""
+    result = CliRunner().invoke(standalone, ["eval", "clustering", "--root", str(tmp_path), "--people", "most"])
+    assert result.exit_code == 2
+    assert "--people must be one of held-out, tuning, all, not 'most'" in result.stderr

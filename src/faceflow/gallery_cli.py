@@ -283,42 +283,15 @@ def cluster(
 # -- evaluation runners (the lead mounts them under `faceflow eval`) -----------------------------------
 
 
-def _lfw_embedder(model: str, flip: bool | None = None) -> Any:
-    """``embed_fn(path)``: the embedding of the face nearest the centre of an LFW image, or None.
-
-    Results are cached per image content under ``$FACEFLOW_HOME/eval-cache`` (both runners share them),
-    keyed like ``faceflow eval``'s: the model's weights, the detector's, and faceflow's model-facing code.
-    """
-    from faceflow.eval.cache import timed
-    from faceflow.eval.tasks import cache_for
-    from faceflow.gallery.workflows import make_analyzer
-    from faceflow.io import load_image
-    from faceflow.recognize import embedding_identity
-    from faceflow.types import nearest_face
-
-    identity = embedding_identity(model, flip=flip)
-    analyzer = make_analyzer(model, flip=identity.flip)
-    cache = cache_for("gallery-eval", ["yunet"], f"{identity.key} face-nearest-centre")
-    assert cache is not None
-
-    def compute(path: Path) -> Any:
-        image = load_image(path)
-        h, w = image.shape[:2]
-        face = nearest_face(analyzer.analyze_array(image), (w / 2, h / 2))
-        return None if face is None else face.embeddings.get(model)
-
-    return lambda path: cache.call(path, lambda: timed(compute, path))[0]
-
-
-
-
 def _run_lfw(run: Callable[..., dict[str, Any]], root: Path, model: str, flip: bool | None,
              **kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """Run one LFW gallery protocol with a progress bar; returns the console and the figures."""
+    from faceflow.eval.tasks import lfw_gallery_embedder
+
     with progress() as bar:
         task = bar.add_task("embedding", total=None)
-        result = run(root, _lfw_embedder(model, flip), progress=lambda i, n: bar.update(task, completed=i, total=n),
-                     **kwargs)
+        result = run(root, lfw_gallery_embedder(model, flip),
+                     progress=lambda i, n: bar.update(task, completed=i, total=n), **kwargs)
     return console, result
 
 
@@ -342,16 +315,25 @@ def eval_clustering(
     model: ModelOpt = "sface",
     threshold: Annotated[float | None, typer.Option(help="Average-linkage threshold (default: the model's).")] = None,
     flip: FlipOpt = None,
+    people: Annotated[str, typer.Option(help="People scored: held-out (the half the model's threshold was not "
+                                              "fitted on), tuning or all.")] = "held-out",
     out: Annotated[Path, typer.Option(help="Folder for clustering.json.")] = Path("faceflow-eval"),
 ) -> None:
-    """Cluster LFW (people with 2+ images, one-image people as distractors): pairwise and BCubed F."""
-    from faceflow.eval.clustering import run_clustering
+    """Cluster LFW (people with 2+ images, one-image people as distractors): pairwise and BCubed F.
+
+    By default only the half of LFW's people that the clustering thresholds were not fitted on is
+    clustered and scored (``training/fit_cluster_threshold.py`` fitted them on the other half).
+    """
+    from faceflow.eval.clustering import PEOPLE_NOTES, run_clustering
     from faceflow.gallery.cluster import cluster_threshold
 
+    if people not in PEOPLE_NOTES:
+        raise fail_usage(f"--people must be one of {', '.join(PEOPLE_NOTES)}, not {people!r}")
     threshold = cluster_threshold(model) if threshold is None else threshold
-    console, result = _run_lfw(run_clustering, root, model, flip, threshold=threshold)
+    console, result = _run_lfw(run_clustering, root, model, flip, threshold=threshold, people=people)
     _report(console, out / "clustering.json", result,
-            ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"), ("clusters", "threshold"))
+            ("pairwise_precision", "pairwise_recall", "pairwise_f", "bcubed_f"),
+            ("clusters", "threshold", "people_note"))
 
 
 def _report(console: Any, path: Path, result: dict[str, Any], rates: tuple[str, ...], plain: tuple[str, ...]) -> None:

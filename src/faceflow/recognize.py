@@ -266,7 +266,9 @@ class DlibEmbedder(AlignedEmbedder):
 # pairs, with flip (the fused default): 0.2818 / 0.7182 (without flip 0.2845 / 0.7155; the per-fold
 # fits range over 0.280-0.285). Same detections and crops as CALIBRATION below.
 FUSION_WEIGHTS: dict[str, float] = {"sface": 0.2818, "dlib": 0.7182}
-"""Weight of each part's cosine in the fused score (they sum to 1)."""
+"""Weight of each part's cosine in the fused score (they sum to 1). Fitted on LFW View 2, all 6,000
+pairs (the comment above): ``faceflow eval lfw`` refits them per fold, but the LFW gallery figures of
+``fused`` (``eval identification|clustering``) use these, fitted on the same images."""
 
 
 class FusedEmbedder(Embedder):
@@ -429,7 +431,9 @@ CALIBRATION: dict[str, Calibration] = {
     "fused": Calibration(threshold=0.7517, fmr=1e-3, tmr=0.9920, accuracy=0.9955),
 }
 """Each model's threshold (for its default flip) and the false-match rate, true-match rate and accuracy
-measured on LFW there."""
+measured on LFW there. Fitted on LFW View 2, all 6,000 pairs (``benchmarks/calibrate_verify.py``; the
+comment above), so these rates are not held-out figures; ``faceflow eval lfw`` does not use these
+thresholds (it picks one per fold on the nine other folds)."""
 
 
 @dataclass(frozen=True)

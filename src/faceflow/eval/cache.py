@@ -1,9 +1,21 @@
-"""Per-image result cache for evaluation runs, so a rerun after a scoring change is fast.
+"""Per-image result cache for evaluation runs, so a rerun of a protocol that changed nothing is fast.
 
-An entry is keyed by a model/settings string (chosen by the caller, e.g. ``"yunet-2023mar s=0.05"``)
-and the sha256 of the image file. It lives under ``$FACEFLOW_HOME/eval-cache/<hash of key>/`` as
-``<sha256>.json`` (the seconds the computation took and the value or its kind) and, for arrays,
-``<sha256>.npy``. Values are ``None``, numpy arrays, or JSON-able data (tuples come back as lists).
+An entry is keyed by a predictor key (:func:`predictor_key`: everything that decides what the
+predictor outputs) and the sha256 of the image file. It lives under
+``$FACEFLOW_HOME/eval-cache/<hash of key>/`` as ``<sha256>.json`` (the seconds the computation took and
+the value or its kind) and, for arrays, ``<sha256>.npy``. Values are ``None``, numpy arrays, or
+JSON-able data (tuples come back as lists).
+
+What the key covers, so that a cached result is never one that today's code would not give:
+
+* the protocol, the models' weight files (their registered sha256) and the run's settings;
+* :data:`PREDICTOR_VERSION`, bumped by hand with any change meant to alter outputs;
+* the source of every model-facing module: all of the ``faceflow`` package (and its shipped data,
+  e.g. the trained ``mesh_to_68`` regression) except :data:`EDGE_ONLY`. Hashing everything by default
+  means a new module, or a helper moved between modules, can never slip out of the key; the cost is
+  that a change in an evaluation module's scoring code re-runs the models too;
+* the versions of the runtime libraries that compute the outputs (:data:`RUNTIME_LIBRARIES`): the
+  same model file can give other numbers under another OpenCV, ONNX Runtime, dlib, LiteRT or numpy.
 """
 
 from __future__ import annotations
@@ -12,7 +24,8 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +34,77 @@ import numpy as np
 from faceflow.models.store import faceflow_home, sha256_file
 
 T = TypeVar("T")
+
+PREDICTOR_VERSION = 1
+"""Version of what faceflow's predictors output, part of every eval-cache key. Bump it by hand in the
+commit that changes an output on purpose (a fix, a new default, a retrained model) so that no cached
+result of the old behaviour is reused, even where the source hash alone would not show it (e.g. a
+change in a dependency pinned outside the package)."""
+
+EDGE_ONLY = frozenset({"cli.py", "cli_base.py", "gallery_cli.py", "draw.py", "bench.py", "outputs.py",
+                       "eval/report.py"})
+"""Package modules left out of the source hash, relative to the package: they only parse arguments,
+print, draw, time or write reports around results, and never touch a model's input or output
+(``gallery_cli`` takes its LFW embedder from :mod:`faceflow.eval.tasks`). Everything else is hashed."""
+
+RUNTIME_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "dlib": ("dlib-bin", "dlib"),
+    "litert": ("ai-edge-litert",),
+    "numpy": ("numpy",),
+}
+"""The libraries that compute model outputs -> the distributions that may provide each (any installed)."""
+
+
+def runtime_versions() -> dict[str, str]:
+    """``{library: "distribution==version", ...}`` for :data:`RUNTIME_LIBRARIES` (``"absent"`` when none is
+    installed), read from the installed distributions' metadata without importing them."""
+    out: dict[str, str] = {}
+    for lib, dists in RUNTIME_LIBRARIES.items():
+        found = []
+        for dist in dists:
+            try:
+                found.append(f"{dist}=={metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                continue
+        out[lib] = "+".join(found) or "absent"
+    return out
+
+
+def source_digest(package: Path | str | None = None) -> str:
+    """sha256 (16 hex digits) of the package's source and data files except :data:`EDGE_ONLY` (and
+    byte-code), each named by its path in the package; ``package`` defaults to the installed
+    ``faceflow`` folder. Read afresh at each call (about 1.5 MB), so an edit shows at once."""
+    root = Path(package) if package is not None else Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo") or rel in EDGE_ONLY:
+            continue
+        data = path.read_bytes()
+        h.update(f"{rel}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def predictor_key(protocol: str, models: Mapping[str, str], settings: str, *,
+                  runtime: Mapping[str, str] | None = None, source: str | None = None) -> str:
+    """The eval-cache key of one predictor: protocol, ``models`` (name -> weights sha256), settings,
+    :data:`PREDICTOR_VERSION`, faceflow's version, :func:`source_digest` and :func:`runtime_versions`
+    (``runtime``/``source`` override the last two, e.g. to key results made elsewhere)."""
+    from faceflow import __version__
+
+    runtime = runtime_versions() if runtime is None else runtime
+    return "|".join([
+        protocol,
+        ",".join(f"{name}={sha[:12]}" for name, sha in models.items()),
+        settings,
+        f"predictor={PREDICTOR_VERSION}",
+        f"faceflow={__version__}",
+        f"source={source_digest() if source is None else source}",
+        ",".join(f"{lib}={v}" for lib, v in sorted(runtime.items())),
+    ])
 
 
 def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:

@@ -11,19 +11,52 @@ which scores as a cluster of its own.
 
 LFW protocol (``faceflow eval clustering --root LFW``): every image of the people with two or more
 images, plus the images of the one-image people as distractors, clustered together; each image is
-its own photo (the cannot-link rule does not come into play).
+its own photo (the cannot-link rule does not come into play). The per-model thresholds
+(``faceflow.gallery.cluster.CLUSTER_THRESHOLDS``) were fitted on one half of LFW's people
+(:func:`lfw_tuning_half`, by ``training/fit_cluster_threshold.py``), so the protocol scores only the
+other half (``people="held-out"``); ``people="all"`` scores everyone, thresholds' own half included.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.errors import ConfigError
 from faceflow.eval.identification import EmbedFn, embed_all, lfw_identities
+
+PeopleScored = Literal["held-out", "tuning", "all"]
+"""Which of LFW's people a clustering run scores (see :func:`lfw_tuning_half`)."""
+
+PEOPLE_NOTES: dict[str, str] = {
+    "held-out": "the held-out half of LFW's people (SHA-1 of the name, first hex digit odd): the per-model "
+                "thresholds were fitted on the other half",
+    "tuning": "the half of LFW's people the per-model thresholds were fitted on (SHA-1 of the name, first hex "
+              "digit even): not a held-out figure",
+    "all": "all of LFW's people, including the half the per-model thresholds were fitted on: not a held-out figure",
+}
+"""What each ``people`` choice scores, as the run's output says it."""
+
+
+def lfw_tuning_half(name: str) -> bool:
+    """True for the LFW people the clustering thresholds are fitted on: the first hex digit of the SHA-1 of
+    the person's folder name is even. The split is by person, so no one is in both halves."""
+    return int(hashlib.sha1(name.encode()).hexdigest()[0], 16) % 2 == 0
+
+
+def _people_filter(people: PeopleScored) -> Callable[[str], bool]:
+    if people == "held-out":
+        return lambda name: not lfw_tuning_half(name)
+    if people == "tuning":
+        return lfw_tuning_half
+    if people == "all":
+        return lambda name: True
+    raise ConfigError(f"people must be one of {', '.join(PEOPLE_NOTES)}, not {people!r}")
 
 
 def _codes(labels: Sequence[Hashable], *, unassigned_apart: bool) -> npt.NDArray[np.int64]:
@@ -102,19 +135,19 @@ def run_clustering(
     *,
     threshold: float | None = None,
     fallback_fn: EmbedFn | None = None,
-    people: Callable[[str], bool] | None = None,
+    people: PeopleScored = "held-out",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Cluster LFW (see the module docstring) and score it against the person labels.
 
-    ``people`` picks a subset of the people by name (e.g. a tuning half); images without an
-    embedding are left unassigned (scored as singletons).
+    ``people`` picks which half of the people is clustered and scored: by default the half the
+    thresholds were not fitted on; images without an embedding are left unassigned (scored as
+    singletons).
     """
     from faceflow.gallery.cluster import DEFAULT_CLUSTER_THRESHOLD, average_linkage
 
-    identities = lfw_identities(root)
-    if people is not None:
-        identities = {k: v for k, v in identities.items() if people(k)}
+    keep = _people_filter(people)
+    identities = {k: v for k, v in lfw_identities(root).items() if keep(k)}
     items = [(name, p) for name, imgs in identities.items() for p in imgs]
     paths = [p for _, p in items]
     embeddings, counts = embed_all(paths, embed_fn, fallback_fn,
@@ -127,7 +160,8 @@ def run_clustering(
         labels[found] = average_linkage(vectors, [str(paths[i]) for i in found], t)
     result = evaluate_clustering([name for name, _ in items], labels.tolist())
     result.update(
-        threshold=t, people_with_2_or_more=sum(len(v) >= 2 for v in identities.values()),
+        threshold=t, people_scored=people, people_note=PEOPLE_NOTES[people],
+        people_with_2_or_more=sum(len(v) >= 2 for v in identities.values()),
         distractors=sum(len(v) == 1 for v in identities.values()), **counts,
     )
     return result

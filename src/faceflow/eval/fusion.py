@@ -7,10 +7,12 @@ the fused score is ``sum_m w_m * cos_m`` with ``w_m = (1/sigma_m) / sum_k (1/sig
 cosine scale, and exactly the cosine similarity of the concatenated vectors ``[sqrt(w_m) * u_m]``
 of unit-norm embeddings ``u_m`` (see :class:`faceflow.recognize.FusedEmbedder`).
 
-For LFW's 10-fold protocol, :func:`fold_scores` fits the weights once per test fold on the other
-nine folds and returns one row of fused scores per test fold; :func:`faceflow.eval.lfw.evaluate_lfw`
-takes such a ``(n_folds, n_pairs)`` matrix and uses row ``k`` (thresholds from its training pairs,
-figures on its test pairs) when fold ``k`` is tested, and the test-fold parts of the rows for the ROC.
+The fixed weights of ``faceflow.recognize.FUSION_WEIGHTS`` were fitted by this rule on all 6,000
+LFW View 2 pairs, so they are never used to score LFW verification: for LFW's 10-fold protocol,
+:func:`fold_scores` fits the weights once per test fold on the other nine folds and returns one row
+of fused scores per test fold; :func:`faceflow.eval.lfw.evaluate_lfw` takes such a
+``(n_folds, n_pairs)`` matrix and uses row ``k`` (thresholds from its training pairs, figures on its
+test pairs) when fold ``k`` is tested, and the test-fold parts of the rows for the ROC.
 """
 
 from __future__ import annotations

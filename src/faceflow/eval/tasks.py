@@ -7,7 +7,6 @@ settings and faceflow's version, so a rerun after a change in the scoring is fas
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.detect import DetectorOptions, create_detector
-from faceflow.eval.cache import ResultCache
+from faceflow.eval.cache import ResultCache, predictor_key, timed
+from faceflow.eval.identification import EmbedFn
 from faceflow.eval.lfw import run_lfw
 from faceflow.eval.utkface import run_utkface
 from faceflow.eval.w300 import run_300w
@@ -30,35 +30,15 @@ WIDER_SCORE_THRESHOLD = 0.05
 same setting PEERS.md used for YuNet and CenterFace)."""
 
 
-def _version() -> str:
-    from faceflow import __version__
-
-    return __version__
-
-
-EDGE_MODULES = frozenset({"cli.py", "cli_base.py", "gallery_cli.py", "draw.py", "bench.py"})
-"""Top-level modules that never touch a model's input or output: left out of :func:`_code_hash`."""
-
-
-def _code_hash() -> str:
-    """Digest of faceflow's model-facing source (detectors, stages, models), so that a change in how
-    a model is run invalidates cached results just as a change of model file does."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    top = [p for p in root.glob("*.py") if p.name not in EDGE_MODULES]
-    for path in sorted([*top, *root.glob("detect/*.py"), *root.glob("models/*.py")]):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def cache_for(protocol: str, models: Sequence[str], settings: str, enabled: bool = True) -> ResultCache | None:
-    """A result cache whose key changes whenever a model file, the code that runs it, a setting or
-    faceflow's version does."""
+    """A result cache keyed by :func:`~faceflow.eval.cache.predictor_key`: it changes whenever a model
+    file (``models``: registry names, by their files' sha256), a setting, the model-facing source,
+    :data:`~faceflow.eval.cache.PREDICTOR_VERSION` or a runtime library's version does."""
     if not enabled:
         return None
-    hashes = ",".join(f.sha256[:12] for m in models if m in MODELS for f in MODELS[m].files)
-    return ResultCache(f"{protocol}|{','.join(models)}|{hashes}|{settings}|faceflow {_version()}|{_code_hash()}")
+    weights = {f"{m}/{f.name}": f.sha256 for m in models if m in MODELS for f in MODELS[m].files}
+    # every name goes into the settings too: the modes ("fast", "accurate") are not registry entries
+    return ResultCache(predictor_key(protocol, weights, f"{','.join(models)}|{settings}"))
 
 
 def centre_face(image: Image, fraction: float = 0.5) -> Face:
@@ -175,3 +155,30 @@ def eval_utkface(root: Path | str, *, detector: str = "yunet", age_gender: str =
     result = run_utkface(root, predict, split=split, progress=progress, cache=cache)
     result.update(protocol="utkface", detector=detector, age_gender=age_gender, split=str(split) if split else None)
     return result
+
+
+def lfw_gallery_embedder(model: str, flip: bool | None = None, *, use_cache: bool = True) -> EmbedFn:
+    """``embed_fn(path)`` for the LFW gallery protocols (``faceflow eval identification|clustering``):
+    the embedding of the face nearest the image centre as a gallery stores it (the gallery's analyzer,
+    ``model`` with its default flip unless ``flip`` is given), or ``None`` when no face is found.
+
+    Results are cached per image content under ``$FACEFLOW_HOME/eval-cache`` (both protocols, and
+    ``training/fit_cluster_threshold.py``, share them), keyed like the other protocols.
+    """
+    from faceflow.gallery.workflows import make_analyzer
+    from faceflow.recognize import embedding_identity
+
+    identity = embedding_identity(model, flip=flip)
+    analyzer = make_analyzer(model, flip=identity.flip)
+    cache = cache_for("gallery-eval", ["yunet"], f"{identity.key} face-nearest-centre", use_cache)
+
+    def compute(path: Path) -> Any:
+        image = load_image(path)
+        h, w = image.shape[:2]
+        face = nearest_face(analyzer.analyze_array(image), (w / 2, h / 2))
+        return None if face is None else face.embeddings.get(model)
+
+    def embed(path: Path) -> Any:
+        return compute(path) if cache is None else cache.call(path, lambda: timed(compute, path))[0]
+
+    return embed
