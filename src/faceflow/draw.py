@@ -10,6 +10,8 @@ from faceflow.types import Face, Image
 
 def _label(face: Face) -> str:
     parts = [f"{face.score:.2f}"]
+    if face.track_id is not None:
+        parts.insert(0, f"#{face.track_id}")
     if face.gender is not None:
         parts.append(str(face.gender.value)[0].upper())
     if face.age is not None:
