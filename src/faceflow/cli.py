@@ -7,6 +7,7 @@ errors (unknown option, stage, detector or model).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from faceflow import gallery_cli
 from faceflow.errors import ConfigError, FaceflowError
@@ -63,8 +65,14 @@ def analyze(
     embeddings: Annotated[bool, typer.Option("--embeddings", help="Write embeddings into faces.jsonl.")] = False,
     annotate: Annotated[bool, typer.Option(help="Write annotated copies of the images.")] = True,
     workers: Annotated[int, typer.Option(help="Images analysed at once (threads).")] = 1,
+    every: Annotated[int | None, typer.Option(help="Videos: analyse every Nth frame.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Videos: analyse about F frames per second.")] = None,
 ) -> None:
-    """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images."""
+    """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images.
+
+    Videos (by suffix) are decoded frame by frame and their faces tracked: OUT/frames.jsonl gets one
+    object per analysed frame, OUT/annotated/ a video with boxes labelled by track id (audio kept).
+    """
     from faceflow.detect import DetectorOptions
     from faceflow.draw import annotate as draw
     from faceflow.draw import save_image
@@ -81,10 +89,21 @@ def analyze(
         )
     except ConfigError as exc:
         raise _fail_usage(str(exc)) from None
-    files = iter_image_files(paths)
-    if not files:
-        raise _fail_usage("no image files found in " + ", ".join(map(str, paths)))
+    from faceflow.video import is_video, iter_video_files
+
+    files = [f for f in iter_image_files(paths) if not is_video(f)]
+    videos = iter_video_files(paths)
+    if not files and not videos:
+        raise _fail_usage("no image or video files found in " + ", ".join(map(str, paths)))
+    if every is not None and fps is not None:
+        raise _fail_usage("give --every or --fps, not both")
+    if (every is not None and every < 1) or (fps is not None and not fps > 0):
+        raise _fail_usage("--every must be >= 1 and --fps > 0")
     out.mkdir(parents=True, exist_ok=True)
+    videos_failed = _analyze_videos(analyzer, paths, videos, out, annotate=annotate, every=every, fps=fps,
+                                    embeddings=embeddings) if videos else 0
+    if not files:
+        raise typer.Exit(1 if videos_failed else 0)
     rel = result_paths([p for p in paths if p.exists()], [f for f in files if f.exists()])
     annotated_dir = out / "annotated"
 
@@ -113,7 +132,72 @@ def analyze(
         f"{len(files) - failed} of {len(files)} images analysed, {n_faces} faces, {failed} failed. "
         f"Results: {jsonl}" + (f"; annotated images: {annotated_dir}" if annotate else "")
     )
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(1 if failed or videos_failed else 0)
+
+
+class _RateColumn(ProgressColumn):
+    """Frames analysed per second, for the video progress bar."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:.1f} frames/s")
+
+
+def _analyze_videos(analyzer: Any, inputs: list[Path], videos: list[Path], out: Path, *, annotate: bool,
+                    every: int | None, fps: float | None, embeddings: bool) -> int:
+    """VIDEO mode of ``analyze``: track faces through each video; returns how many videos had failures.
+
+    Writes OUT/frames.jsonl (one object per analysed frame: ``path``, ``frame``, ``time``, ``faces``
+    with ``track_id``, ``error``; a video that cannot be read gets one line with ``frame`` null) and,
+    with ``annotate``, OUT/annotated/<relative path> with the source's size, frame rate and audio.
+    """
+    from faceflow.draw import annotate as draw
+    from faceflow.errors import VideoError
+    from faceflow.pipeline import result_paths
+    from faceflow.track import Tracker
+    from faceflow.video import VideoWriter, iter_frames, probe, track_frames
+
+    rel = result_paths([p for p in inputs if p.exists()], [v for v in videos if v.exists()])
+    failed = 0
+    with open(out / "frames.jsonl", "w", encoding="utf-8") as fh:
+        for video in videos:
+            tracker, n_frames, errors, t0 = Tracker(), 0, 0, time.perf_counter()
+            writer: VideoWriter | None = None
+            try:
+                info = probe(video)
+                if annotate:
+                    target = out / "annotated" / rel[video.resolve()]
+                    if target.suffix.lower() not in (".mp4", ".mov", ".m4v", ".mkv"):
+                        target = target.with_suffix(".mkv")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    writer = VideoWriter(target, fps=info.fps, width=info.width, height=info.height,
+                                         audio_from=video)
+                total = info.frames and (math.ceil(info.frames / every) if every else
+                                         (math.ceil(info.duration * fps) if fps and info.duration else info.frames))
+                with _progress() as bar:
+                    bar.columns = (*bar.columns, _RateColumn())
+                    task = bar.add_task(video.name, total=total or None)
+                    for result in track_frames(analyzer, iter_frames(video, every=every, fps=fps), tracker):
+                        fh.write(json.dumps({"path": str(video), **result.to_dict(embeddings=embeddings)}) + "\n")
+                        n_frames += 1
+                        errors += result.error is not None
+                        if writer is not None and result.image is not None:
+                            writer.write(draw(result.image, result.faces), result.time)
+                        bar.advance(task)
+            except VideoError as exc:
+                errors += 1
+                fh.write(json.dumps({"path": str(video), "frame": None, "time": None, "faces": [],
+                                     "error": str(exc)}) + "\n")
+                console.print(f"[yellow]failed:[/yellow] {exc}")
+            finally:
+                if writer is not None:
+                    writer.close()
+            fh.flush()
+            seconds = time.perf_counter() - t0
+            failed += errors > 0
+            console.print(f"{video}: {n_frames} frames in {seconds:.1f} s ({n_frames / max(seconds, 1e-9):.1f} "
+                          f"frames/s), {tracker.ids_issued} tracks, {errors} errors"
+                          + (f"; annotated: {writer.path}" if writer is not None else ""))
+    return failed
 
 
 @app.command()

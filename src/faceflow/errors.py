@@ -38,3 +38,12 @@ class DatasetError(FaceflowError):
 
 class GalleryError(FaceflowError):
     """A gallery operation failed: unknown gallery or subject, a model mismatch, or a damaged store."""
+
+
+class VideoError(FaceflowError):
+    """A video could not be read or written (missing, corrupt, no video stream, undecodable frames)."""
+
+    def __init__(self, reason: str, source: str | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        super().__init__(f"{source}: {reason}" if source else reason)
