@@ -155,3 +155,13 @@ def test_bad_options_are_config_errors() -> None:
         TrackerOptions(low_threshold=0.8, high_threshold=0.5)
     with pytest.raises(ConfigError, match="min_hits"):
         TrackerOptions(min_hits=0)
+
+
+def test_end_tracks_gives_faces_after_a_cut_new_ids() -> None:
+    tracker = Tracker()
+    for _ in range(5):
+        tracker.update([Face(box(100, 100, 80), score=0.9)])
+    tracker.end_tracks()
+    assert tracker.confirmed_ids == []
+    got = [ids(tracker.update([Face(box(100, 100, 80), score=0.9)]))[0] for _ in range(4)]
+    assert got == [None, None, 2, 2]  # tentative again, then a new id; 1 is never reused

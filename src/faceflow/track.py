@@ -49,8 +49,11 @@ class TrackerOptions:
     """Detections scoring at least this are matched first, against every live track."""
     low_threshold: float = 0.1
     """Detections below this are ignored; those between this and ``high_threshold`` only continue tracks."""
-    new_track_threshold: float = 0.7
-    """A detection unmatched after both stages starts a new (tentative) track only if it scores this much."""
+    new_track_threshold: float = 0.6
+    """A detection unmatched after both stages starts a new (tentative) track only if it scores this much.
+    Equal to ``high_threshold`` by default: ``min_hits`` consecutive matches, not a higher score, is
+    what keeps one-off false positives from becoming tracks (a real face that a detector scores 0.65
+    frame after frame deserves an id)."""
     match_iou: float = 0.2
     """Minimum IoU between a predicted track box and a high-score detection for them to match."""
     low_match_iou: float = 0.5
@@ -186,6 +189,11 @@ class Tracker:
     def ids_issued(self) -> int:
         """How many track ids this tracker has handed out so far."""
         return self._next_id - 1
+
+    def end_tracks(self) -> None:
+        """End every track now (a scene cut: no box after it continues one from before). Ids are
+        never reused, so faces seen after the cut get new ones."""
+        self.tracks = []
 
     def _steps_since_last(self, time: float | None) -> int:
         """Frame steps since the previous update: 1, or more when ``time`` shows skipped frames.

@@ -21,7 +21,9 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import av
+import cv2
 import numpy as np
+import numpy.typing as npt
 
 from faceflow.errors import ConfigError, FaceflowError, ImageError, VideoError
 from faceflow.track import Tracker
@@ -256,6 +258,44 @@ class VideoWriter:
         self.close()
 
 
+class SceneCuts:
+    """Tells shot boundaries (hard cuts) from colour-histogram changes between consecutive frames.
+
+    An IoU tracker cannot see a cut: a face in the new shot that happens to sit where another was
+    takes over its id. The change between two frames is half the L1 distance of their HSV histograms
+    (8 x 4 x 4 bins on a 128x72 thumbnail, 0 = same colours, 1 = disjoint); a cut is a change above
+    ``threshold`` and ``relative`` times the median change of the last ``history`` frames, so sparse
+    sampling (``every``, ``fps``), where neighbouring frames differ more, raises the bar with it.
+    On faceflow's sample clips at full rate the three cuts of the Hamilton clip measure 0.32-0.52
+    against a median of 0.014, and camera moves and gestures stay below 0.14.
+    """
+
+    def __init__(self, threshold: float = 0.25, relative: float = 4.0, history: int = 50) -> None:
+        self.threshold, self.relative, self.history = threshold, relative, history
+        self._previous: npt.NDArray[np.float64] | None = None
+        self._changes: list[float] = []
+
+    @staticmethod
+    def _histogram(image: Image) -> npt.NDArray[np.float64]:
+        small = cv2.resize(image, (128, 72), interpolation=cv2.INTER_AREA)
+        hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+        hist = cv2.calcHist([hsv], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+        return np.asarray(hist / max(float(hist.sum()), 1.0), dtype=np.float64)
+
+    def __call__(self, image: Image) -> bool:
+        """Whether ``image`` starts a new shot (never for the first frame)."""
+        hist = self._histogram(image)
+        previous, self._previous = self._previous, hist
+        if previous is None:
+            return False
+        change = 0.5 * float(np.abs(hist - previous).sum())
+        bar = self.threshold
+        if self._changes:
+            bar = max(bar, self.relative * float(np.median(self._changes)))
+        self._changes = [*self._changes[-(self.history - 1):], change]
+        return change > bar
+
+
 class FrameAnalyzer(Protocol):
     """What :func:`track_frames` needs from an analyser (:class:`faceflow.pipeline.Analyzer` is one)."""
 
@@ -289,22 +329,27 @@ def _check_frame(image: Any) -> Image:
     return image
 
 
-def track_frames(analyzer: FrameAnalyzer, frames: Iterable[Frame], tracker: Tracker | None = None
-                 ) -> Iterator[FrameResult]:
+def track_frames(analyzer: FrameAnalyzer, frames: Iterable[Frame], tracker: Tracker | None = None, *,
+                 cuts: bool = True) -> Iterator[FrameResult]:
     """Analyse each frame and give its faces track ids; one :class:`FrameResult` per frame, in order.
 
     Works for a decoded video (:func:`iter_frames`) as for a live stream: results come out as frames
     go in. A frame whose analysis raises a :class:`FaceflowError` gets the message in ``error`` (and
     is not shown to the tracker, so the tracks neither advance nor age on it); the next one goes on.
+    With ``cuts``, a scene cut (:class:`SceneCuts`) ends every track, so no id crosses it.
     """
     tracker = tracker or Tracker()
+    scene_cuts = SceneCuts() if cuts else None
     for frame in frames:
         result = FrameResult(frame=frame.index, time=frame.time, image=frame.image)
         try:
-            faces = analyzer.analyze_array(_check_frame(frame.image))
+            image = _check_frame(frame.image)
+            faces = analyzer.analyze_array(image)
         except FaceflowError as exc:
             result.error = f"frame {frame.index}: {exc}"
             yield result
             continue
+        if scene_cuts is not None and scene_cuts(image):
+            tracker.end_tracks()
         result.faces = tracker.update(faces, time=frame.time)
         yield result
