@@ -165,3 +165,17 @@ def test_end_tracks_gives_faces_after_a_cut_new_ids() -> None:
     assert tracker.confirmed_ids == []
     got = [ids(tracker.update([Face(box(100, 100, 80), score=0.9)]))[0] for _ in range(4)]
     assert got == [None, None, 2, 2]  # tentative again, then a new id; 1 is never reused
+
+
+def test_sampling_jitter_is_not_taken_for_dropped_frames() -> None:
+    """Frames sampled at about 5/s from 25 fps come 0.16, 0.24 or 0.2 s apart: each is one step, so
+    a face hidden for 9 analysed frames is still within a 10-frame lost buffer (counting a 0.24 s
+    gap as two steps would use the buffer up early)."""
+    tracker = Tracker(TrackerOptions(max_lost_frames=10))
+    times = np.cumsum([0.0] + [0.16, 0.24, 0.2] * 8).tolist()
+    for t in times[:12]:
+        tracker.update([Face(box(100, 100, 80), score=0.9)], time=t)
+    for t in times[12:21]:
+        tracker.update([], time=t)
+    assert ids(tracker.update([Face(box(100, 100, 80), score=0.9)], time=times[21])) == [1]
+

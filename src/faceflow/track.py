@@ -178,7 +178,7 @@ class Tracker:
         self._next_id = 1
         self._step = 0
         self._last_time: float | None = None
-        self._interval: float | None = None
+        self._gaps: list[float] = []
 
     @property
     def confirmed_ids(self) -> list[int]:
@@ -198,16 +198,17 @@ class Tracker:
     def _steps_since_last(self, time: float | None) -> int:
         """Frame steps since the previous update: 1, or more when ``time`` shows skipped frames.
 
-        The frame interval is the smallest positive gap seen so far, so a dropped frame in a stream
-        counts as two steps and the motion model moves the boxes twice as far.
+        The frame interval is the median of the last 20 gaps, so a dropped frame in a stream counts
+        as two steps (the motion model moves the boxes twice as far) while the jitter of sampling by
+        timestamp (``iter_frames(fps=...)``) does not.
         """
         if time is None or self._last_time is None:
             return 1
         gap = time - self._last_time
         if gap <= 0:
             return 1
-        self._interval = gap if self._interval is None else min(self._interval, gap)
-        return max(1, min(round(gap / self._interval), self.options.max_lost_frames + 1))
+        self._gaps = [*self._gaps[-19:], gap]
+        return max(1, min(round(gap / float(np.median(self._gaps))), self.options.max_lost_frames + 1))
 
     def _expired(self, track: _Track, time: float | None) -> bool:
         o = self.options
