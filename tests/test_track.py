@@ -71,6 +71,23 @@ def test_crossing_in_plain_view_keeps_ids() -> None:
         assert (a.track_id, b.track_id) == (2, 1), t
 
 
+def test_a_big_face_passing_in_front_does_not_take_a_small_ones_id() -> None:
+    """As in the Hamilton clip (frames 72-76): a close-up face enters over a small face in the crowd,
+    which it hides; the first boxes of the close-up overlap the small face's track by IoU >= 0.3."""
+    tracker = Tracker()
+    for _ in range(10):
+        small = Face([433, 153, 490, 245], score=0.8)
+        tracker.update([small])
+    assert small.track_id == 1
+    entering = [[445, 133, 528, 275], [429, 103, 588, 338], [437, 120, 583, 344], [439, 135, 576, 343]]
+    from faceflow.detect.base import iou_matrix
+
+    assert iou_matrix([[433, 153, 490, 245]], entering[:1])[0, 0] > TrackerOptions().match_iou
+    got = [ids(tracker.update([Face(b, score=0.65)]))[0] for b in entering]
+    assert 1 not in got
+    assert tracker.ids_issued <= 2
+
+
 def test_fast_motion_is_followed_by_prediction() -> None:
     """A face speeding up to 30 px per frame with a 40 px box: at the end consecutive boxes overlap
     by IoU 0.14, below the 0.2 gate, so only the motion model keeps the match."""

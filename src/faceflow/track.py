@@ -16,6 +16,9 @@ confirmed track that misses frames is *lost*: its box keeps moving with its esti
 it can be picked up again within ``max_lost_frames`` frames (or ``max_lost_seconds``); after that it
 is removed and its id is never reused.
 
+A pair whose heights differ by more than ``max_scale_change`` never matches, whatever its IoU: a big
+face passing in front of a small one would otherwise take over its id.
+
 The motion model is a constant-velocity Kalman filter on (centre x, centre y, aspect w/h, height),
 the parameterisation of SORT/DeepSORT, with noise proportional to the box height so that it behaves
 the same for small and large faces.
@@ -60,6 +63,10 @@ class TrackerOptions:
     """Minimum IoU for a low-score detection (stricter: these are more often false positives)."""
     tentative_match_iou: float = 0.3
     """Minimum IoU for a detection to continue a tentative track."""
+    max_scale_change: float = 1.4
+    """A detection may continue a track only if its height is within this factor of the track's
+    predicted height: a face does not grow by half between two frames, but a big face moving in
+    front of a small one overlaps it enough to steal its id by IoU alone."""
     min_hits: int = 3
     """Consecutive matches after which a tentative track is confirmed and given its id."""
     max_lost_frames: int = 30
@@ -73,6 +80,8 @@ class TrackerOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.low_threshold <= self.high_threshold:
             raise ConfigError("tracker thresholds must satisfy 0 <= low_threshold <= high_threshold")
+        if self.max_scale_change < 1:
+            raise ConfigError("tracker max_scale_change must be >= 1")
         if self.min_hits < 1 or self.max_lost_frames < 0:
             raise ConfigError("tracker min_hits must be >= 1 and max_lost_frames >= 0")
         for name in ("match_iou", "low_match_iou", "tentative_match_iou"):
@@ -220,7 +229,11 @@ class Tracker:
         """Optimal (track index, face index) pairs with IoU of at least ``min_iou``."""
         if not tracks or not faces:
             return []
-        iou = iou_matrix(np.stack([t.box for t in tracks]), np.stack([f.box for f in faces]))
+        track_boxes, face_boxes = np.stack([t.box for t in tracks]), np.stack([f.box for f in faces])
+        iou = iou_matrix(track_boxes, face_boxes)
+        scale = (face_boxes[None, :, 3] - face_boxes[None, :, 1]) / (track_boxes[:, None, 3] - track_boxes[:, None, 1])
+        limit = self.options.max_scale_change
+        iou[(scale > limit) | (scale < 1 / limit)] = 0.0
         rows, cols = linear_sum_assignment(1.0 - iou)
         return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
 
