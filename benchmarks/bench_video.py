@@ -92,6 +92,7 @@ def main() -> None:
     if not clips:
         raise SystemExit(f"no clips in {args.videos}")
     results: dict[str, object] = {}
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for clip in clips:
             native = analyze(clip, Path(tmp) / clip.stem / "native")
@@ -111,7 +112,9 @@ def main() -> None:
                 "frames/s of the video loop (decode, analyse, track, annotate, encode), model loading excluded",
         "upscaled": "1280x720 copies made with the ffmpeg binary (scale filter, libx264 crf 18) in a temp dir",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "FACEFLOW_THREADS": os.environ.get("FACEFLOW_THREADS")},
+                    "FACEFLOW_THREADS": os.environ.get("FACEFLOW_THREADS"),
+                    "load_average_1_5_15_min_before": [round(x, 2) for x in load_before],
+                    "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()]},
         "clips": results,
     }, args.json)
 
