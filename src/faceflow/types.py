@@ -99,6 +99,8 @@ class Face:
     gender: Estimate | None = None
     expression: Expression | None = None
     quality: float | None = None
+    track_id: int | None = None
+    """Identity of this face across the frames of a video or stream (set by :mod:`faceflow.track`)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Fields of plug-in stages that ``Face`` does not declare, by the stage's field name (JSON-ready
     values, or objects with ``to_dict()``)."""
@@ -128,6 +130,8 @@ class Face:
     def to_dict(self, *, embeddings: bool = False) -> dict[str, Any]:
         """JSON-ready dict; fields no stage filled are omitted, embeddings only when asked."""
         out: dict[str, Any] = {"box": _round(self.box.tolist()), "score": round(self.score, 4)}
+        if self.track_id is not None:
+            out["track_id"] = self.track_id
         if self.detector is not None:
             out["detector"] = self.detector
         for name in ("landmarks5", "landmarks68", "mesh"):
