@@ -13,13 +13,17 @@ class FaceflowError(Exception):
     """Base class of every error faceflow raises on purpose."""
 
 
-class ImageError(FaceflowError):
-    """An input could not be decoded into an image (corrupt, truncated, empty, too large, not an image)."""
+class InputError(FaceflowError):
+    """An input file could not be read: the message is ``"<source>: <reason>"`` (or the reason alone)."""
 
     def __init__(self, reason: str, source: str | None = None) -> None:
         self.reason = reason
         self.source = source
         super().__init__(f"{source}: {reason}" if source else reason)
+
+
+class ImageError(InputError):
+    """An input could not be decoded into an image (corrupt, truncated, empty, too large, not an image)."""
 
 
 class NoFaceFound(FaceflowError):
@@ -84,10 +88,5 @@ class StoreDamaged(StoreUnavailable):
     """The gallery store is there but damaged (a corrupt SQLite file, a schema newer than this faceflow)."""
 
 
-class VideoError(FaceflowError):
+class VideoError(InputError):
     """A video could not be read or written (missing, corrupt, no video stream, undecodable frames)."""
-
-    def __init__(self, reason: str, source: str | None = None) -> None:
-        self.reason = reason
-        self.source = source
-        super().__init__(f"{source}: {reason}" if source else reason)
