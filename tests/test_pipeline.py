@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from PIL import Image as PILImage
 
 from faceflow import Analyzer, ConfigError, Face
 from faceflow.detect import iou_matrix
+from faceflow.stage import Stage, StageSpec
 from tests.conftest import ASTRONAUT_FACE_BOX
 
 
@@ -155,3 +157,42 @@ def test_stream_mode_goes_on_past_a_bad_frame(dataset) -> None:  # type: ignore[
     assert len(results) == 7 and results[3].error is not None and "RGB uint8" in results[3].error
     assert all(r.error is None and len(r.faces) == 1 for r in results[:3] + results[4:])
     assert results[-1].faces[0].track_id == 1  # the track went on through the bad frame
+
+
+def test_an_unforeseen_stage_failure_is_recorded_per_image(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """A stage's own bug (here a plain RuntimeError) becomes a StageError naming the stage; the batch goes on."""
+    from faceflow.errors import StageError
+    from faceflow.stage import StageRegistry
+
+    reg = StageRegistry(["tests.test_pipeline:FIND_ONE", "tests.test_pipeline:BOOM"], entry_points=False)
+    analyzer = Analyzer(stages="boom", stage_registry=reg)
+    with pytest.raises(StageError, match="stage 'boom' failed: RuntimeError: no luck"):
+        analyzer.analyze_array(astronaut)
+    paths = []
+    for name in ("a.png", "b.png"):
+        PILImage.fromarray(astronaut).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    results = list(analyzer.analyze_batch(paths))
+    assert [r.error for r in results] == ["stage 'boom' failed: RuntimeError: no luck"] * 2
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoOptions:
+    """No settings."""
+
+
+class _FindOne(Stage):
+    def __init__(self, options: object, runtime: object) -> None:
+        pass
+
+    def run(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        return [Face(box=[0, 0, 10, 10])]
+
+
+class _Boom(_FindOne):
+    def run(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        raise RuntimeError("no luck")
+
+
+FIND_ONE = StageSpec(name="find", help="", options=_NoOptions, factory=_FindOne, provides=("box",))
+BOOM = StageSpec(name="boom", help="", options=_NoOptions, factory=_Boom, needs=("box",))

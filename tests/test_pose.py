@@ -184,3 +184,10 @@ def test_a_mirrored_photo_has_opposite_yaw(dataset, yunet: Detector, stages) -> 
         assert poses[source].yaw > 10 and flipped[source].yaw < -10, (source, poses[source], flipped[source])
     for source in ("mesh", "68"):
         assert abs(poses[source].yaw + flipped[source].yaw) < 6
+
+
+def test_estimate_pose_of_points_that_coincide_is_none() -> None:
+    """SQPnP raised an OpenCV assertion (and ended a whole batch) on a face a pixel or two wide."""
+    assert estimate_pose(np.full((5, 2), 100.0), MODEL_5, SIZE) is None
+    assert estimate_pose(np.full((68, 2), 7.5) + np.random.default_rng(0).normal(0, 1e-9, (68, 2)),
+                         MODEL_68, SIZE) is None

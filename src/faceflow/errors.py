@@ -52,6 +52,11 @@ class ChecksumMismatch(ModelUnavailable):
     """A model file was found or fetched but its sha256 is not the registered one."""
 
 
+class StageError(FaceflowError):
+    """A stage failed on one image in a way its own code did not foresee (a bug or a library's refusal):
+    the message names the stage, so a batch records it against that image and goes on."""
+
+
 class ConfigError(FaceflowError, ValueError):
     """Options that cannot work together, or a name that is not known (detector, stage, model)."""
 

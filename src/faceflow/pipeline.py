@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faceflow.errors import ConfigError, FaceflowError, ModelUnavailable
+from faceflow.errors import ConfigError, FaceflowError, ModelUnavailable, StageError
 from faceflow.io import ImageSource, load_image
 from faceflow.models.runtime import Runtime
 from faceflow.models.store import ModelStore
@@ -228,7 +228,12 @@ class Analyzer:
             if i and not faces:
                 break
             t0 = time.perf_counter()
-            faces = stage.run(image, faces)
+            try:
+                faces = stage.run(image, faces)
+            except FaceflowError:
+                raise
+            except Exception as exc:
+                raise StageError(f"stage {name!r} failed: {type(exc).__name__}: {exc}") from exc
             if timings is not None:
                 timings.setdefault(name, []).append(time.perf_counter() - t0)
         return faces

@@ -127,13 +127,17 @@ def _toward_axis(direction: npt.ArrayLike) -> npt.NDArray[np.float64]:
 def estimate_pose(points2d: npt.ArrayLike, model3d: npt.ArrayLike, image_size: tuple[int, int]) -> Pose | None:
     """The pose that projects ``model3d`` (N, 3) onto ``points2d`` (N, 2, image pixels) through
     :func:`camera_matrix`, relative to the line of sight to the head (so a face looking into the lens
-    is frontal wherever it is in the frame); ``None`` when ``solvePnP`` finds none. Needs N >= 4."""
+    is frontal wherever it is in the frame); ``None`` when ``solvePnP`` finds none or the points are too
+    close together to define one. Needs N >= 4."""
     img = np.ascontiguousarray(points2d, dtype=np.float64).reshape(-1, 2)
     obj = np.ascontiguousarray(model3d, dtype=np.float64).reshape(-1, 3)
     if len(img) != len(obj) or len(img) < 4:
         raise ValueError(f"need N >= 4 matching points, got {len(img)} 2-D and {len(obj)} 3-D")
     k, no_distortion = camera_matrix(image_size), np.zeros(4)
-    ok, rvec, tvec = cv2.solvePnP(obj, img, k, no_distortion, flags=cv2.SOLVEPNP_SQPNP)
+    try:
+        ok, rvec, tvec = cv2.solvePnP(obj, img, k, no_distortion, flags=cv2.SOLVEPNP_SQPNP)
+    except cv2.error:  # SQPnP refuses points that (nearly) coincide, e.g. a face of a pixel or two
+        return None
     if not ok:
         return None
     rvec, tvec = cv2.solvePnPRefineLM(obj, img, k, no_distortion, rvec, tvec)
