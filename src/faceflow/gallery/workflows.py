@@ -159,7 +159,7 @@ def enroll(
                 report.notes.append(ItemFailure(str(path), f"{len(result.faces)} faces; the largest enrolled"))
             pending.append(GalleryFace(
                 subject, _embedding(face, g), box=tuple(float(v) for v in face.box),  # type: ignore[arg-type]
-                quality=face.quality if face.quality is not None else face.score, source=str(path),
+                quality=face.quality_fraction, source=str(path),
                 source_sha256=sha256_file(Path(path)), metadata={"detector": face.detector},
             ))
             if len(pending) >= batch:
