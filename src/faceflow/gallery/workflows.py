@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.errors import ConfigError, FaceflowError, GalleryError, ModelMismatch, MultipleFaces, NoFaceFound
+from faceflow.errors import (
+    ConfigError,
+    FaceflowError,
+    GalleryError,
+    LowQuality,
+    ModelMismatch,
+    MultipleFaces,
+    NoFaceFound,
+)
 from faceflow.gallery.search import Aggregate, Identification, Searcher
 from faceflow.gallery.store import GalleryFace, GalleryInfo, GalleryStore, check_name, model_name
 from faceflow.models.store import sha256_file
@@ -33,12 +41,15 @@ false matches grow with the gallery, and on LFW's identification protocol the fu
 4.56 % of mated searches at FPIR 1 % where SFace alone misses 6.64 % (rank-1 98.74 vs 98.36 %)."""
 
 
-def make_analyzer(embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None, detector: str = "yunet") -> Any:
-    """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``."""
+def make_analyzer(embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None, detector: str = "yunet",
+                  quality: bool = False) -> Any:
+    """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``
+    (and assesses their quality with ``quality``)."""
     from faceflow.pipeline import Analyzer
 
     cls = embedder_class(embedder)
-    return Analyzer(stages=("detect", "embed"), detector=detector, embedders=(embedder,),
+    stages = ("detect", "embed", "quality") if quality else ("detect", "embed")
+    return Analyzer(stages=stages, detector=detector, embedders=(embedder,),
                     flip=cls.default_flip if flip is None else flip)
 
 
@@ -54,7 +65,7 @@ def create_gallery(store: GalleryStore, name: str, embedder: str = DEFAULT_GALLE
                                 metadata={"embedder": embedder, "flip": identity.flip}, exist_ok=exist_ok)
 
 
-def analyzer_for(gallery: GalleryInfo, detector: str = "yunet") -> Any:
+def analyzer_for(gallery: GalleryInfo, detector: str = "yunet", *, quality: bool = False) -> Any:
     """The analyzer whose embeddings match the gallery's model; :class:`ModelMismatch` if there is none."""
     meta = gallery.metadata
     embedder = str(meta.get("embedder", model_name(gallery.model)))
@@ -67,7 +78,7 @@ def analyzer_for(gallery: GalleryInfo, detector: str = "yunet") -> Any:
         can = f"it makes {made}" if made else f"it has no {embedder!r} model"
         raise ModelMismatch(f"gallery {gallery.name!r} holds {gallery.model} embeddings, which this faceflow "
                             f"cannot make ({can}): re-embed it (faceflow gallery reembed)")
-    return make_analyzer(embedder, flip=flip, detector=detector)
+    return make_analyzer(embedder, flip=flip, detector=detector, quality=quality)
 
 
 def _embedding(face: Face, gallery: GalleryInfo) -> npt.NDArray[Any]:
@@ -106,11 +117,13 @@ class EnrolReport:
     """Photos enrolled with a remark (e.g. the largest of several faces, as asked)."""
 
 
-def enrol_face(result: ImageResult, *, largest: bool = False) -> Face:
+def enrol_face(result: ImageResult, *, largest: bool = False, min_quality: float | None = None) -> Face:
     """The one face of an analysed photo to enrol.
 
     A photo with several faces is refused (:class:`MultipleFaces`) unless ``largest`` asks for the
-    largest one: enrolling a face nobody chose would file a bystander under the subject's name.
+    largest one: enrolling a face nobody chose would file a bystander under the subject's name. With
+    ``min_quality`` (a unified quality score, 0-100; the analyser must run the ``quality`` stage) a
+    face scoring lower is refused (:class:`LowQuality`, naming its weakest components).
     """
     if result.error:
         raise FaceflowError(result.error)
@@ -119,6 +132,13 @@ def enrol_face(result: ImageResult, *, largest: bool = False) -> Face:
         raise NoFaceFound(result.path)
     if len(result.faces) > 1 and not largest:
         raise MultipleFaces(len(result.faces), result.path, "crop the photo, or ask for the largest face: --largest")
+    if min_quality is not None:
+        q = face.quality
+        if q is None or q.unified is None:
+            raise ConfigError("a minimum quality needs the quality stage in the analyser")
+        if q.unified < min_quality:
+            weakest = ", ".join(f"{n} {q.components[n].score:.0f}" for n in q.failing(50.0)[:3])
+            raise LowQuality(q.unified, min_quality, result.path, weakest)
     return face
 
 
@@ -131,10 +151,12 @@ def enroll(
     largest: bool = False,
     batch: int = 64,
     tick: Tick | None = None,
+    min_quality: float | None = None,
 ) -> EnrolReport:
     """Enrol the face of each ``(subject name, photo)``; one transaction per ``batch`` photos.
 
-    A photo fails on its own (bad image, no face, several faces without ``largest``, a subject name
+    A photo fails on its own (bad image, no face, several faces without ``largest``, a face under
+    ``min_quality`` (see :func:`enrol_face`), a subject name
     :func:`~faceflow.gallery.store.check_name` refuses); the others are enrolled.
     """
     g = store.gallery(gallery, counts=False)
@@ -151,7 +173,7 @@ def enroll(
         try:
             subject = check_name(name)
             result, _ = analyzer.analyze_file(path)
-            face = enrol_face(result, largest=largest)
+            face = enrol_face(result, largest=largest, min_quality=min_quality)
         except FaceflowError as exc:
             report.failed.append(ItemFailure(str(path), str(exc)))
         else:
