@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _emit import emit_json  # noqa: E402
+from _emit import emit_json
 
-from faceflow import Analyzer, load_image  # noqa: E402
-from faceflow.quality import QualityStage  # noqa: E402
+from faceflow import Analyzer, load_image
+from faceflow.quality import QualityStage
 
 
 def main() -> None:

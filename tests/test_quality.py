@@ -140,7 +140,7 @@ def test_mappings() -> None:
 def test_tree_ensembles_follow_their_nodes_and_round_trip() -> None:
     # depth 2: root splits feature 0 at 0.5; left child splits feature 1 at 2; right child sends all left.
     feature = np.array([[[0, 1, 0]]], np.int16)
-    threshold = np.array([[[0.5, 2.0, np.inf]]], np.float32)
+    threshold = np.array([[[0.5, 2.0, np.inf]]], np.float64)
     leaf = np.array([[[1.0, 2.0, 3.0, 4.0]]], np.float32)
     ens = TreeEnsembles(feature, threshold, leaf, np.array([10.0]), np.linspace(0, 100, 101)[None] / 10 + 10)
     x = np.array([[0.0, 1.0], [0.0, 3.0], [1.0, 0.0], [1.0, 9.0]])

@@ -351,8 +351,15 @@ def quality(
     with --profile icao each requirement passed or failed."""
     from faceflow.draw import encode_image
     from faceflow.io import iter_image_files
-    from faceflow.outputs import AnnotatedWriter, check_out_dir, display_path, json_line, open_for_writing
-    from faceflow.outputs import prepare_out_dir, safe_text
+    from faceflow.outputs import (
+        AnnotatedWriter,
+        check_out_dir,
+        display_path,
+        json_line,
+        open_for_writing,
+        prepare_out_dir,
+        safe_text,
+    )
     from faceflow.pipeline import Analyzer
     from faceflow.quality.profile import PROFILES, check_profile, overlay, profile_passed
 
@@ -444,7 +451,8 @@ def eval_quality(root: RootOpt, json_out: JsonOpt = None, cache: CacheOpt = True
         i20 = c["fractions"].index(0.2)
         table.add_row(name, f"{1000 * c['area_fixed']:.3f}e-3", f"{1000 * c['area_rederived']:.3f}e-3",
                       f"{100 * c['fnmr_fixed'][0]:.2f} %", f"{100 * c['fnmr_fixed'][i20]:.2f} %",
-                      "" if rej is None else f"{100 * rej['fnmr_after']:.2f} % ({100 * rej['relative_reduction']:.0f} % less)")
+                      "" if rej is None else
+                      f"{100 * rej['fnmr_after']:.2f} % ({100 * rej['relative_reduction']:.0f} % less)")
     Console().print(table)
     red = result["unified_area_reduction_vs_best_baseline"]
     console.print(f"unified vs best baseline ({result['best_baseline']}): area {100 * red:.1f} % lower; "

@@ -47,7 +47,9 @@ class LowQuality(FaceflowError):
         self.score = score
         self.minimum = minimum
         self.source = source
-        text = f"face quality {score:.0f} is below the minimum {minimum:g}" + (f" (weakest: {weakest})" if weakest else "")
+        text = f"face quality {score:.0f} is below the minimum {minimum:g}"
+        if weakest:
+            text += f" (weakest: {weakest})"
         super().__init__(f"{source}: {text}" if source else text)
 
 

@@ -236,7 +236,7 @@ def error_versus_reject(scores: npt.ArrayLike, labels: npt.ArrayLike, quality: n
     fixed, rederived = [], []
     for frac in fractions:
         keep = np.ones(n, bool)
-        keep[order[: int(round(frac * n))]] = False
+        keep[order[: round(frac * n)]] = False
         fixed.append(fnmr_at(s[keep], y[keep], t0))
         rederived.append(fnmr_at(s[keep], y[keep], fmr_threshold(s[keep], y[keep], fmr)))
     part = fractions <= area_limit + 1e-12
@@ -259,7 +259,7 @@ def image_rejection(pairs: Sequence[Pair], scores: F64, image_quality: Mapping[P
     y = np.array([p.same for p in pairs])
     t0 = fmr_threshold(scores, y, fmr)
     paths = sorted(image_quality, key=lambda p: (image_quality[p], str(p)))
-    rejected = set(paths[: int(round(fraction * len(paths)))])
+    rejected = set(paths[: round(fraction * len(paths))])
     keep = np.array([p.path1 not in rejected and p.path2 not in rejected for p in pairs])
     before, after = fnmr_at(scores, y, t0), fnmr_at(scores[keep], y[keep], t0)
     return {"fraction_images": fraction, "images_rejected": len(rejected), "pairs_kept": int(keep.sum()),
@@ -296,14 +296,14 @@ PairQuality = Callable[[Sequence[Pair]], F64]
 
 def observation_features(path: Path, obs: Observation) -> tuple[dict[str, Any], F64]:
     """The component measures of an observed LFW image and the utility model's features."""
-    from faceflow.quality.measures import component_measures
+    from faceflow.quality.measures import measure_face
     from faceflow.quality.model import features
 
     image = load_image(path)
     assert obs.face.expression is not None and obs.face.mesh is not None
-    comps = component_measures(image, obs.face, neutral=obs.face.expression.scores["neutral"],
-                               other_face_area=obs.other_area)
-    return comps, features(comps, obs.face.mesh)
+    comps, regions = measure_face(image, obs.face, neutral=obs.face.expression.scores["neutral"],
+                                  other_face_area=obs.other_area)
+    return comps, features(comps, obs.face.mesh, regions, obs.face.score if obs.detected else 0.0)
 
 
 def lfw_features(paths: Sequence[Path], observations: Mapping[Path, Observation], *,
@@ -332,7 +332,9 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
     SFace's cosine (the default recognition model) on the face nearest the centre, as ``faceflow
     eval lfw`` does. Baselines: the detector's score (0 for an image where it found nothing), the
     inter-eye distance, the sharpness measure alone, and random orders (mean of ``seeds``). Also the
-    areas for every component score, and FNMR before and after rejecting the worst 5 % of images.
+    areas for every component score, FNMR before and after rejecting the worst 5 % of images, and
+    the areas on the pairs of folds 0-4 (where the model's inputs were chosen) and of folds 5-9
+    (which took no part in any choice) separately.
     """
     from faceflow.quality import packaged_utility_model
     from faceflow.quality.measures import COMPONENTS
@@ -370,6 +372,12 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
     curves["random"] = random_erc(scores, labels, seeds=seeds)
     components = {n: error_versus_reject(scores, labels, pair_quality(comp_scores[:, i]))["area_fixed"]
                   for i, n in enumerate(COMPONENTS)}
+    pair_folds = np.array([p.fold for p in pairs])
+    halves: dict[str, dict[str, float]] = {}
+    for half, sel in (("folds_0_4", pair_folds < 5), ("folds_5_9", pair_folds >= 5)):
+        qs = {name: pair_quality(q)[sel] for name, q in per_image.items()}
+        halves[half] = {name: error_versus_reject(scores[sel], labels[sel], q)["area_fixed"] for name, q in qs.items()}
+        halves[half]["random"] = random_erc(scores[sel], labels[sel], seeds=seeds)["area_fixed"]
     baselines = [n for n in curves if n != "unified"]
     best = min(baselines, key=lambda n: curves[n]["area_fixed"])
     rejection = {name: image_rejection(pairs, scores, {p: float(q[i]) for i, p in enumerate(kept)}, 0.05)
@@ -387,6 +395,7 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
         "area_limit": AREA_LIMIT,
         "curves": curves,
         "component_areas_fixed": components,
+        "areas_fixed_by_half": halves,
         "best_baseline": best,
         "unified_area_reduction_vs_best_baseline": (area_b - area_u) / area_b if area_b > 0 else None,
         "unified_lowest": all(area_u < curves[n]["area_fixed"] for n in baselines),

@@ -134,7 +134,7 @@ HEADS_FILE = ModelFile(
     (Packaged("training/train_attribute_heads.py"),),
 )
 QUALITY_FILE = ModelFile(
-    "quality_utility.npz", "707ff0e8529b26fa8f6f1f135e847f2b6bc67a764e0f88b8f8689e871ac47fef", 178561,
+    "quality_utility.npz", "e044025cd83e75113b0726194a5f973359e51194b58fe15566ae4db9f73c5863", 189293,
     (Packaged("training/train_quality.py"),),
 )
 

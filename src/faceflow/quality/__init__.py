@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from faceflow.models.runtime import Runtime, default_runtime
-from faceflow.quality.measures import COMPONENTS, component_measures
+from faceflow.quality.measures import COMPONENTS, measure_face
 from faceflow.quality.model import ALL_FOLDS, TreeEnsembles, features
 from faceflow.stage import Stage, StageSpec, option
 from faceflow.types import Face, Image, Quality
@@ -69,11 +69,12 @@ class QualityStage(Stage):
         model = packaged_utility_model(self.runtime) if self.options.unified else None
         out = []
         for face, neutral, other in zip(faces, self.neutral(image, faces), other_face_areas(faces), strict=True):
-            comps = component_measures(image, face, neutral=neutral, other_face_area=other)
+            comps, regions = measure_face(image, face, neutral=neutral, other_face_area=other)
             unified = None
             if model is not None:
                 assert face.mesh is not None
-                unified = float(model.score(features(comps, face.mesh), ALL_FOLDS)[0])
+                x = features(comps, face.mesh, regions, face.score)
+                unified = float(model.score(x, ALL_FOLDS)[0])
             out.append(Quality(None if unified is None else round(unified, 2), comps))
         return out
 

@@ -117,6 +117,8 @@ class AlignedFace:
     y: F64
     mask: npt.NDArray[np.bool_]
     mid_x: float
+    points: F64
+    """The mesh's (x, y) in the crop."""
 
 
 def aligned_face(image: Image, mesh: npt.ArrayLike) -> AlignedFace:
@@ -130,8 +132,10 @@ def aligned_face(image: Image, mesh: npt.ArrayLike) -> AlignedFace:
     oval = np.asarray(mesh, np.float64)[list(FACE_OVAL), :2] @ m[:, :2].T + m[:, 2]
     mask = np.zeros(size, np.uint8)
     cv2.fillPoly(mask, [np.round(oval).astype(np.int32)], 255)
-    mask = cv2.erode(mask, np.ones((9, 9), np.uint8))
-    return AlignedFace(crop.astype(np.float64) / 255.0, (mask > 0) & (inside > 0), float(np.mean(oval[:, 0])))
+    eroded = cv2.erode(mask, np.ones((9, 9), np.uint8))
+    points = np.asarray(mesh, np.float64)[:, :2] @ m[:, :2].T + m[:, 2]
+    return AlignedFace(crop.astype(np.float64) / 255.0, (eroded > 0) & (inside > 0), float(np.mean(oval[:, 0])),
+                       points)
 
 
 def _measure(value: float, score: float) -> QualityMeasure:
@@ -242,15 +246,55 @@ def mesh_measures(mesh: npt.ArrayLike, image_size: tuple[int, int]) -> dict[str,
     return out
 
 
+REGIONS: dict[str, tuple[int, ...]] = {
+    "left_eye": LEFT_EYE, "right_eye": RIGHT_EYE, "mouth": (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321,
+                                                             405, 314, 17, 84, 181, 91, 146),
+    "nose": (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 327, 129, 358),
+}
+"""Face parts whose appearance the utility model reads (an occluded or shadowed part looks unlike skin)."""
+
+
+def region_features(face: AlignedFace) -> F64:
+    """For each of :data:`REGIONS` (its vertices' hull widened by 4 px, in the crop): mean luminance
+    minus the face's, the standard deviation of luminance, and log(1 + Laplacian variance); NaN when
+    no pixel of the part comes from the image."""
+    out = []
+    face_mean = float(face.y[face.mask].mean()) if face.mask.any() else float("nan")
+    lap = cv2.Laplacian(face.y * 255.0, cv2.CV_64F, ksize=3)
+    for idx in REGIONS.values():
+        hull = cv2.convexHull(np.round(face.points[list(idx)]).astype(np.int32))
+        region = np.zeros(face.y.shape, np.uint8)
+        cv2.fillConvexPoly(region, hull, 255)
+        sel = cv2.dilate(region, np.ones((9, 9), np.uint8)) > 0
+        sel &= face.y >= 0
+        if not sel.any():
+            out += [float("nan")] * 3
+            continue
+        v = face.y[sel]
+        out += [float(v.mean()) - face_mean, float(v.std()), math.log1p(float(lap[sel].var()))]
+    return np.asarray(out, np.float64)
+
+
+def region_feature_names() -> tuple[str, ...]:
+    return tuple(f"{r}_{k}" for r in REGIONS for k in ("luminance_offset", "luminance_std", "log_laplacian_var"))
+
+
 def component_measures(image: Image, face: Face, *, neutral: float | None = None,
                        other_face_area: float | None = None) -> dict[str, QualityMeasure]:
     """Every component measure of ``face`` (which needs a mesh). ``neutral`` is the expression model's
     neutral probability and ``other_face_area`` the area of the largest other face in the image
     relative to this one (0 when alone); each measure is not assessed when its input is ``None``."""
+    return measure_face(image, face, neutral=neutral, other_face_area=other_face_area)[0]
+
+
+def measure_face(image: Image, face: Face, *, neutral: float | None = None,
+                 other_face_area: float | None = None) -> tuple[dict[str, QualityMeasure], F64]:
+    """:func:`component_measures` and the :func:`region_features` of the same aligned crop."""
     if face.mesh is None:
         raise ValueError("the quality measures need the face's mesh")
     h, w = image.shape[:2]
-    out = capture_measures(aligned_face(image, face.mesh))
+    aligned = aligned_face(image, face.mesh)
+    out = capture_measures(aligned)
     b = blockiness(image, _mesh_box(face.mesh))
     # Blockiness: about 1.0-1.15 on LFW's JPEGs, 1.5 and more at JPEG quality 10.
     out["compression_artifacts"] = NOT_ASSESSED if b is None else _measure(b, ramp(b, 1.6, 1.1))
@@ -258,7 +302,7 @@ def component_measures(image: Image, face: Face, *, neutral: float | None = None
     out["expression_neutrality"] = NOT_ASSESSED if neutral is None else _measure(neutral, 100.0 * neutral)
     out["single_face_present"] = (NOT_ASSESSED if other_face_area is None else
                                   _measure(1.0 - min(other_face_area, 1.0), 100.0 * (1.0 - min(other_face_area, 1.0))))
-    return {name: out[name] for name in COMPONENTS}
+    return {name: out[name] for name in COMPONENTS}, region_features(aligned)
 
 
 def _mesh_box(mesh: npt.ArrayLike) -> F64:

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.landmarks import MESH_TO_68
-from faceflow.quality.measures import COMPONENTS, mesh_landmarks5
+from faceflow.quality.measures import COMPONENTS, mesh_landmarks5, region_feature_names
 from faceflow.types import QualityMeasure
 
 F64 = npt.NDArray[np.float64]
@@ -37,9 +37,15 @@ ALL_FOLDS = 10
 """Index of the ensemble trained on every fold: the one used outside evaluation."""
 
 
+LANDMARK_POINTS: tuple[int, ...] = (30, 48, 54, 8, 27, 0, 16)
+"""The iBUG points (through :data:`~faceflow.landmarks.MESH_TO_68`) whose normalised positions the model
+reads: nose tip, mouth corners, chin, nose bridge, the jaw's ends. A compact set: with all 68 points
+(x, y, z) the model ranked worse on the development folds (see ``training/train_quality.py``)."""
+
+
 def landmark_features(mesh: npt.ArrayLike) -> F64:
-    """The mesh's 68 :data:`~faceflow.landmarks.MESH_TO_68` vertices (x, y, z) in a frame where the
-    eye centres sit at (-0.5, 0) and (0.5, 0): translation, scale and roll removed."""
+    """The :data:`LANDMARK_POINTS` (x, y) in a frame where the eye centres sit at (-0.5, 0) and
+    (0.5, 0): translation, scale and roll removed."""
     m = np.asarray(mesh, np.float64)
     l5 = mesh_landmarks5(m).astype(np.float64)
     mid = (l5[0] + l5[1]) / 2
@@ -47,24 +53,25 @@ def landmark_features(mesh: npt.ArrayLike) -> F64:
     scale = max(float(np.hypot(*d)), 1e-6)
     c, s = d / scale
     rot = np.array([[c, s], [-s, c]])
-    pts = m[list(MESH_TO_68)]
-    xy = (pts[:, :2] - mid) @ rot.T / scale
-    z = (pts[:, 2:] - pts[:, 2:].mean()) / scale
-    return np.concatenate([xy, z], axis=1).ravel()
+    pts = m[[MESH_TO_68[i] for i in LANDMARK_POINTS], :2]
+    return np.asarray(((pts - mid) @ rot.T / scale).ravel(), np.float64)
 
 
 def feature_names() -> tuple[str, ...]:
     """Names of :func:`features`' values, in order."""
-    marks = tuple(f"mesh68_{i}_{a}" for i in range(68) for a in "xyz")
-    return (*COMPONENTS, *marks)
+    marks = tuple(f"ibug{i}_{a}" for i in LANDMARK_POINTS for a in "xy")
+    return (*COMPONENTS, *marks, *region_feature_names(), "detector_score")
 
 
-def features(components: Mapping[str, QualityMeasure], mesh: npt.ArrayLike) -> F64:
-    """The model's input: each component's raw value (:data:`MISSING` when not assessed), then the
-    normalised landmarks."""
+def features(components: Mapping[str, QualityMeasure], mesh: npt.ArrayLike, regions: npt.ArrayLike,
+             detector_score: float) -> F64:
+    """The model's input: each component's raw value (:data:`MISSING` when not assessed), the
+    normalised landmarks, the face parts' appearance (:func:`~faceflow.quality.measures.region_features`,
+    :data:`MISSING` for NaN) and the detector's score."""
     raw = [MISSING if components[n].value is None else float(components[n].value)  # type: ignore[arg-type]
            for n in COMPONENTS]
-    return np.concatenate([np.asarray(raw, np.float64), landmark_features(mesh)])
+    parts = np.nan_to_num(np.asarray(regions, np.float64), nan=MISSING)
+    return np.concatenate([np.asarray(raw, np.float64), landmark_features(mesh), parts, [float(detector_score)]])
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ class TreeEnsembles:
     training predictions."""
 
     feature: npt.NDArray[np.int16]
-    threshold: npt.NDArray[np.float32]
+    threshold: npt.NDArray[np.float64]
     leaf: npt.NDArray[np.float32]
     base: npt.NDArray[np.float64]
     quantiles: npt.NDArray[np.float64]
@@ -93,7 +100,8 @@ class TreeEnsembles:
 
     def predict(self, x: npt.ArrayLike, model: int = ALL_FOLDS) -> F64:
         """Raw predictions (utility units) of ensemble ``model`` for ``x`` of shape ``(n, features)``."""
-        a = np.asarray(x, np.float64)
+        # As scikit-learn does: inputs rounded to float32, compared with float64 thresholds.
+        a = np.asarray(x, np.float32).astype(np.float64)
         a = a[None] if a.ndim == 1 else a
         feat, thr, leaf = self.feature[model], self.threshold[model], self.leaf[model]
         trees = np.arange(feat.shape[0])[None, :]
@@ -125,6 +133,6 @@ class TreeEnsembles:
     @classmethod
     def from_bytes(cls, data: bytes) -> TreeEnsembles:
         with np.load(io.BytesIO(data)) as z:
-            return cls(np.asarray(z["feature"], np.int16), np.asarray(z["threshold"], np.float32),
+            return cls(np.asarray(z["feature"], np.int16), np.asarray(z["threshold"], np.float64),
                        np.asarray(z["leaf"], np.float32), np.asarray(z["base"], np.float64),
                        np.asarray(z["quantiles"], np.float64))

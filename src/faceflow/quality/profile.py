@@ -59,8 +59,8 @@ ICAO: tuple[Requirement, ...] = (
     Requirement("margin above", "margin_above", _at_least(0.5), "free space above the face"),
     Requirement("margin below", "margin_below", _at_least(0.3), "free space below the chin"),
     Requirement("face not cut", "face_occlusion_prevention", _at_least(1.0), "the whole face inside the picture"),
-    Requirement("exposure (dark)", "under_exposure_prevention", _at_most(0.02), "at most 2 % of the face under-exposed"),
-    Requirement("exposure (bright)", "over_exposure_prevention", _at_most(0.02), "at most 2 % of the face over-exposed"),
+    Requirement("exposure (dark)", "under_exposure_prevention", _at_most(0.02), "<= 2 % of the face under-exposed"),
+    Requirement("exposure (bright)", "over_exposure_prevention", _at_most(0.02), "<= 2 % of the face over-exposed"),
     Requirement("brightness", "luminance_mean", _between(0.3, 0.75), "face luminance mean 0.3-0.75"),
     Requirement("even lighting", "illumination_uniformity", _at_least(0.6), "left and right halves lit alike "
                 "(histogram intersection >= 0.6)"),
