@@ -236,3 +236,31 @@ def test_enrolment_refuses_low_quality_with_the_reason(tmp_path: Path, astronaut
     assert "below the minimum" in report.failed[0].reason and "sharpness" in report.failed[0].reason
     stored = store.faces("people")
     assert len(stored) == 1 and stored[0].quality == pytest.approx(qs["good.png"] / 100, abs=1e-3)
+
+
+def test_packaged_model_has_a_fold_ensemble_per_lfw_fold_and_one_for_use() -> None:
+    from faceflow.models.registry import get
+    from faceflow.quality import packaged_utility_model
+    from faceflow.quality.model import ALL_FOLDS, feature_names
+
+    spec = get("quality_utility")
+    assert spec.files[0].size < 1 << 20
+    model = packaged_utility_model()
+    assert model.feature.shape[0] == ALL_FOLDS + 1 == 11
+    assert model.n_features <= len(feature_names())
+    assert np.all(np.diff(model.quantiles, axis=1) >= 0)
+
+
+@pytest.mark.slow
+def test_lfw_error_versus_reject(dataset) -> None:  # type: ignore[no-untyped-def]
+    """The whole evaluation on LFW (minutes on first run; cached afterwards): every image scored by the
+    ensemble trained without its fold; the unified score ranks errors better than random order."""
+    from faceflow.eval.quality import eval_quality
+
+    r = eval_quality(dataset("lfw"), progress=False)
+    assert r["images_scored"] == r["images"] == 7701
+    curves = r["curves"]
+    assert set(curves) == {"unified", "detector_score", "inter_eye_distance", "sharpness", "random"}
+    assert curves["unified"]["area_fixed"] < curves["random"]["area_fixed"]
+    assert curves["unified"]["fnmr_fixed"][0] == curves["random"]["fnmr_fixed"][0]  # nothing rejected yet
+    assert r["reject_5pct_images"]["unified"]["fnmr_after"] < r["reject_5pct_images"]["unified"]["fnmr_before"]
