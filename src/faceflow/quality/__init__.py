@@ -44,7 +44,9 @@ class QualityStage(Stage):
     """Fills ``face.quality``: the component measures and, with ``unified``, the utility score.
 
     The expression model runs here for faces that no stage gave an expression (it is cheap), and
-    ``single_face_present`` compares each face with the other faces the detector found."""
+    ``single_face_present`` compares each face with the other faces the detector found. The unified
+    score also reads the detector's score: it was trained on YuNet's (the default detector), so with
+    another detector it is less reliable."""
 
     name = "quality"
 

@@ -28,10 +28,11 @@ measure that cannot be assessed has ``value=None`` and ``score=-1``. The names f
   edge, in inter-eye distances; negative when the face is cut), ``single_face_present`` (1 minus the
   area of the largest other face relative to this one).
 
-Where mappings were not taken from a standard (the ICAO 90-pixel eye distance, the cos^2 pose
-mapping of OFIQ) their end points were chosen from the spread of the raw values on LFW folds 1-5
-of View 2 (images of the people in those folds; the reported figures use all ten, see
-:mod:`faceflow.eval.quality`): the 5th percentile maps near 0-20 and the median near 60-80.
+Where mappings were not taken from a standard (the ICAO 90-pixel eye distance, OFIQ's 12.5 x entropy
+and its exposure bands, the cos^2 pose mapping) their end points were set by hand from the spread of
+the raw values on the first 200 images View 2's ``pairs.txt`` names (people of its first fold) and
+from the controlled degradations of ``tests/test_quality.py``; the mappings only shape the component
+scores (reports, the ``icao`` profile); the unified model reads the raw values.
 """
 
 from __future__ import annotations
