@@ -264,3 +264,19 @@ def test_lfw_error_versus_reject(dataset) -> None:  # type: ignore[no-untyped-de
     assert curves["unified"]["area_fixed"] < curves["random"]["area_fixed"]
     assert curves["unified"]["fnmr_fixed"][0] == curves["random"]["fnmr_fixed"][0]  # nothing rejected yet
     assert r["reject_5pct_images"]["unified"]["fnmr_after"] < r["reject_5pct_images"]["unified"]["fnmr_before"]
+
+
+def test_analyze_writes_quality_into_faces_jsonl(tmp_path: Path, astronaut: np.ndarray) -> None:
+    from typer.testing import CliRunner
+
+    from faceflow.cli import app
+
+    photo = tmp_path / "a.png"
+    PILImage.fromarray(astronaut).save(photo)
+    r = CliRunner().invoke(app, ["analyze", str(photo), "--stages", "quality", "--no-annotate",
+                                 "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    face = json.loads((tmp_path / "out" / "faces.jsonl").read_text())["faces"][0]
+    assert 0 <= face["quality"]["unified"] <= 100
+    assert list(face["quality"]["components"]) == list(COMPONENTS)
+    assert "mesh" in face  # the quality stage pulled in the mesh it needs

@@ -457,6 +457,12 @@ def eval_quality(root: RootOpt, json_out: JsonOpt = None, cache: CacheOpt = True
     red = result["unified_area_reduction_vs_best_baseline"]
     console.print(f"unified vs best baseline ({result['best_baseline']}): area {100 * red:.1f} % lower; "
                   f"lowest of all: {result['unified_lowest']}", markup=False)
+    for half, areas in result["areas_fixed_by_half"].items():
+        rej = result["reject_5pct_images_by_half"][half]["unified"]
+        listed = ", ".join(f"{n} {1000 * a:.3f}e-3" for n, a in areas.items())
+        label = half.replace("folds_", "folds ").replace("_", "-")
+        console.print(f"{label}: areas {listed}; worst 5 % of images out: FNMR "
+                      f"{100 * rej['fnmr_before']:.2f} % -> {100 * rej['fnmr_after']:.2f} %", markup=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=1) + "\n")

@@ -374,10 +374,17 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
                   for i, n in enumerate(COMPONENTS)}
     pair_folds = np.array([p.fold for p in pairs])
     halves: dict[str, dict[str, float]] = {}
+    half_rejection: dict[str, dict[str, dict[str, float]]] = {}
     for half, sel in (("folds_0_4", pair_folds < 5), ("folds_5_9", pair_folds >= 5)):
         qs = {name: pair_quality(q)[sel] for name, q in per_image.items()}
         halves[half] = {name: error_versus_reject(scores[sel], labels[sel], q)["area_fixed"] for name, q in qs.items()}
         halves[half]["random"] = random_erc(scores[sel], labels[sel], seeds=seeds)["area_fixed"]
+        half_pairs = [p for p, s in zip(pairs, sel, strict=True) if s]
+        images = {x for p in half_pairs for x in (p.path1, p.path2)}
+        half_rejection[half] = {
+            name: image_rejection(half_pairs, scores[sel], {p: float(q[i]) for i, p in enumerate(kept) if p in images},
+                                  0.05)
+            for name, q in per_image.items()}
     baselines = [n for n in curves if n != "unified"]
     best = min(baselines, key=lambda n: curves[n]["area_fixed"])
     rejection = {name: image_rejection(pairs, scores, {p: float(q[i]) for i, p in enumerate(kept)}, 0.05)
@@ -396,6 +403,7 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
         "curves": curves,
         "component_areas_fixed": components,
         "areas_fixed_by_half": halves,
+        "reject_5pct_images_by_half": half_rejection,
         "best_baseline": best,
         "unified_area_reduction_vs_best_baseline": (area_b - area_u) / area_b if area_b > 0 else None,
         "unified_lowest": all(area_u < curves[n]["area_fixed"] for n in baselines),
