@@ -214,6 +214,11 @@ def test_quality_cli_reports_failing_components_and_writes_overlays(tmp_path: Pa
     assert "icao" in r.output and "resolution" in r.output and ("PASS" in r.output or "FAIL" in r.output)
     r = CliRunner().invoke(app, ["quality", str(good), "--profile", "nope"])
     assert r.exit_code == 2 and "unknown quality profile" in r.output
+    broken = tmp_path / "in" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    r = CliRunner().invoke(app, ["quality", str(broken), str(good)])
+    assert r.exit_code == 1, r.output  # the bad file is reported and the batch goes on
+    assert "broken.jpg" in r.output and "good.png face 1" in r.output
 
 
 def test_enrolment_refuses_low_quality_with_the_reason(tmp_path: Path, astronaut: np.ndarray) -> None:
