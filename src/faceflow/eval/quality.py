@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,11 +78,14 @@ class Observation:
     def unpack(cls, v: npt.ArrayLike) -> Observation:
         a = np.asarray(v, np.float32)
         scores = a[_SLICES["expression"]]
-        face = Face(box=a[_SLICES["box"]], score=float(a[_SLICES["score"]][0]), detector="yunet",
+        detected = bool(a[_SLICES["detected"]][0] > 0.5)
+        face = Face(box=a[_SLICES["box"]], score=float(a[_SLICES["score"]][0]),
+                    detector="yunet" if detected else "centre",
                     landmarks5=a[_SLICES["landmarks5"]].reshape(5, 2), mesh=a[_SLICES["mesh"]].reshape(468, 3),
                     expression=Expression(EXPRESSIONS[int(np.argmax(scores))],
                                           {e: float(s) for e, s in zip(EXPRESSIONS, scores, strict=True)}))
-        return cls(face, bool(a[0] > 0.5), int(a[1]), float(a[2]), a[_SLICES["embedding"]].copy())
+        return cls(face, detected, int(a[_SLICES["n_faces"]][0]), float(a[_SLICES["other_area"]][0]),
+                   a[_SLICES["embedding"]].copy())
 
 
 def other_face_area(faces: Sequence[Face], face: Face) -> float:
@@ -117,8 +120,8 @@ def lfw_observations(root: Path | str, *, progress: bool = True, use_cache: bool
                      limit: int | None = None) -> tuple[list[Path], dict[Path, Observation], list[dict[str, str]]]:
     """Every image ``<root>/pairs.txt`` uses (the first ``limit`` when given) with its
     :class:`Observation` (images that failed to decode are left out and listed in the errors)."""
+    from faceflow import __version__
     from faceflow.attributes import ExpressionStage
-    from faceflow.eval.tasks import _version
     from faceflow.landmarks import MeshStage
     from faceflow.pipeline import Analyzer
     from faceflow.recognize import create_embedder
@@ -135,7 +138,7 @@ def lfw_observations(root: Path | str, *, progress: bool = True, use_cache: bool
     hashes = ",".join(f.sha256[:12] for m in OBSERVATION_MODELS for f in MODELS[m].files)
     # The key names the models, the settings and faceflow's version, not the quality code: the
     # observations do not depend on it, and the measures are recomputed from them on every run.
-    key = f"quality-observations v1|{hashes}|flip={embedder.flip}|faceflow {_version()}"
+    key = f"quality-observations v1|{hashes}|flip={embedder.flip}|faceflow {__version__}"
     cache = ResultCache(key) if use_cache else None
     errors: list[dict[str, str]] = []
     out: dict[Path, Observation] = {}
@@ -290,8 +293,6 @@ def random_erc(scores: F64, labels: npt.NDArray[np.bool_], seeds: int = 10, **kw
     out["seeds"] = seeds
     return out
 
-
-PairQuality = Callable[[Sequence[Pair]], F64]
 
 
 def observation_features(path: Path, obs: Observation) -> tuple[dict[str, Any], F64]:
