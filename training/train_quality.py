@@ -4,7 +4,7 @@
 Data: the 7,701 LFW images View 2's ``pairs.txt`` uses (4,281 people), each observed once by
 :func:`faceflow.eval.quality.lfw_observations` (YuNet, the mesh, SFace, the expression model; cached
 under ``$FACEFLOW_HOME/eval-cache``). Inputs (:func:`faceflow.quality.model.features`): the component
-measures' raw values, seven normalised landmarks, the appearance of the eyes, nose and mouth in the
+measures' raw values (all but the framing ones), seven normalised landmarks, the appearance of the eyes, nose and mouth in the
 aligned crop, and the detector's score. Target: the CR-FIQA-style utility
 (:func:`faceflow.eval.quality.utility_labels`: cosine to the own identity's centre without the image
 minus the cosine to the nearest other identity's centre), over images whose person has another image.
@@ -17,8 +17,10 @@ trees of depth 4, learning rate 0.05, subsample 0.8, 20 images per leaf). The in
 by the error-versus-reject area on the pairs of folds 0-4 only (each fold scored by its own
 ensemble): components and 68 mesh points (x, y, z) 2.04e-3; adding the detector's score 2.15e-3;
 adding the face parts' appearance 1.82e-3; without the 68 points 1.73e-3; with seven of them (x, y)
-1.66e-3 (the detector's score alone: 2.06e-3; random: 2.32e-3). ``faceflow eval quality`` reports
-folds 5-9, which took no part in the choice, separately.
+1.66e-3 (the detector's score alone: 2.06e-3; random: 2.32e-3). Then the framing components
+(:data:`faceflow.quality.model.FRAMING`) were dropped for a reason outside these figures (LFW's fixed
+crops cannot teach them, and other photos fall outside their LFW range); with that, 1.67e-3 on folds
+0-4. ``faceflow eval quality`` reports folds 5-9, which took no part in any choice, separately.
 
     PYTHONPATH=src python training/train_quality.py --root ../shared/datasets/lfw
 

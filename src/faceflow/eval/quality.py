@@ -350,7 +350,9 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
     unified = np.empty(len(kept))
     for k in np.unique(folds):
         unified[folds == k] = ensembles.score(feats[folds == k], int(k))
-    comp_raw = {n: feats[:, i] for i, n in enumerate(COMPONENTS)}
+    from faceflow.quality.model import MODEL_COMPONENTS
+
+    comp_raw = {n: feats[:, i] for i, n in enumerate(MODEL_COMPONENTS)}
     per_image: dict[str, F64] = {
         "unified": unified,
         "detector_score": np.array([observations[p].face.score if observations[p].detected else 0.0 for p in kept]),

@@ -134,7 +134,7 @@ HEADS_FILE = ModelFile(
     (Packaged("training/train_attribute_heads.py"),),
 )
 QUALITY_FILE = ModelFile(
-    "quality_utility.npz", "e044025cd83e75113b0726194a5f973359e51194b58fe15566ae4db9f73c5863", 189293,
+    "quality_utility.npz", "730bdd83b4e1e2d304835469d9c04f9f573276d88d6391de50754d011c3828b6", 186916,
     (Packaged("training/train_quality.py"),),
 )
 

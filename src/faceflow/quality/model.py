@@ -36,6 +36,16 @@ MISSING = -999.0
 ALL_FOLDS = 10
 """Index of the ensemble trained on every fold: the one used outside evaluation."""
 
+FRAMING: frozenset[str] = frozenset({"head_size", "leftward_crop", "rightward_crop", "margin_above", "margin_below"})
+"""Components that describe how the picture is framed, left out of the model's inputs: LFW's images
+are all the same 250 x 250 crop of the same framing, so the model could learn nothing true about them
+there, and a photo framed otherwise (a face a fifth of the picture's height) would land outside
+everything it saw (the first model, which read them, scored scikit-image's astronaut 11 points lower
+for its head size alone)."""
+
+MODEL_COMPONENTS: tuple[str, ...] = tuple(n for n in COMPONENTS if n not in FRAMING)
+"""The components whose raw values the model reads."""
+
 
 LANDMARK_POINTS: tuple[int, ...] = (30, 48, 54, 8, 27, 0, 16)
 """The iBUG points (through :data:`~faceflow.landmarks.MESH_TO_68`) whose normalised positions the model
@@ -60,16 +70,16 @@ def landmark_features(mesh: npt.ArrayLike) -> F64:
 def feature_names() -> tuple[str, ...]:
     """Names of :func:`features`' values, in order."""
     marks = tuple(f"ibug{i}_{a}" for i in LANDMARK_POINTS for a in "xy")
-    return (*COMPONENTS, *marks, *region_feature_names(), "detector_score")
+    return (*MODEL_COMPONENTS, *marks, *region_feature_names(), "detector_score")
 
 
 def features(components: Mapping[str, QualityMeasure], mesh: npt.ArrayLike, regions: npt.ArrayLike,
              detector_score: float) -> F64:
-    """The model's input: each component's raw value (:data:`MISSING` when not assessed), the
+    """The model's input: the raw value of each of :data:`MODEL_COMPONENTS` (:data:`MISSING` when not assessed), the
     normalised landmarks, the face parts' appearance (:func:`~faceflow.quality.measures.region_features`,
     :data:`MISSING` for NaN) and the detector's score."""
     raw = [MISSING if components[n].value is None else float(components[n].value)  # type: ignore[arg-type]
-           for n in COMPONENTS]
+           for n in MODEL_COMPONENTS]
     parts = np.nan_to_num(np.asarray(regions, np.float64), nan=MISSING)
     return np.concatenate([np.asarray(raw, np.float64), landmark_features(mesh), parts, [float(detector_score)]])
 
