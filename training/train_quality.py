@@ -4,8 +4,8 @@
 Data: the 7,701 LFW images View 2's ``pairs.txt`` uses (4,281 people), each observed once by
 :func:`faceflow.eval.quality.lfw_observations` (YuNet, the mesh, SFace, the expression model; cached
 under ``$FACEFLOW_HOME/eval-cache``). Inputs (:func:`faceflow.quality.model.features`): the component
-measures' raw values (all but the framing ones), seven normalised landmarks, the appearance of the eyes, nose and mouth in the
-aligned crop, and the detector's score. Target: the CR-FIQA-style utility
+measures' raw values (all but the framing ones), seven normalised landmarks, the appearance of the
+eyes, nose and mouth in the aligned crop, and the detector's score. Target: the CR-FIQA-style utility
 (:func:`faceflow.eval.quality.utility_labels`: cosine to the own identity's centre without the image
 minus the cosine to the nearest other identity's centre), over images whose person has another image.
 
