@@ -422,6 +422,143 @@ def eval_utkface(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = No
           root, json_out, report)
 
 
+@app.command("quality")
+def quality(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (walked recursively).")],
+    profile: Annotated[str | None, typer.Option(help="Check a document-photo profile (icao): pass or fail per "
+                                                     "requirement.")] = None,
+    fail_below: Annotated[float, typer.Option(help="Without a profile, name the components scoring under this "
+                                                   "(0-100).")] = 50.0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write OUT/quality.jsonl and overlay images "
+                                                                  "showing why a face fails.")] = None,
+    detector: DetectorOpt = DEFAULT_DETECTOR,
+) -> None:
+    """Per-face quality report: the unified score (0-100), the failing ISO/IEC 29794-5 components, or
+    with --profile icao each requirement passed or failed."""
+    from faceflow.draw import encode_image
+    from faceflow.io import iter_image_files
+    from faceflow.outputs import (
+        AnnotatedWriter,
+        check_out_dir,
+        display_path,
+        json_line,
+        open_for_writing,
+        prepare_out_dir,
+        safe_text,
+    )
+    from faceflow.pipeline import Analyzer
+    from faceflow.quality.profile import PROFILES, check_profile, overlay, profile_passed
+
+    if profile is not None and profile not in PROFILES:
+        raise ConfigError(f"unknown quality profile {profile!r}; choose from: {', '.join(PROFILES)}")
+    files = iter_image_files(paths, unreadable=True) if out is None else None
+    if out is not None:
+        check_out_dir(out)
+        files = iter_image_files(paths, exclude=[out], unreadable=True)
+    assert files is not None
+    if not files:
+        raise ConfigError("no image files found in " + ", ".join(map(display_path, paths)))
+    analyzer = Analyzer(stages=("detect", "quality"), detector=detector)
+    writer = fh = None
+    if out is not None:
+        prepare_out_dir(out)
+        fh = open_for_writing(out / "quality.jsonl")
+        writer = AnnotatedWriter(out, paths, files)
+        writer.start()
+    failed = 0
+    try:
+        for result, image in map(analyzer.analyze_file, files):
+            name = display_path(result.path)
+            record = result.to_dict()
+            if result.error or not result.faces:
+                failed += 1
+                console.print(f"[yellow]failed:[/yellow] {escape(safe_text(result.error or f'{name}: no face found'))}")
+            for i, face in enumerate(result.faces):
+                q = face.quality
+                assert q is not None
+                head = f"{name} face {i + 1} {_box_text(face.box.tolist())}: quality {q.unified:.0f}"
+                if profile is not None:
+                    checks = check_profile(q, profile)
+                    record["faces"][i]["profile"] = {"name": profile, "passed": profile_passed(checks),
+                                                     "checks": [c.to_dict() for c in checks]}
+                    bad = [c for c in checks if c.passed is not True]
+                    verdict = "PASS" if not bad else "FAIL"
+                    print(safe_text(f"{head}; {profile} {verdict}"))
+                    for c in checks:
+                        mark = {True: "pass", False: "FAIL", None: "not assessed"}[c.passed]
+                        value = "-" if c.value is None else f"{c.value:.3g}"
+                        print(safe_text(f"    {mark:12} {c.requirement.name:26} {value:>8}  {c.requirement.text}"))
+                else:
+                    weak = q.failing(fail_below)
+                    listed = ", ".join(f"{n} {q.components[n].score:.0f}" for n in weak) or "none"
+                    print(safe_text(f"{head}; components under {fail_below:g}: {listed}"))
+            if fh is not None:
+                fh.write(json_line(record))
+            if writer is not None:
+                target = writer.next_target(result.path)
+                if image is not None and result.faces:
+                    drawn = image
+                    for face in result.faces:
+                        assert face.quality is not None
+                        if profile is not None:
+                            drawn = overlay(drawn, face, checks=check_profile(face.quality, profile))
+                        else:
+                            drawn = overlay(drawn, face, failing=face.quality.failing(fail_below))
+                    problem = writer.save(target, encode_image(drawn, target.suffix))
+                    if problem:
+                        console.print(f"[yellow]warning:[/yellow] {escape(problem)}")
+    finally:
+        if fh is not None:
+            fh.close()
+        analyzer.close()
+    raise typer.Exit(1 if failed else 0)
+
+
+@eval_app.command("quality")
+def eval_quality(root: RootOpt, json_out: JsonOpt = None, cache: CacheOpt = True,
+                 plot: Annotated[Path | None, typer.Option(help="Write the error-versus-reject plot (PNG) "
+                                                                "here.")] = None,
+                 seeds: Annotated[int, typer.Option(help="Random orders averaged for the random baseline.")] = 10
+                 ) -> None:
+    """Quality on LFW View 2: error-versus-reject curves (FNMR at FMR=1e-3) for the unified score and
+    baselines, areas up to 20 % rejected, FNMR after rejecting the worst 5 % of images."""
+    from faceflow.eval.quality import eval_quality as run
+    from faceflow.eval.quality import plot_erc
+
+    if not root.is_dir():
+        raise _fail_usage(f"--root {root} is not a folder")
+    t0 = time.perf_counter()
+    result = run(root, use_cache=cache, seeds=seeds)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    table = Table("quality measure", "ERC area (fixed thr.)", "ERC area (re-derived)", "FNMR at 0 %",
+                  "FNMR at 20 %", "FNMR, worst 5 % images out")
+    for name, c in result["curves"].items():
+        rej = result["reject_5pct_images"].get(name)
+        i20 = c["fractions"].index(0.2)
+        table.add_row(name, f"{1000 * c['area_fixed']:.3f}e-3", f"{1000 * c['area_rederived']:.3f}e-3",
+                      f"{100 * c['fnmr_fixed'][0]:.2f} %", f"{100 * c['fnmr_fixed'][i20]:.2f} %",
+                      "" if rej is None else
+                      f"{100 * rej['fnmr_after']:.2f} % ({100 * rej['relative_reduction']:.0f} % less)")
+    Console().print(table)
+    red = result["unified_area_reduction_vs_best_baseline"]
+    console.print(f"unified vs best baseline ({result['best_baseline']}): area {100 * red:.1f} % lower; "
+                  f"lowest of all: {result['unified_lowest']}", markup=False)
+    for half, areas in result["areas_fixed_by_half"].items():
+        rej = result["reject_5pct_images_by_half"][half]["unified"]
+        listed = ", ".join(f"{n} {1000 * a:.3f}e-3" for n, a in areas.items())
+        label = half.replace("folds_", "folds ").replace("_", "-")
+        console.print(f"{label}: areas {listed}; worst 5 % of images out: FNMR "
+                      f"{100 * rej['fnmr_before']:.2f} % -> {100 * rej['fnmr_after']:.2f} %", markup=False)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=1) + "\n")
+    if plot:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_erc(result, plot)
+        console.print(f"plot: {plot}", markup=False)
+    console.print(f"wall time {result['wall_seconds']} s")
+
+
 @app.command("stages")
 def stages_list() -> None:
     """Every registered stage (built in or from a plug-in) with what it needs, provides and its options."""

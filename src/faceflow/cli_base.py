@@ -22,6 +22,7 @@ from faceflow.errors import (
     FaceflowError,
     GalleryError,
     ImageError,
+    LowQuality,
     ModelMismatch,
     ModelUnavailable,
     MultipleFaces,
@@ -51,6 +52,7 @@ EXIT_CODES: tuple[tuple[type[FaceflowError], int], ...] = (
     (GalleryError, USAGE_ERROR),  # unknown gallery or subject, InvalidName
     (NoFaceFound, INPUT_FAILED),
     (MultipleFaces, INPUT_FAILED),
+    (LowQuality, INPUT_FAILED),
     (ImageError, INPUT_FAILED),
     (DatasetError, INPUT_FAILED),
     (FaceflowError, INPUT_FAILED),

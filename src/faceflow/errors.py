@@ -44,6 +44,19 @@ class MultipleFaces(FaceflowError):
         super().__init__(f"{source}: {text}" if source else text)
 
 
+class LowQuality(FaceflowError):
+    """A face whose quality is below what the operation requires (a gallery enrolment's minimum)."""
+
+    def __init__(self, score: float, minimum: float, source: str | None = None, weakest: str = "") -> None:
+        self.score = score
+        self.minimum = minimum
+        self.source = source
+        text = f"face quality {score:.0f} is below the minimum {minimum:g}"
+        if weakest:
+            text += f" (weakest: {weakest})"
+        super().__init__(f"{source}: {text}" if source else text)
+
+
 class ModelUnavailable(FaceflowError):
     """A model file is not in any local source and could not be fetched."""
 

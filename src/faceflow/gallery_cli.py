@@ -177,6 +177,9 @@ def enroll(
     largest: Annotated[bool, typer.Option("--largest", help="Enrol the largest face of a photo with several "
                                           "(by default such a photo is refused).")] = False,
     batch: Annotated[int, typer.Option(help="Photos per transaction.")] = 64,
+    min_quality: Annotated[float | None, typer.Option(
+        help="Refuse faces whose unified quality score (0-100, see `faceflow quality`) is lower, naming "
+             "the weakest components.")] = None,
     store: Store = None,
 ) -> None:
     """Enrol the face of each photo as NAME (or as its folder's name with '-').
@@ -193,12 +196,12 @@ def enroll(
     files = _photos(paths)
     with open_gallery_store(store) as s:
         g = create_gallery(s, gallery, exist_ok=True)  # safe when another enroll creates it meanwhile
-        analyzer = analyzer_for(g)
+        analyzer = analyzer_for(g, quality=min_quality is not None)
         items = [(f.parent.name if name == "-" else name, f) for f in files]
         with progress() as bar:
             task = bar.add_task("enrolling", total=len(items))
             report = do_enroll(s, gallery, items, analyzer, largest=largest, batch=batch,
-                               tick=lambda: bar.advance(task))
+                               tick=lambda: bar.advance(task), min_quality=min_quality)
     for item in report.failed:
         _failed(item.reason if item.reason.startswith(item.path) else f"{item.path}: {item.reason}")
     for item in report.notes:

@@ -51,6 +51,7 @@ BUILTIN: tuple[str, ...] = (
     "faceflow.pose:STAGE",
     "faceflow.recognize:STAGE",
     "faceflow.attributes:STAGE",
+    "faceflow.quality:STAGE",
 )
 """The stages that ship with faceflow, in the order used to break ties between independent stages."""
 

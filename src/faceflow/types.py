@@ -71,6 +71,36 @@ class Expression:
         return {"value": self.value, "scores": {k: round(v, 4) for k, v in self.scores.items()}}
 
 
+@dataclass(frozen=True, slots=True)
+class QualityMeasure:
+    """One quality component: its raw value (in the component's own unit) and its score in [0, 100]
+    (higher is better); ``score == -1`` and ``value is None`` when it cannot be assessed."""
+
+    value: float | None
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": None if self.value is None else round(self.value, 4), "score": round(self.score, 1)}
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """A face's quality: the unified utility score in [0, 100] (how useful the face is for
+    recognition; ``None`` when no model scored it) and the ISO/IEC 29794-5 component measures by name."""
+
+    unified: float | None
+    components: dict[str, QualityMeasure]
+
+    def failing(self, below: float) -> list[str]:
+        """Names of the assessed components scoring under ``below``, worst first."""
+        low = [(m.score, n) for n, m in self.components.items() if 0 <= m.score < below]
+        return [n for _, n in sorted(low)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unified": None if self.unified is None else round(self.unified, 1),
+                "components": {n: m.to_dict() for n, m in self.components.items()}}
+
+
 def _as_points(value: Any, n: int, dims: int = 2) -> FloatArray | None:
     if value is None:
         return None
@@ -98,7 +128,7 @@ class Face:
     age: Estimate | None = None
     gender: Estimate | None = None
     expression: Expression | None = None
-    quality: float | None = None
+    quality: Quality | None = None
     track_id: int | None = None
     """Identity of this face across the frames of a video or stream (set by :mod:`faceflow.track`)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +157,14 @@ class Face:
     def center(self) -> tuple[float, float]:
         return float(self.box[0] + self.box[2]) / 2, float(self.box[1] + self.box[3]) / 2
 
+    @property
+    def quality_fraction(self) -> float:
+        """The unified quality as a fraction in [0, 1] when a quality stage scored the face, else the
+        detector's score: what galleries store and compare with their minimum."""
+        if self.quality is not None and self.quality.unified is not None and self.quality.unified >= 0:
+            return self.quality.unified / 100.0
+        return self.score
+
     def to_dict(self, *, embeddings: bool = False) -> dict[str, Any]:
         """JSON-ready dict; fields no stage filled are omitted, embeddings only when asked."""
         out: dict[str, Any] = {"box": _round(self.box.tolist()), "score": round(self.score, 4)}
@@ -138,12 +176,10 @@ class Face:
             value = getattr(self, name)
             if value is not None:
                 out[name] = _round(value.tolist())
-        for name in ("pose", "age", "gender", "expression"):
+        for name in ("pose", "age", "gender", "expression", "quality"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value.to_dict()
-        if self.quality is not None:
-            out["quality"] = round(self.quality, 4)
         for name, value in self.extra.items():
             out[name] = value.to_dict() if hasattr(value, "to_dict") else value
         if embeddings and self.embeddings:

@@ -135,7 +135,7 @@ def cluster_folder(
             if embed_name not in face.embeddings or image is None:
                 continue
             key = f"{digests[str(path)][:16]}-{i}"
-            quality = face.quality if face.quality is not None else face.score
+            quality = face.quality_fraction
             small = min(face.width, face.height) < opts.min_face
             reason = "small" if small else ("low quality" if quality < opts.min_score else None)
             thumb = f"faces/{key}.jpg"

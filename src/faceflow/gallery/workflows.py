@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.errors import ConfigError, FaceflowError, GalleryError, ModelMismatch, MultipleFaces, NoFaceFound
+from faceflow.errors import (
+    ConfigError,
+    FaceflowError,
+    GalleryError,
+    LowQuality,
+    ModelMismatch,
+    MultipleFaces,
+    NoFaceFound,
+)
 from faceflow.gallery.search import Aggregate, Identification, Searcher
 from faceflow.gallery.store import GalleryFace, GalleryInfo, GalleryStore, check_name, model_name
 from faceflow.models.store import sha256_file
@@ -36,12 +44,15 @@ false matches grow with the gallery, and on LFW's identification protocol the fu
 held out; the FNIR is read at the threshold that gives FPIR 1 % on LFW's own non-mated searches."""
 
 
-def make_analyzer(embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None, detector: str = "yunet") -> Any:
-    """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``."""
+def make_analyzer(embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None, detector: str = "yunet",
+                  quality: bool = False) -> Any:
+    """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``
+    (and assesses their quality with ``quality``)."""
     from faceflow.pipeline import Analyzer
 
     cls = embedder_class(embedder)
-    return Analyzer(stages=("detect", "embed"), detector=detector, embedders=(embedder,),
+    stages = ("detect", "embed", "quality") if quality else ("detect", "embed")
+    return Analyzer(stages=stages, detector=detector, embedders=(embedder,),
                     flip=cls.default_flip if flip is None else flip)
 
 
@@ -57,7 +68,7 @@ def create_gallery(store: GalleryStore, name: str, embedder: str = DEFAULT_GALLE
                                 metadata={"embedder": embedder, "flip": identity.flip}, exist_ok=exist_ok)
 
 
-def analyzer_for(gallery: GalleryInfo, detector: str = "yunet") -> Any:
+def analyzer_for(gallery: GalleryInfo, detector: str = "yunet", *, quality: bool = False) -> Any:
     """The analyzer whose embeddings match the gallery's model; :class:`ModelMismatch` if there is none."""
     meta = gallery.metadata
     embedder = str(meta.get("embedder", model_name(gallery.model)))
@@ -70,7 +81,7 @@ def analyzer_for(gallery: GalleryInfo, detector: str = "yunet") -> Any:
         can = f"it makes {made}" if made else f"it has no {embedder!r} model"
         raise ModelMismatch(f"gallery {gallery.name!r} holds {gallery.model} embeddings, which this faceflow "
                             f"cannot make ({can}): re-embed it (faceflow gallery reembed)")
-    return make_analyzer(embedder, flip=flip, detector=detector)
+    return make_analyzer(embedder, flip=flip, detector=detector, quality=quality)
 
 
 def _embedding(face: Face, gallery: GalleryInfo) -> npt.NDArray[Any]:
@@ -109,11 +120,13 @@ class EnrolReport:
     """Photos enrolled with a remark (e.g. the largest of several faces, as asked)."""
 
 
-def enrol_face(result: ImageResult, *, largest: bool = False) -> Face:
+def enrol_face(result: ImageResult, *, largest: bool = False, min_quality: float | None = None) -> Face:
     """The one face of an analysed photo to enrol.
 
     A photo with several faces is refused (:class:`MultipleFaces`) unless ``largest`` asks for the
-    largest one: enrolling a face nobody chose would file a bystander under the subject's name.
+    largest one: enrolling a face nobody chose would file a bystander under the subject's name. With
+    ``min_quality`` (a unified quality score, 0-100; the analyser must run the ``quality`` stage) a
+    face scoring lower is refused (:class:`LowQuality`, naming its weakest components).
     """
     if result.error:
         raise FaceflowError(result.error)
@@ -122,6 +135,13 @@ def enrol_face(result: ImageResult, *, largest: bool = False) -> Face:
         raise NoFaceFound(result.path)
     if len(result.faces) > 1 and not largest:
         raise MultipleFaces(len(result.faces), result.path, "crop the photo, or ask for the largest face: --largest")
+    if min_quality is not None:
+        q = face.quality
+        if q is None or q.unified is None:
+            raise ConfigError("a minimum quality needs the quality stage in the analyser")
+        if q.unified < min_quality:
+            weakest = ", ".join(f"{n} {q.components[n].score:.0f}" for n in q.failing(50.0)[:3])
+            raise LowQuality(q.unified, min_quality, result.path, weakest)
     return face
 
 
@@ -134,10 +154,12 @@ def enroll(
     largest: bool = False,
     batch: int = 64,
     tick: Tick | None = None,
+    min_quality: float | None = None,
 ) -> EnrolReport:
     """Enrol the face of each ``(subject name, photo)``; one transaction per ``batch`` photos.
 
-    A photo fails on its own (bad image, no face, several faces without ``largest``, a subject name
+    A photo fails on its own (bad image, no face, several faces without ``largest``, a face under
+    ``min_quality`` (see :func:`enrol_face`), a subject name
     :func:`~faceflow.gallery.store.check_name` refuses); the others are enrolled.
     """
     g = store.gallery(gallery, counts=False)
@@ -154,7 +176,7 @@ def enroll(
         try:
             subject = check_name(name)
             result, _ = analyzer.analyze_file(path)
-            face = enrol_face(result, largest=largest)
+            face = enrol_face(result, largest=largest, min_quality=min_quality)
         except FaceflowError as exc:
             report.failed.append(ItemFailure(str(path), str(exc)))
         else:
@@ -162,7 +184,7 @@ def enroll(
                 report.notes.append(ItemFailure(str(path), f"{len(result.faces)} faces; the largest enrolled"))
             pending.append(GalleryFace(
                 subject, _embedding(face, g), box=tuple(float(v) for v in face.box),  # type: ignore[arg-type]
-                quality=face.quality if face.quality is not None else face.score, source=str(path),
+                quality=face.quality_fraction, source=str(path),
                 source_sha256=sha256_file(Path(path)), metadata={"detector": face.detector},
             ))
             if len(pending) >= batch:

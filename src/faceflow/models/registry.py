@@ -133,6 +133,10 @@ HEADS_FILE = ModelFile(
     "attribute_heads.json", "333ed242c54a5e0ffa49ac95a0b23886b4c7125240f438862a28037b52d0ed7e", 846644,
     (Packaged("training/train_attribute_heads.py"),),
 )
+QUALITY_FILE = ModelFile(
+    "quality_utility.npz", "730bdd83b4e1e2d304835469d9c04f9f573276d88d6391de50754d011c3828b6", 186916,
+    (Packaged("training/train_quality.py"),),
+)
 
 # -- models -------------------------------------------------------------------------------------------
 MODELS: dict[str, ModelSpec] = {
@@ -186,6 +190,11 @@ MODELS: dict[str, ModelSpec] = {
                   "age and gender heads over SFace, dlib ResNet and Cydral features",
                   (HEADS_FILE,), origin="faceflow training/train_attribute_heads.py",
                   notes="Trained on the train part of training/splits (UTKFace), selected on its val part."),
+        ModelSpec("quality_utility", "quality", "non-commercial (trained on LFW, research use only)",
+                  "unified face-quality utility: gradient-boosted trees over landmarks and component measures",
+                  (QUALITY_FILE,), origin="faceflow training/train_quality.py", default=True,
+                  notes="Eleven ensembles: one per LFW View 2 fold, trained without that fold's people (for "
+                        "evaluation), and one trained on all ten (used by the quality stage)."),
         ModelSpec("expression", "attributes", "MIT (weights trained on FER-2013, unclear terms)",
                   "fer mini-Xception, 7 expressions, quantised TFLite", (EXPRESSION_FILE,),
                   origin="oarriaga/face_classification via fer", default=True),
