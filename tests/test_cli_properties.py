@@ -185,8 +185,8 @@ def check(code: int, out: Path, tree: Tree, expected: list[Path], stderr: str) -
     if tree.out == "file":
         assert code == 2 and "not a folder" in stderr
         return
-    if not expected:  # nothing with an image suffix and nothing named: a usage error, documented
-        assert code == 2 and "no image files found" in stderr
+    if not expected:  # nothing with an image or video suffix and nothing named: a usage error, documented
+        assert code == 2 and "no image or video files found" in stderr
         return
     assert code != 2, stderr
     lines = (out / "faces.jsonl").read_bytes().decode("utf-8").splitlines()  # strict UTF-8
