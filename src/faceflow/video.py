@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import av
 import cv2
@@ -183,7 +183,7 @@ class VideoWriter:
             raise VideoError(f"cannot create the video ({exc.strerror or exc})", self.path) from None
         if metadata:
             self._out.metadata.update({str(k): str(v) for k, v in metadata.items()})
-        self._video: Any = self._out.add_stream(codec, rate=self.rate)
+        self._video: Any = cast(Any, self._out).add_stream(codec, rate=self.rate)
         self._video.width, self._video.height = self.width, self.height
         # 4:2:0 needs even sizes; odd ones keep their exact size in 4:4:4.
         even = self.width % 2 == 0 and self.height % 2 == 0
