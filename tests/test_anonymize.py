@@ -253,3 +253,30 @@ def test_frame_iterator_takes_plain_arrays_and_rejects_bad_frames(astronaut: np.
 
     with pytest.raises(ImageError):
         list(a.anonymize_frames([np.zeros((4, 4), np.float32)]))
+
+
+def test_cli_anonymizes_a_folder_of_photos_and_a_video(tmp_path: Path, dataset, astronaut: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    jpeg_with_gps_and_camera(src / "sub" / "astro.jpg", astronaut)
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    excerpt(dataset("samples", "videos", "short_hamilton_clip.mp4"), src / "clip.mp4", 1.0, {"title": "SECRET"})
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "faceflow.cli", "anonymize", str(src), "--out", str(out),
+                           "--method", "pixelate", "--review"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr  # the broken photo fails alone; the rest is written
+    lines = {Path(r["path"]).name: r for r in map(json.loads, (out / "anonymize.jsonl").read_text().splitlines())}
+    assert lines["broken.jpg"]["error"] and lines["astro.jpg"]["faces_covered"] >= 1
+    assert lines["clip.mp4"]["frames"] == probe(src / "clip.mp4").frames and lines["clip.mp4"]["error"] is None
+    assert "frames/s" in proc.stderr and "faces covered" in proc.stderr
+    data = (out / "sub" / "astro.jpg").read_bytes()
+    assert b"FaceflowTestCam" not in data and b"XMP-SECRET" not in data
+    assert audio_packets(out / "clip.mp4") == audio_packets(src / "clip.mp4")
+    assert (out / "review" / "contact_sheet.jpg").is_file()
+    bad = subprocess.run([sys.executable, "-m", "faceflow.cli", "anonymize", str(src), "--out", str(out),
+                          "--method", "smudge"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown method" in bad.stderr

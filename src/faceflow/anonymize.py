@@ -392,6 +392,8 @@ class AnonymizedFrame:
     near_misses: list[Region] = field(default_factory=list)
     tracked: list[Region] = field(default_factory=list)
     """The detected faces that belong to a confirmed track (for checks: each must be covered)."""
+    original: Image | None = field(default=None, repr=False)
+    """The frame as decoded, before covering."""
 
 
 @dataclass(slots=True)
@@ -537,6 +539,7 @@ class Anonymizer:
         summary = summary if summary is not None else Summary()
 
         def emit(item: AnonymizedFrame) -> AnonymizedFrame:
+            item.original = item.image
             item.image = self.annotator.annotate(item.image, item.regions)
             summary.add(item.regions)
             summary.tracks = tracker.ids_issued
@@ -650,3 +653,73 @@ def encode_anonymized(image: Image, suffix: str, source: str | Path | None = Non
     buf = _io.BytesIO()
     PILImage.fromarray(image).save(buf, format=fmt, **kwargs)
     return buf.getvalue()
+
+
+# -- review -------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Tile:
+    score: float
+    label: str
+    crop: Image
+
+
+class Review:
+    """The decisions a person should look at: the covered regions with the lowest scores (cropped from
+    the covered output) and the near misses, the candidates just below the threshold (cropped from the
+    original, since they were left as they are). :meth:`write` makes one contact sheet of both."""
+
+    TILE = 112
+
+    def __init__(self, per_kind: int = 48) -> None:
+        self.per_kind = per_kind
+        self.covered: list[_Tile] = []
+        self.misses: list[_Tile] = []
+
+    def _crop(self, image: Image, box: FloatArray) -> Image:
+        from faceflow.align import crop_box
+
+        return crop_box(image, box, 1.6, self.TILE)
+
+    def add(self, name: str, original: Image, covered: Image, regions: Sequence[Region],
+            near_misses: Sequence[Region]) -> None:
+        """Keep the ``per_kind`` lowest-scoring covered regions and highest-scoring near misses seen so far."""
+        for r in regions:
+            self.covered.append(_Tile(r.score, f"{name} {r.kind} {r.score:.2f}", self._crop(covered, r.box)))
+        for r in near_misses:
+            self.misses.append(_Tile(-r.score, f"{name} miss {r.score:.2f}", self._crop(original, r.box)))
+        self.covered = sorted(self.covered, key=lambda t: t.score)[: self.per_kind]
+        self.misses = sorted(self.misses, key=lambda t: t.score)[: self.per_kind]
+
+    def sheet(self, columns: int = 8) -> Image:
+        """The contact sheet: covered regions (lowest scores first), then near misses (highest first),
+        each tile with its file, kind and score."""
+        t = self.TILE
+        rows: list[Image] = []
+        for title, tiles in (("covered, lowest scores first", self.covered),
+                             ("near misses (not covered), highest scores first", self.misses)):
+            head = np.full((24, columns * t, 3), 255, np.uint8)
+            cv2.putText(head, f"{title}: {len(tiles)}", (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+            rows.append(head)
+            for start in range(0, len(tiles), columns):
+                row = np.full((t + 14, columns * t, 3), 255, np.uint8)
+                for j, tile in enumerate(tiles[start:start + columns]):
+                    row[:t, j * t:(j + 1) * t] = tile.crop
+                    cv2.putText(row, tile.label[-18:], (j * t + 2, t + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                                (0, 0, 0), 1, cv2.LINE_AA)
+                rows.append(row)
+        return np.concatenate(rows, axis=0)
+
+    def write(self, path: Path) -> None:
+        """The sheet as an image at ``path`` (format by suffix) and the decisions beside it as JSON."""
+        import json
+
+        from faceflow.draw import save_image
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(self.sheet(), path)
+        decisions = {"covered": [{"label": t.label, "score": t.score} for t in self.covered],
+                     "near_misses": [{"label": t.label, "score": -t.score} for t in self.misses]}
+        path.with_suffix(".json").write_text(json.dumps(decisions, indent=1) + "\n")
