@@ -535,6 +535,57 @@ def eval_wider(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None
     _eval(f"faceflow {detector}", lambda: run(root, detector=detector, use_cache=cache), root, json_out, report)
 
 
+@eval_app.command("anonymize")
+def eval_anonymize(
+    root: RootOpt, json_out: JsonOpt = None, cache: CacheOpt = True,
+    reid: Annotated[bool, typer.Option("--reid", help="ROOT is LFW: re-identification of anonymised copies by "
+                                                     "sface at its FMR 1e-3 threshold, per method.")] = False,
+    half: Annotated[str, typer.Option(help="WIDER events scored: report (odd event numbers, where figures are "
+                                           "reported), tune (even, where thresholds were chosen) or all.")]
+    = "report",
+    recall: Annotated[str, typer.Option(help="default or high (a second detector, united).")] = "default",
+    shape: Annotated[str, typer.Option(help="ellipse or box.")] = "ellipse",
+    margin: Annotated[float, typer.Option(help="Margin of the covered shape (fraction of the face per side).")] = 0.25,
+    limit: Annotated[int, typer.Option(help="--reid: the first N distinct images of pairs.txt.")] = 300,
+) -> None:
+    """Anonymisation: WIDER coverage per difficulty (faces >= 80 % covered, mean coverage, needless share of
+    image area) at a sweep of thresholds, or (--reid) LFW re-identification per method."""
+    from faceflow.anonymize import HIGH_RECALL, IMAGE_THRESHOLD
+    from faceflow.eval import write_json
+    from faceflow.eval.anonymize import HALVES
+    from faceflow.eval.tasks import eval_anonymize as run
+    from faceflow.eval.tasks import eval_anonymize_reid
+
+    if not root.is_dir():
+        raise _fail_usage(f"--root {root} is not a folder")
+    if half not in HALVES:
+        raise ConfigError(f"--half must be one of: {', '.join(HALVES)}")
+    t0 = time.perf_counter()
+    if reid:
+        result = eval_anonymize_reid(root, limit=limit)
+        table = Table("method", "images", "matches", "re-identified", "median similarity", "threshold")
+        for m in ("original_vs_itself", "blur", "pixelate", "solid", "mask"):
+            r = result[m]
+            table.add_row(m, str(r["images"]), str(r["matches"]), f"{100 * r['rate']:.2f} %",
+                          f"{r['median_similarity']:.3f}", f"{r['threshold']:.4f}")
+    else:
+        result = run(root, recall=recall, half=half, shape=shape, margin=margin, use_cache=cache)
+        default = IMAGE_THRESHOLD * (HIGH_RECALL["image"][1] if recall == "high" else 1)
+        table = Table("threshold", *(f"{s} covered" for s in ("easy", "medium", "hard")),
+                      *(f"{s} mean cov." for s in ("easy", "medium", "hard")), "needless")
+        for r in result["by_threshold"]:
+            mark = " (default)" if abs(r["threshold"] - default) < 1e-9 else ""
+            table.add_row(f"{r['threshold']:.2f}{mark}",
+                          *(f"{100 * r[s]['covered']:.2f} %" for s in ("easy", "medium", "hard")),
+                          *(f"{100 * r[s]['mean_coverage']:.1f} %" for s in ("easy", "medium", "hard")),
+                          f"{100 * r['needless']:.2f} %")
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    Console().print(table)
+    if json_out:
+        write_json({"anonymize": result}, json_out)
+    console.print(f"wall time {result['wall_seconds']} s")
+
+
 @eval_app.command("300w")
 def eval_300w(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
               detector: DetectorOpt = DEFAULT_DETECTOR,
