@@ -170,7 +170,8 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, *, fps: Fraction | float, width: int, height: int,
                  audio_from: str | Path | None = None, crf: int = 20, codec: str = "libx264",
-                 metadata: Mapping[str, str] | None = None, keep_stream_tags: bool = True) -> None:
+                 metadata: Mapping[str, str] | None = None, keep_stream_tags: bool = True,
+                 preset: str = "veryfast") -> None:
         self.path = str(path)
         self._keep_stream_tags = keep_stream_tags
         self.width, self.height = int(width), int(height)
@@ -188,7 +189,7 @@ class VideoWriter:
         # 4:2:0 needs even sizes; odd ones keep their exact size in 4:4:4.
         even = self.width % 2 == 0 and self.height % 2 == 0
         self._video.pix_fmt = "yuv420p" if even else "yuv444p"
-        self._video.options = {"crf": str(crf), "preset": "veryfast"} if codec in ("libx264", "libx265") else \
+        self._video.options = {"crf": str(crf), "preset": preset} if codec in ("libx264", "libx265") else \
             {"crf": str(crf), "b": "0"} if codec == "libvpx-vp9" else {}
         self._video.codec_context.time_base = 1 / self.rate
         self._last_pts = -1
