@@ -132,7 +132,10 @@ def test_every_method_covers_the_two_people(dataset, method: str) -> None:  # ty
     photo = dataset("samples", "face_recognition", "examples", "two_people.jpg")
     with Anonymizer(method=method) as a:
         result = a.anonymize(photo)
-    assert len(result.regions) == 2
+    # the two people score high; recall-first, a few weak candidates (0.07 and up) are covered too
+    assert len([r for r in result.regions if r.score >= 0.5]) == 2
+    assert all(r.score >= a.threshold for r in result.regions)
+    assert all(r.score < a.threshold for r in result.near_misses)
     # the criterion: the accurate detector finds no face where the original has one
     found = create_detector("accurate", DetectorOptions(score_threshold=0.5)).detect(result.image)
     assert found == []

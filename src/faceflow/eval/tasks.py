@@ -184,7 +184,7 @@ def lfw_gallery_embedder(model: str, flip: bool | None = None, *, use_cache: boo
     return embed
 
 
-ANONYMIZE_SWEEP = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+ANONYMIZE_SWEEP = (0.05, 0.06, 0.07, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5)
 """Thresholds scored by ``faceflow eval anonymize`` (detections are computed once at the lowest)."""
 
 
