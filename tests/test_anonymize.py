@@ -283,3 +283,25 @@ def test_cli_anonymizes_a_folder_of_photos_and_a_video(tmp_path: Path, dataset, 
     bad = subprocess.run([sys.executable, "-m", "faceflow.cli", "anonymize", str(src), "--out", str(out),
                           "--method", "smudge"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown method" in bad.stderr
+
+
+def test_codec_family_is_kept(tmp_path: Path) -> None:
+    from faceflow.video import encoder_for
+
+    assert (encoder_for("h264"), encoder_for("hevc"), encoder_for("vp9")) == ("libx264", "libx265", "libvpx-vp9")
+    assert encoder_for("prores") == encoder_for(None) == "libx264"  # no encoder of that family: H.264
+    src = tmp_path / "in.webm"
+    with av.open(str(src), "w") as out:  # a small VP9 clip: noise, no face
+        stream = out.add_stream("libvpx-vp9", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(noise(48, 64, i), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with Anonymizer(video=True) as a:
+        summary = a.anonymize_video(src, tmp_path / "out.webm")
+    info = probe(tmp_path / "out.webm")
+    assert (info.codec, info.width, info.height, info.frames or summary.frames) == ("vp9", 64, 48, 10)
