@@ -305,3 +305,19 @@ def test_codec_family_is_kept(tmp_path: Path) -> None:
         summary = a.anonymize_video(src, tmp_path / "out.webm")
     info = probe(tmp_path / "out.webm")
     assert (info.codec, info.width, info.height, info.frames or summary.frames) == ("vp9", 64, 48, 10)
+
+
+def test_union_keeps_the_second_detectors_new_faces_only() -> None:
+    from faceflow.anonymize import union_faces
+
+    a = [Face(box=[0, 0, 10, 10], score=0.9)]
+    b = [Face(box=[1, 0, 11, 10], score=0.8), Face(box=[50, 50, 60, 60], score=0.3)]
+    assert [f.box.tolist() for f in union_faces(a, b)] == [[0, 0, 10, 10], [50, 50, 60, 60]]
+
+
+def test_high_recall_lowers_the_threshold_and_adds_a_detector(astronaut: np.ndarray,
+                                                              photo_anonymizer: Anonymizer) -> None:
+    high = Anonymizer(recall="high")
+    assert high.threshold == pytest.approx(0.6 * photo_anonymizer.threshold) and high.second is not None
+    assert high.second.detector.name == "blazeface_full" and photo_anonymizer.second is None
+    assert len(high.anonymize_array(astronaut).regions) >= len(photo_anonymizer.anonymize_array(astronaut).regions)

@@ -29,6 +29,7 @@ audio is remuxed packet for packet (:class:`faceflow.video.VideoWriter`).
 
 from __future__ import annotations
 
+import dataclasses
 import io as _io
 import math
 from collections import deque
@@ -427,7 +428,7 @@ class Summary:
                 "predicted": self.predicted, "backfill": self.backfill, "tracks": self.tracks}
 
 
-def _union(first: list[Face], second: list[Face], iou: float = 0.5) -> list[Face]:
+def union_faces(first: list[Face], second: list[Face], iou: float = 0.5) -> list[Face]:
     """``first`` and the faces of ``second`` that overlap none of them by ``iou`` or more."""
     if not first or not second:
         return first + second
@@ -448,8 +449,6 @@ class Anonymizer:
 
         base = options or AnonymizeOptions()
         if overrides:
-            import dataclasses
-
             known = {f.name for f in dataclasses.fields(AnonymizeOptions)}
             unknown = sorted(set(overrides) - known)
             if unknown:
@@ -490,7 +489,7 @@ class Anonymizer:
             view = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
         faces = self.analyzer.analyze_array(view)
         if self.second is not None:
-            faces = _union(faces, self.second.analyze_array(view))
+            faces = union_faces(faces, self.second.analyze_array(view))
         if scale != 1.0:
             sx, sy = image.shape[1] / view.shape[1], image.shape[0] / view.shape[0]
             for f in faces:

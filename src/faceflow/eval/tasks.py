@@ -192,7 +192,7 @@ def anonymize_detect_fn(recall: str = "default", detector: str | None = None,
                         floor: float = ANONYMIZE_SWEEP[0]) -> tuple[Any, list[str]]:
     """``detect_fn(image) -> (N, 5)`` rows as photo anonymisation finds faces (its detector, and with
     ``recall="high"`` its second detector, united), at ``floor``; and the detector names (cache key)."""
-    from faceflow.anonymize import HIGH_RECALL, IMAGE_DETECTOR, _union
+    from faceflow.anonymize import HIGH_RECALL, IMAGE_DETECTOR, union_faces
 
     names = [detector or IMAGE_DETECTOR] + ([HIGH_RECALL["image"][0]] if recall == "high" else [])
     dets = [create_detector(n, DetectorOptions(score_threshold=floor)) for n in names]
@@ -200,7 +200,7 @@ def anonymize_detect_fn(recall: str = "default", detector: str | None = None,
     def detect(image: Image) -> npt.NDArray[np.float64]:
         faces = dets[0].detect(image)
         for d in dets[1:]:
-            faces = _union(faces, d.detect(image))
+            faces = union_faces(faces, d.detect(image))
         return boxes_from_faces(faces)
 
     return detect, names
