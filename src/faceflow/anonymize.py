@@ -78,9 +78,11 @@ class AnonymizeOptions:
 
     method: str = "blur"
     shape: str = "ellipse"
-    margin: float = 0.25
+    margin: float | None = None
     """Each side of a face box is pushed out by this fraction of the box's width (left, right) or
-    height (top, bottom) before the shape is drawn; at 0.25 an ellipse holds the whole box."""
+    height (top, bottom) before the shape is drawn; at 0.25 (the default) an ellipse holds the whole
+    box. For ``mask``, the mesh's hull is grown by this fraction about its centre (default 0.05, so
+    that the hair, ears and neck stay)."""
     strength: float | None = None
     """``blur``: Gaussian sigma as a fraction of the face's shorter side (default 0.3); ``pixelate``:
     blocks across the face's longer side (default 6). The defaults are the mildest at which none of
@@ -110,7 +112,7 @@ class AnonymizeOptions:
             raise ConfigError(f"unknown shape {self.shape!r}; choose one of: {', '.join(SHAPES)}")
         if self.recall not in RECALL:
             raise ConfigError(f"unknown recall {self.recall!r}; choose one of: {', '.join(RECALL)}")
-        if not (0 <= self.margin <= 2):
+        if self.margin is not None and not (0 <= self.margin <= 2):
             raise ConfigError(f"margin must be between 0 and 2, got {self.margin}")
         if self.strength is not None and not self.strength > 0:
             raise ConfigError(f"strength must be positive, got {self.strength}")
@@ -130,14 +132,16 @@ class AnonymizeOptions:
 
     def annotator(self) -> Annotator:
         """The :class:`Annotator` these options describe."""
+        if self.method == "mask":
+            hull = MaskAnnotator.default_margin if self.margin is None else self.margin
+            return MaskAnnotator(self.color, margin=hull)
+        margin = Annotator.default_margin if self.margin is None else self.margin
         if self.method == "blur":
-            return BlurAnnotator(self.strength or BlurAnnotator.default_strength, shape=self.shape, margin=self.margin)
+            return BlurAnnotator(self.strength or BlurAnnotator.default_strength, shape=self.shape, margin=margin)
         if self.method == "pixelate":
             blocks = round(self.strength or PixelateAnnotator.default_blocks)
-            return PixelateAnnotator(blocks, shape=self.shape, margin=self.margin)
-        if self.method == "solid":
-            return SolidAnnotator(self.color, shape=self.shape, margin=self.margin)
-        return MaskAnnotator(self.color, margin=self.margin)
+            return PixelateAnnotator(blocks, shape=self.shape, margin=margin)
+        return SolidAnnotator(self.color, shape=self.shape, margin=margin)
 
 
 # -- regions and their geometry ----------------------------------------------------------------------
@@ -263,8 +267,9 @@ class Annotator:
     """
 
     method: ClassVar[str]
+    default_margin: ClassVar[float] = 0.25
 
-    def __init__(self, *, shape: str = "ellipse", margin: float = 0.25) -> None:
+    def __init__(self, *, shape: str = "ellipse", margin: float = default_margin) -> None:
         if shape not in SHAPES:
             raise ConfigError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
         self.shape, self.margin = shape, margin
@@ -358,8 +363,9 @@ class MaskAnnotator(SolidAnnotator):
     face goes, hair, ears and neck stay. A region without a mesh gets an ellipse around its box."""
 
     method = "mask"
+    default_margin: ClassVar[float] = 0.05
 
-    def __init__(self, color: Sequence[int] = (0, 0, 0), *, margin: float = 0.05, **kw: Any) -> None:
+    def __init__(self, color: Sequence[int] = (0, 0, 0), *, margin: float = default_margin, **kw: Any) -> None:
         kw.pop("shape", None)
         super().__init__(color, shape="ellipse", margin=margin, **kw)
 

@@ -305,8 +305,9 @@ def anonymize(
     method: Annotated[str, typer.Option(help="blur, pixelate, solid, or mask (a flat colour over the face mesh, "
                                              "the rest of the head kept).")] = "blur",
     shape: Annotated[str, typer.Option(help="Shape covered around each face: ellipse or box.")] = "ellipse",
-    margin: Annotated[float, typer.Option(help="Each side of a face box pushed out by this fraction of its size.")]
-    = 0.25,
+    margin: Annotated[float | None, typer.Option(help="Each side of a face box pushed out by this fraction of its "
+                                                       "size (default 0.25; mask: its hull grown by 0.05).")]
+    = None,
     strength: Annotated[float | None, typer.Option(help="blur: sigma as a fraction of the face (default 0.3); "
                                                         "pixelate: blocks across the face (default 6).")] = None,
     color: Annotated[str, typer.Option(help="Fill of solid and mask, as R,G,B.")] = "0,0,0",
