@@ -75,7 +75,7 @@ def wider(out: Path) -> dict:
         fair = [r for r in sweep if r["needless"] <= ff_row["needless"]]
         matched = min(fair, key=lambda r: r["threshold"]) if fair else None
         result[half] = {"faceflow": ff_row, "faceflow_seconds": round(time.perf_counter() - t0, 1),
-                        "deface_default": default, "deface_matched_needless": matched}
+                        "deface_default": default, "deface_matched_needless": matched, "deface_sweep": sweep}
     return result
 
 
