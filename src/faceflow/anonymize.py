@@ -84,11 +84,11 @@ class AnonymizeOptions:
     box. For ``mask``, the mesh's hull is grown by this fraction about its centre (default 0.05, so
     that the hair, ears and neck stay)."""
     strength: float | None = None
-    """``blur``: Gaussian sigma as a fraction of the face's shorter side (default 0.3); ``pixelate``:
-    blocks across the face's longer side (default 6). The defaults are the mildest at which none of
-    YuNet, CenterFace or the ``accurate`` ensemble still finds the covered astronaut test face (at 0.2
-    and 8 blocks YuNet did, scoring 0.64 and 0.68); re-identification is measured on LFW by
-    ``faceflow eval anonymize --reid``."""
+    """``blur``: Gaussian sigma as a fraction of the face's shorter side (default 0.5); ``pixelate``:
+    blocks across the face's longer side (default 6). Why these: at sigma 0.2 and 8 blocks YuNet still
+    found the covered astronaut test face (scores 0.64, 0.68); at 0.3 the ``accurate`` detector still
+    found a covered 23 px face of the Hamilton sample clip's first frame at 0.51 (0.37 at 0.5), a face
+    left behind by the issue's video check. Re-identification: ``faceflow eval anonymize --reid``."""
     color: tuple[int, int, int] = (0, 0, 0)
     """Fill of ``solid`` and ``mask`` (RGB)."""
     recall: str = "default"
@@ -309,7 +309,7 @@ class BlurAnnotator(Annotator):
     so its cost does not grow with the face: a sigma of 40 px at full size would take ~50 ms)."""
 
     method = "blur"
-    default_strength: ClassVar[float] = 0.3
+    default_strength: ClassVar[float] = 0.5
 
     def __init__(self, strength: float = default_strength, **kw: Any) -> None:
         super().__init__(**kw)

@@ -308,7 +308,7 @@ def anonymize(
     margin: Annotated[float | None, typer.Option(help="Each side of a face box pushed out by this fraction of its "
                                                        "size (default 0.25; mask: its hull grown by 0.05).")]
     = None,
-    strength: Annotated[float | None, typer.Option(help="blur: sigma as a fraction of the face (default 0.3); "
+    strength: Annotated[float | None, typer.Option(help="blur: sigma as a fraction of the face (default 0.5); "
                                                         "pixelate: blocks across the face (default 6).")] = None,
     color: Annotated[str, typer.Option(help="Fill of solid and mask, as R,G,B.")] = "0,0,0",
     recall: Annotated[str, typer.Option(help="default, or high: lower thresholds and a second detector.")]
