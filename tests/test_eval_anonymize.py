@@ -79,6 +79,8 @@ def test_wider_report_half_coverage_at_the_default_threshold(dataset) -> None:  
 def test_lfw_reidentification_after_blur_and_pixelate(dataset) -> None:  # type: ignore[no-untyped-def]
     from faceflow.eval.tasks import eval_anonymize_reid
 
-    r = eval_anonymize_reid(dataset("lfw"), methods=("blur", "pixelate"), limit=300, progress=False)
+    r = eval_anonymize_reid(dataset("lfw"), methods=("blur", "pixelate", "mask"), limit=300, skip=300,
+                            progress=False)
     assert r["original_vs_itself"]["rate"] == 1.0  # the protocol does match unchanged faces
-    assert r["blur"]["matches"] == 0 and r["pixelate"]["matches"] <= 1  # <= 1 % target: 0 and 1 of 300
+    # measured: blur 3, pixelate 1, mask 0 of 300 (the target: <= 1 % for blur and pixelate)
+    assert r["blur"]["matches"] <= 3 and r["pixelate"]["matches"] <= 1 and r["mask"]["matches"] <= 1

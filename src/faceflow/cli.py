@@ -306,7 +306,7 @@ def anonymize(
                                              "the rest of the head kept).")] = "blur",
     shape: Annotated[str, typer.Option(help="Shape covered around each face: ellipse or box.")] = "ellipse",
     margin: Annotated[float | None, typer.Option(help="Each side of a face box pushed out by this fraction of its "
-                                                       "size (default 0.25; mask: its hull grown by 0.05).")]
+                                                       "size (default 0.25; mask: its hull grown by 0.15).")]
     = None,
     strength: Annotated[float | None, typer.Option(help="blur: sigma as a fraction of the face (default 0.5); "
                                                         "pixelate: blocks across the face (default 6).")] = None,
@@ -547,7 +547,9 @@ def eval_anonymize(
     recall: Annotated[str, typer.Option(help="default or high (a second detector, united).")] = "default",
     shape: Annotated[str, typer.Option(help="ellipse or box.")] = "ellipse",
     margin: Annotated[float, typer.Option(help="Margin of the covered shape (fraction of the face per side).")] = 0.25,
-    limit: Annotated[int, typer.Option(help="--reid: the first N distinct images of pairs.txt.")] = 300,
+    limit: Annotated[int, typer.Option(help="--reid: N distinct images of pairs.txt (in file order).")] = 300,
+    skip: Annotated[int, typer.Option(help="--reid: after the first SKIP images (300: past those the mask "
+                                           "margin was chosen on).")] = 0,
 ) -> None:
     """Anonymisation: WIDER coverage per difficulty (faces >= 80 % covered, mean coverage, needless share of
     image area) at a sweep of thresholds, or (--reid) LFW re-identification per method."""
@@ -563,7 +565,7 @@ def eval_anonymize(
         raise ConfigError(f"--half must be one of: {', '.join(HALVES)}")
     t0 = time.perf_counter()
     if reid:
-        result = eval_anonymize_reid(root, limit=limit)
+        result = eval_anonymize_reid(root, limit=limit, skip=skip)
         table = Table("method", "images", "matches", "re-identified", "median similarity", "threshold")
         for m in ("original_vs_itself", "blur", "pixelate", "solid", "mask"):
             r = result[m]

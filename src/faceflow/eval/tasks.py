@@ -222,9 +222,9 @@ def eval_anonymize(root: Path | str, *, recall: str = "default", detector: str |
 
 
 def eval_anonymize_reid(root: Path | str, *, methods: Sequence[str] = ("blur", "pixelate", "solid", "mask"),
-                        limit: int = 300, progress: bool = True) -> dict[str, Any]:
-    """Re-identification after anonymisation on LFW: the first ``limit`` distinct images of View 2's
-    ``pairs.txt`` (in file order). Each image's face nearest the centre (found by photo anonymisation's
+                        limit: int = 300, skip: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Re-identification after anonymisation on LFW: ``limit`` distinct images of View 2's ``pairs.txt``
+    (in file order) after the first ``skip``. Each image's face nearest the centre (found by photo anonymisation's
     detector) is embedded by ``sface`` in the original and, with the same box and five points (the
     aligner of an attacker who knows where the face was), in each method's anonymised copy."""
     from faceflow.anonymize import Anonymizer
@@ -238,7 +238,7 @@ def eval_anonymize_reid(root: Path | str, *, methods: Sequence[str] = ("blur", "
     for pair in read_pairs(root / "pairs.txt"):
         for p in (pair.path1, pair.path2):
             seen.setdefault(p, None)
-    paths = list(seen)[:limit]
+    paths = list(seen)[skip:skip + limit]
     embedder = create_embedder("sface")
     anonymizers = {m: Anonymizer(method=m) for m in methods}
     first = anonymizers[methods[0]]
@@ -261,7 +261,8 @@ def eval_anonymize_reid(root: Path | str, *, methods: Sequence[str] = ("blur", "
         return np.asarray(embedder.embed(image, [face])[0], np.float32)
 
     threshold = CALIBRATION["sface"].threshold
-    out: dict[str, Any] = {"protocol": "lfw-reid", "images": len(paths), "no_face": no_face, "model": "sface",
+    out: dict[str, Any] = {"protocol": "lfw-reid", "images": len(paths), "skip": skip, "no_face": no_face,
+                           "model": "sface",
                            "fmr": CALIBRATION["sface"].fmr}
     baseline = [(img, img, face) for img, _, face in items[methods[0]]]
     out["original_vs_itself"] = reidentification(baseline[:20], embed, threshold)
