@@ -196,3 +196,34 @@ def test_sampling_jitter_is_not_taken_for_dropped_frames() -> None:
         tracker.update([], time=t)
     assert ids(tracker.update([Face(box(100, 100, 80), score=0.9)], time=times[21])) == [1]
 
+
+
+def test_lost_boxes_follow_a_missed_face_and_grow_with_motion_until_the_limit() -> None:
+    tracker = Tracker()
+    for step in range(10):  # a face moving right 8 px per frame
+        tracker.update([Face(box=box(100 + 8 * step, 200, 60), score=0.9)])
+    assert tracker.lost_boxes(5) == []  # seen on the latest frame: nothing predicted
+    widths = []
+    for missed in range(1, 8):
+        tracker.update([])
+        lost = tracker.lost_boxes(5)
+        if missed > 5:
+            assert lost == []  # beyond the limit the filter no longer covers it
+            continue
+        assert [b.track_id for b in lost] == [1] and lost[0].frames_lost == missed
+        b = lost[0].box
+        centre = 100 + 8 * (9 + missed)
+        assert (b[0] + b[2]) / 2 == pytest.approx(centre, abs=8)  # moved on with the face (velocity still converging)
+        assert b[0] < centre - 30 and b[2] > centre + 30  # still holds the whole 60 px face
+        # grown more along the motion (x) than across it (y)
+        assert (b[2] - b[0]) - 60 > (b[3] - b[1]) - 60
+        widths.append(b[2] - b[0])
+    assert widths == sorted(widths) and widths[-1] > widths[0]  # less sure with every frame missed
+
+
+def test_lost_boxes_skip_tentative_tracks() -> None:
+    tracker = Tracker()
+    tracker.update([])
+    tracker.update([Face(box=box(100, 100, 50), score=0.9)])  # born after the first frame: tentative
+    tracker.update([])
+    assert tracker.lost_boxes(10) == []

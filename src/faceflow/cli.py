@@ -29,6 +29,7 @@ from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
 from faceflow.cli_base import fail_usage as _fail_usage
 from faceflow.cli_base import progress as _progress
 from faceflow.errors import ConfigError, FaceflowError
+from faceflow.outputs import display_path
 
 app = typer.Typer(cls=ErrorExitGroup, add_completion=False, no_args_is_help=True,
                   help="Face analysis on a CPU, offline.")
@@ -296,6 +297,144 @@ def _analyze_videos(analyzer: Any, inputs: list[Path], videos: list[Path], out: 
 
 
 @app.command()
+def anonymize(
+    paths: Annotated[list[Path], typer.Argument(help="Image and video files and/or folders (walked recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: covered copies mirror the inputs' "
+                                                          "relative paths; OUT/anonymize.jsonl lists them.")]
+    = Path("faceflow-anonymized"),
+    method: Annotated[str, typer.Option(help="blur, pixelate, solid, or mask (a flat colour over the face mesh, "
+                                             "the rest of the head kept).")] = "blur",
+    shape: Annotated[str, typer.Option(help="Shape covered around each face: ellipse or box.")] = "ellipse",
+    margin: Annotated[float | None, typer.Option(help="Each side of a face box pushed out by this fraction of its "
+                                                       "size (default 0.25; mask: its hull grown by 0.15).")]
+    = None,
+    strength: Annotated[float | None, typer.Option(help="blur: sigma as a fraction of the face (default 0.5); "
+                                                        "pixelate: blocks across the face (default 6).")] = None,
+    color: Annotated[str, typer.Option(help="Fill of solid and mask, as R,G,B.")] = "0,0,0",
+    recall: Annotated[str, typer.Option(help="default, or high: lower thresholds and a second detector.")]
+    = "default",
+    detector: Annotated[str | None, typer.Option(help="Detector (default: accurate for photos, fast for videos).")]
+    = None,
+    threshold: Annotated[float | None, typer.Option(help="Cover faces scoring at least this (default per mode).")]
+    = None,
+    keep_metadata: Annotated[bool, typer.Option("--keep-metadata", help="Keep EXIF (GPS included), XMP and ICC of "
+                                                "photos and the container tags of videos (stripped by default).")]
+    = False,
+    review: Annotated[bool, typer.Option("--review", help="Write OUT/review/contact_sheet.jpg: the covered regions "
+                                         "and near misses with the lowest confidence, for a person to check.")]
+    = False,
+) -> None:
+    """Cover every face of photos and videos (blur, pixelate, solid, mask); metadata stripped, audio kept.
+
+    Photos use the accurate detector; videos track faces, keep covering a face the detector misses for a
+    few frames (its predicted box, grown with motion) and cover a face's first frames too. Videos keep
+    their size, frame rate, duration and codec family; their audio is copied packet for packet.
+    """
+    from faceflow.anonymize import AnonymizeOptions, Anonymizer, Review, Summary, encode_anonymized
+    from faceflow.errors import VideoError
+    from faceflow.io import iter_image_files, load_image
+    from faceflow.outputs import (
+        AnnotatedWriter,
+        check_out_dir,
+        inside,
+        json_line,
+        open_for_writing,
+        prepare_out_dir,
+        result_paths,
+        safe_text,
+    )
+    from faceflow.video import is_video, iter_video_files, probe
+
+    try:
+        rgb = tuple(int(c) for c in color.split(","))
+    except ValueError:
+        raise ConfigError(f"--color must be R,G,B, got {color!r}") from None
+    options = AnonymizeOptions(method=method, shape=shape, margin=margin, strength=strength,
+                               color=rgb, recall=recall, detector=detector, threshold=threshold)  # type: ignore[arg-type]
+    check_out_dir(out)
+    files = [f for f in iter_image_files(paths, exclude=[out], unreadable=True) if not is_video(f)]
+    videos = [v for v in iter_video_files(paths) if not inside(v, out)]
+    if not files and not videos:
+        raise ConfigError("no image or video files found in " + ", ".join(map(display_path, paths)))
+    prepare_out_dir(out)
+    writer = AnnotatedWriter(out, paths, files, subdir="")
+    if files:
+        writer.start()
+    video_targets = dict(zip(videos, result_paths(paths, videos), strict=True))
+    sheet = Review() if review else None
+    total, failed = Summary(), 0
+    photos = Anonymizer(options) if files else None
+    movies = Anonymizer(options, video=True, runtime=photos.runtime if photos else None) if videos else None
+
+    def report(path: Path, target: Path | None, summary: Summary | None, error: str | None) -> None:
+        nonlocal failed
+        record: dict[str, Any] = {"path": str(path), "output": display_path(target) if target else None,
+                                  **(summary.to_dict() if summary else {}), "error": error}
+        fh.write(json_line(record))
+        fh.flush()
+        if error:
+            failed += 1
+            console.print(f"[yellow]failed:[/yellow] {escape(safe_text(error))}")
+
+    with open_for_writing(out / "anonymize.jsonl") as fh:
+        if photos is not None:
+            with _progress() as bar:
+                task = bar.add_task("photos", total=len(files))
+                for path in files:
+                    target = writer.next_target(str(path))
+                    summary = Summary()
+                    try:
+                        image = load_image(path)
+                        result = photos.anonymize_array(image)
+                        summary.add(result.regions)
+                        problem = writer.save(target, encode_anonymized(result.image, target.suffix, path,
+                                                                         keep_metadata))
+                        if sheet is not None:
+                            sheet.add(path.name, image, result.image, result.regions, result.near_misses)
+                        report(path, target if not problem else None, summary, problem)
+                        total.frames += 1
+                        total.detected += summary.detected
+                    except (FaceflowError, ValueError) as exc:
+                        report(path, None, None, f"{display_path(path)}: {exc}")
+                    bar.advance(task)
+        for video in videos:
+            assert movies is not None
+            target = out / video_targets[video]
+            if target.suffix.lower() not in (".mp4", ".mov", ".m4v", ".mkv", ".webm"):
+                target = target.with_suffix(".mkv")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                info = probe(video)
+                with _progress() as bar:
+                    bar.columns = (*bar.columns, _RateColumn())
+                    task = bar.add_task(video.name, total=info.frames)
+
+                    def step(frame: Any, bar: Any = bar, task: Any = task, name: str = video.name) -> None:
+                        if sheet is not None:
+                            sheet.add(f"{name}@{frame.index}", frame.original, frame.image, frame.regions,
+                                      frame.near_misses)
+                        bar.advance(task)
+
+                    summary = movies.anonymize_video(video, target, keep_metadata=keep_metadata, on_frame=step)
+                report(video, target, summary, None)
+                console.print(escape(f"{display_path(video)}: {summary.frames} frames in {summary.seconds:.1f} s "
+                                     f"({summary.frames / max(summary.seconds, 1e-9):.1f} frames/s), "
+                                     f"{summary.covered} faces covered ({summary.predicted} predicted, "
+                                     f"{summary.backfill} backfilled), {summary.tracks} tracks"))
+                for name in ("frames", "detected", "predicted", "backfill", "tracks"):
+                    setattr(total, name, getattr(total, name) + getattr(summary, name))
+            except VideoError as exc:
+                report(video, None, None, str(exc))
+    if sheet is not None:
+        sheet.write(out / "review" / "contact_sheet.jpg")
+        console.print(f"review: {display_path(out / 'review' / 'contact_sheet.jpg')}")
+    console.print(escape(f"{len(files)} photos and {len(videos)} videos: {total.covered} faces covered in "
+                         f"{total.frames} frames/photos, {total.tracks} tracks, {failed} failed. "
+                         f"Output: {display_path(out)}"))
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
 def verify(
     image_a: Annotated[Path, typer.Argument(help="First photo (its largest face is used).")],
     image_b: Annotated[Path, typer.Argument(help="Second photo (its largest face is used).")],
@@ -395,6 +534,59 @@ def eval_wider(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None
     from faceflow.eval.tasks import eval_wider as run
 
     _eval(f"faceflow {detector}", lambda: run(root, detector=detector, use_cache=cache), root, json_out, report)
+
+
+@eval_app.command("anonymize")
+def eval_anonymize(
+    root: RootOpt, json_out: JsonOpt = None, cache: CacheOpt = True,
+    reid: Annotated[bool, typer.Option("--reid", help="ROOT is LFW: re-identification of anonymised copies by "
+                                                     "sface at its FMR 1e-3 threshold, per method.")] = False,
+    half: Annotated[str, typer.Option(help="WIDER events scored: report (odd event numbers, where figures are "
+                                           "reported), tune (even, where thresholds were chosen) or all.")]
+    = "report",
+    recall: Annotated[str, typer.Option(help="default or high (a second detector, united).")] = "default",
+    shape: Annotated[str, typer.Option(help="ellipse or box.")] = "ellipse",
+    margin: Annotated[float, typer.Option(help="Margin of the covered shape (fraction of the face per side).")] = 0.25,
+    limit: Annotated[int, typer.Option(help="--reid: N distinct images of pairs.txt (in file order).")] = 300,
+    skip: Annotated[int, typer.Option(help="--reid: after the first SKIP images (300: past those the mask "
+                                           "margin was chosen on).")] = 0,
+) -> None:
+    """Anonymisation: WIDER coverage per difficulty (faces >= 80 % covered, mean coverage, needless share of
+    image area) at a sweep of thresholds, or (--reid) LFW re-identification per method."""
+    from faceflow.anonymize import HIGH_RECALL, IMAGE_THRESHOLD
+    from faceflow.eval import write_json
+    from faceflow.eval.anonymize import HALVES
+    from faceflow.eval.tasks import eval_anonymize as run
+    from faceflow.eval.tasks import eval_anonymize_reid
+
+    if not root.is_dir():
+        raise _fail_usage(f"--root {root} is not a folder")
+    if half not in HALVES:
+        raise ConfigError(f"--half must be one of: {', '.join(HALVES)}")
+    t0 = time.perf_counter()
+    if reid:
+        result = eval_anonymize_reid(root, limit=limit, skip=skip)
+        table = Table("method", "images", "matches", "re-identified", "median similarity", "threshold")
+        for m in ("original_vs_itself", "blur", "pixelate", "solid", "mask"):
+            r = result[m]
+            table.add_row(m, str(r["images"]), str(r["matches"]), f"{100 * r['rate']:.2f} %",
+                          f"{r['median_similarity']:.3f}", f"{r['threshold']:.4f}")
+    else:
+        result = run(root, recall=recall, half=half, shape=shape, margin=margin, use_cache=cache)
+        default = IMAGE_THRESHOLD * (HIGH_RECALL["image"][1] if recall == "high" else 1)
+        table = Table("threshold", *(f"{s} covered" for s in ("easy", "medium", "hard")),
+                      *(f"{s} mean cov." for s in ("easy", "medium", "hard")), "needless")
+        for r in result["by_threshold"]:
+            mark = " (default)" if abs(r["threshold"] - default) < 1e-9 else ""
+            table.add_row(f"{r['threshold']:.2f}{mark}",
+                          *(f"{100 * r[s]['covered']:.2f} %" for s in ("easy", "medium", "hard")),
+                          *(f"{100 * r[s]['mean_coverage']:.1f} %" for s in ("easy", "medium", "hard")),
+                          f"{100 * r['needless']:.2f} %")
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    Console().print(table)
+    if json_out:
+        write_json({"anonymize": result}, json_out)
+    console.print(f"wall time {result['wall_seconds']} s")
 
 
 @eval_app.command("300w")

@@ -124,7 +124,8 @@ def inside(path: Path, folder: Path) -> bool:
 
 
 class AnnotatedWriter:
-    """Writes each input's annotated image to its planned name under ``out/annotated``.
+    """Writes each input's annotated image to its planned name under ``out/annotated`` (or ``out/<subdir>``;
+    ``subdir=""`` writes into ``out`` itself, as ``faceflow anonymize`` does).
 
     Built from the inputs the user named and the files of the batch (in order); :meth:`start`
     removes the images an earlier run listed in its manifest and that this run will not rewrite,
@@ -132,8 +133,9 @@ class AnnotatedWriter:
     :meth:`save` writes it, returning ``None`` or the reason it could not.
     """
 
-    def __init__(self, out: Path, inputs: Iterable[Path], files: Sequence[Path]) -> None:
-        self.root = out / ANNOTATED_DIR
+    def __init__(self, out: Path, inputs: Iterable[Path], files: Sequence[Path], *,
+                 subdir: str = ANNOTATED_DIR) -> None:
+        self.root = out / subdir if subdir else out
         names = annotated_names(result_paths(inputs, files))
         self._targets: dict[str, deque[Path]] = defaultdict(deque)
         for f, name in zip(files, names, strict=True):

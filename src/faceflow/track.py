@@ -170,6 +170,17 @@ class _Track:
         return xyah_to_box(self.mean[:4])
 
 
+@dataclass(frozen=True, slots=True)
+class LostBox:
+    """Where a confirmed track that the detector missed is expected to be now (see :meth:`Tracker.lost_boxes`)."""
+
+    track_id: int
+    box: Vector
+    """The Kalman-predicted ``[x1, y1, x2, y2]``, grown for the uncertainty of the frames missed."""
+    frames_lost: int
+    """Frame steps since the track was last matched (1 on the first frame missed)."""
+
+
 class Tracker:
     """Gives each face a ``track_id`` that stays the same from frame to frame.
 
@@ -198,6 +209,30 @@ class Tracker:
     def ids_issued(self) -> int:
         """How many track ids this tracker has handed out so far."""
         return self._next_id - 1
+
+    def lost_boxes(self, max_frames: int, grow: float = 0.1) -> list[LostBox]:
+        """Predicted boxes of the confirmed tracks missed on the latest update, lost for at most
+        ``max_frames`` frame steps, by track id.
+
+        What a privacy filter covers when the detector blinks: each box is the motion model's
+        prediction, grown on every side by the distance the centre moves per step and by ``grow``
+        of the box's size, both times the steps missed (the longer a face goes unseen, the less
+        sure its place; a moving face gets more room along its motion than a still one).
+        """
+        out: list[LostBox] = []
+        for track in self.tracks:
+            if track.state != LOST or track.track_id is None:
+                continue
+            lost = self._step - track.last_step
+            if lost < 1 or lost > max_frames:
+                continue
+            box = track.box.copy()
+            w, h = box[2] - box[0], box[3] - box[1]
+            vx, vy = abs(float(track.mean[4])), abs(float(track.mean[5]))
+            dx, dy = lost * (vx + grow * w), lost * (vy + grow * h)
+            box += np.array([-dx, -dy, dx, dy])
+            out.append(LostBox(track.track_id, box, lost))
+        return sorted(out, key=lambda b: b.track_id)
 
     def end_tracks(self) -> None:
         """End every track now (a scene cut: no box after it continues one from before). Ids are

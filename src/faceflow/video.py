@@ -13,12 +13,12 @@ encoding live only here, at the edge. A frame that fails to analyse records its 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import av
 import cv2
@@ -71,6 +71,8 @@ class VideoInfo:
     """Frame count from the header (``None`` when the container does not say)."""
     duration: float | None
     has_audio: bool
+    codec: str | None = None
+    """The video stream's codec name (``h264``, ``hevc``, ``vp9``, ...)."""
 
 
 def _open(path: str | Path) -> Any:
@@ -96,7 +98,7 @@ def probe(path: str | Path) -> VideoInfo:
         return VideoInfo(
             width=int(stream.codec_context.width), height=int(stream.codec_context.height),
             fps=Fraction(rate), frames=int(stream.frames) or None, duration=duration,
-            has_audio=bool(container.streams.audio),
+            has_audio=bool(container.streams.audio), codec=stream.codec_context.name,
         )
 
 
@@ -141,8 +143,20 @@ def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None
         container.close()
 
 
+ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "vp8": "libvpx", "mpeg4": "mpeg4"}
+"""Source codec -> the encoder that writes the same family (anything else is written as H.264)."""
+
+
+def encoder_for(codec: str | None) -> str:
+    """The encoder of ``codec``'s family when PyAV has it (:data:`ENCODERS`), else ``libx264``."""
+    name = ENCODERS.get(codec or "", "libx264")
+    return name if name in av.codecs_available else "libx264"
+
+
 class VideoWriter:
-    """Writes RGB frames as an H.264 video; optionally copies another file's audio stream unchanged.
+    """Writes RGB frames as a video (H.264 unless ``codec`` names another encoder); optionally copies
+    another file's audio stream unchanged. The container gets no tags but ``metadata`` (and the
+    muxer's own ``encoder``): nothing of a source's title, place or date is carried over unasked.
 
     >>> with VideoWriter("out.mp4", fps=info.fps, width=w, height=h, audio_from="in.mp4") as out:
     ...     for frame in frames:                                # doctest: +SKIP
@@ -155,8 +169,11 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, *, fps: Fraction | float, width: int, height: int,
-                 audio_from: str | Path | None = None, crf: int = 20) -> None:
+                 audio_from: str | Path | None = None, crf: int = 20, codec: str = "libx264",
+                 metadata: Mapping[str, str] | None = None, keep_stream_tags: bool = True,
+                 preset: str = "veryfast") -> None:
         self.path = str(path)
+        self._keep_stream_tags = keep_stream_tags
         self.width, self.height = int(width), int(height)
         self.rate = Fraction(fps).limit_denominator(100000)
         if self.rate <= 0 or self.width <= 0 or self.height <= 0:
@@ -165,12 +182,15 @@ class VideoWriter:
             self._out: Any = av.open(self.path, "w")
         except av.FFmpegError as exc:
             raise VideoError(f"cannot create the video ({exc.strerror or exc})", self.path) from None
-        self._video = self._out.add_stream("libx264", rate=self.rate)
+        if metadata:
+            self._out.metadata.update({str(k): str(v) for k, v in metadata.items()})
+        self._video: Any = cast(Any, self._out).add_stream(codec, rate=self.rate)
         self._video.width, self._video.height = self.width, self.height
         # 4:2:0 needs even sizes; odd ones keep their exact size in 4:4:4.
         even = self.width % 2 == 0 and self.height % 2 == 0
         self._video.pix_fmt = "yuv420p" if even else "yuv444p"
-        self._video.options = {"crf": str(crf), "preset": "veryfast"}
+        self._video.options = {"crf": str(crf), "preset": preset} if codec in ("libx264", "libx265") else \
+            {"crf": str(crf), "b": "0"} if codec == "libvpx-vp9" else {}
         self._video.codec_context.time_base = 1 / self.rate
         self._last_pts = -1
         self._source: Any = None
@@ -200,6 +220,8 @@ class VideoWriter:
             self._source.close()
             self._source = None
             return
+        if not self._keep_stream_tags:  # the audio track's own tags (title, handler) stay behind too
+            self._audio_out.metadata.clear()
         start = self._source.start_time or 0  # microseconds: audio moves with the video's time origin
         self._audio_shift = round(Fraction(start, 1_000_000) / self._audio_in.time_base)
         self._packets = self._source.demux(self._audio_in)

@@ -182,3 +182,90 @@ def lfw_gallery_embedder(model: str, flip: bool | None = None, *, use_cache: boo
         return compute(path) if cache is None else cache.call(path, lambda: timed(compute, path))[0]
 
     return embed
+
+
+ANONYMIZE_SWEEP = (0.05, 0.06, 0.07, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5)
+"""Thresholds scored by ``faceflow eval anonymize`` (detections are computed once at the lowest)."""
+
+
+def anonymize_detect_fn(recall: str = "default", detector: str | None = None,
+                        floor: float = ANONYMIZE_SWEEP[0]) -> tuple[Any, list[str]]:
+    """``detect_fn(image) -> (N, 5)`` rows as photo anonymisation finds faces (its detector, and with
+    ``recall="high"`` its second detector, united), at ``floor``; and the detector names (cache key)."""
+    from faceflow.anonymize import HIGH_RECALL, IMAGE_DETECTOR, union_faces
+
+    names = [detector or IMAGE_DETECTOR] + ([HIGH_RECALL["image"][0]] if recall == "high" else [])
+    dets = [create_detector(n, DetectorOptions(score_threshold=floor)) for n in names]
+
+    def detect(image: Image) -> npt.NDArray[np.float64]:
+        faces = dets[0].detect(image)
+        for d in dets[1:]:
+            faces = union_faces(faces, d.detect(image))
+        return boxes_from_faces(faces)
+
+    return detect, names
+
+
+def eval_anonymize(root: Path | str, *, recall: str = "default", detector: str | None = None,
+                   thresholds: Sequence[float] = ANONYMIZE_SWEEP, half: str = "report", shape: str = "ellipse",
+                   margin: float = 0.25, progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
+    """WIDER coverage of photo anonymisation at each of ``thresholds`` on one ``half`` of the events
+    (:func:`faceflow.eval.anonymize.half_of`)."""
+    from faceflow.eval.anonymize import run_anonymize_wider
+
+    detect, names = anonymize_detect_fn(recall, detector)
+    cache = cache_for("wider-anonymize", names, f"score>={ANONYMIZE_SWEEP[0]}|{'+'.join(names)}", use_cache)
+    result = run_anonymize_wider(root, detect, thresholds, half=half, shape=shape, margin=margin,
+                                 progress=progress, cache=cache)
+    result.update(detectors=names, recall=recall)
+    return result
+
+
+def eval_anonymize_reid(root: Path | str, *, methods: Sequence[str] = ("blur", "pixelate", "solid", "mask"),
+                        limit: int = 300, skip: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Re-identification after anonymisation on LFW: ``limit`` distinct images of View 2's ``pairs.txt``
+    (in file order) after the first ``skip``. Each image's face nearest the centre (found by photo anonymisation's
+    detector) is embedded by ``sface`` in the original and, with the same box and five points (the
+    aligner of an attacker who knows where the face was), in each method's anonymised copy."""
+    from faceflow.anonymize import Anonymizer
+    from faceflow.eval._common import track as _track
+    from faceflow.eval.anonymize import reidentification
+    from faceflow.eval.lfw import read_pairs
+    from faceflow.recognize import CALIBRATION, create_embedder
+
+    root = Path(root)
+    seen: dict[Path, None] = {}
+    for pair in read_pairs(root / "pairs.txt"):
+        for p in (pair.path1, pair.path2):
+            seen.setdefault(p, None)
+    paths = list(seen)[skip:skip + limit]
+    embedder = create_embedder("sface")
+    anonymizers = {m: Anonymizer(method=m) for m in methods}
+    first = anonymizers[methods[0]]
+    items: dict[str, list[tuple[Image, Image, Any]]] = {m: [] for m in methods}
+    no_face = 0
+    for path in _track(paths, "LFW re-identification", progress):
+        image = load_image(path)
+        faces = [f for f in first.detect(image) if f.score >= first.threshold]
+        h, w = image.shape[:2]
+        face = nearest_face(faces, (w / 2, h / 2))
+        if face is None:
+            no_face += 1
+            continue
+        for m, a in anonymizers.items():
+            # mask needs the mesh, which only its own analyser runs; the others cover the same faces
+            covered = a.anonymize_array(image).image if m == "mask" else a.annotator.annotate(image, faces)
+            items[m].append((image, covered, face))
+
+    def embed(image: Image, face: Any) -> Any:
+        return np.asarray(embedder.embed(image, [face])[0], np.float32)
+
+    threshold = CALIBRATION["sface"].threshold
+    out: dict[str, Any] = {"protocol": "lfw-reid", "images": len(paths), "skip": skip, "no_face": no_face,
+                           "model": "sface",
+                           "fmr": CALIBRATION["sface"].fmr}
+    baseline = [(img, img, face) for img, _, face in items[methods[0]]]
+    out["original_vs_itself"] = reidentification(baseline[:20], embed, threshold)
+    for m in methods:
+        out[m] = reidentification(items[m], embed, threshold)
+    return out

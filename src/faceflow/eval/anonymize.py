@@ -1,0 +1,115 @@
+"""How well anonymisation covers faces: WIDER FACE coverage per difficulty, and LFW re-identification.
+
+Coverage (``faceflow eval anonymize --root WIDER_DIR``): the covered pixels of each image are what
+the annotator would change (:func:`faceflow.anonymize.coverage_mask`: each covered box grown by the
+margin, in its shape). Per difficulty (the faces of that setting's ``gt_list``):
+
+* ``covered``: the share of ground-truth faces with at least :data:`COVERED_AT` of their box covered;
+* ``mean_coverage``: the mean covered share of their boxes;
+* ``needless``: the share of all image pixels that are covered but lie in no ground-truth box (of
+  any setting: covering a face WIDER ignores is not needless), over all images.
+
+Thresholds chosen by looking at these figures are chosen on one half of the events (:func:`half_of`:
+even event numbers, ``tune``) and reported on the other (odd, ``report``).
+
+Re-identification (``--reid --root LFW_DIR``): for each image the default recogniser (``sface``)
+embeds the face in the original and the same box in the anonymised copy; a match is a cosine
+similarity at or above its LFW threshold for FMR 1e-3 (:data:`faceflow.recognize.CALIBRATION`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from faceflow.anonymize import Region, box_coverage, coverage_mask
+from faceflow.eval._common import median_ms, run_item, track
+from faceflow.eval.cache import ResultCache
+from faceflow.eval.wider import SETTINGS, WiderImage, load_wider
+from faceflow.types import Image
+
+COVERED_AT = 0.8
+"""A face counts as covered when at least this share of its box is."""
+HALVES = ("tune", "report", "all")
+
+
+def half_of(key: str) -> str:
+    """``tune`` for an image of an even-numbered WIDER event (``"12--Group/..."``), ``report`` for an odd one."""
+    number = int(key.split("--", 1)[0])
+    return "tune" if number % 2 == 0 else "report"
+
+
+def image_coverage(im: WiderImage, size: tuple[int, int], rows: npt.ArrayLike, threshold: float, shape: str,
+                   margin: float) -> tuple[npt.NDArray[np.float32], int]:
+    """Covered share of each ground-truth box and the count of needlessly covered pixels, for the
+    predictions ``rows`` (``x1, y1, x2, y2, score``) scoring at least ``threshold``."""
+    r = np.asarray(rows, np.float64).reshape(-1, 5)
+    regions = [Region(row[:4].astype(np.float32), float(row[4])) for row in r if row[4] >= threshold]
+    mask = coverage_mask(size, regions, shape, margin)
+    gt = im.boxes_xyxy
+    faces = np.zeros(size, bool)
+    for x1, y1, x2, y2 in gt:
+        faces[max(0, int(y1)):max(0, int(np.ceil(y2))), max(0, int(x1)):max(0, int(np.ceil(x2)))] = True
+    return box_coverage(gt, mask), int(np.count_nonzero(mask & ~faces))
+
+
+def evaluate_anonymize(preds: Mapping[str, npt.ArrayLike], sizes: Mapping[str, tuple[int, int]],
+                       gt: Sequence[WiderImage], threshold: float, shape: str = "ellipse",
+                       margin: float = 0.25) -> dict[str, Any]:
+    """Coverage per setting and the needless share over ``gt`` (see the module docstring)."""
+    per: dict[str, list[npt.NDArray[np.float32]]] = {s: [] for s in SETTINGS}
+    needless = pixels = 0
+    for im in gt:
+        size = sizes[im.key]
+        cov, extra = image_coverage(im, size, preds.get(im.key, np.zeros((0, 5))), threshold, shape, margin)
+        needless += extra
+        pixels += size[0] * size[1]
+        for s in SETTINGS:
+            per[s].append(cov[im.keep[s]])
+    out: dict[str, Any] = {"threshold": threshold, "images": len(gt), "needless": needless / max(pixels, 1)}
+    for s in SETTINGS:
+        c = np.concatenate(per[s]) if per[s] else np.zeros(0)
+        out[s] = {"faces": len(c), "covered": float(np.mean(c >= COVERED_AT)) if len(c) else None,
+                  "mean_coverage": float(np.mean(c)) if len(c) else None}
+    return out
+
+
+def run_anonymize_wider(root: Path | str, detect_fn: Callable[[Image], npt.ArrayLike], thresholds: Sequence[float],
+                        *, half: str = "all", shape: str = "ellipse", margin: float = 0.25, progress: bool = True,
+                        cache: ResultCache | None = None) -> dict[str, Any]:
+    """Run ``detect_fn`` (RGB image -> ``(N, 5)`` rows) on the WIDER images of ``half`` and score each of
+    ``thresholds``; detections are computed once (and cached), the thresholds only filter them."""
+    from PIL import Image as PILImage
+
+    gt = [im for im in load_wider(root) if half == "all" or half_of(im.key) == half]
+    preds: dict[str, npt.NDArray[np.float64]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    seconds: list[float | None] = []
+    errors: list[dict[str, str]] = []
+    for im in track(gt, f"WIDER anonymise ({half})", progress):
+        value, secs = run_item(im.path, lambda image: np.asarray(detect_fn(image), np.float64).reshape(-1, 5),
+                               cache, errors, image=True)
+        seconds.append(secs)
+        preds[im.key] = value if value is not None else np.zeros((0, 5))
+        with PILImage.open(im.path) as p:  # the header only; EXIF-free WIDER JPEGs need no transpose
+            sizes[im.key] = (p.height, p.width)
+    return {"protocol": "wider-anonymize", "half": half, "shape": shape, "margin": margin,
+            "by_threshold": [evaluate_anonymize(preds, sizes, gt, t, shape, margin) for t in thresholds],
+            "median_ms": median_ms(seconds), "errors": errors}
+
+
+def reidentification(pairs: Sequence[tuple[Image, Image, npt.ArrayLike]], embed: Callable[[Image, Any], Any],
+                     threshold: float) -> dict[str, Any]:
+    """Share of ``(original, anonymised, box)`` items whose two embeddings of ``box`` match at ``threshold``."""
+    sims = []
+    for original, covered, box in pairs:
+        a, b = embed(original, box), embed(covered, box)
+        sims.append(float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12)))
+    s = np.asarray(sims)
+    return {"images": len(s), "matches": int(np.sum(s >= threshold)),
+            "rate": float(np.mean(s >= threshold)) if len(s) else None,
+            "median_similarity": float(np.median(s)) if len(s) else None, "threshold": threshold}
