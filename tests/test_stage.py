@@ -108,9 +108,7 @@ def test_every_stage_option_is_reachable_by_keyword_and_on_the_cli() -> None:
         elif f.default is True or f.default is False:
             value = not f.default
         else:
-            from faceflow.stage import _unwrap
-
-            value = samples[_unwrap(f.type)[0]]
+            value = samples[f.base]
         opts = AnalyzerOptions().with_values({f.keyword: value})
         assert getattr(opts.options_for(f.stage), f.name) == value, f.key
     help_text = subprocess.run([*FACEFLOW, "analyze", "--help"], capture_output=True, text=True,

@@ -39,18 +39,21 @@ eval_app = typer.Typer(no_args_is_help=True, help="Standard evaluation protocols
 app.add_typer(eval_app, name="eval")
 
 
-def _choices(name: str) -> str:
-    """Help text for an option whose values are the choices of a stage option (one declaration)."""
+def _field(key: str) -> Any:
+    """The stage options field behind the CLI flag ``--key`` (one declaration for flag and default)."""
     from faceflow.stage import registry
 
-    field = next(f for f in registry().fields() if f.key == name)
+    return next(f for f in registry().fields() if f.key == key)
+
+
+def _choices(key: str) -> str:
+    """Help text for an option whose values are the choices of a stage option."""
+    field = _field(key)
     return f"{field.help} One of: {', '.join(field.choices or ())}."
 
 
-def _default(name: str) -> Any:
-    from faceflow.stage import registry
-
-    return next(f for f in registry().fields() if f.key == name).default
+def _default(key: str) -> Any:
+    return _field(key).default
 
 
 DEFAULT_DETECTOR = _default("detector")
@@ -67,13 +70,13 @@ def with_stage_options(command: F) -> F:
     """Add one CLI option per field of every registered stage's options (``--detector``,
     ``--landmarks-mirror/--no-landmarks-mirror``, ...) to ``command``, which receives the ones the user
     gave as ``stage_values: dict[str, Any]`` (keyword -> value; unset options are left out)."""
-    from faceflow.stage import _unwrap, registry
+    from faceflow.stage import registry
 
     fixed = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "stage_values"]
     params = list(fixed)
     names = {p.name for p in fixed}
     for f in registry().fields():
-        base, _ = _unwrap(f.type)
+        base = f.base
         default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
         text = f"{f.help} ({f.stage} stage; default: {default}.)"
         if f.choices:

@@ -275,21 +275,16 @@ class Analyzer:
     def _batch(self, items: list[str | os.PathLike[str]], workers: int | None,
                on_result: Callable[[ImageResult, Image | None], None] | None) -> Iterator[ImageResult]:
         workers = workers or self.options.workers
-        if workers <= 1:
-            results: Iterable[tuple[ImageResult, Image | None]] = map(self.analyze_file, items)
-            for result, image in results:
-                if on_result:
-                    on_result(result, image)
-                yield result
-            return
-        pool = ThreadPoolExecutor(max_workers=workers)
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
         try:
-            for result, image in pool.map(self.analyze_file, items):
+            analysed = pool.map(self.analyze_file, items) if pool else map(self.analyze_file, items)
+            for result, image in analysed:
                 if on_result:
                     on_result(result, image)
                 yield result
         finally:  # an error (a missing model) or a consumer that stops early: drop the queued images
-            pool.shutdown(cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
 
 
 def analyze(image: ImageSource, **options: Any) -> list[Face]:

@@ -55,9 +55,6 @@ BUILTIN: tuple[str, ...] = (
 )
 """The stages that ship with faceflow, in the order used to break ties between independent stages."""
 
-FACE_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Face)) - {"extra"}
-
-
 class Stage(ABC):
     """One step of the pipeline: reads the fields in ``needs``, fills those in ``provides``.
 
@@ -101,6 +98,11 @@ class OptionField:
     @property
     def keyword(self) -> str:
         return self.key.replace("-", "_")
+
+    @property
+    def base(self) -> Any:
+        """The field's type without ``| None``: ``bool``, ``int``, ``float``, ``str`` or ``tuple``."""
+        return _unwrap(self.type)[0]
 
     def parse(self, value: Any) -> Any:
         """``value`` (a string from the CLI, or a Python value) converted to the field's type and checked."""
