@@ -14,9 +14,9 @@ Lock policy, per kind of model (what a caller may assume):
 * Objects with per-call state that a stage builds itself (OpenCV's ``FaceDetectorYN``): the stage holds
   its own lock around the call, as :class:`~faceflow.detect.base.Detector` does.
 
-Building happens under a lock of its own per model, never under a lock shared by all models, and the
-file is fetched (possibly downloaded) before that lock is taken: one model downloading never blocks
-another model's use.
+A model's file is fetched (possibly downloaded) and the model built under a lock of that model's own,
+never under a lock shared by all models (the store locks per file too): one model downloading never
+blocks another model's use, and a model already built costs a dictionary lookup, not a file check.
 """
 
 from __future__ import annotations
@@ -172,11 +172,10 @@ class Runtime:
 
         ``taps`` names inner tensors to expose as extra outputs (for features read from a hidden layer).
         """
-        path = self.path(name)
-
         def build() -> Any:
             import onnxruntime as ort
 
+            path = self.path(name)
             graph: str | bytes = str(path)
             if taps:
                 import onnx
@@ -192,17 +191,14 @@ class Runtime:
 
     def tflite(self, name: str) -> TFLiteModel:
         """A LiteRT interpreter of a registered ``.tflite`` model (locked per run, see the module)."""
-        path = self.path(name)
-        return self.load(("tflite", name), lambda: TFLiteModel(path, self.threads))
+        return self.load(("tflite", name), lambda: TFLiteModel(self.path(name), self.threads))
 
     def dlib(self, name: str, kind: str) -> Any:
         """A dlib object (``kind`` is the dlib class, e.g. ``"shape_predictor"``) built from a ``.dat`` file."""
-        path = self.path(name)
-
         def build() -> Any:
             import dlib
 
-            return getattr(dlib, kind)(str(path))
+            return getattr(dlib, kind)(str(self.path(name)))
 
         return self.load(("dlib", name, kind), build)
 
