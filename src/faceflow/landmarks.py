@@ -387,8 +387,6 @@ class Landmarks68Stage(Stage):
             raise ConfigError(f"unknown landmark source {self.options.source!r}; "
                               f"choose one of: {', '.join(LANDMARK_SOURCES)}")
         self.runtime = runtime or default_runtime()
-        self.requested = self.options.source
-        self.mirror = self.options.mirror
         self._mesh = MeshStage(MeshOptions(self.options.scale, self.options.refine), self.runtime)
         self._source = LazyModel(self._resolve)
 
@@ -396,8 +394,8 @@ class Landmarks68Stage(Stage):
         return self.runtime.dlib("dlib_shape68", "shape_predictor")
 
     def _resolve(self) -> str:
-        if self.requested != "auto":
-            return self.requested
+        if self.options.source != "auto":
+            return self.options.source
         try:
             self._predictor()
         except (ModelUnavailable, ImportError) as exc:
@@ -419,11 +417,11 @@ class Landmarks68Stage(Stage):
                 # A box alone places dlib's box roughly: a first pass gives five points to place it by.
                 first = dlib_68(predictor, image, box, angle, mirror=False)
                 box, angle = hog_box_from_landmarks5(landmarks5_from_68(first))
-            return dlib_68(predictor, image, box, angle, mirror=self.mirror)
+            return dlib_68(predictor, image, box, angle, mirror=self.options.mirror)
         table = packaged_mesh_to_68(self.runtime)
         mesh = face.mesh if face.mesh is not None else self._mesh.predict(image, face)[0]
         points = table(mesh)
-        if self.mirror:
+        if self.options.mirror:
             mirrored = table(self._mesh.predict(image, face, mirror=True)[0])[list(MIRROR_68)]
             points = ((points + mirrored) / 2).astype(np.float32)
         return points
