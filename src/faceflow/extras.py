@@ -22,7 +22,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "uvicorn": ("serve", "uvicorn"),
     "pydantic_settings": ("serve", "pydantic-settings"),
     "prometheus_client": ("serve", "prometheus-client"),
-    "multipart": ("serve", "python-multipart"),
+    "python_multipart": ("serve", "python-multipart"),
 }
 """Top-level package -> (pip extra, what to call it in the message)."""
 

@@ -29,7 +29,7 @@ def _require_serve() -> None:
     """A clear error naming the ``serve`` extra when its packages are missing."""
     from faceflow.extras import require
 
-    for module in ("fastapi", "uvicorn", "pydantic_settings", "prometheus_client", "multipart"):
+    for module in ("fastapi", "uvicorn", "pydantic_settings", "prometheus_client", "python_multipart"):
         require(module, "faceflow serve")
 
 
