@@ -328,6 +328,7 @@ def test_50_megabyte_upload_gets_413(server: Server, keys: Keys, astronaut_jpeg:
         assert time.monotonic() - t0 < 30
         r = c.post("/v1/analyze", files={"image": ("big.jpg", big[: 20 * 1024 * 1024])})
         assert r.status_code == 413
+    assert 'status="413"' in httpx.get(server.url + "/metrics").text  # refusals are counted too
     still_answers(server, keys.reader, astronaut_jpeg)
 
 

@@ -109,21 +109,6 @@ def create_app(settings: ServeSettings | None = None, *, state: ServiceState | N
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         return JSONResponse({"code": "internal", "message": "internal error"}, status_code=500)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response: Response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            shared: ServiceState | None = getattr(request.app.state, "faceflow", None)
-            if shared is not None:
-                shared.metrics.observe(template, request.method, status, time.perf_counter() - t0)
-
     app.include_router(routes_images.router, responses=ERROR_RESPONSES)
     app.include_router(routes_galleries.router, responses=ERROR_RESPONSES)
 
@@ -142,7 +127,36 @@ def create_app(settings: ServeSettings | None = None, *, state: ServiceState | N
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(Observe)  # outermost: refusals by the limits are counted too
     return app
+
+
+class Observe:
+    """ASGI middleware: each answer counted and timed in the process's metrics, by route template."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            shared: ServiceState | None = getattr(scope["app"].state, "faceflow", None)
+            if shared is not None:
+                template = getattr(scope.get("route"), "path", None) or "unmatched"
+                shared.metrics.observe(template, scope["method"], status, time.perf_counter() - t0)
 
 
 def app_from_environment() -> FastAPI:
