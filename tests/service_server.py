@@ -50,14 +50,16 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
     stdout: Path = field(default_factory=Path)
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def client(self, key: str | None = None, **kwargs: object) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60.0, **kwargs)  # type: ignore[arg-type]
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60.0, verify=not self.tls,
+                            **kwargs)  # type: ignore[arg-type]
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -76,7 +78,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(home: Path, *args: str, wait_ready: bool = True, **settings: object) -> Server:
+def start_server(home: Path, *args: str, wait_ready: bool = True, tls: bool = False, **settings: object) -> Server:
     """``faceflow serve`` with ``FACEFLOW_HOME=home`` on a free port; waits for /readyz unless told not to."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -86,14 +88,14 @@ def start_server(home: Path, *args: str, wait_ready: bool = True, **settings: ob
         process = subprocess.Popen(
             [sys.executable, "-m", "faceflow.cli", "serve", "--port", str(port), *args],
             env=server_env(home, **settings), stdout=stdout, stderr=err, cwd=str(home))
-    server = Server(home, port, process, log, out)
+    server = Server(home, port, process, log, out, tls)
     deadline = time.monotonic() + START_TIMEOUT
     path = "/readyz" if wait_ready else "/healthz"
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.logs()}")
         try:
-            if httpx.get(server.url + path, timeout=2.0).status_code == 200:
+            if httpx.get(server.url + path, timeout=2.0, verify=not tls).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

@@ -125,6 +125,26 @@ def test_non_loopback_needs_a_flag_and_warns_without_tls(tmp_path: Path) -> None
         srv.stop()
 
 
+def test_tls_options_pass_through_to_uvicorn(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed to make a self-signed certificate)")
+    cert, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key_file), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    srv = start_server(tmp_path, "--host", "0.0.0.0", "--allow-remote", "--ssl-certfile", str(cert),
+                       "--ssl-keyfile", str(key_file), wait_ready=False, tls=True, load_models=False)
+    try:
+        assert httpx.get(srv.url + "/healthz", verify=False).json() == {"status": "ok"}
+        with pytest.raises(httpx.TransportError):  # plain HTTP is not answered on a TLS port
+            httpx.get(srv.url.replace("https", "http") + "/healthz", timeout=5)
+        assert "without TLS" not in srv.logs()
+    finally:
+        srv.stop()
+
+
 def test_first_start_makes_one_admin_key_and_prints_it_once(tmp_path: Path) -> None:
     srv = start_server(tmp_path, wait_ready=False, load_models=False)
     try:

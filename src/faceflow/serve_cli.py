@@ -80,6 +80,9 @@ def serve(
     ssl_keyfile_password: Annotated[str | None, typer.Option("--ssl-keyfile-password",
                                                              help="TLS key password (uvicorn).")] = None,
     ssl_ca_certs: Annotated[str | None, typer.Option("--ssl-ca-certs", help="CA bundle (uvicorn).")] = None,
+    ssl_cert_reqs: Annotated[int | None, typer.Option("--ssl-cert-reqs", help="Client certificates: 0 none, "
+                                                      "1 optional, 2 required (uvicorn).")] = None,
+    ssl_ciphers: Annotated[str | None, typer.Option("--ssl-ciphers", help="TLS ciphers (uvicorn).")] = None,
     log_level: Annotated[str | None, typer.Option(help="uvicorn log level.")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the merged settings (secrets "
                                                "redacted) and exit.")] = False,
@@ -91,7 +94,7 @@ def serve(
         max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, rate_limit=rate_limit, rate_burst=rate_burst,
         cors_origins=cors_origin or None, stages=stages, detector=detector, ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile, ssl_keyfile_password=ssl_keyfile_password, ssl_ca_certs=ssl_ca_certs,
-        log_level=log_level)
+        ssl_cert_reqs=ssl_cert_reqs, ssl_ciphers=ssl_ciphers, log_level=log_level)
     if print_config:
         print(json.dumps(settings.redacted(), indent=2))
         return
@@ -118,10 +121,11 @@ def run_server(settings: Any) -> None:
 
     options: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level,
-        "ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile,
-        "ssl_keyfile_password": settings.ssl_keyfile_password, "ssl_ca_certs": settings.ssl_ca_certs,
         "timeout_graceful_shutdown": int(settings.request_timeout) + 5, "server_header": False,
     }
+    for name in ("ssl_certfile", "ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs", "ssl_cert_reqs", "ssl_ciphers"):
+        if getattr(settings, name) is not None:  # uvicorn's own defaults otherwise
+            options[name] = getattr(settings, name)
     scheme = "https" if settings.tls else "http"
     console.print(f"faceflow serving on {scheme}://{settings.host}:{settings.port} (API docs at /docs)",
                   markup=False)

@@ -77,6 +77,9 @@ class ServeSettings(BaseSettings):
     ssl_keyfile: str | None = Field(default=None, description="TLS private key (PEM), passed to uvicorn.")
     ssl_keyfile_password: str | None = Field(default=None, description="Password of the TLS key.")
     ssl_ca_certs: str | None = Field(default=None, description="CA bundle to verify client certificates.")
+    ssl_cert_reqs: int | None = Field(default=None, ge=0, le=2, description="Client certificates: 0 none, 1 optional, "
+                                                                           "2 required (uvicorn's --ssl-cert-reqs).")
+    ssl_ciphers: str | None = Field(default=None, description="TLS ciphers (uvicorn's --ssl-ciphers).")
     log_level: str = Field(default="info", description="uvicorn log level.")
     load_models: bool = Field(default=True, description="Load the default models at start (/readyz waits for them).")
 
