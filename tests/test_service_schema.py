@@ -1,5 +1,6 @@
 """schemathesis against the live OpenAPI schema of a real server: no 500 and no answer outside the schema
-(status codes, content types, bodies), on generated requests, bounded in examples and time."""
+(status codes, content types, bodies), on generated requests that fit the schema and on requests that
+break it, bounded in examples and time."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.generation.modes import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
     response_schema_conformance,
@@ -59,17 +62,21 @@ def test_api_conforms_to_its_schema(schema_server: tuple[Server, str]) -> None:
             break
         tried.append(operation.label)
 
-        @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def run(case: object) -> None:
-            case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=checks,  # type: ignore[attr-defined]
-                                   timeout=60)
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-        try:
-            run()
-        except Exception as exc:  # one operation's failure is reported with the others
-            failures[operation.label] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def run(case: object) -> None:
+                case.call_and_validate(headers={"Authorization": f"Bearer {key}"},  # type: ignore[attr-defined]
+                                       checks=checks, timeout=60)
+
+            try:
+                run()
+            except Unsatisfiable:  # nothing to break in an operation without parameters
+                assert mode == GenerationMode.NEGATIVE
+            except Exception as exc:  # one operation's failure is reported with the others
+                failures[f"{operation.label} ({mode})"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
         assert server.alive(), server.logs()
     assert len(tried) >= 15, tried  # the budget allowed (nearly) all of them
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
