@@ -223,7 +223,10 @@ def test_models_and_me(server: Server, keys: Keys) -> None:
     assert me["scope"] == "write" and me["galleries"] == ["team-a"] and me["name"] == "only-a"
     by_name = {m["name"]: m for m in models}
     assert by_name["sface"]["licence"] and by_name["sface"]["default"] is True
-    assert any(m["loaded"] for m in models)
+    loaded = {m["name"] for m in models if m["loaded"]}
+    # the default stages' models were loaded at start (the detector too, which OpenCV holds)
+    assert {"yunet", "face_mesh", "age", "gender", "expression"} <= loaded, loaded
+    assert "dlib_resnet" not in loaded  # nothing asked for it
 
 
 # -- abuse ---------------------------------------------------------------------------------------

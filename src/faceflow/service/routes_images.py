@@ -114,7 +114,8 @@ async def embed(request: Request, key: Reader, model: ModelQuery = None) -> dict
 async def models(request: Request, key: Reader) -> list[dict[str, Any]]:
     from faceflow.models import MODELS
 
-    loaded = {part for entry in state_of(request).runtime.loaded for part in entry.split(":")}
+    runtime = state_of(request).runtime
+    loaded = set(runtime.models_used) | {part for entry in runtime.loaded for part in entry.split(":")}
     return [{"name": s.name, "task": s.task, "licence": s.licence, "default": bool(s.default),
              "loaded": s.name in loaded} for s in MODELS.values()]
 

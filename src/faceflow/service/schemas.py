@@ -28,7 +28,7 @@ class ModelInfo(BaseModel):
     task: str
     licence: str
     default: bool
-    loaded: bool = Field(description="Loaded in this process.")
+    loaded: bool = Field(description="Its files were opened by this process (the model is in memory).")
 
 
 class AnalyzeResponse(BaseModel):
