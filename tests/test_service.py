@@ -487,10 +487,12 @@ def test_unknown_routes_and_methods_answer_json(server: Server, keys: Keys) -> N
 def test_timeout_504_busy_503_and_graceful_shutdown(tmp_path: Path, astronaut_jpeg: bytes) -> None:
     with KeyStore(tmp_path / "keys.db") as store:
         key = store.create("k", "read")[0]
-    srv = start_server(tmp_path, threads=1, queue_size=0, request_timeout=0.5, rate_burst=1000)
+    srv = start_server(tmp_path, threads=1, queue_size=0, request_timeout=0.2, rate_burst=1000)
     try:
         headers = {"Authorization": f"Bearer {key}"}
-        big = jpeg_bytes(np.tile(np.asarray(__import__("skimage.data", fromlist=["x"]).astronaut()), (4, 4, 1)))
+        from skimage import data
+
+        big = jpeg_bytes(np.tile(data.astronaut(), (6, 6, 1)))  # 3072 x 3072, 36 faces: seconds of work
 
         def post() -> httpx.Response:
             return httpx.post(srv.url + "/v1/analyze", content=big, headers=headers, timeout=60)

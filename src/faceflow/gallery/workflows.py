@@ -158,7 +158,7 @@ class Photo:
     """
 
     name: str
-    data: bytes
+    data: bytes = field(repr=False)
 
 
 def enroll(
