@@ -527,11 +527,17 @@ def test_timeout_504_busy_503_and_graceful_shutdown(tmp_path: Path, astronaut_jp
         srv.stop()
 
 
-def test_key_guessing_is_slowed_and_slow_uploads_time_out(tmp_path: Path, astronaut_jpeg: bytes) -> None:
+def test_key_guessing_slowed_slow_uploads_timed_out_cors_when_asked(tmp_path: Path, astronaut_jpeg: bytes) -> None:
     with KeyStore(tmp_path / "keys.db") as store:
         key = store.create("k", "read")[0]
-    srv = start_server(tmp_path, request_timeout=2, load_models=False, auth_failure_rate=0.5, auth_failure_burst=10)
+    srv = start_server(tmp_path, request_timeout=2, load_models=False, auth_failure_rate=0.5, auth_failure_burst=10,
+                       cors_origins='["https://app.example"]')
     try:
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        allowed = httpx.options(srv.url + "/v1/analyze", headers={"Origin": "https://app.example", **preflight})
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(srv.url + "/v1/analyze", headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in other.headers
         wrong = key[:-6] + "AAAAAA"
         codes: list[int] = []
         t0 = time.monotonic()
