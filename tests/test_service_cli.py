@@ -112,6 +112,10 @@ def test_settings_file_then_environment_then_flags(tmp_path: Path) -> None:
     assert not (tmp_path / "keys.db").exists()  # printing the settings makes no key
     bad = faceflow(tmp_path, "serve", "--print-config", threads=0)
     assert bad.returncode == 2 and "threads" in bad.stderr
+    bad = faceflow(tmp_path, "serve", "--print-config", "--stages", "detect,telepathy")
+    assert bad.returncode == 2 and "unknown stage 'telepathy'" in bad.stderr
+    bad = faceflow(tmp_path, "serve", "--print-config", verify_model="magic")
+    assert bad.returncode == 2 and "unknown recognition model 'magic'" in bad.stderr
 
 
 def test_non_loopback_needs_a_flag_and_warns_without_tls(tmp_path: Path) -> None:

@@ -86,10 +86,25 @@ class ServeSettings(BaseSettings):
     @field_validator("stages")
     @classmethod
     def _stages_list(cls, value: str) -> str:
+        from faceflow.stage import registry
+
         names = [s.strip() for s in value.split(",") if s.strip()]
         if not names:
             raise ValueError("at least one stage")
+        known = registry().names()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r}; known: {', '.join(known)}")
         return ",".join(names)
+
+    @field_validator("verify_model", "gallery_model")
+    @classmethod
+    def _recognition_model(cls, value: str) -> str:
+        from faceflow.recognize import CALIBRATION
+
+        if value not in CALIBRATION:
+            raise ValueError(f"unknown recognition model {value!r}; choose one of: {', '.join(CALIBRATION)}")
+        return value
 
     @classmethod
     def settings_customise_sources(
