@@ -57,14 +57,14 @@ async def _gallery(state: ServiceState, key: ApiKey, name: str, *, counts: bool 
         clean = check_name(name, "gallery")
     except FaceflowError:
         raise gallery_not_found(name) from None
-    if not key.may_touch(clean):
-        raise gallery_not_found(name)
-    try:
+    try:  # looked up whatever the key may touch, so that both answers take the same path
         info: GalleryInfo = await run_in_threadpool(state.store.gallery, clean, counts=counts)
     except GalleryError as exc:
         if str(exc).startswith("no gallery named"):
             raise gallery_not_found(name) from None
         raise
+    if not key.may_touch(info.name):
+        raise gallery_not_found(name)
     return info
 
 
