@@ -114,20 +114,22 @@
     return { x: rot([1, 0, 0]), up: rot([0, -1, 0]), toward: rot([0, 0, -1]) };
   }
 
-  function drawLabel(ctx, text, x, y, unit) {
+  /** A label on a dark pill just above `top` (or just below `bottom` when there is no room above),
+   * clear of the box's line so the whole box stays visible. */
+  function drawLabel(ctx, text, x, top, bottom, unit) {
     if (!text) return;
     const size = Math.round(13 * unit);
     ctx.font = `600 ${size}px system-ui, sans-serif`;
     const pad = Math.round(3 * unit);
     const w = ctx.measureText(text).width + 2 * pad;
     const h = size + 2 * pad;
-    const top = y - h >= 0 ? y - h : y;
+    const y = top - h >= 0 ? top - h : Math.min(bottom, ctx.canvas.height - h);
     const left = Math.max(0, Math.min(x, ctx.canvas.width - w));
     ctx.fillStyle = COLOR.labelBg;
-    ctx.fillRect(left, top, w, h);
+    ctx.fillRect(left, y, w, h);
     ctx.fillStyle = COLOR.labelFg;
     ctx.textBaseline = "top";
-    ctx.fillText(text, left + pad, top + pad);
+    ctx.fillText(text, left + pad, y + pad);
   }
 
   /** Draw one face (coordinates multiplied by `scale`): box, landmarks, pose axes, label. */
@@ -162,7 +164,8 @@
         ctx.stroke();
       }
     }
-    drawLabel(ctx, label, x1, y1, unit);
+    const half = Math.max(2, Math.round(2.5 * unit)) / 2;
+    drawLabel(ctx, label, x1 - half, y1 - half, y2 + half, unit);
   }
 
   /** Paint `source` (a bitmap or video frame) on `canvas` at its own size and the faces over it. */
@@ -303,7 +306,8 @@
     if (detector) params.set("detector", detector);
     $("analyze-status").textContent = `Analysing ${file.name}…`;
     try {
-      const [bitmap, data] = await Promise.all([bitmapOf(file), api("POST", `/v1/analyze?${params}`, imageForm([file]))]);
+      const data = await api("POST", `/v1/analyze?${params}`, imageForm([file]));
+      const bitmap = await bitmapOf(file);
       if (seq !== analyzeSeq) return;
       const faces = data.faces || [];
       paint(canvas, bitmap, bitmap.width, bitmap.height, faces, (f, i) => ({ label: shortLabel(f, i) }));
@@ -515,7 +519,8 @@
     const table = $("search-table");
     status.textContent = `Searching ${g} for the faces in ${file.name}…`;
     try {
-      const [bitmap, data] = await Promise.all([bitmapOf(file), api("POST", `/v1/galleries/${enc(g)}/identify`, imageForm([file]))]);
+      const data = await api("POST", `/v1/galleries/${enc(g)}/identify`, imageForm([file]));
+      const bitmap = await bitmapOf(file);
       const faces = data.faces || [];
       paint(canvas, bitmap, bitmap.width, bitmap.height, faces, (f, i) => ({
         color: f.subject ? COLOR.box : COLOR.unknown,

@@ -1,0 +1,390 @@
+"""Browser tests of the web page (``faceflow serve``'s ``/``) in a real headless Chromium.
+
+Debian's ``chromium`` is driven by Playwright for Python through ``executable_path`` (Playwright's own
+browser download is not used; ``scripts/setup_browser.sh`` installs both). The real service runs in a
+subprocess on 127.0.0.1 and a free port, with a fresh ``FACEFLOW_HOME`` (its own key store and
+gallery database) and the cached models. The live mode's camera is Chromium's fake capture device fed
+from a sample clip, converted to ``.y4m`` with PyAV at test time. Screenshots and the JSON answers they
+are checked against are saved under ``out/test-artifacts/web/`` (``FACEFLOW_TEST_ARTIFACTS`` to move
+it). The module skips, saying why, when chromium or playwright is absent.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import mimetypes
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+
+CHROMIUM = os.environ.get("FACEFLOW_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no chromium on PATH (scripts/setup_browser.sh installs it; FACEFLOW_CHROMIUM names another)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (scripts/setup_browser.sh)")
+
+ARTIFACTS = Path(os.environ.get("FACEFLOW_TEST_ARTIFACTS") or REPO / "out" / "test-artifacts") / "web"
+BOX_RGB = (0, 229, 255)
+"""The colour app.js draws boxes in (COLOR.box), looked for in the screenshots."""
+STARTUP_S = 120.0
+"""Bound on the service's start (models loaded, /readyz answering 200)."""
+UI_TIMEOUT_MS = 30_000
+
+
+# -- the service ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Service:
+    url: str
+    key: str
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, key: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """``faceflow serve`` on a free loopback port with a fresh home and an admin key made for the tests."""
+    from faceflow.models.store import faceflow_home
+    from faceflow.service.keys import KeyStore
+
+    home = tmp_path_factory.mktemp("serve-home")
+    models = str(faceflow_home() / "models")
+    env = {**os.environ, "FACEFLOW_HOME": str(home),
+           "FACEFLOW_MODELS": os.pathsep.join(p for p in (os.environ.get("FACEFLOW_MODELS"), models) if p),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
+    with KeyStore(home / "keys.db") as keys:
+        key, _ = keys.create("web-tests", "admin")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = home / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "faceflow.cli", "serve", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"faceflow serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if _get(f"{url}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"faceflow serve not ready after {STARTUP_S:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield Service(url, key, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the browser ---------------------------------------------------------------------------------------
+
+
+def _clip_to_y4m(src: Path, dst: Path, seconds: float = 2.0, fps: int = 10) -> int:
+    """The first ``seconds`` of a video as raw YUV 4:2:0 ``.y4m`` at ``fps`` (what Chromium's fake
+    camera reads, looping it); returns the number of frames written."""
+    import av
+
+    written = 0
+    with av.open(str(src)) as container, open(dst, "wb") as out:
+        stream = container.streams.video[0]
+        out.write(f"YUV4MPEG2 W{stream.width} H{stream.height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time < written / fps:
+                continue
+            if frame.time >= seconds:
+                break
+            out.write(b"FRAME\n")
+            out.write(frame.reformat(format="yuv420p").to_ndarray().tobytes())
+            written += 1
+    return written
+
+
+@pytest.fixture(scope="module")
+def camera_clip(dataset: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seconds of ``samples/videos/short_hamilton_clip.mp4`` (two faces) as the fake camera's feed."""
+    dst = tmp_path_factory.mktemp("camera") / "hamilton.y4m"
+    assert _clip_to_y4m(dataset("samples", "videos", "short_hamilton_clip.mp4"), dst) == 20
+    return dst
+
+
+@pytest.fixture(scope="module")
+def browser(camera_clip: Path) -> Iterator[Any]:
+    args = ["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={camera_clip}"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args, timeout=60_000)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, service: Service, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh page on the service's ``/``; JavaScript errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(service.url + "/")
+    yield page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-end.png"), full_page=True)
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def sign_in(page: Any, key: str) -> None:
+    page.fill("#api-key", key)
+    page.click("#signin")
+    page.wait_for_selector("#signed-in", state="visible")
+
+
+def drop_files(page: Any, selector: str, paths: list[Path]) -> None:
+    """Drop files on an element as a user's drag and drop does (a DataTransfer in a drop event)."""
+    files = [{"name": p.name, "type": mimetypes.guess_type(p.name)[0] or "application/octet-stream",
+              "b64": base64.b64encode(p.read_bytes()).decode()} for p in paths]
+    page.evaluate("""([selector, files]) => {
+        const data = new DataTransfer();
+        for (const f of files) {
+            const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+            data.items.add(new File([bytes], f.name, { type: f.type }));
+        }
+        const zone = document.querySelector(selector);
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+        }
+    }""", [selector, files])
+
+
+def save_artifact(name: str, data: bytes | dict[str, Any]) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_bytes(data if isinstance(data, bytes) else json.dumps(data, indent=1).encode())
+    return path
+
+
+# -- reading boxes back from a screenshot --------------------------------------------------------------
+
+
+def box_edges_seen(png: bytes, boxes: list[list[float]], scale: float, *, min_run: int = 12,
+                   tol: float = 4.0, cover: float = 0.6) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """Find the boxes drawn in a screenshot: horizontal runs of the box colour at least ``min_run``
+    pixels long. Returns, per expected box (image pixels times ``scale``), how many of its two
+    horizontal edges (top, bottom) such runs cover for at least ``cover`` of their length, and the
+    runs that lie on no expected box's edge."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    mask = ((np.abs(rgb[..., 0] - BOX_RGB[0]) < 70) & (np.abs(rgb[..., 1] - BOX_RGB[1]) < 60)
+            & (np.abs(rgb[..., 2] - BOX_RGB[2]) < 60))
+    runs: list[tuple[int, int, int]] = []
+    for y, row in enumerate(mask):
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], row.view(np.int8), [0]))))
+        runs += [(y, int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= min_run]
+    scaled = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * scale
+    covered = np.zeros((len(scaled), 2, mask.shape[1]), dtype=bool)  # box, (top, bottom), x
+    stray = []
+    for y, a, b in runs:
+        hit = False
+        for i, (x1, y1, x2, y2) in enumerate(scaled):
+            if a >= x1 - tol and b <= x2 + tol:
+                for side, edge in enumerate((y1, y2)):
+                    if abs(y - edge) <= tol:
+                        covered[i, side, a:b] = True
+                        hit = True
+        if not hit:
+            stray.append((y, a, b))
+    seen = [sum(int(covered[i, side].sum() >= cover * (x2 - x1)) for side in (0, 1))
+            for i, (x1, _, x2, _) in enumerate(scaled)]
+    return seen, stray
+
+
+# -- the scenarios -------------------------------------------------------------------------------------
+
+
+def test_sign_in_shows_the_services_message_for_a_wrong_key_and_keeps_the_key_per_tab(
+        page: Any, service: Service) -> None:
+    status, body = _get(f"{service.url}/v1/galleries", "ff_000000000000_" + "x" * 43)
+    assert status == 401
+    page.fill("#api-key", "ff_000000000000_" + "x" * 43)
+    page.click("#signin")
+    page.wait_for_selector("#signin-error", state="visible")
+    assert page.inner_text("#signin-error") == json.loads(body)["message"]
+    assert page.is_visible("#signin-form") and not page.is_visible("#signed-in")
+    assert page.evaluate("sessionStorage.getItem('faceflow.key')") is None
+
+    sign_in(page, service.key)
+    assert page.evaluate("sessionStorage.getItem('faceflow.key')") == service.key
+    assert page.evaluate("localStorage.length") == 0
+    page.reload()  # same tab: still signed in
+    page.wait_for_selector("#signed-in", state="visible")
+    page.click("#signout")
+    page.wait_for_selector("#signin-form", state="visible")
+    assert page.evaluate("sessionStorage.getItem('faceflow.key')") is None
+
+
+def test_analyze_draws_the_six_faces_of_t1_as_the_api_answers(
+        page: Any, service: Service, dataset: Callable[..., Path]) -> None:
+    photo = dataset("samples", "insightface_data", "t1.jpg")
+    sign_in(page, service.key)
+    with page.expect_response(lambda r: "/v1/analyze" in r.url) as answer:
+        page.set_input_files("#analyze-file", str(photo))
+    assert answer.value.status == 200
+    data = answer.value.json()
+    save_artifact("analyze-t1.json", data)
+    page.wait_for_selector("#analyze-canvas[data-boxes]")
+    faces = data["faces"]
+    assert len(faces) == 6
+    assert page.get_attribute("#analyze-canvas", "data-boxes") == "6"
+    assert page.locator("#analyze-table tbody tr").count() == 6
+    assert {"landmarks5", "pose", "age", "gender", "expression"} <= set(faces[0])
+    first = page.locator("#analyze-table tbody tr").first.locator("td").all_inner_texts()
+    assert first[3].startswith(f"{faces[0]['pose']['yaw']:.0f}°") and first[5] == faces[0]["gender"]["value"]
+
+    canvas = page.locator("#analyze-canvas")
+    png = canvas.screenshot()
+    save_artifact("analyze-t1-canvas.png", png)
+    scale = canvas.bounding_box()["width"] / data["width"]
+    edges, stray = box_edges_seen(png, [f["box"] for f in faces], scale)
+    assert edges == [2] * len(faces), f"top and bottom edge of each face's box drawn: {edges}"
+    assert stray == [], f"box-coloured lines where the API found no face: {stray[:5]}"
+
+
+def test_gallery_enrol_by_drop_search_names_and_delete(
+        page: Any, service: Service, dataset: Callable[..., Path]) -> None:
+    knn = dataset("samples", "face_recognition", "examples", "knn_examples")
+    sign_in(page, service.key)
+    page.click("#tab-gallery")
+    page.fill("#gallery-name", "web_friends")
+    page.click("#gallery-create-btn")
+    page.wait_for_selector("#gallery-select option[value=web_friends]", state="attached")
+    assert page.input_value("#gallery-select") == "web_friends"
+
+    for who in ("kit_harington", "rose_leslie"):
+        photos = sorted((knn / "train" / who).iterdir())
+        page.fill("#enrol-subject", who)
+        drop_files(page, "#enrol-drop", photos)
+        page.wait_for_selector(f"#subject-list li[data-subject={who}]")
+        assert page.inner_text(f"#subject-list li[data-subject={who}]") == f"{who} ({len(photos)} faces)"
+    assert page.locator("#face-list li").count() == 4
+
+    with page.expect_response(lambda r: r.url.endswith("/identify")) as answer:
+        drop_files(page, "#search-drop", [knn / "test" / "kit_with_rose.jpg"])
+    data = answer.value.json()
+    save_artifact("identify-kit_with_rose.json", data)
+    page.wait_for_selector("#search-canvas[data-boxes]")
+    names = [f["subject"] for f in data["faces"]]
+    assert sorted(names) == ["kit_harington", "rose_leslie"]
+    assert json.loads(page.get_attribute("#search-canvas", "data-names")) == names
+    assert page.locator("[data-testid=match-subject]").all_inner_texts() == names
+    canvas = page.locator("#search-canvas")
+    png = canvas.screenshot()
+    save_artifact("identify-kit_with_rose-canvas.png", png)
+    edges, stray = box_edges_seen(png, [f["box"] for f in data["faces"]], canvas.bounding_box()["width"]
+                                  / Image.open(knn / "test" / "kit_with_rose.jpg").width)
+    assert edges == [2, 2] and stray == []
+
+    # delete one face, then the gallery (after the confirmation dialog)
+    page.locator("#face-list [data-testid=face-delete]").first.click()
+    page.wait_for_function("document.querySelectorAll('#face-list li').length === 3")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#gallery-delete")
+    page.wait_for_selector("#gallery-select option[value=web_friends]", state="detached")
+    status, body = _get(f"{service.url}/v1/galleries", service.key)
+    assert status == 200 and "web_friends" not in body.decode()
+
+
+def test_compare_two_photos(page: Any, service: Service, dataset: Callable[..., Path]) -> None:
+    train = dataset("samples", "face_recognition", "examples", "knn_examples", "train")
+    sign_in(page, service.key)
+    page.click("#tab-verify")
+    for first, second, verdict in (("obama/obama.jpg", "obama/obama2.jpg", "same"),
+                                   ("obama/obama.jpg", "biden/biden.jpg", "different")):
+        page.set_input_files("#verify-file1", str(train / first))
+        page.set_input_files("#verify-file2", str(train / second))
+        with page.expect_response(lambda r: r.url.endswith("/v1/verify")) as answer:
+            page.click("#verify-run")
+        data = answer.value.json()
+        page.wait_for_selector(f"#verify-result[data-decision={verdict}]")
+        assert f"{data['similarity']:.3f}" in page.inner_text("#verify-result")
+    save_artifact("verify-obama-biden.png", page.screenshot(full_page=True))
+
+
+def test_errors_show_the_apis_message(page: Any, service: Service, dataset: Callable[..., Path]) -> None:
+    sign_in(page, service.key)
+    with page.expect_response(lambda r: "/v1/analyze" in r.url) as answer:
+        page.set_input_files("#analyze-file", str(dataset("samples", "broken", "text.jpg")))
+    assert answer.value.status >= 400
+    page.wait_for_selector("#analyze-error", state="visible")
+    assert page.inner_text("#analyze-error") == answer.value.json()["message"]
+
+
+def test_live_mode_sends_fake_camera_frames_one_at_a_time_and_draws_boxes(page: Any, service: Service) -> None:
+    sign_in(page, service.key)
+    in_flight = {"now": 0, "most": 0, "sent": 0}
+
+    def started(request: Any) -> None:
+        if "/v1/analyze" in request.url:
+            in_flight["now"] += 1
+            in_flight["sent"] += 1
+            in_flight["most"] = max(in_flight["most"], in_flight["now"])
+
+    def ended(request: Any) -> None:
+        if "/v1/analyze" in request.url:
+            in_flight["now"] -= 1
+
+    page.on("request", started)
+    page.on("requestfinished", ended)
+    page.on("requestfailed", ended)
+    page.click("#tab-live")
+    page.select_option("#live-rate", "5")
+    started_at = time.monotonic()
+    page.click("#live-start")
+    page.wait_for_function("Number(document.getElementById('live-canvas').dataset.answers || 0) >= 5"
+                           " && Number(document.getElementById('live-canvas').dataset.boxes) >= 1")
+    elapsed = time.monotonic() - started_at
+    canvas = page.locator("#live-canvas")
+    save_artifact("live-canvas.png", canvas.screenshot())
+    page.click("#live-stop")
+    assert page.evaluate("document.getElementById('live-video').srcObject.getTracks()"
+                         ".every((t) => t.readyState === 'ended')")
+    assert in_flight["most"] == 1, "never more than one frame in flight"
+    assert in_flight["sent"] <= 5 * elapsed + 2, f"{in_flight['sent']} frames in {elapsed:.1f} s at 5 frames/s"
+    assert "face" in page.inner_text("#live-stats")
