@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,8 +303,12 @@ def test_gallery_enrol_by_drop_search_names_and_delete(
         page.fill("#enrol-subject", who)
         drop_files(page, "#enrol-drop", photos)
         page.wait_for_selector(f"#subject-list li[data-subject={who}]")
-        assert page.inner_text(f"#subject-list li[data-subject={who}]") == f"{who} ({len(photos)} faces)"
+        assert page.inner_text(f"#subject-list li[data-subject={who}] span") == f"{who} ({len(photos)} faces)"
     assert page.locator("#face-list li").count() == 4
+    with page.expect_download() as download:
+        page.click("#gallery-export")
+    with zipfile.ZipFile(download.value.path()) as exported:
+        assert exported.namelist(), "the exported gallery is an empty zip"
 
     with page.expect_response(lambda r: r.url.endswith("/identify")) as answer:
         drop_files(page, "#search-drop", [knn / "test" / "kit_with_rose.jpg"])
@@ -321,6 +326,8 @@ def test_gallery_enrol_by_drop_search_names_and_delete(
                                   / Image.open(knn / "test" / "kit_with_rose.jpg").width)
     assert edges == [2, 2] and stray == []
 
+    save_artifact("gallery-search.png", page.screenshot(full_page=True))
+
     # delete one face, then the gallery (after the confirmation dialog)
     page.locator("#face-list [data-testid=face-delete]").first.click()
     page.wait_for_function("document.querySelectorAll('#face-list li').length === 3")
@@ -329,6 +336,7 @@ def test_gallery_enrol_by_drop_search_names_and_delete(
     page.wait_for_selector("#gallery-select option[value=web_friends]", state="detached")
     status, body = _get(f"{service.url}/v1/galleries", service.key)
     assert status == 200 and "web_friends" not in body.decode()
+    assert page.get_attribute("#search-canvas", "data-names") is None, "the deleted gallery's answer is gone"
 
 
 def test_compare_two_photos(page: Any, service: Service, dataset: Callable[..., Path]) -> None:

@@ -225,6 +225,14 @@
 
   // ---------------------------------------------------------------- sign in
 
+  /** Ask the service who the key is (GET /v1/me) and say it in the header. */
+  async function whoAmI() {
+    const me = await api("GET", "/v1/me");
+    const galleries = me.galleries ? `; galleries ${me.galleries.join(", ")}` : "";
+    $("whoami").textContent = `Signed in as ${me.name} (${me.scope}${galleries})`;
+    document.body.dataset.scope = me.scope;
+  }
+
   function signedIn() {
     $("signin-form").hidden = true;
     $("signed-in").hidden = false;
@@ -250,13 +258,14 @@
     if (!key) return;
     sessionStorage.setItem(KEY, key);
     try {
-      await api("GET", "/v1/galleries");
+      await whoAmI();
     } catch (err) {
       if (err.status === 401 || err.status === 0) {
         signedOut(err.message);
         return;
       }
-      // A valid key without the read scope still signs in; the tools say what it may not do.
+      // Another refusal (say a rate limit) does not mean the key is wrong: sign in and show it.
+      showError($("signin-error"), err);
     }
     $("api-key").value = "";
     signedIn();
@@ -381,6 +390,9 @@
       out.textContent = `${same ? "Same person" : "Different people"} — similarity ${fmt(data.similarity, 3)}` +
         ` (threshold ${fmt(data.threshold, 3)}, ${data.model ?? "default model"})`;
       const [f1, f2] = verifyFaces(data.faces);
+      const crowded = (data.faces || []).map((f, i) => (f && f.faces_found > 1 ? `photo ${i + 1} has ${f.faces_found} faces` : ""))
+        .filter(Boolean);
+      if (crowded.length) out.textContent += `; ${crowded.join(", ")}: the largest was compared`;
       await Promise.all([showPairImage(0, pair[0], f1), showPairImage(1, pair[1], f2)]);
     } catch (exc) {
       out.textContent = "";
@@ -401,12 +413,35 @@
       const sel = $("gallery-select");
       const keep = select || sel.value;
       sel.replaceChildren(...names.map((n) => new Option(n, n)));
+      if (!names.length) sel.append(new Option("none yet", ""));
       if (names.includes(keep)) sel.value = keep;
+      if (sel.value !== keep) clearSearch();
       $("gallery-delete").disabled = names.length === 0;
+      $("gallery-export").disabled = names.length === 0;
       await refreshGallery();
     } catch (exc) {
       showError(err, exc);
     }
+  }
+
+  /** A small Delete button that sends DELETE `path` and refreshes the gallery's lists. */
+  function deleteButton(label, testid, path) {
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "danger small";
+    del.textContent = "Delete";
+    del.dataset.testid = testid;
+    del.setAttribute("aria-label", label);
+    del.addEventListener("click", async () => {
+      clearError($("gallery-error"));
+      try {
+        await api("DELETE", path);
+        await refreshGallery();
+      } catch (exc) {
+        showError($("gallery-error"), exc);
+      }
+    });
+    return del;
   }
 
   async function refreshGallery() {
@@ -426,9 +461,12 @@
       const li = document.createElement("li");
       const name = typeof item === "string" ? item : item.subject ?? item.name;
       const count = typeof item === "object" ? item.faces ?? item.count : undefined;
-      li.textContent = count === undefined ? name : `${name} (${count} face${count === 1 ? "" : "s"})`;
+      const text = document.createElement("span");
+      text.textContent = count === undefined ? name : `${name} (${count} face${count === 1 ? "" : "s"})`;
       li.dataset.subject = name;
       li.dataset.testid = "subject";
+      li.append(text, deleteButton(`Delete ${name} and all their faces`, "subject-delete",
+        `/v1/galleries/${enc(g)}/subjects/${enc(name)}`));
       return li;
     }));
     faces.replaceChildren(...listOf(f, "faces").map((item) => {
@@ -436,28 +474,26 @@
       li.dataset.testid = "gallery-face";
       li.dataset.faceId = String(item.id);
       const text = document.createElement("span");
-      text.textContent = `${item.subject} · face ${item.id}`;
-      const del = document.createElement("button");
-      del.type = "button";
-      del.className = "danger small";
-      del.textContent = "Delete";
-      del.dataset.testid = "face-delete";
-      del.setAttribute("aria-label", `Delete face ${item.id} of ${item.subject}`);
-      del.addEventListener("click", async () => {
-        clearError($("gallery-error"));
-        try {
-          await api("DELETE", `/v1/galleries/${enc(g)}/faces/${enc(item.id)}`);
-          await refreshGallery();
-        } catch (exc) {
-          showError($("gallery-error"), exc);
-        }
-      });
-      li.append(text, del);
+      text.textContent = `${item.subject} · face ${item.id}${item.upload ? ` · ${item.upload}` : ""}`;
+      li.append(text, deleteButton(`Delete face ${item.id} of ${item.subject}`, "face-delete",
+        `/v1/galleries/${enc(g)}/faces/${enc(item.id)}`));
       return li;
     }));
   }
 
+  /** Forget the last search (its answer was about another gallery). */
+  function clearSearch() {
+    const canvas = $("search-canvas");
+    delete canvas.dataset.boxes;
+    delete canvas.dataset.names;
+    canvas.setAttribute("aria-label", "No search yet");
+    $("search-table").hidden = true;
+    $("search-table").tBodies[0].replaceChildren();
+    $("search-status").textContent = "";
+  }
+
   $("gallery-select").addEventListener("change", () => {
+    clearSearch();
     clearError($("gallery-error"));
     refreshGallery().catch((exc) => showError($("gallery-error"), exc));
   });
@@ -473,6 +509,26 @@
       await refreshGalleries(name);
     } catch (exc) {
       showError(err, exc);
+    }
+  });
+
+  $("gallery-export").addEventListener("click", async () => {
+    const g = gallery();
+    if (!g) return;
+    clearError($("gallery-error"));
+    try {
+      const res = await fetch(`/v1/galleries/${enc(g)}/export`, { headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` } });
+      if (!res.ok) {
+        const data = await res.json().catch(() => null);
+        throw new ApiError(res.status, data?.code, errorMessage(res, data));
+      }
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(await res.blob());
+      link.download = `${g}.zip`;
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+    } catch (exc) {
+      showError($("gallery-error"), exc);
     }
   });
 
@@ -499,8 +555,10 @@
     status.textContent = `Enrolling ${files.length} photo${files.length === 1 ? "" : "s"} of ${subject}…`;
     try {
       const data = await api("POST", `/v1/galleries/${enc(g)}/subjects/${enc(subject)}/faces`, imageForm(files));
-      const added = listOf(data, "faces").length || listOf(data, "ids").length || data?.enrolled || files.length;
-      status.textContent = `Enrolled ${added} face${added === 1 ? "" : "s"} of ${subject}.`;
+      const added = Array.isArray(data.enrolled) ? data.enrolled.length : Number(data.enrolled) || 0;
+      const failed = (data.failed || []).map((f) => `${f.name}: ${f.reason}`);
+      status.textContent = `Enrolled ${added} face${added === 1 ? "" : "s"} of ${data.subject ?? subject}.`;
+      if (failed.length) showError(err, `Not enrolled: ${failed.join("; ")}`);
       await refreshGallery();
     } catch (exc) {
       status.textContent = "";
@@ -635,6 +693,10 @@
 
   // ---------------------------------------------------------------- start
 
-  if (sessionStorage.getItem(KEY)) signedIn();
-  else signedOut("");
+  if (sessionStorage.getItem(KEY)) {
+    signedIn();
+    whoAmI().catch(() => {});  // a 401 signs out (see api)
+  } else {
+    signedOut("");
+  }
 })();
