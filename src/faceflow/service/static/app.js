@@ -236,7 +236,8 @@
   function signedIn() {
     $("signin-form").hidden = true;
     $("signed-in").hidden = false;
-    $("main").inert = false;
+    $("tools").hidden = false;
+    $("signed-out-note").hidden = true;
     document.body.dataset.auth = "in";
     refreshGalleries();
   }
@@ -246,7 +247,8 @@
     stopLive();
     $("signin-form").hidden = false;
     $("signed-in").hidden = true;
-    $("main").inert = true;
+    $("tools").hidden = true;
+    $("signed-out-note").hidden = false;
     document.body.dataset.auth = "out";
     if (message) showError($("signin-error"), message);
   }
