@@ -70,7 +70,8 @@ class GalleryCreate(BaseModel):
     name: StrictStr = Field(min_length=1, max_length=200)
     model: StrictStr | None = Field(default=None, description="Recognition model: sface, dlib or fused (default: the "
                                                       "server's gallery_model).")
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0, description="Open-set threshold (default: the model's).")
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0,
+                                    description="Open-set threshold (default: the model's).")
 
 
 class GalleryOut(BaseModel):
