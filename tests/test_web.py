@@ -17,23 +17,21 @@ import json
 import mimetypes
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import REPO
+
+if TYPE_CHECKING:
+    from tests.service_server import Server
 
 CHROMIUM = os.environ.get("FACEFLOW_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -44,8 +42,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 ARTIFACTS = Path(os.environ.get("FACEFLOW_TEST_ARTIFACTS") or REPO / "out" / "test-artifacts") / "web"
 BOX_RGB = (0, 229, 255)
 """The colour app.js draws boxes in (COLOR.box), looked for in the screenshots."""
-STARTUP_S = 120.0
-"""Bound on the service's start (models loaded, /readyz answering 200)."""
 UI_TIMEOUT_MS = 30_000
 
 
@@ -54,66 +50,29 @@ UI_TIMEOUT_MS = 30_000
 
 @dataclass(frozen=True)
 class Service:
-    url: str
+    server: Server
     key: str
-    log: Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str, key: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
+    @property
+    def url(self) -> str:
+        return self.server.url
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """``faceflow serve`` on a free loopback port with a fresh home and an admin key made for the tests."""
-    from faceflow.models.store import faceflow_home
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[serve]')")
     from faceflow.service.keys import KeyStore
+    from tests.service_server import start_server
 
-    home = tmp_path_factory.mktemp("serve-home")
-    models = str(faceflow_home() / "models")
-    env = {**os.environ, "FACEFLOW_HOME": str(home),
-           "FACEFLOW_MODELS": os.pathsep.join(p for p in (os.environ.get("FACEFLOW_MODELS"), models) if p),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
+    home = tmp_path_factory.mktemp("web-home")
     with KeyStore(home / "keys.db") as keys:
-        key, _ = keys.create("web-tests", "admin")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = home / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "faceflow.cli", "serve", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        key = keys.create("web-tests", "admin")[0]
+    server = start_server(home)
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"faceflow serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if _get(f"{url}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"faceflow serve not ready after {STARTUP_S:.0f} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield Service(url, key, log)
+        yield Service(server, key)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 # -- the browser ---------------------------------------------------------------------------------------
@@ -242,12 +201,13 @@ def box_edges_seen(png: bytes, boxes: list[list[float]], scale: float, *, min_ru
 
 def test_sign_in_shows_the_services_message_for_a_wrong_key_and_keeps_the_key_per_tab(
         page: Any, service: Service) -> None:
-    status, body = _get(f"{service.url}/v1/galleries", "ff_000000000000_" + "x" * 43)
-    assert status == 401
+    with service.server.client("ff_000000000000_" + "x" * 43) as client:
+        refused = client.get("/v1/me")
+    assert refused.status_code == 401
     page.fill("#api-key", "ff_000000000000_" + "x" * 43)
     page.click("#signin")
     page.wait_for_selector("#signin-error", state="visible")
-    assert page.inner_text("#signin-error") == json.loads(body)["message"]
+    assert page.inner_text("#signin-error") == refused.json()["message"]
     assert page.is_visible("#signin-form") and not page.is_visible("#signed-in")
     assert page.evaluate("sessionStorage.getItem('faceflow.key')") is None
 
@@ -334,8 +294,9 @@ def test_gallery_enrol_by_drop_search_names_and_delete(
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#gallery-delete")
     page.wait_for_selector("#gallery-select option[value=web_friends]", state="detached")
-    status, body = _get(f"{service.url}/v1/galleries", service.key)
-    assert status == 200 and "web_friends" not in body.decode()
+    with service.server.client(service.key) as client:
+        galleries = client.get("/v1/galleries")
+    assert galleries.status_code == 200 and "web_friends" not in {g["name"] for g in galleries.json()}
     assert page.get_attribute("#search-canvas", "data-names") is None, "the deleted gallery's answer is gone"
 
 
