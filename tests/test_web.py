@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from tests.service_server import Server
 
 CHROMIUM = os.environ.get("FACEFLOW_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    pytest.skip("no chromium on PATH (scripts/setup_browser.sh installs it; FACEFLOW_CHROMIUM names another)",
-                allow_module_level=True)
+if CHROMIUM is None or not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"no chromium ({CHROMIUM or 'none on PATH'}; scripts/setup_browser.sh installs Debian's, "
+                "FACEFLOW_CHROMIUM names another)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (scripts/setup_browser.sh)")
 
 ARTIFACTS = Path(os.environ.get("FACEFLOW_TEST_ARTIFACTS") or REPO / "out" / "test-artifacts") / "web"
@@ -52,6 +52,9 @@ UI_TIMEOUT_MS = 30_000
 class Service:
     server: Server
     key: str
+    """An admin key."""
+    reader: str
+    """A key with the read scope only."""
 
     @property
     def url(self) -> str:
@@ -68,9 +71,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     home = tmp_path_factory.mktemp("web-home")
     with KeyStore(home / "keys.db") as keys:
         key = keys.create("web-tests", "admin")[0]
+        reader = keys.create("web-reader", "read")[0]
     server = start_server(home)
     try:
-        yield Service(server, key)
+        yield Service(server, key, reader)
     finally:
         server.stop()
 
@@ -318,11 +322,49 @@ def test_compare_two_photos(page: Any, service: Service, dataset: Callable[..., 
 
 def test_errors_show_the_apis_message(page: Any, service: Service, dataset: Callable[..., Path]) -> None:
     sign_in(page, service.key)
+    page.set_input_files("#analyze-file", str(dataset("samples", "insightface_data", "t1.jpg")))
+    page.wait_for_selector("#analyze-canvas[data-boxes]")
     with page.expect_response(lambda r: "/v1/analyze" in r.url) as answer:
         page.set_input_files("#analyze-file", str(dataset("samples", "broken", "text.jpg")))
-    assert answer.value.status >= 400
+    assert answer.value.status == 422
     page.wait_for_selector("#analyze-error", state="visible")
-    assert page.inner_text("#analyze-error") == answer.value.json()["message"]
+    assert page.inner_text("#analyze-error") == "text.jpg: " + answer.value.json()["message"]
+    assert not page.is_visible("#analyze-canvas"), "the previous photo's drawing is not left beside the error"
+    assert not page.is_visible("#analyze-table")
+
+    page.click("#signout")
+    sign_in(page, service.reader)
+    assert page.inner_text("#whoami") == "Signed in as web-reader (read)"
+    page.click("#tab-gallery")
+    page.fill("#gallery-name", "not_allowed")
+    with page.expect_response(lambda r: r.url.endswith("/v1/galleries") and r.request.method == "POST") as answer:
+        page.click("#gallery-create-btn")
+    assert answer.value.status == 403
+    page.wait_for_selector("#gallery-error", state="visible")
+    assert page.inner_text("#gallery-error") == answer.value.json()["message"]
+
+
+def test_keyboard_alone_signs_in_switches_tabs_and_opens_the_file_chooser(page: Any, service: Service) -> None:
+    page.keyboard.press("Tab")  # the skip link
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "api-key"
+    page.keyboard.type(service.key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#signed-in", state="visible")
+    page.focus("#tab-analyze")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.id") == "tab-verify"
+    assert page.is_visible("#panel-verify") and not page.is_visible("#panel-analyze")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("Tab")  # into the panel: the first focusable control of Analyze
+    for _ in range(12):  # stages, detector, then the drop zone's file input
+        if page.evaluate("document.activeElement.id") == "analyze-file":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "analyze-file"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    assert not chooser.value.is_multiple()
 
 
 def test_live_mode_sends_fake_camera_frames_one_at_a_time_and_draws_boxes(page: Any, service: Service) -> None:

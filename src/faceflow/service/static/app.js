@@ -68,8 +68,9 @@
 
   const enc = encodeURIComponent;
 
-  function showError(el, err) {
-    let text = err instanceof ApiError || err instanceof Error ? err.message : String(err);
+  /** Show an error in `el`: the API's message (after `prefix`, e.g. the file's name). */
+  function showError(el, err, prefix = "") {
+    let text = prefix + (err instanceof Error ? err.message : String(err));
     if (err instanceof ApiError && err.retryAfter) text += ` (try again in ${err.retryAfter} s)`;
     el.textContent = text;
     el.hidden = false;
@@ -316,6 +317,9 @@
     const detector = $("analyze-detector").value;
     if (detector) params.set("detector", detector);
     $("analyze-status").textContent = `Analysing ${file.name}…`;
+    delete canvas.dataset.boxes;  // the last photo's drawing goes; this one's comes with its answer
+    canvas.setAttribute("aria-label", `Analysing ${file.name}`);
+    table.hidden = true;
     try {
       const data = await api("POST", `/v1/analyze?${params}`, imageForm([file]));
       const bitmap = await bitmapOf(file);
@@ -343,7 +347,7 @@
     } catch (exc) {
       if (seq !== analyzeSeq) return;
       $("analyze-status").textContent = "";
-      showError(err, exc);
+      showError(err, exc, `${file.name}: `);
     }
   }
 
@@ -564,7 +568,7 @@
       await refreshGallery();
     } catch (exc) {
       status.textContent = "";
-      showError(err, exc);
+      showError(err, exc, `Enrolling ${subject}: `);
     }
   });
 
@@ -577,6 +581,7 @@
     const status = $("search-status");
     const canvas = $("search-canvas");
     const table = $("search-table");
+    clearSearch();
     status.textContent = `Searching ${g} for the faces in ${file.name}…`;
     try {
       const data = await api("POST", `/v1/galleries/${enc(g)}/identify`, imageForm([file]));
@@ -605,7 +610,7 @@
       status.textContent = `${faces.length} face${faces.length === 1 ? "" : "s"}; known: ${named.join(", ") || "none"}`;
     } catch (exc) {
       status.textContent = "";
-      showError(err, exc);
+      showError(err, exc, `${file.name}: `);
     }
   });
 
