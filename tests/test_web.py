@@ -122,12 +122,14 @@ def browser(camera_clip: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, service: Service, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh page on the service's ``/``; JavaScript errors fail the test."""
+    """A fresh page on the service's ``/``; JavaScript errors and Content-Security-Policy refusals (the
+    page declares a strict policy) fail the test."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.goto(service.url + "/")
     yield page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -294,7 +296,7 @@ def test_gallery_enrol_by_drop_search_names_and_delete(
 
     # delete one face, then the gallery (after the confirmation dialog)
     page.locator("#face-list [data-testid=face-delete]").first.click()
-    page.wait_for_function("document.querySelectorAll('#face-list li').length === 3")
+    page.wait_for_function("() => document.querySelectorAll('#face-list li').length === 3")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#gallery-delete")
     page.wait_for_selector("#gallery-select option[value=web_friends]", state="detached")
@@ -388,7 +390,7 @@ def test_live_mode_sends_fake_camera_frames_one_at_a_time_and_draws_boxes(page: 
     page.select_option("#live-rate", "5")
     started_at = time.monotonic()
     page.click("#live-start")
-    page.wait_for_function("Number(document.getElementById('live-canvas').dataset.answers || 0) >= 5"
+    page.wait_for_function("() => Number(document.getElementById('live-canvas').dataset.answers || 0) >= 5"
                            " && Number(document.getElementById('live-canvas').dataset.boxes) >= 1")
     elapsed = time.monotonic() - started_at
     canvas = page.locator("#live-canvas")

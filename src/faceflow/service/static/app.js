@@ -616,11 +616,12 @@
 
   // ---------------------------------------------------------------- live
 
-  const live = { stream: null, raf: 0, inFlight: false, lastSent: 0, backoffUntil: 0, faces: [], scale: 1,
+  const live = { stream: null, raf: 0, session: 0, inFlight: false, lastSent: 0, backoffUntil: 0, faces: [], scale: 1,
                  sent: 0, answered: 0, ms: 0 };
   const grab = document.createElement("canvas");
 
   function stopLive() {
+    live.session += 1;
     if (live.stream) for (const track of live.stream.getTracks()) track.stop();
     live.stream = null;
     cancelAnimationFrame(live.raf);
@@ -639,6 +640,7 @@
     grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
     live.inFlight = true;
     live.lastSent = now;
+    const session = live.session;  // an answer to an earlier start of the camera is dropped
     const started = performance.now();
     const stages = $("live-landmarks").checked ? "detect,landmarks" : "detect";
     grab.toBlob(async (blob) => {
@@ -646,16 +648,18 @@
         if (!blob || !live.stream) return;
         live.sent += 1;
         const data = await api("POST", `/v1/analyze?stages=${stages}`, imageForm([new File([blob], "frame.jpg", { type: "image/jpeg" })]));
+        if (session !== live.session) return;
         live.faces = data.faces || [];
         live.scale = 1 / scale;
         live.answered += 1;
         live.ms = performance.now() - started;
         clearError($("live-error"));
       } catch (exc) {
+        if (session !== live.session) return;
         showError($("live-error"), exc);
         live.backoffUntil = performance.now() + 1000 * (exc.retryAfter || 1);
       } finally {
-        live.inFlight = false;
+        live.inFlight = false;  // even after a restart: never two frames in flight
       }
     }, "image/jpeg", 0.85);
   }
@@ -681,17 +685,24 @@
       showError($("live-error"), "This browser gives no camera here (a camera needs https or localhost).");
       return;
     }
+    $("live-start").disabled = true;
+    const session = live.session;
+    let stream;
     try {
-      live.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
+      stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
     } catch (exc) {
+      $("live-start").disabled = false;
       showError($("live-error"), `No camera: ${exc.message || exc.name}`);
       return;
     }
-    Object.assign(live, { inFlight: false, lastSent: 0, backoffUntil: 0, faces: [], sent: 0, answered: 0, ms: 0 });
+    if (session !== live.session) {  // stopped (tab changed, signed out) while the camera was asked for
+      for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    Object.assign(live, { stream, lastSent: 0, backoffUntil: 0, faces: [], sent: 0, answered: 0, ms: 0 });
     const video = $("live-video");
-    video.srcObject = live.stream;
+    video.srcObject = stream;
     await video.play();
-    $("live-start").disabled = true;
     $("live-stop").disabled = false;
     live.raf = requestAnimationFrame(liveLoop);
   });
