@@ -169,15 +169,17 @@
     drawLabel(ctx, label, x1 - half, y1 - half, y2 + half, unit);
   }
 
-  /** Paint `source` (a bitmap or video frame) on `canvas` at its own size and the faces over it. */
+  /** Paint `source` (a bitmap or video frame) on `canvas` at its own size and the faces over it.
+   * Lines and labels are sized in screen pixels: `unit` is how many image pixels one CSS pixel shows. */
   function paint(canvas, source, width, height, faces, styleOf, scale = 1) {
     if (canvas.width !== width) canvas.width = width;
     if (canvas.height !== height) canvas.height = height;
+    canvas.dataset.boxes = String(faces.length);  // also what makes a fresh canvas visible (style.css)
+    const shown = canvas.getBoundingClientRect().width;
+    const unit = Math.max(1, shown > 0 ? width / shown : Math.max(width, height) / 800);
     const ctx = canvas.getContext("2d");
     ctx.drawImage(source, 0, 0, width, height);
-    const unit = Math.max(1, Math.max(width, height) / 800);
     faces.forEach((face, i) => drawFace(ctx, face, { unit, scale, ...styleOf(face, i) }));
-    canvas.dataset.boxes = String(faces.length);
   }
 
   async function bitmapOf(file) {
@@ -356,9 +358,13 @@
   // ---------------------------------------------------------------- verify
 
   const pair = [null, null];
+  const pairDrawn = [0, 0];
 
+  /** Draw a photo of the pair; a later call for the same slot wins even if its image decodes first. */
   async function showPairImage(slot, file, faces) {
+    const seq = ++pairDrawn[slot];
     const bitmap = await bitmapOf(file);
+    if (seq !== pairDrawn[slot]) return;
     paint($(`verify-canvas${slot + 1}`), bitmap, bitmap.width, bitmap.height, faces, () => ({}));
   }
 
@@ -386,11 +392,13 @@
     clearError(err);
     const out = $("verify-result");
     out.textContent = "Comparing…";
+    const [first, second] = pair;
     const form = new FormData();
-    form.append("image1", pair[0], pair[0].name);
-    form.append("image2", pair[1], pair[1].name);
+    form.append("image1", first, first.name);
+    form.append("image2", second, second.name);
     try {
       const data = await api("POST", "/v1/verify", form);
+      if (pair[0] !== first || pair[1] !== second) return;  // a photo changed meanwhile: this answer is stale
       const same = data.decision === true || ["same", "match", "accept", "verified"].includes(String(data.decision).toLowerCase());
       out.dataset.decision = same ? "same" : "different";
       out.textContent = `${same ? "Same person" : "Different people"} — similarity ${fmt(data.similarity, 3)}` +
@@ -399,7 +407,7 @@
       const crowded = (data.faces || []).map((f, i) => (f && f.faces_found > 1 ? `photo ${i + 1} has ${f.faces_found} faces` : ""))
         .filter(Boolean);
       if (crowded.length) out.textContent += `; ${crowded.join(", ")}: the largest was compared`;
-      await Promise.all([showPairImage(0, pair[0], f1), showPairImage(1, pair[1], f2)]);
+      await Promise.all([showPairImage(0, first, f1), showPairImage(1, second, f2)]);
     } catch (exc) {
       out.textContent = "";
       showError(err, exc);
