@@ -483,7 +483,7 @@ def test_unknown_routes_and_methods_answer_json(server: Server, keys: Keys) -> N
 def test_timeout_504_busy_503_and_graceful_shutdown(tmp_path: Path, astronaut_jpeg: bytes) -> None:
     with KeyStore(tmp_path / "keys.db") as store:
         key = store.create("k", "read")[0]
-    srv = start_server(tmp_path, threads=1, queue_size=0, request_timeout=0.05, rate_burst=1000)
+    srv = start_server(tmp_path, threads=1, queue_size=0, request_timeout=0.5, rate_burst=1000)
     try:
         headers = {"Authorization": f"Bearer {key}"}
         big = jpeg_bytes(np.tile(np.asarray(__import__("skimage.data", fromlist=["x"]).astronaut()), (4, 4, 1)))
@@ -517,5 +517,39 @@ def test_timeout_504_busy_503_and_graceful_shutdown(tmp_path: Path, astronaut_jp
         assert answer.status_code == 200, answer.text
         assert srv.process.wait(30) in (0, -15)
         assert "Application shutdown complete" in srv.logs()
+    finally:
+        srv.stop()
+
+
+def test_key_guessing_is_slowed_and_slow_uploads_time_out(tmp_path: Path, astronaut_jpeg: bytes) -> None:
+    with KeyStore(tmp_path / "keys.db") as store:
+        key = store.create("k", "read")[0]
+    srv = start_server(tmp_path, request_timeout=2, load_models=False, auth_failure_rate=0.5, auth_failure_burst=10)
+    try:
+        wrong = key[:-6] + "AAAAAA"
+        codes: list[int] = []
+        t0 = time.monotonic()
+        while 429 not in codes and len(codes) < 300:
+            codes.append(httpx.get(srv.url + "/v1/me", headers={"X-API-Key": wrong}).status_code)
+        seconds = time.monotonic() - t0
+        assert codes[-1] == 429 and set(codes[:-1]) == {401}
+        # each 401 cost the server a scrypt: 10 at once, then one per 2 s
+        assert 10 <= len(codes) - 1 <= 10 + 0.5 * seconds + 1
+        time.sleep(2.0)
+        assert httpx.get(srv.url + "/v1/me", headers={"X-API-Key": key}).status_code == 200
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s:
+            s.sendall((f"POST /v1/analyze HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                       f"Content-Length: {len(astronaut_jpeg)}\r\n\r\n").encode() + astronaut_jpeg[:1000])
+            t0 = time.monotonic()
+            answer = s.recv(4096).decode(errors="replace")
+            waited = time.monotonic() - t0
+            while answer.count("\r\n\r\n") and '"}' not in answer:
+                more = s.recv(4096).decode(errors="replace")
+                if not more:
+                    break
+                answer += more
+        assert answer.startswith("HTTP/1.1 504"), answer
+        assert '"code":"timeout"' in answer and 1.5 < waited < 10
+        assert httpx.get(srv.url + "/healthz").status_code == 200
     finally:
         srv.stop()

@@ -7,23 +7,36 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from faceflow.service.keys import KeyStore
-from tests.service_server import REPO, free_port, server_env, start_server
+from tests.service_server import free_port, server_env, start_server
 
 pytest.importorskip("fastapi")
 
 
-def faceflow(home: Path, *args: str, timeout: float = 60, **settings: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "faceflow.cli", *args], env=server_env(home, **settings),
-                          capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def faceflow(home: Path, *args: str, **settings: object) -> Ran:
+    """The ``faceflow`` command in this process, with ``FACEFLOW_HOME=home`` and ``FACEFLOW_SERVE_*`` settings."""
+    from typer.testing import CliRunner
+
+    from faceflow.cli import app
+
+    env = {k: v for k, v in server_env(home, **settings).items() if k.startswith("FACEFLOW_")}
+    cleared = {k: None for k in os.environ if k.startswith("FACEFLOW_SERVE_") and k not in env}
+    result = CliRunner().invoke(app, list(args), env={**cleared, **env})
+    return Ran(result.exit_code, result.stdout, result.stderr)
 
 
 # -- key store -----------------------------------------------------------------------------------

@@ -271,8 +271,8 @@ class Analyzer:
         result = ImageResult(path=name)
         try:
             image = load_image(source, max_pixels=self.options.max_pixels)
-        except FaceflowError as exc:
-            result.error = str(exc)
+        except FaceflowError as exc:  # a path's errors name it already; bytes get their name here
+            result.error = str(exc) if isinstance(source, str | os.PathLike) else f"{name}: {exc}"
             return result, None
         result.height, result.width = int(image.shape[0]), int(image.shape[1])
         try:

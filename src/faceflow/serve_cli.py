@@ -25,8 +25,17 @@ KeysPath = Annotated[Path | None, typer.Option("--keys-path", help="Key store (d
                                                "keys_path, else $FACEFLOW_HOME/keys.db).")]
 
 
+def _require_serve() -> None:
+    """A clear error naming the ``serve`` extra when its packages are missing."""
+    from faceflow.extras import require
+
+    for module in ("fastapi", "uvicorn", "pydantic_settings", "prometheus_client", "python_multipart"):
+        require(module, "faceflow serve")
+
+
 def _settings(**given: Any) -> Any:
     """The merged settings; flags not given (``None``) leave the file and the environment in charge."""
+    _require_serve()
     from pydantic import ValidationError
 
     from faceflow.service.settings import ServeSettings

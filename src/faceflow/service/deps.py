@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +45,13 @@ def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
         if not presented:
             raise ApiError(401, "unauthorized", "an API key is required (Authorization: Bearer <key>)",
                            {"WWW-Authenticate": "Bearer"})
+        client = "ip:" + (request.client.host if request.client else "unknown")
+        if state.auth_failures.blocked(client):
+            raise ApiError(429, "rate_limited", "too many failed API keys from this address; retry later",
+                           {"Retry-After": "1"})
         key = await run_in_threadpool(state.keys.authenticate, presented)
         if key is None:
+            state.auth_failures.take(client)
             raise ApiError(401, "unauthorized", "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
         state.limiter.take(key.id)
         if not key.allows(scope):
@@ -71,7 +77,16 @@ def _label(value: UploadFile, field: str) -> str:
 
 async def read_uploads(request: Request, fields: tuple[str, ...], *, raw: bool = False) -> dict[str, list[Upload]]:
     """The images of ``fields`` from a multipart body (each field may repeat); with ``raw``, a body
-    that is not multipart is the one image of ``fields[0]``. A missing image is 422 ``invalid_request``."""
+    that is not multipart is the one image of ``fields[0]``. A missing image is 422 ``invalid_request``;
+    an upload slower than the request timeout 504 ``timeout``."""
+    timeout = state_of(request).settings.request_timeout
+    try:
+        return await asyncio.wait_for(_read_uploads(request, fields, raw), timeout)
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"the upload took longer than {timeout:g} s") from None
+
+
+async def _read_uploads(request: Request, fields: tuple[str, ...], raw: bool) -> dict[str, list[Upload]]:
     content_type = request.headers.get("content-type", "")
     out: dict[str, list[Upload]] = {f: [] for f in fields}
     try:

@@ -104,6 +104,13 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
+    def blocked(self, key: str) -> bool:
+        """True when ``key`` has no token left now (nothing is taken)."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate) < 1.0
+
     def take(self, key: str) -> None:
         """Take a token for ``key``; :class:`ApiError` 429 with ``Retry-After`` when there is none."""
         now = time.monotonic()

@@ -81,7 +81,7 @@ async def verify(request: Request, key: Reader, model: ModelQuery = None) -> dic
     def work() -> dict[str, Any]:
         limit = state.settings.max_pixels
         v = verify_images(load_image(a.data, max_pixels=limit), load_image(b.data, max_pixels=limit),
-                          model=name, runtime=state.runtime)
+                          model=name, runtime=state.runtime, detector=state.verify_detector())
         assert v.boxes is not None and v.faces_found is not None
         return {"similarity": round(v.similarity, 6), "decision": bool(v.same), "threshold": v.threshold,
                 "model": name, "far": v.far,

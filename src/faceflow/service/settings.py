@@ -68,6 +68,10 @@ class ServeSettings(BaseSettings):
                                                   "(503 with Retry-After when full).")
     rate_limit: float = Field(default=20.0, gt=0, description="Requests per second per API key, sustained.")
     rate_burst: int = Field(default=40, ge=1, description="Requests per API key allowed in a burst (429 after).")
+    auth_failure_rate: float = Field(default=2.0, gt=0, description="Failed API-key checks per second allowed "
+                                                                    "from one address (each costs a scrypt).")
+    auth_failure_burst: int = Field(default=30, ge=1, description="Failed API-key checks from one address at once "
+                                                                  "(then 429 until the rate allows more).")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS (none: CORS off).")
     ssl_certfile: str | None = Field(default=None, description="TLS certificate (PEM), passed to uvicorn.")
     ssl_keyfile: str | None = Field(default=None, description="TLS private key (PEM), passed to uvicorn.")

@@ -46,6 +46,9 @@ class ServiceState:
         self._analyzers: OrderedDict[tuple[Any, ...], Analyzer] = OrderedDict()
         self._searchers: dict[tuple[str, int], Searcher] = {}
         self._lock = threading.Lock()
+        self._verify_detector: Any = None
+        self.auth_failures = RateLimiter(settings.auth_failure_rate, settings.auth_failure_burst)
+        """Failed key checks per client address: each costs a scrypt, so a guesser is slowed down."""
         self.ready = False
         self.load_error: str | None = None
 
@@ -91,6 +94,15 @@ class ServiceState:
 
         found = self._cached(key, build)
         return found
+
+    def verify_detector(self) -> Any:
+        """The YuNet detector of :func:`~faceflow.recognize.verify_images`, built once (its OpenCV net)."""
+        with self._lock:
+            if self._verify_detector is None:
+                from faceflow.detect import create_detector
+
+                self._verify_detector = create_detector("yunet", runtime=self.runtime)
+            return self._verify_detector
 
     def load_default_models(self) -> None:
         """Build the default analyser and load its models (then ``/readyz`` says ready)."""
