@@ -87,19 +87,7 @@
     return form;
   }
 
-  /** The list inside an answer that is either a bare list or an object holding it under `name`. */
-  function listOf(data, name) {
-    if (Array.isArray(data)) return data;
-    if (data && Array.isArray(data[name])) return data[name];
-    return [];
-  }
-
   // ---------------------------------------------------------------- drawing
-
-  function points(face, ...names) {
-    for (const n of names) if (Array.isArray(face[n])) return face[n];
-    return null;
-  }
 
   /** Axis tips of the head pose (degrees; signs as in faceflow.types), projected orthographically:
    * R = Rz(roll) Ry(-yaw) Rx(-pitch) takes the face's axes (x right, y down, z away) to the camera's. */
@@ -148,12 +136,11 @@
         ctx.fill();
       }
     };
-    const lm68 = points(face, "landmarks68");
-    if (lm68) dot(lm68, Math.max(1, 1.2 * unit), COLOR.lm68);
-    const lm5 = points(face, "landmarks5", "kps", "landmarks");
-    if (lm5 && lm5.length <= 5) dot(lm5, Math.max(1.5, 2.5 * unit), COLOR.lm5);
+    const lm5 = face.landmarks5;
+    if (face.landmarks68) dot(face.landmarks68, Math.max(1, 1.2 * unit), COLOR.lm68);
+    if (lm5) dot(lm5, Math.max(1.5, 2.5 * unit), COLOR.lm5);
     if (face.pose && typeof face.pose.yaw === "number") {
-      const [ox, oy] = lm5 && lm5.length === 5 ? [lm5[2][0] * scale, lm5[2][1] * scale] : [(x1 + x2) / 2, (y1 + y2) / 2];
+      const [ox, oy] = lm5 ? [lm5[2][0] * scale, lm5[2][1] * scale] : [(x1 + x2) / 2, (y1 + y2) / 2];  // the nose tip
       const len = 0.5 * (x2 - x1);
       const axes = poseAxes(face.pose);
       ctx.lineWidth = Math.max(1.5, 2 * unit);
@@ -381,17 +368,12 @@
     });
   }
 
-  /** The faces compared, one list per image, from either [face1, face2] or [[...], [...]]. */
-  function verifyFaces(faces) {
-    if (!Array.isArray(faces) || faces.length !== 2) return [[], []];
-    return faces.map((f) => (Array.isArray(f) ? f : f && f.box ? [f] : []));
-  }
-
   $("verify-run").addEventListener("click", async () => {
     const err = $("verify-error");
     clearError(err);
     const out = $("verify-result");
     out.textContent = "Comparing…";
+    delete out.dataset.decision;
     const [first, second] = pair;
     const form = new FormData();
     form.append("image1", first, first.name);
@@ -399,12 +381,12 @@
     try {
       const data = await api("POST", "/v1/verify", form);
       if (pair[0] !== first || pair[1] !== second) return;  // a photo changed meanwhile: this answer is stale
-      const same = data.decision === true || ["same", "match", "accept", "verified"].includes(String(data.decision).toLowerCase());
+      const same = data.decision === true;
       out.dataset.decision = same ? "same" : "different";
       out.textContent = `${same ? "Same person" : "Different people"} — similarity ${fmt(data.similarity, 3)}` +
         ` (threshold ${fmt(data.threshold, 3)}, ${data.model ?? "default model"})`;
-      const [f1, f2] = verifyFaces(data.faces);
-      const crowded = (data.faces || []).map((f, i) => (f && f.faces_found > 1 ? `photo ${i + 1} has ${f.faces_found} faces` : ""))
+      const [f1, f2] = data.faces.map((f) => [f]);  // the face compared in each photo
+      const crowded = data.faces.map((f, i) => (f.faces_found > 1 ? `photo ${i + 1} has ${f.faces_found} faces` : ""))
         .filter(Boolean);
       if (crowded.length) out.textContent += `; ${crowded.join(", ")}: the largest was compared`;
       await Promise.all([showPairImage(0, first, f1), showPairImage(1, second, f2)]);
@@ -423,7 +405,7 @@
     const err = $("gallery-error");
     try {
       const data = await api("GET", "/v1/galleries");
-      const names = listOf(data, "galleries").map((g) => (typeof g === "string" ? g : g.name));
+      const names = data.map((g) => g.name);
       const sel = $("gallery-select");
       const keep = select || sel.value;
       sel.replaceChildren(...names.map((n) => new Option(n, n)));
@@ -471,19 +453,18 @@
       api("GET", `/v1/galleries/${enc(g)}/subjects`),
       api("GET", `/v1/galleries/${enc(g)}/faces`),
     ]);
-    subjects.replaceChildren(...listOf(s, "subjects").map((item) => {
+    subjects.replaceChildren(...s.map((item) => {
       const li = document.createElement("li");
-      const name = typeof item === "string" ? item : item.subject ?? item.name;
-      const count = typeof item === "object" ? item.faces ?? item.count : undefined;
+      const { name, faces: count } = item;
       const text = document.createElement("span");
-      text.textContent = count === undefined ? name : `${name} (${count} face${count === 1 ? "" : "s"})`;
+      text.textContent = `${name} (${count} face${count === 1 ? "" : "s"})`;
       li.dataset.subject = name;
       li.dataset.testid = "subject";
       li.append(text, deleteButton(`Delete ${name} and all their faces`, "subject-delete",
         `/v1/galleries/${enc(g)}/subjects/${enc(name)}`));
       return li;
     }));
-    faces.replaceChildren(...listOf(f, "faces").map((item) => {
+    faces.replaceChildren(...f.map((item) => {
       const li = document.createElement("li");
       li.dataset.testid = "gallery-face";
       li.dataset.faceId = String(item.id);
@@ -569,9 +550,9 @@
     status.textContent = `Enrolling ${files.length} photo${files.length === 1 ? "" : "s"} of ${subject}…`;
     try {
       const data = await api("POST", `/v1/galleries/${enc(g)}/subjects/${enc(subject)}/faces`, imageForm(files));
-      const added = Array.isArray(data.enrolled) ? data.enrolled.length : Number(data.enrolled) || 0;
-      const failed = (data.failed || []).map((f) => `${f.name}: ${f.reason}`);
-      status.textContent = `Enrolled ${added} face${added === 1 ? "" : "s"} of ${data.subject ?? subject}.`;
+      const added = data.enrolled.length;
+      const failed = data.failed.map((f) => `${f.name}: ${f.reason}`);
+      status.textContent = `Enrolled ${added} face${added === 1 ? "" : "s"} of ${data.subject}.`;
       if (failed.length) showError(err, `Not enrolled: ${failed.join("; ")}`);
       await refreshGallery();
     } catch (exc) {
@@ -611,7 +592,7 @@
         const who = cell(row, f.subject ?? "unknown");
         who.dataset.testid = "match-subject";
         cell(row, fmt(f.similarity, 3));
-        cell(row, (f.matches || f.candidates || []).filter((m) => m.subject !== f.subject)
+        cell(row, f.matches.filter((m) => m.subject !== f.subject)
           .map((m) => `${m.subject} ${fmt(m.similarity, 2)}`).join(", ") || "–");
       });
       table.hidden = faces.length === 0;
