@@ -20,6 +20,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,20 +111,36 @@ def camera_clip(dataset: Callable[..., Path], tmp_path_factory: pytest.TempPathF
     return dst
 
 
+BROWSER_ARGS = ["--no-sandbox", "--disable-dev-shm-usage"]
+
+
 @pytest.fixture(scope="module")
-def browser(camera_clip: Path) -> Iterator[Any]:
-    args = ["--no-sandbox", "--disable-dev-shm-usage", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={camera_clip}"]
+def playwright() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args, timeout=60_000)
-        yield browser
-        browser.close()
+        yield p
 
 
-@pytest.fixture
-def page(browser: Any, service: Service, request: pytest.FixtureRequest) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def browser(playwright: Any) -> Iterator[Any]:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, timeout=60_000)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="module")
+def camera_browser(playwright: Any, camera_clip: Path) -> Iterator[Any]:
+    """Chromium whose camera is the sample clip, granted without asking."""
+    args = [*BROWSER_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={camera_clip}"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args, timeout=60_000)
+    yield browser
+    browser.close()
+
+
+@contextmanager
+def open_page(browser: Any, service: Service, name: str) -> Iterator[Any]:
     """A fresh page on the service's ``/``; JavaScript errors and Content-Security-Policy refusals (the
-    page declares a strict policy) fail the test."""
+    page declares a strict policy) fail the test. The page's last state is saved as a screenshot."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
@@ -131,11 +148,25 @@ def page(browser: Any, service: Service, request: pytest.FixtureRequest) -> Iter
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.goto(service.url + "/")
-    yield page
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-end.png"), full_page=True)
-    context.close()
+    try:
+        yield page
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-end.png"), full_page=True)
+        context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser: Any, service: Service, request: pytest.FixtureRequest) -> Iterator[Any]:
+    with open_page(browser, service, request.node.name) as page:
+        yield page
+
+
+@pytest.fixture
+def camera_page(camera_browser: Any, service: Service, request: pytest.FixtureRequest) -> Iterator[Any]:
+    with open_page(camera_browser, service, request.node.name) as page:
+        yield page
 
 
 def sign_in(page: Any, key: str) -> None:
@@ -375,7 +406,8 @@ def test_keyboard_alone_signs_in_switches_tabs_and_reaches_the_file_input(page: 
     assert outline == "solid", "the drop zone shows where the keyboard focus is"
 
 
-def test_live_mode_sends_fake_camera_frames_one_at_a_time_and_draws_boxes(page: Any, service: Service) -> None:
+def test_live_mode_sends_fake_camera_frames_one_at_a_time_and_draws_boxes(camera_page: Any, service: Service) -> None:
+    page = camera_page
     sign_in(page, service.key)
     in_flight = {"now": 0, "most": 0, "sent": 0}
 
