@@ -139,14 +139,17 @@ def camera_browser(playwright: Any, camera_clip: Path) -> Iterator[Any]:
 
 @contextmanager
 def open_page(browser: Any, service: Service, name: str) -> Iterator[Any]:
-    """A fresh page on the service's ``/``; JavaScript errors and Content-Security-Policy refusals (the
-    page declares a strict policy) fail the test. The page's last state is saved as a screenshot."""
+    """A fresh page on the service's ``/``; JavaScript errors, Content-Security-Policy refusals (the
+    page declares a strict policy) and any request to another origin (the page works offline, no CDN)
+    fail the test. The page's last state is saved as a screenshot."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page.on("request", lambda r: None if r.url.startswith((service.url + "/", "data:", "blob:"))
+            else errors.append(f"request outside the service: {r.url}"))
     page.goto(service.url + "/")
     try:
         yield page
