@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import re
 import socket
 import struct
 import time
@@ -108,6 +109,15 @@ def test_health_ready_metrics_and_page(server: Server) -> None:
     load = next(line for line in metrics.splitlines() if line.startswith("faceflow_model_load_seconds "))
     assert float(load.split()[1]) > 0
     assert "faceflow_queue_depth" in metrics
+
+
+def test_docs_page_works_offline(server: Server) -> None:
+    page = httpx.get(server.url + "/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets and all(a.startswith("/docs-assets/") for a in assets), assets  # nothing from elsewhere
+    for asset in assets:
+        assert httpx.get(server.url + asset).status_code == 200, asset
 
 
 def test_analyze_matches_the_library(server: Server, keys: Keys, astronaut: np.ndarray, astronaut_jpeg: bytes) -> None:

@@ -75,7 +75,7 @@ def create_app(settings: ServeSettings | None = None, *, state: ServiceState | N
                     await loader
             shared.close()
 
-    app = FastAPI(title="faceflow", version="1", lifespan=lifespan, responses=ERROR_RESPONSES,
+    app = FastAPI(title="faceflow", version="1", lifespan=lifespan, responses=ERROR_RESPONSES, docs_url=None,
                   description="Face analysis over HTTP: analyse, verify, embed, galleries and identification. "
                               "Authenticate with `Authorization: Bearer <key>` (or `X-API-Key`).")
 
@@ -121,6 +121,7 @@ def create_app(settings: ServeSettings | None = None, *, state: ServiceState | N
 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _offline_docs(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -129,6 +130,22 @@ def create_app(settings: ServeSettings | None = None, *, state: ServiceState | N
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     app.add_middleware(Observe)  # outermost: refusals by the limits are counted too
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI over ``/openapi.json``, its scripts served from the installed
+    ``swagger-ui-bundle`` package rather than a CDN, so the page works on a machine with no network."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="faceflow API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
 class Observe:
