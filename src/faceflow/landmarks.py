@@ -55,6 +55,21 @@ Float64Array = npt.NDArray[np.float64]
 MESH_INPUT = 192
 """Side of the square RGB crop the mesh model reads (values in [0, 1])."""
 
+LANDMARKER_INPUT = 256
+"""Side of the square RGB crop the newer 478-point face landmarker (``face_landmarker``) reads."""
+
+LANDMARKER_POINTS = 478
+"""The newer landmarker's points: the 468 of the mesh (same order) and ten iris points."""
+
+PFLD_INPUT = 112
+PFLD_POINTS = 106
+PFLD_SCALE = 1.2
+"""PFLD's crop side as a multiple of the face's size (its training crops: 1.2x the points' extent)."""
+
+PFLD_EYES: tuple[tuple[int, ...], tuple[int, ...]] = ((66, 67, 68, 70, 72, 73), (75, 76, 77, 78, 80, 82))
+"""PFLD-106 points around the image-left and image-right eyes (the points nearest iBUG 36-41 and
+42-47 on a frontal face), whose means level its refined crop."""
+
 MESH_EYE_CORNERS = (33, 263)
 """Mesh vertices at the outer corners of the image-left and image-right eyes."""
 
@@ -162,20 +177,57 @@ def roi_from_mesh(mesh: npt.ArrayLike, scale: float = 1.5, mirror: bool = False)
     return Roi(float(centre[0]), float(centre[1]), float((hi - lo).max()) * scale, angle, mirror)
 
 
-def mesh_in_roi(model: Any, image: Image, roi: Roi) -> tuple[FloatArray, float]:
-    """Run the mesh model on ``roi``: the 468 points in image pixels (z scaled like x) and the
-    face-presence probability. The model's x, y run from 0 to 192 across the crop (pixel edges), so
-    half a crop pixel is taken off to reach the pixel-centre coordinates of ``cv2.warpAffine``; without
-    it a mirrored crop's points land one crop pixel off the unmirrored crop's (measured on LFW)."""
-    m = roi.to_crop(MESH_INPUT)
-    crop = cv2.warpAffine(image, m, (MESH_INPUT, MESH_INPUT), flags=cv2.INTER_LINEAR)
-    coords, logit = model.run((crop.astype(np.float32) / 255.0)[None])
-    pts = coords.reshape(468, 3).astype(np.float64)
+def mesh_in_roi(
+    model: Any, image: Image, roi: Roi, size: int = MESH_INPUT, points: int = 468
+) -> tuple[FloatArray, float]:
+    """Run a mesh model on ``roi``: its points in image pixels (z scaled like x) and the
+    face-presence probability. The model reads a ``size`` x ``size`` RGB crop in [0, 1] and gives
+    ``points`` x 3 values (``face_mesh``: 192, 468; ``face_landmarker``: 256, 478). Its x, y run from 0
+    to ``size`` across the crop (pixel edges), so half a crop pixel is taken off to reach the
+    pixel-centre coordinates of ``cv2.warpAffine``; without it a mirrored crop's points land one crop
+    pixel off the unmirrored crop's (measured on LFW)."""
+    m = roi.to_crop(size)
+    crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR)
+    coords, logit, *_ = model.run((crop.astype(np.float32) / 255.0)[None])
+    pts = coords.reshape(points, 3).astype(np.float64)
     inv = cv2.invertAffineTransform(m)
-    out = np.empty((468, 3), dtype=np.float32)
+    out = np.empty((points, 3), dtype=np.float32)
     out[:, :2] = (pts[:, :2] - 0.5) @ inv[:, :2].T + inv[:, 2]
-    out[:, 2] = pts[:, 2] * roi.size / MESH_INPUT
+    out[:, 2] = pts[:, 2] * roi.size / size
     return out, float(1.0 / (1.0 + math.exp(-float(np.ravel(logit)[0]))))
+
+
+def pfld_roi(box: npt.ArrayLike, scale: float = PFLD_SCALE, mirror: bool = False) -> Roi:
+    """PFLD's first region: the box's longer side times ``scale``, upright, around its centre."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    return Roi((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * scale, 0.0, mirror)
+
+
+def roi_from_pfld(points: npt.ArrayLike, scale: float = PFLD_SCALE, mirror: bool = False) -> Roi:
+    """PFLD's training region around its own 106 points (the points' extent, its longer side times
+    ``scale``), turned so the eyes (:data:`PFLD_EYES`) are level. With ``mirror`` the points came from
+    a mirrored crop (its first eye is on the image's right) and the region is mirrored too."""
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    first, second = (p[list(eye)].mean(0) for eye in (PFLD_EYES[::-1] if mirror else PFLD_EYES))
+    angle = line_angle(first, second)
+    c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, s], [-s, c]])  # image -> eye-level frame
+    q = p @ rot.T
+    lo, hi = q.min(0), q.max(0)
+    centre = rot.T @ ((lo + hi) / 2)
+    return Roi(float(centre[0]), float(centre[1]), float((hi - lo).max()) * scale, angle, mirror)
+
+
+def pfld_in_roi(session: Any, image: Image, roi: Roi) -> FloatArray:
+    """Run PFLD-106 (an ONNX Runtime session of ``pfld106``) on ``roi``: its 106 points in image
+    pixels. It reads BGR / 255 at 112x112 and gives each point in [0, 1] of the crop (pixel edges)."""
+    m = roi.to_crop(PFLD_INPUT)
+    crop = cv2.warpAffine(image, m, (PFLD_INPUT, PFLD_INPUT), flags=cv2.INTER_LINEAR)
+    blob = np.ascontiguousarray(crop[:, :, ::-1].transpose(2, 0, 1)[None], np.float32) / np.float32(255.0)
+    (values,) = session.run(None, {"input": blob})
+    pts = np.asarray(values, np.float64).reshape(PFLD_POINTS, 2) * PFLD_INPUT - 0.5
+    inv = cv2.invertAffineTransform(m)
+    return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -187,17 +239,23 @@ class MeshTo68:
     blend of vertices, can follow the jaw line, which slides over the skin as the head turns."""
 
     reference: npt.NDArray[np.float32]
-    """``(468, 2)``: the frame's mean mesh."""
+    """``(n, 2)``: the frame's mean point set (the mesh's 468 vertices, or another model's points)."""
     weights: npt.NDArray[np.float32]
-    """``(1404, 136)``: normalised mesh values (x, y, z per vertex) to the 68 points' (x, y)."""
+    """``(n * d, 136)``: normalised values (x, y and, for d = 3, z per point) to the 68 points' (x, y)."""
     bias: npt.NDArray[np.float32]
     """``(136,)``."""
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The ``(points, values per point)`` shape of the input this regression reads."""
+        n = self.reference.shape[0]
+        return n, self.weights.shape[0] // n
+
     def normalise(self, mesh: npt.ArrayLike) -> tuple[Float64Array, Float64Array, Float64Array]:
-        """The mesh's 1404 values in the frame, and the transform ``(A, t)`` into it."""
+        """The points' ``n * d`` values in the frame, and the transform ``(A, t)`` into it."""
         m = np.asarray(mesh, dtype=np.float64)
-        if m.shape != (468, 3):
-            raise ValueError(f"expected a (468, 3) mesh, got shape {m.shape}")
+        if m.shape != self.shape:
+            raise ValueError(f"expected points of shape {self.shape}, got shape {m.shape}")
         onto = similarity_transform(m[:, :2], self.reference)
         rot, shift = onto[:, :2], onto[:, 2]
         scale = math.sqrt(abs(float(np.linalg.det(rot))))
