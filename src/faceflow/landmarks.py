@@ -95,7 +95,24 @@ MIRROR_68: tuple[int, ...] = (
 """For each iBUG point, its mirror image's index (the 68 points of a flipped face are ``p[MIRROR_68]``)."""
 # fmt: on
 
-LANDMARK_SOURCES = ("auto", "dlib", "mesh")
+LANDMARK_SOURCES = ("auto", "dlib", "mesh", "landmarker", "pfld", "fused")
+
+REGRESSIONS = {"mesh": "mesh_to_68", "landmarker": "landmarker_to_68", "pfld": "pfld_to_68"}
+"""The packaged regression (registry name) that turns each model-based source's points into iBUG 68."""
+
+SOURCE_MODELS: dict[str, tuple[str, ...]] = {
+    "auto": ("dlib_shape68", "face_mesh", "mesh_to_68"),
+    "dlib": ("dlib_shape68",),
+    "mesh": ("face_mesh", "mesh_to_68"),
+    "landmarker": ("face_landmarker", "landmarker_to_68"),
+    "pfld": ("pfld106", "pfld_to_68"),
+    "fused": ("face_landmarker", "landmarker_to_68", "pfld106", "pfld_to_68"),
+}
+"""The registry models each source may load (for cache keys and ``models pull``)."""
+
+FUSED_WEIGHT = 0.75
+"""Weight of the landmarker's 68 points in the ``fused`` source (PFLD's get the rest): chosen by the
+distillation error on the other dataset (LFW <-> UTKFace, ``training/fit_landmarks_68.py``)."""
 
 DLIB_LIKE_BOXES = frozenset({"dlib_hog", "haar"})
 """Detectors whose boxes dlib's predictor takes as they are (Haar's measured as good as HOG's)."""
@@ -297,11 +314,16 @@ class MeshTo68:
             return cls(*(np.asarray(arrays[name], np.float32) for name in ("reference", "weights", "bias")))
 
 
-def packaged_mesh_to_68(runtime: Runtime | None = None) -> MeshTo68:
-    """The registry's ``mesh_to_68`` (``faceflow/data/mesh_to_68.npz``, checked against its sha256),
-    loaded once per runtime."""
+def packaged_regression(name: str, runtime: Runtime | None = None) -> MeshTo68:
+    """A packaged 68-point regression of the registry (``mesh_to_68``, ``landmarker_to_68``,
+    ``pfld_to_68``: ``faceflow/data/<name>.npz``, checked against its sha256), loaded once per runtime."""
     rt = runtime or default_runtime()
-    return rt.load(("mesh_to_68",), lambda: MeshTo68.from_bytes(rt.path("mesh_to_68").read_bytes()))
+    return rt.load((name,), lambda: MeshTo68.from_bytes(rt.path(name).read_bytes()))
+
+
+def packaged_mesh_to_68(runtime: Runtime | None = None) -> MeshTo68:
+    """The registry's ``mesh_to_68`` (``faceflow/data/mesh_to_68.npz``), loaded once per runtime."""
+    return packaged_regression("mesh_to_68", runtime)
 
 
 def mesh_to_68(mesh: npt.ArrayLike, runtime: Runtime | None = None) -> FloatArray:
@@ -421,12 +443,15 @@ class MeshStage(Stage):
 class LandmarksOptions:
     """Settings of the ``landmarks`` stage (68 points)."""
 
-    source: str = option("mesh", "68-point source: mesh (a regression from MediaPipe's mesh) or dlib "
-                                 "(dlib's predictor, closer to 300-W; non-commercial weights); auto tries dlib.",
+    source: str = option("mesh", "68-point source: mesh (a regression from MediaPipe's mesh), landmarker "
+                                 "(from MediaPipe's newer 478-point model), pfld (from PFLD-106), fused (the "
+                                 "mean of those two) or dlib (dlib's predictor, closer to 300-W; non-commercial "
+                                 "weights); auto tries dlib.",
                          flag="landmarks", choices=LANDMARK_SOURCES)
     mirror: bool = option(True, "Also read the mirrored face and average the two.")
-    scale: float = option(1.5, "Mesh route: side of the mesh model's crop, as a multiple of the face's size.")
-    refine: int = option(1, "Mesh route: passes re-centring the crop on the previous pass's mesh.")
+    scale: float = option(1.5, "Mesh and landmarker routes: side of the model's crop, as a multiple of the "
+                               "face's size.")
+    refine: int = option(1, "Model routes: passes re-centring the crop on the previous pass's points.")
 
 
 class Landmarks68Stage(Stage):
@@ -463,7 +488,7 @@ class Landmarks68Stage(Stage):
 
     @property
     def source(self) -> str:
-        """The source in use: ``"dlib"`` or ``"mesh"`` (``"auto"`` resolved on first use)."""
+        """The source in use (``"auto"`` resolved to ``"dlib"`` or ``"mesh"`` on first use)."""
         return self._source.get()
 
     def predict(self, image: Image, face: Face) -> FloatArray:
@@ -476,13 +501,43 @@ class Landmarks68Stage(Stage):
                 first = dlib_68(predictor, image, box, angle, mirror=False)
                 box, angle = hog_box_from_landmarks5(landmarks5_from_68(first))
             return dlib_68(predictor, image, box, angle, mirror=self.options.mirror)
-        table = packaged_mesh_to_68(self.runtime)
-        mesh = face.mesh if face.mesh is not None else self._mesh.predict(image, face)[0]
-        points = table(mesh)
+        if self.source == "fused":
+            w = FUSED_WEIGHT
+            return (w * self._model_points(image, face, "landmarker")
+                    + (1 - w) * self._model_points(image, face, "pfld")).astype(np.float32)
+        return self._model_points(image, face, self.source)
+
+    def _model_points(self, image: Image, face: Face, source: str) -> FloatArray:
+        """The 68 points of one model-based source (``mesh``, ``landmarker``, ``pfld``) by its packaged
+        regression, averaged with its reading of the mirrored face when ``mirror`` is on."""
+        table = packaged_regression(REGRESSIONS[source], self.runtime)
+        if source == "mesh" and face.mesh is not None:
+            points = table(face.mesh)
+        else:
+            points = table(self._raw_points(image, face, source, mirror=False))
         if self.options.mirror:
-            mirrored = table(self._mesh.predict(image, face, mirror=True)[0])[list(MIRROR_68)]
+            mirrored = table(self._raw_points(image, face, source, mirror=True))[list(MIRROR_68)]
             points = ((points + mirrored) / 2).astype(np.float32)
         return points
+
+    def _raw_points(self, image: Image, face: Face, source: str, mirror: bool) -> FloatArray:
+        """The model's own points (mesh 468 x 3, landmarker 478 x 3, PFLD 106 x 2) for ``face``, from
+        mirrored crops when ``mirror`` (then in the mirrored face's order)."""
+        if source == "mesh":
+            return self._mesh.predict(image, face, mirror=mirror)[0]
+        refine, scale = self.options.refine, self.options.scale
+        if source == "landmarker":
+            model = self.runtime.tflite("face_landmarker")
+            size, n = LANDMARKER_INPUT, LANDMARKER_POINTS
+            pts, _ = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, scale, mirror), size, n)
+            for _ in range(refine):
+                pts, _ = mesh_in_roi(model, image, roi_from_mesh(pts, scale, mirror), size, n)
+            return pts
+        session = self.runtime.onnx("pfld106")
+        pts = pfld_in_roi(session, image, pfld_roi(face.box, mirror=mirror))
+        for _ in range(refine):
+            pts = pfld_in_roi(session, image, roi_from_pfld(pts, mirror=mirror))
+        return pts
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         for face in faces:

@@ -149,6 +149,14 @@ MESH_TO_68_FILE = ModelFile(
     "mesh_to_68.npz", "1632e3ff963fc56987086d82f4eea81d27b46c84b299c2971fd284c0dd06a75c", 716217,
     (Packaged("training/fit_mesh_to_68.py"),),
 )
+LANDMARKER_TO_68_FILE = ModelFile(
+    "landmarker_to_68.npz", "af21af3ad1f788cca33119c3db21b866358dd8f611787847be8a92f5d93d652a", 732026,
+    (Packaged("training/fit_landmarks_68.py"),),
+)
+PFLD_TO_68_FILE = ModelFile(
+    "pfld_to_68.npz", "23a12f25494f155fa8cdabb90defa3b083a6f8be6e7bcf98b220ef63c3c3a508", 109122,
+    (Packaged("training/fit_landmarks_68.py"),),
+)
 HEADS_FILE = ModelFile(
     "attribute_heads.json", "333ed242c54a5e0ffa49ac95a0b23886b4c7125240f438862a28037b52d0ed7e", 846644,
     (Packaged("training/train_attribute_heads.py"),),
@@ -214,6 +222,18 @@ MODELS: dict[str, ModelSpec] = {
                   "iBUG 68 points from the mesh: ridge regression in a normalised frame",
                   (MESH_TO_68_FILE,), origin="faceflow training/fit_mesh_to_68.py", default=True,
                   notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,763 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("landmarker_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from the 478-point landmarker: ridge regression in a normalised frame",
+                  (LANDMARKER_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("pfld_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from PFLD's 106: ridge regression in a normalised frame",
+                  (PFLD_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
                         "train-split faces (and their mirror images); no 300-W data."),
         ModelSpec("attribute_heads", "attributes", "non-commercial (trained on UTKFace, research use only)",
                   "age and gender heads over SFace, dlib ResNet and Cydral features",

@@ -174,7 +174,9 @@ def load_legacy_module(path: Path | str, module_prefixes: tuple[str, ...]) -> Mo
             nbytes = numel * storage.dtype.itemsize
             raw = fh.read(nbytes)
             if numel != storage.numel or len(raw) != nbytes:
-                raise CheckpointError(f"{path}: storage {key} holds {len(raw)} bytes, expected {storage.numel} elements")
+                raise CheckpointError(
+                    f"{path}: storage {key} holds {len(raw)} bytes, expected {storage.numel} elements"
+                )
             storage.array = np.frombuffer(raw, storage.dtype.newbyteorder("<"))
     return root
 
