@@ -45,6 +45,7 @@ from faceflow.landmarks import (
     LANDMARKER_POINTS,
     MIRROR_68,
     Landmarks68Stage,
+    LandmarksOptions,
     MeshTo68,
     mesh_in_roi,
     mesh_roi,
@@ -166,11 +167,11 @@ def held_out_images(datasets: Path, n: int = HELD_OUT) -> list[Path]:
     return [min(p.glob("*.jpg")) for p in people[FIT_PER_DATASET : FIT_PER_DATASET + n]]
 
 
-def held_out(datasets: Path, sources: tuple[str, ...]) -> None:
+def held_out(datasets: Path, sources: tuple[str, ...], scale: float = 1.5, refine: int = 1) -> None:
     """Each source's error against the teacher through ``Landmarks68Stage`` as shipped (mirror on),
     on :func:`held_out_images`: the figure that chooses the default source."""
     detector, teacher = create_detector("yunet"), Landmarks68Stage("dlib")
-    stages = {s: Landmarks68Stage(s) for s in sources}
+    stages = {s: Landmarks68Stage(LandmarksOptions(source=s, scale=scale, refine=refine)) for s in sources}
     errs: dict[str, list[float]] = {s: [] for s in sources}
     for path in held_out_images(datasets):
         image = load_image(path)
@@ -181,7 +182,8 @@ def held_out(datasets: Path, sources: tuple[str, ...]) -> None:
         for s, stage in stages.items():
             errs[s].append(float(errors(stage.predict(image, face).astype(np.float64)[None], target)[0]))
     for s, e in errs.items():
-        print(f"{s}: error against the teacher on {len(e)} held-out LFW faces {100 * np.mean(e):.3f} %")
+        print(f"{s} (scale {scale:g}, refine {refine}): error against the teacher on {len(e)} held-out LFW faces "
+              f"{100 * np.mean(e):.3f} %", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,10 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--only", choices=("lfw", "utkface"), help="collect: one dataset only")
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--sources", default="mesh,landmarker,pfld,fused", help="heldout: sources to score")
+    parser.add_argument("--scale", type=float, default=1.5, help="heldout: the stage's scale option")
+    parser.add_argument("--refine", type=int, default=1, help="heldout: the stage's refine option")
     parser.add_argument("--out", type=Path, default=DATA)
     args = parser.parse_args(argv)
     if args.step == "heldout":
-        held_out(args.datasets, ("mesh", "landmarker", "pfld", "fused"))
+        held_out(args.datasets, tuple(args.sources.split(",")), args.scale, args.refine)
         return
     if args.step == "collect":
         for name, paths in fit_images(args.datasets, FIT_PER_DATASET).items():
