@@ -475,7 +475,8 @@ class Landmarks68Stage(Stage):
     """Fills ``face.landmarks68`` (iBUG order, image pixels) from the chosen source, and
     ``face.landmarks5`` from them when the detector left it ``None`` (a detector's own are kept).
     With ``mirror`` (default) each source also reads the mirrored face and the two are averaged.
-    A mesh already on the face (the ``mesh`` stage runs first when both are asked for) is reused."""
+    For the ``mesh`` source, a mesh already on the face (the ``mesh`` stage runs first when both are
+    asked for) is reused."""
 
     name = "landmarks"
 

@@ -70,11 +70,13 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
+    def op(self, op_type: str, inputs: list[str], hint: str, output: str | None = None, **attrs: Any) -> str:
+        """Add one node; its output is ``output`` (a graph output's name; the node is then called
+        ``hint``) or a fresh name (the node's name too)."""
         from onnx import helper
 
-        out = self.name(hint)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        out = output or self.name(hint)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=hint if output else out, **attrs))
         return out
 
 
@@ -174,10 +176,7 @@ def pfld_graph(root: Module) -> Any:
     w, b = _array(fc._parameters["weight"]), _array(fc._parameters["bias"])
     if w.shape != (2 * PFLD_POINTS, 176):
         raise CheckpointError(f"fc weight has shape {w.shape}, expected (212, 176)")
-    out = g.op("Gemm", [feats, g.const("fc_w", w), g.const("fc_b", b)], "fc", transB=1)
-    g.nodes[-1].output[0] = "landmarks"
-    g.nodes[-1].name = "fc"
-    del out
+    g.op("Gemm", [feats, g.const("fc_w", w), g.const("fc_b", b)], "fc", output="landmarks", transB=1)
     graph = helper.make_graph(
         g.nodes, "pfld106",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, PFLD_INPUT, PFLD_INPUT])],

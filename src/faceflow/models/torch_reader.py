@@ -90,10 +90,14 @@ class Module:
 
 
 def _rebuild_tensor_v2(storage: Storage, offset: int, size: Any, stride: Any, *_: Any) -> Tensor:
+    if not isinstance(storage, Storage):
+        raise CheckpointError(f"a tensor's storage is a {type(storage).__name__}")
     return Tensor(storage, int(offset), tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data: Tensor, *_: Any) -> Tensor:
+    if not isinstance(data, Tensor):
+        raise CheckpointError(f"a parameter holds a {type(data).__name__}, not a tensor")
     return data
 
 
@@ -166,7 +170,9 @@ def load_legacy_module(path: Path | str, module_prefixes: tuple[str, ...]) -> Mo
         if not isinstance(root, Module):
             raise CheckpointError(f"{path}: the checkpoint holds {type(root).__name__}, not a module")
         for key in keys:
-            storage = unpickler.storages[key]
+            storage = unpickler.storages.get(key) if isinstance(key, str) else None
+            if storage is None:
+                raise CheckpointError(f"{path}: storage {key!r:.40} is listed but no tensor uses it")
             header = fh.read(8)
             if len(header) != 8:
                 raise CheckpointError(f"{path}: truncated before storage {key}")
