@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from faceflow.detect import create_detector
-from faceflow.errors import CheckpointError
+from faceflow.errors import CheckpointError, ConfigError
 from faceflow.eval.w300 import nme
-from faceflow.landmarks import LANDMARKER_POINTS, PFLD_POINTS, Landmarks68Stage
+from faceflow.landmarks import LANDMARKER_POINTS, PFLD_POINTS, Landmarks68Stage, MeshOptions, MeshStage
 from faceflow.models import derive
 from faceflow.models.pfld import ALLOWED, pfld_to_onnx
 from faceflow.models.registry import LANDMARKER_FILE, LANDMARKER_TASK_FILE, PFLD_FILE, PFLD_SRC
@@ -113,3 +113,16 @@ def test_68_points_are_near_dlibs(source: str, astronaut: np.ndarray) -> None:
     assert pts.shape == (68, 2) and pts.dtype == np.float32
     assert nme(pts, dlib) < 0.04
     assert nme(pts, dlib) < nme(mesh, dlib) + 0.01
+
+
+def test_mesh_stage_can_use_the_newer_landmarker(astronaut: np.ndarray) -> None:
+    """``--mesh-model face_landmarker`` fills the same 468-vertex mesh (same order) from the newer model:
+    it lands near the older model's mesh on a real face, and an unknown model is refused."""
+    face = create_detector("yunet").detect(astronaut)[0]
+    old, _ = MeshStage().predict(astronaut, face)
+    new, presence = MeshStage(MeshOptions(model="face_landmarker")).predict(astronaut, face)
+    assert new.shape == (468, 3) and presence > 0.9
+    eyes = float(np.linalg.norm(old[33, :2] - old[263, :2]))
+    assert np.linalg.norm(new[:, :2] - old[:, :2], axis=1).mean() < 0.05 * eyes
+    with pytest.raises(ConfigError, match="unknown mesh model"):
+        MeshStage(MeshOptions(model="face_mesh_v3"))

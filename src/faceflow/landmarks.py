@@ -77,6 +77,12 @@ LANDMARKER_INPUT = 256
 LANDMARKER_POINTS = 478
 """The newer landmarker's points: the 468 of the mesh (same order) and ten iris points."""
 
+MESH_MODELS: dict[str, tuple[int, int]] = {
+    "face_mesh": (MESH_INPUT, 468),
+    "face_landmarker": (LANDMARKER_INPUT, LANDMARKER_POINTS),
+}
+"""Each MediaPipe mesh model (registry name) and its crop side and point count."""
+
 PFLD_INPUT = 112
 PFLD_POINTS = 106
 PFLD_SCALE = 1.2
@@ -427,6 +433,9 @@ class MeshOptions:
 
     scale: float = option(1.5, "Side of the mesh model's crop, as a multiple of the face's size.")
     refine: int = option(1, "Passes re-centring the crop on the previous pass's mesh.")
+    model: str = option("face_mesh", "Mesh model: face_mesh (468 points, 192x192; what the quality model and "
+                                     "the mask were built on) or face_landmarker (MediaPipe's newer model; its "
+                                     "first 468 of 478 points, same order).", choices=tuple(MESH_MODELS))
 
 
 class MeshStage(Stage):
@@ -437,18 +446,26 @@ class MeshStage(Stage):
 
     def __init__(self, options: MeshOptions | None = None, runtime: Runtime | None = None) -> None:
         self.options = options or MeshOptions()
+        if self.options.model not in MESH_MODELS:
+            raise ConfigError(f"unknown mesh model {self.options.model!r}; choose one of: {', '.join(MESH_MODELS)}")
         self.runtime = runtime or default_runtime()
 
-    def predict(self, image: Image, face: Face, mirror: bool = False) -> tuple[FloatArray, float]:
-        """The mesh of ``face`` and the model's face-presence probability for its last crop. With
-        ``mirror`` the model reads mirrored crops: the mesh, in image pixels, is then the mirrored
-        face's (its vertex 33 on the subject's left eye)."""
-        model = self.runtime.tflite("face_mesh")
+    def points(self, image: Image, face: Face, mirror: bool = False) -> tuple[FloatArray, float]:
+        """All the model's points for ``face`` (468 or 478) and its face-presence probability for its
+        last crop. With ``mirror`` the model reads mirrored crops: the points, in image pixels, are then
+        the mirrored face's (vertex 33 on the subject's left eye)."""
+        model = self.runtime.tflite(self.options.model)
+        size, n = MESH_MODELS[self.options.model]
         scale = self.options.scale
-        mesh, score = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, scale, mirror))
+        pts, score = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, scale, mirror), size, n)
         for _ in range(self.options.refine):
-            mesh, score = mesh_in_roi(model, image, roi_from_mesh(mesh, scale, mirror))
-        return mesh, score
+            pts, score = mesh_in_roi(model, image, roi_from_mesh(pts, scale, mirror), size, n)
+        return pts, score
+
+    def predict(self, image: Image, face: Face, mirror: bool = False) -> tuple[FloatArray, float]:
+        """The mesh of ``face`` (its 468 points) and the face-presence probability, as :meth:`points`."""
+        pts, score = self.points(image, face, mirror)
+        return pts[:468], score
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         for face in faces:
@@ -489,6 +506,8 @@ class Landmarks68Stage(Stage):
                               f"choose one of: {', '.join(LANDMARK_SOURCES)}")
         self.runtime = runtime or default_runtime()
         self._mesh = MeshStage(MeshOptions(self.options.scale, self.options.refine), self.runtime)
+        self._landmarker = MeshStage(MeshOptions(self.options.scale, self.options.refine, "face_landmarker"),
+                                     self.runtime)
         self._source = LazyModel(self._resolve)
 
     def _predictor(self) -> Any:
@@ -542,18 +561,12 @@ class Landmarks68Stage(Stage):
         """The model's own points (mesh 468 x 3, landmarker 478 x 3, PFLD 106 x 2) for ``face``, from
         mirrored crops when ``mirror`` (then in the mirrored face's order)."""
         if source == "mesh":
-            return self._mesh.predict(image, face, mirror=mirror)[0]
-        refine, scale = self.options.refine, self.options.scale
+            return self._mesh.points(image, face, mirror=mirror)[0]
         if source == "landmarker":
-            model = self.runtime.tflite("face_landmarker")
-            size, n = LANDMARKER_INPUT, LANDMARKER_POINTS
-            pts, _ = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, scale, mirror), size, n)
-            for _ in range(refine):
-                pts, _ = mesh_in_roi(model, image, roi_from_mesh(pts, scale, mirror), size, n)
-            return pts
+            return self._landmarker.points(image, face, mirror=mirror)[0]
         session = self.runtime.onnx("pfld106")
         pts = pfld_in_roi(session, image, pfld_roi(face.box, mirror=mirror))
-        for _ in range(refine):
+        for _ in range(self.options.refine):
             pts = pfld_in_roi(session, image, roi_from_pfld(pts, mirror=mirror))
         return pts
 
