@@ -16,9 +16,9 @@ from faceflow.eval.w300 import nme
 from faceflow.landmarks import LANDMARKER_POINTS, PFLD_POINTS, Landmarks68Stage, MeshOptions, MeshStage
 from faceflow.models import derive
 from faceflow.models.pfld import ALLOWED, pfld_to_onnx
-from faceflow.models.registry import LANDMARKER_FILE, LANDMARKER_TASK_FILE, PFLD_FILE, PFLD_SRC
+from faceflow.models.registry import LANDMARKER_FILE, LANDMARKER_TASK_FILE, PFLD_FILE, PFLD_SRC, get
 from faceflow.models.runtime import default_runtime
-from faceflow.models.store import default_store
+from faceflow.models.store import ModelStore, default_store
 from faceflow.models.torch_reader import LEGACY_MAGIC, LEGACY_PROTOCOL, load_legacy_module, state_dict
 
 
@@ -103,7 +103,7 @@ def test_new_models_load_and_read_a_face(astronaut: np.ndarray) -> None:
 
 @pytest.mark.parametrize("source", ["landmarker", "pfld", "fused"])
 def test_68_points_are_near_dlibs(source: str, astronaut: np.ndarray) -> None:
-    """On a real face each permissive source lands within 4 % of the eye distance of dlib's points
+    """On a real face each permissive source lands within 3 % of the eye distance of dlib's points
     (their teacher); the packaged 468-point mesh regression is the yardstick it must not fall behind by
     more than a little."""
     face = create_detector("yunet").detect(astronaut)[0]
@@ -111,7 +111,7 @@ def test_68_points_are_near_dlibs(source: str, astronaut: np.ndarray) -> None:
     pts = Landmarks68Stage(source).predict(astronaut, face)
     mesh = Landmarks68Stage("mesh").predict(astronaut, face)
     assert pts.shape == (68, 2) and pts.dtype == np.float32
-    assert nme(pts, dlib) < 0.04
+    assert nme(pts, dlib) < 0.03
     assert nme(pts, dlib) < nme(mesh, dlib) + 0.01
 
 
@@ -126,3 +126,16 @@ def test_mesh_stage_can_use_the_newer_landmarker(astronaut: np.ndarray) -> None:
     assert np.linalg.norm(new[:, :2] - old[:, :2], axis=1).mean() < 0.05 * eyes
     with pytest.raises(ConfigError, match="unknown mesh model"):
         MeshStage(MeshOptions(model="face_mesh_v3"))
+
+
+def test_store_builds_both_files_at_pull_time(pfld_checkpoint: Path, tmp_path: Path) -> None:
+    """From their published sources alone (offline), the store derives the ONNX graph and the .tflite
+    and checks each against its registered sha256."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    for src in (pfld_checkpoint, default_store().fetch_file(LANDMARKER_TASK_FILE)):
+        (sources / src.name).symlink_to(src)
+    store = ModelStore(cache_dir=tmp_path / "cache", local_dirs=[sources], offline=True)
+    for name, file in (("pfld106", PFLD_FILE), ("face_landmarker", LANDMARKER_FILE)):
+        built = store.path(get(name))
+        assert built.parent == tmp_path / "cache" and _sha(built) == file.sha256
