@@ -69,6 +69,10 @@ class ChecksumMismatch(ModelUnavailable):
     """A model file was found or fetched but its sha256 is not the registered one."""
 
 
+class CheckpointError(ModelUnavailable):
+    """A model checkpoint could not be read safely (unknown format, a refused global, a short file)."""
+
+
 class StageError(FaceflowError):
     """A stage failed on one image in a way its own code did not foresee (a bug or a library's refusal):
     the message names the stage, so a batch records it against that image and goes on."""

