@@ -219,7 +219,7 @@ class Fitted:
     threshold: float
 
 
-TEXTURE_L2 = 10.0
+TEXTURE_L2 = 1.0
 """The texture model's L2 strength (on standardised features). Chosen by subject-disjoint out-of-fold
 ACER on NUAA and MSU training halves (``training/train_liveness_texture.py --select``), never on a
 cross-dataset test side."""

