@@ -179,7 +179,7 @@ def test_lbp_uniform_patterns() -> None:
 
 def test_frequency_features_see_fine_stripes() -> None:
     """A moire-like high-frequency grating puts energy in the high bands; a smooth ramp does not."""
-    yy, xx = np.mgrid[0:64, 0:64]
+    xx = np.mgrid[0:64, 0:64][1]
     ramp = (xx * 3).astype(np.uint8)
     stripes = (127 + 100 * np.sin(xx * 2.6)).astype(np.uint8)
     f_ramp, f_stripes = frequency_features(ramp), frequency_features(stripes)
@@ -233,7 +233,8 @@ def test_subject_folds_are_disjoint_and_cover() -> None:
 
 
 def _few(root: Path, n: int) -> list[tuple[Path, bool]]:
-    rows = list(csv.DictReader(open(root / "labels.csv")))
+    with open(root / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     live = [r for r in rows if r["label"] == "live"][:n]
     spoof = [r for r in rows if r["label"] == "spoof"][:n]
     return [(root / r["path"], r["label"] == "live") for r in live + spoof]

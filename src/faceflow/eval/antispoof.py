@@ -145,39 +145,16 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
     scores: dict[str, list[float]] = {n: [] for n in networks}
     seconds: dict[str, list[float]] = {n: [] for n in ("detect", "texture", *networks)}
     for s in track(samples, "antispoof", progress):
-        image = None
-
-        def get(name: str, compute: Callable[[], Any]) -> Any:
-            nonlocal image
-            hit, value, secs = caches[name].get(s.path) if use_cache else (False, None, 0.0)
-            if not hit:
-                import time
-
-                if image is None:
-                    image = load_image(s.path)
-                t0 = time.perf_counter()
-                value = compute()
-                secs = time.perf_counter() - t0
-                if use_cache:
-                    caches[name].put(s.path, value, secs)
-            seconds["detect" if name == "box" else name].append(secs)
-            return value
-
+        image = _LazyImage(s.path, load_image)
         try:
-            def find() -> Any:
-                assert image is not None
-                faces = detector.detect(image)
-                if faces:
-                    return np.asarray(max(faces, key=lambda f: f.width * f.height).box, np.float64)
-                h, w = image.shape[:2]
-                side = 0.5 * min(h, w)
-                return np.array([w / 2 - side / 2, h / 2 - side / 2, w / 2 + side / 2, h / 2 + side / 2])
-
-            box = np.asarray(get("box", find), np.float64)
+            box = np.asarray(_cached(caches["box"], s.path, use_cache, seconds["detect"], _largest_box,
+                                     detector, image), np.float64)
             boxes.append(box)
-            feats.append(np.asarray(get("texture", lambda: texture.features(image, [box])[0]), np.float64))
+            feats.append(np.asarray(_cached(caches["texture"], s.path, use_cache, seconds["texture"],
+                                            _features, texture, image, box), np.float64))
             for n in networks:
-                scores[n].append(float(np.asarray(get(n, lambda n=n: nets[n].scores(image, [box])))[0]))
+                value = _cached(caches[n], s.path, use_cache, seconds[n], _score, nets[n], image, box)
+                scores[n].append(float(np.asarray(value).reshape(-1)[0]))
         except FaceflowError as exc:  # a broken image stops the protocol: the figures need every image
             errors.append(f"{s.path}: {exc}")
     if errors:
@@ -185,6 +162,53 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
     return {"box": np.asarray(boxes), "features": np.asarray(feats),
             "scores": {n: np.asarray(v) for n, v in scores.items()},
             "ms": {n: float(1000 * np.median(v)) for n, v in seconds.items() if v}}
+
+
+class _LazyImage:
+    """An image decoded on first use only (a fully cached sample is never read)."""
+
+    def __init__(self, path: Path, load: Callable[[Path], Any]) -> None:
+        self.path, self._load, self._image = path, load, None
+
+    def get(self) -> Any:
+        if self._image is None:
+            self._image = self._load(self.path)
+        return self._image
+
+
+def _cached(cache: ResultCache, path: Path, use_cache: bool, times: list[float], fn: Callable[..., Any],
+            *args: Any) -> Any:
+    """``fn(*args)`` through ``cache`` (keyed by the image file), its seconds appended to ``times``."""
+    import time
+
+    hit, value, secs = cache.get(path) if use_cache else (False, None, 0.0)
+    if not hit:
+        t0 = time.perf_counter()
+        value = fn(*args)
+        secs = time.perf_counter() - t0
+        if use_cache:
+            cache.put(path, value, secs)
+    times.append(secs)
+    return value
+
+
+def _largest_box(detector: Any, image: _LazyImage) -> F64:
+    """:data:`BOX_RULE`: the largest detection, else a centre square of half the shorter side."""
+    img = image.get()
+    faces = detector.detect(img)
+    if faces:
+        return np.asarray(max(faces, key=lambda f: f.width * f.height).box, np.float64)
+    h, w = img.shape[:2]
+    side = 0.5 * min(h, w)
+    return np.array([w / 2 - side / 2, h / 2 - side / 2, w / 2 + side / 2, h / 2 + side / 2])
+
+
+def _features(texture: Any, image: _LazyImage, box: F64) -> F64:
+    return np.asarray(texture.features(image.get(), [box])[0], np.float64)
+
+
+def _score(model: LivenessModel, image: _LazyImage, box: F64) -> F64:
+    return model.scores(image.get(), [box])
 
 
 # -- fitting on a training side ------------------------------------------------------------------------
@@ -287,7 +311,8 @@ def eer(scores: F64, live: npt.NDArray[np.bool_]) -> float:
     return float(((scores[~live] >= t).mean() + (scores[live] < t).mean()) / 2)
 
 
-def metrics(scores: F64, live: npt.NDArray[np.bool_], attacks: Sequence[str], threshold: float) -> dict[str, float]:
+def metrics(scores: F64, live: npt.NDArray[np.bool_], attacks: Sequence[str] | npt.NDArray[Any],
+            threshold: float) -> dict[str, float]:
     """APCER (worst attack type), BPCER, ACER, HTER at ``threshold``, plus AUC, BPCER@APCER=5 %, EER."""
     accepted = scores >= threshold
     att = np.asarray(attacks)
@@ -373,7 +398,7 @@ def run_intra(samples: Sequence[Sample], data: dict[str, Any], networks: Sequenc
         parts.append(Split(test, fit_candidates(data, ~test, test, live, subjects, networks)))
     result = summarise(parts, live, attacks, subjects, seed=seed)
     return {"protocol": "intra", "source": samples[0].source, "splits": splits,
-            "images": int(len(samples)), "test_images_per_split": int(np.mean([p.test.sum() for p in parts])),
+            "images": len(samples), "test_images_per_split": int(np.mean([p.test.sum() for p in parts])),
             "subjects": len(uniq), "candidates": result, "_splits": parts, "_live": live}
 
 

@@ -69,7 +69,7 @@ def lbp_codes(channel: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
 def lbp_histogram(channel: npt.NDArray[np.uint8]) -> F64:
     """Normalised 59-bin uniform-LBP histogram of one channel."""
     hist = np.bincount(_UNIFORM[lbp_codes(channel)].ravel(), minlength=59).astype(np.float64)
-    return hist / max(hist.sum(), 1.0)
+    return np.asarray(hist / max(float(hist.sum()), 1.0), np.float64)
 
 
 def frequency_features(grey: npt.NDArray[np.uint8]) -> F64:
@@ -97,7 +97,7 @@ def crop_features(crop: Image) -> F64:
     hsv = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV)
     ycc = cv2.cvtColor(crop, cv2.COLOR_RGB2YCrCb)
     hists = [np.sqrt(lbp_histogram(np.ascontiguousarray(space[..., k]))) for space in (hsv, ycc) for k in range(3)]
-    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    grey = np.asarray(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), np.uint8)
     moments = []
     for chan in (hsv[..., 1], ycc[..., 1], ycc[..., 2]):
         moments += [float(chan.mean()) / 255.0, float(chan.std()) / 255.0]

@@ -50,8 +50,9 @@ def eye_aspect_ratio(mesh: npt.ArrayLike) -> float:
     m = np.asarray(mesh, np.float64)[:, :2]
     out = []
     for p1, p2, p3, p4, p5, p6 in (_LEFT_EYE, _RIGHT_EYE):
-        width = np.linalg.norm(m[p1] - m[p4])
-        out.append((np.linalg.norm(m[p2] - m[p6]) + np.linalg.norm(m[p3] - m[p5])) / (2 * max(width, 1e-6)))
+        width = float(np.linalg.norm(m[p1] - m[p4]))
+        height = float(np.linalg.norm(m[p2] - m[p6]) + np.linalg.norm(m[p3] - m[p5]))
+        out.append(height / (2 * max(width, 1e-6)))
     return float(np.mean(out))
 
 
@@ -186,8 +187,8 @@ def replayed_photo(image: Image, *, frames: int = 40, size: tuple[int, int] = (6
         angle = 4 * np.sin(2 * phase)
         cx = w / 2 + 0.08 * w * np.sin(phase)
         cy = h / 2 + 0.05 * h * np.cos(phase)
-        m = cv2.getRotationMatrix2D((src_w / 2, src_h / 2), angle, scale)
-        m[:, 2] += (cx - src_w / 2, cy - src_h / 2)
+        m = np.asarray(cv2.getRotationMatrix2D((src_w / 2, src_h / 2), angle, scale), np.float64)
+        m[:, 2] += np.array([cx - src_w / 2, cy - src_h / 2])
         frame = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=(90, 90, 90))
         gain = 1 + 0.25 * np.sin(phase + 1.0)
         cast = np.array([1 + 0.05 * np.sin(phase), 1.0, 1 - 0.05 * np.sin(phase)])

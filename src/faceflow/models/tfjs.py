@@ -343,14 +343,14 @@ def to_onnx(graph: TfjsGraph, *, outputs: Sequence[str] | None = None, opset: in
 
     graph_outputs = []
     probe = run_reference(graph, np.zeros((1, *graph.input_shape[1:])))  # output shapes, batch of one
-    for i, name in enumerate(wanted):
-        final = f"output_{i}" if len(wanted) > 1 else "output"
+    for k, name in enumerate(wanted):
+        final = f"output_{k}" if len(wanted) > 1 else "output"
         nodes.append(helper.make_node("Identity", [as_plain(name)], [final]))
-        dims: list[int | str] = ["batch", *probe[name].shape[1:]]
+        dims: list[int | str] = ["batch", *(int(d) for d in probe[name].shape[1:])]
         graph_outputs.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, dims))
-    shape: list[int | str] = ["batch", *graph.input_shape[1:]]
+    in_dims: list[int | str] = ["batch", *graph.input_shape[1:]]
     model = helper.make_model(
-        helper.make_graph(nodes, "tfjs", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        helper.make_graph(nodes, "tfjs", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_dims)],
                           graph_outputs, inits),
         opset_imports=[helper.make_opsetid("", opset)], producer_name="faceflow.models.tfjs",
     )
