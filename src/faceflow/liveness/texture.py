@@ -183,7 +183,8 @@ def equal_error_threshold(scores: npt.ArrayLike, live: npt.ArrayLike) -> float:
     y = np.asarray(live, bool)
     cand = np.unique(s)
     mids = np.concatenate([[cand[0] - 1e-6], (cand[1:] + cand[:-1]) / 2, [cand[-1] + 1e-6]])
-    apcer = np.array([(s[~y] >= t).mean() for t in mids])
-    bpcer = np.array([(s[y] < t).mean() for t in mids])
+    neg, pos = np.sort(s[~y]), np.sort(s[y])
+    apcer = 1.0 - np.searchsorted(neg, mids, "left") / max(len(neg), 1)  # attacks at or above each threshold
+    bpcer = np.searchsorted(pos, mids, "left") / max(len(pos), 1)  # live faces below it
     gap = np.abs(apcer - bpcer) + 1e-9 * (apcer + bpcer)
     return float(mids[int(np.argmin(gap))])
