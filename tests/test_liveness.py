@@ -357,3 +357,23 @@ def test_eval_antispoof_intra_texture_only(dataset) -> None:  # type: ignore[no-
         assert not test_people & train_people and len(test_people) == 17
     with pytest.raises(Exception, match="no source"):
         eval_antispoof(dataset("antispoof"), intra=("casia",), networks=(), progress=False)
+
+
+def test_store_converts_the_tfjs_graph_at_pull_time(tmp_path: Path) -> None:
+    """With only Human's JSON and weight shard at hand (offline), the store derives the ONNX file from
+    them and checks it against the registered sha256."""
+    from faceflow.models.registry import MODELS
+    from faceflow.models.runtime import model_path
+    from faceflow.models.store import ModelStore, sha256_file
+
+    spec = MODELS["human_liveness"]
+    derived = spec.files[0].derived
+    assert derived is not None
+    have = model_path("human_liveness").parent  # the default store has (or fetches) the sources
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in (derived.source, *derived.inputs):
+        (src / f.name).symlink_to(have / f.name)
+    store = ModelStore(cache_dir=tmp_path / "cache", local_dirs=[src], offline=True)
+    out = store.path(spec)
+    assert out.parent == tmp_path / "cache" and sha256_file(out) == spec.files[0].sha256
