@@ -24,7 +24,7 @@ from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 
-from faceflow import gallery_cli, liveness_cli
+from faceflow import gallery_cli, liveness_cli, serve_cli
 from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
 from faceflow.cli_base import fail_usage as _fail_usage
 from faceflow.cli_base import progress as _progress
@@ -833,6 +833,8 @@ for _command in (gallery_cli.enroll, gallery_cli.identify, gallery_cli.cluster):
     app.command()(_command)
 eval_app.command("identification")(gallery_cli.eval_identification)
 eval_app.command("clustering")(gallery_cli.eval_clustering)
+app.command()(serve_cli.serve)  # the REST service and its keys: faceflow.serve_cli
+app.add_typer(serve_cli.keys_app, name="keys")
 app.command()(liveness_cli.liveness)
 eval_app.command("antispoof")(liveness_cli.eval_antispoof)
 

@@ -26,6 +26,10 @@ class ImageError(InputError):
     """An input could not be decoded into an image (corrupt, truncated, empty, too large, not an image)."""
 
 
+class ImageTooLarge(ImageError):
+    """An image whose header declares more pixels than the limit: refused before any pixel is decoded."""
+
+
 class NoFaceFound(FaceflowError):
     """An image that had to show a face shows none (verification, enrolment)."""
 

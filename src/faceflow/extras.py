@@ -1,7 +1,8 @@
 """Optional parts of faceflow and the pip extras that install them.
 
 ``pip install 'faceflow[postgres]'`` (psycopg: PostgreSQL galleries), ``[ann]`` (usearch: the HNSW
-index of big SQLite galleries), ``[plots]`` (matplotlib: evaluation plots), ``[all]`` for all three.
+index of big SQLite galleries), ``[plots]`` (matplotlib: evaluation plots), ``[serve]`` (FastAPI, uvicorn:
+``faceflow serve``), ``[all]`` for all of them.
 Code that needs one imports it through :func:`require`, late, so that ``import faceflow`` and
 ``faceflow --help`` never load them, and a missing one is a clear :class:`~faceflow.errors.MissingExtra`.
 """
@@ -17,6 +18,11 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "psycopg": ("postgres", "psycopg"),
     "usearch": ("ann", "usearch"),
     "matplotlib": ("plots", "matplotlib"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "pydantic_settings": ("serve", "pydantic-settings"),
+    "prometheus_client": ("serve", "prometheus-client"),
+    "python_multipart": ("serve", "python-multipart"),
 }
 """Top-level package -> (pip extra, what to call it in the message)."""
 
