@@ -377,3 +377,27 @@ def test_store_converts_the_tfjs_graph_at_pull_time(tmp_path: Path) -> None:
     store = ModelStore(cache_dir=tmp_path / "cache", local_dirs=[src], offline=True)
     out = store.path(spec)
     assert out.parent == tmp_path / "cache" and sha256_file(out) == spec.files[0].sha256
+
+
+def test_service_returns_liveness_when_asked(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """POST /v1/analyze?stages=detect,liveness answers each face's liveness; without it, none."""
+    pytest.importorskip("fastapi")
+    from faceflow.service.keys import KeyStore
+    from tests.service_server import start_server
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with KeyStore(home / "keys.db") as store:
+        key = store.create("reader", "read")[0]
+    photo = dataset("antispoof", "msu_mfsd", "live", "real_client001_android_SD_scene01.jpg").read_bytes()
+    server = start_server(home, threads=1)
+    try:
+        with server.client(key) as c:
+            asked = c.post("/v1/analyze", content=photo, params={"stages": "detect,liveness"})
+            plain = c.post("/v1/analyze", content=photo, params={"stages": "detect"})
+    finally:
+        server.stop()
+    assert asked.status_code == 200, asked.text
+    (face,) = asked.json()["faces"]
+    assert face["liveness"]["decision"] == "live" and face["liveness"]["model"] == "texture"
+    assert "liveness" not in plain.json()["faces"][0]
