@@ -34,14 +34,15 @@ def liveness(
     from faceflow.liveness import LivenessOptions, LivenessStage
     from faceflow.liveness.video import file_liveness
     from faceflow.models.runtime import Runtime
-    from faceflow.video import is_video
+    from faceflow.video import is_video, iter_video_files
 
     if model not in names():
         raise fail_usage(f"unknown --model {model!r}; choose from: {', '.join(names())}")
     if fps <= 0:
         raise fail_usage("--fps must be positive")
     options = LivenessOptions(model=model, threshold=threshold)
-    files = iter_image_files([str(p) for p in paths], unreadable=True)
+    images = [f for f in iter_image_files([str(p) for p in paths], unreadable=True) if not is_video(f)]
+    files = images + iter_video_files(paths)
     if not files:
         raise fail_usage("no photos or videos found")
     out = Console()
