@@ -33,6 +33,8 @@ from faceflow.types import Image
 F64 = npt.NDArray[np.float64]
 
 CROP_SCALE = 1.0
+LBP_DIMS = 6 * 59
+"""The leading features are the six LBP histograms; the rest are spectral, colour and sharpness cues."""
 CROP_SIZE = 128
 FREQ_BANDS = 16
 
