@@ -61,6 +61,16 @@ class LowQuality(FaceflowError):
         super().__init__(f"{source}: {text}" if source else text)
 
 
+class PresentationAttack(FaceflowError):
+    """A face the liveness stage judged a presentation attack (photo, screen) where a live one is required."""
+
+    def __init__(self, score: float, threshold: float, model: str, source: str | None = None) -> None:
+        self.score = score
+        self.threshold = threshold
+        text = f"face looks like a presentation attack (liveness {score:.2f} < {threshold:.2f}, {model})"
+        super().__init__(f"{source}: {text}" if source else text)
+
+
 class ModelUnavailable(FaceflowError):
     """A model file is not in any local source and could not be fetched."""
 

@@ -180,6 +180,8 @@ def enroll(
     min_quality: Annotated[float | None, typer.Option(
         help="Refuse faces whose unified quality score (0-100, see `faceflow quality`) is lower, naming "
              "the weakest components.")] = None,
+    live_only: Annotated[bool, typer.Option("--live-only", help="Refuse faces the liveness stage judges a "
+                                            "photo or screen (see `faceflow liveness`).")] = False,
     store: Store = None,
 ) -> None:
     """Enrol the face of each photo as NAME (or as its folder's name with '-').
@@ -196,12 +198,12 @@ def enroll(
     files = _photos(paths)
     with open_gallery_store(store) as s:
         g = create_gallery(s, gallery, exist_ok=True)  # safe when another enroll creates it meanwhile
-        analyzer = analyzer_for(g, quality=min_quality is not None)
+        analyzer = analyzer_for(g, quality=min_quality is not None, liveness=live_only)
         items = [(f.parent.name if name == "-" else name, f) for f in files]
         with progress() as bar:
             task = bar.add_task("enrolling", total=len(items))
             report = do_enroll(s, gallery, items, analyzer, largest=largest, batch=batch,
-                               tick=lambda: bar.advance(task), min_quality=min_quality)
+                               tick=lambda: bar.advance(task), min_quality=min_quality, live_only=live_only)
     for item in report.failed:
         _failed(item.reason if item.reason.startswith(item.path) else f"{item.path}: {item.reason}")
     for item in report.notes:

@@ -26,6 +26,7 @@ from faceflow.errors import (
     ModelMismatch,
     MultipleFaces,
     NoFaceFound,
+    PresentationAttack,
 )
 from faceflow.gallery.search import Aggregate, Identification, Searcher
 from faceflow.gallery.store import GalleryFace, GalleryInfo, GalleryStore, check_name, model_name
@@ -46,14 +47,14 @@ held out; the FNIR is read at the threshold that gives FPIR 1 % on LFW's own non
 
 
 def make_analyzer(embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None, detector: str = "yunet",
-                  quality: bool = False, **options: Any) -> Any:
+                  quality: bool = False, liveness: bool = False, **options: Any) -> Any:
     """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``
-    (and assesses their quality with ``quality``); ``options`` go to the Analyzer as they are
-    (``runtime=`` to share another's loaded models, ``max_pixels=``)."""
+    (and assesses their quality with ``quality``, their liveness with ``liveness``); ``options`` go to
+    the Analyzer as they are (``runtime=`` to share another's loaded models, ``max_pixels=``)."""
     from faceflow.pipeline import Analyzer
 
     cls = embedder_class(embedder)
-    stages = ("detect", "embed", "quality") if quality else ("detect", "embed")
+    stages = ("detect", "embed", *(("quality",) if quality else ()), *(("liveness",) if liveness else ()))
     return Analyzer(stages=stages, detector=detector, embedders=(embedder,),
                     flip=cls.default_flip if flip is None else flip, **options)
 
@@ -70,7 +71,8 @@ def create_gallery(store: GalleryStore, name: str, embedder: str = DEFAULT_GALLE
                                 metadata={"embedder": embedder, "flip": identity.flip}, exist_ok=exist_ok)
 
 
-def analyzer_for(gallery: GalleryInfo, detector: str = "yunet", *, quality: bool = False, **options: Any) -> Any:
+def analyzer_for(gallery: GalleryInfo, detector: str = "yunet", *, quality: bool = False,
+                 liveness: bool = False, **options: Any) -> Any:
     """The analyzer whose embeddings match the gallery's model; :class:`ModelMismatch` if there is none."""
     meta = gallery.metadata
     embedder = str(meta.get("embedder", model_name(gallery.model)))
@@ -83,7 +85,7 @@ def analyzer_for(gallery: GalleryInfo, detector: str = "yunet", *, quality: bool
         can = f"it makes {made}" if made else f"it has no {embedder!r} model"
         raise ModelMismatch(f"gallery {gallery.name!r} holds {gallery.model} embeddings, which this faceflow "
                             f"cannot make ({can}): re-embed it (faceflow gallery reembed)")
-    return make_analyzer(embedder, flip=flip, detector=detector, quality=quality, **options)
+    return make_analyzer(embedder, flip=flip, detector=detector, quality=quality, liveness=liveness, **options)
 
 
 def _embedding(face: Face, gallery: GalleryInfo) -> npt.NDArray[Any]:
@@ -124,13 +126,16 @@ class EnrolReport:
     """Photos enrolled with a remark (e.g. the largest of several faces, as asked)."""
 
 
-def enrol_face(result: ImageResult, *, largest: bool = False, min_quality: float | None = None) -> Face:
+def enrol_face(result: ImageResult, *, largest: bool = False, min_quality: float | None = None,
+               live_only: bool = False) -> Face:
     """The one face of an analysed photo to enrol.
 
     A photo with several faces is refused (:class:`MultipleFaces`) unless ``largest`` asks for the
     largest one: enrolling a face nobody chose would file a bystander under the subject's name. With
     ``min_quality`` (a unified quality score, 0-100; the analyser must run the ``quality`` stage) a
-    face scoring lower is refused (:class:`LowQuality`, naming its weakest components).
+    face scoring lower is refused (:class:`LowQuality`, naming its weakest components). With
+    ``live_only`` (the analyser must run the ``liveness`` stage) a face judged a presentation attack is
+    refused (:class:`PresentationAttack`, with its score and threshold).
     """
     if result.error:
         raise FaceflowError(result.error)
@@ -146,6 +151,11 @@ def enrol_face(result: ImageResult, *, largest: bool = False, min_quality: float
         if q.unified < min_quality:
             weakest = ", ".join(f"{n} {q.components[n].score:.0f}" for n in q.failing(50.0)[:3])
             raise LowQuality(q.unified, min_quality, result.path, weakest)
+    if live_only:
+        if face.liveness is None:
+            raise ConfigError("refusing spoofs needs the liveness stage in the analyser")
+        if not face.liveness.live:
+            raise PresentationAttack(face.liveness.score, face.liveness.threshold, face.liveness.model, result.path)
     return face
 
 
@@ -171,6 +181,7 @@ def enroll(
     batch: int = 64,
     tick: Tick | None = None,
     min_quality: float | None = None,
+    live_only: bool = False,
 ) -> EnrolReport:
     """Enrol the face of each ``(subject name, photo)`` (a path or a :class:`Photo`); one transaction
     per ``batch`` photos.
@@ -199,7 +210,7 @@ def enroll(
                 result, _ = analyzer.analyze_source(item.data, label)
             else:
                 result, _ = analyzer.analyze_file(item)
-            face = enrol_face(result, largest=largest, min_quality=min_quality)
+            face = enrol_face(result, largest=largest, min_quality=min_quality, live_only=live_only)
         except FaceflowError as exc:
             report.failed.append(ItemFailure(label, str(exc)))
         else:
