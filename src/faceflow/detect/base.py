@@ -18,6 +18,7 @@ from faceflow.types import Face, FloatArray, Image
 DETECTORS: dict[str, str] = {
     "yunet": "faceflow.detect.yunet:YuNetDetector",
     "centerface": "faceflow.detect.centerface:CenterFaceDetector",
+    "retinaface": "faceflow.detect.retinaface:RetinaFaceDetector",
     "blazeface_short": "faceflow.detect.blazeface:BlazeFaceShortDetector",
     "blazeface_full": "faceflow.detect.blazeface:BlazeFaceFullDetector",
     "dlib_hog": "faceflow.detect.dlib_hog:DlibHogDetector",

@@ -54,6 +54,13 @@ class WiderImage:
         return np.hstack([self.boxes[:, :2], self.boxes[:, :2] + self.boxes[:, 2:]])
 
 
+def event_parity(key: str) -> int:
+    """0 for an image of an even-numbered event (``"12--Group/..."``), 1 for an odd one: the split into
+    two halves by event that any choice made by looking at WIDER figures is made on (one half chosen
+    on, the other reported)."""
+    return int(key.split("--", 1)[0]) % 2
+
+
 def _cells(arr: npt.NDArray[Any]) -> list[Any]:
     """The cells of a MATLAB ``(n, 1)`` cell array."""
     return [c[0] for c in arr]

