@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +114,18 @@ def run_looks(images: list[WiderImage], cache_dir: Path) -> Cache:
     return out
 
 
+_MEMBER_MEMO: dict[tuple[str, str], tuple[RawDetections, float]] = {}
+
+
 def member_raw(cache: Cache, m: MemberDef, key: str) -> tuple[RawDetections, float]:
-    """A member's faces on one image and the time of its looks."""
+    """A member's faces on one image and the time of its looks (computed once)."""
+    memo = _MEMBER_MEMO.get((m.name, key))
+    if memo is None:
+        memo = _MEMBER_MEMO[(m.name, key)] = _member_raw(cache, m, key)
+    return memo
+
+
+def _member_raw(cache: Cache, m: MemberDef, key: str) -> tuple[RawDetections, float]:
     parts = []
     ms = 0.0
     for j, name in enumerate(m.looks):
@@ -124,7 +135,8 @@ def member_raw(cache: Cache, m: MemberDef, key: str) -> tuple[RawDetections, flo
         if j > 0 and LOOKS[name].scale > 1:  # an enlarged look adds only the small faces
             wh = raw.boxes[:, 2:] - raw.boxes[:, :2]
             keep = np.nonzero(wh.min(axis=1) < m.below)[0]
-            raw = RawDetections(raw.boxes[keep], raw.scores[keep], None if raw.landmarks5 is None else raw.landmarks5[keep])
+            lms = None if raw.landmarks5 is None else raw.landmarks5[keep]
+            raw = RawDetections(raw.boxes[keep], raw.scores[keep], lms)
         parts.append(raw)
     if len(parts) == 1:
         return parts[0], ms
@@ -188,6 +200,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache/faceflow/eval-cache/select_accurate")
     ap.add_argument("--budget", type=float, default=1.6, help="times the plain CenterFace look's median ms")
     ap.add_argument("--max-members", type=int, default=5)
+    ap.add_argument("--fusion-iou", type=float, nargs="+", default=[0.4])
+    ap.add_argument("--choose-on", choices=("even", "odd", "both"), default="both")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     images = load_wider(args.root)
@@ -200,11 +214,11 @@ def main() -> None:
                for name in LOOKS if LOOKS[name].scale <= 1}
     result: dict[str, Any] = {"images": len(images), "centerface_ms": cf_ms, "budget_ms": budget,
                               "singles_all_images": singles, "directions": []}
-    for choose_on in (0, 1):
+    for choose_on in {"even": (0,), "odd": (1,), "both": (0, 1)}[args.choose_on]:
         choose = [im for im in images if event_parity(im.key) == choose_on]
         report = [im for im in images if event_parity(im.key) != choose_on]
         print(f"choose on {'even' if choose_on == 0 else 'odd'} events ({len(choose)} images)")
-        sel = select(cache, choose, budget, (0.4, 0.55), args.max_members)
+        sel = select(cache, choose, budget, tuple(args.fusion_iou), args.max_members)
         members = sel.pop("chosen_members")
         fiou = sel["chosen"]["fusion_iou"]
         reported = score_config(cache, members, report, fiou)
@@ -215,6 +229,7 @@ def main() -> None:
         print(f"  reported on the other half: {reported}")
     result["mean_reported"] = {s: float(np.mean([d["reported"][s] for d in result["directions"]]))
                                for s in (*SETTINGS, "median_ms")}
+    result["command"] = " ".join(["python training/select_accurate.py", *sys.argv[1:]])
     print("mean of the two reported halves:", result["mean_reported"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

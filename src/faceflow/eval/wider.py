@@ -201,5 +201,16 @@ def run_wider(
         seconds.append(secs)
         preds[im.key] = value if value is not None else np.zeros((0, 5))
     result = evaluate_wider(preds, gt)
-    result.update(median_ms=median_ms(seconds), images=len(gt), errors=errors)
+    result.update(median_ms=median_ms(seconds), images=len(gt), errors=errors, **half_aps(preds, gt))
     return result
+
+
+def half_aps(preds: Mapping[str, npt.ArrayLike], gt: Sequence[WiderImage]) -> dict[str, float]:
+    """AP per setting on each half of the events (see :func:`event_parity`), as ``even_easy``,
+    ``odd_hard`` and so on: the figures that a choice made on one half is reported on."""
+    out = {}
+    for parity, half in enumerate(("even", "odd")):
+        part = [im for im in gt if event_parity(im.key) == parity]
+        ev = evaluate_wider(preds, part)
+        out.update({f"{half}_{s}": float(ev[s]) for s in SETTINGS})
+    return out
