@@ -140,7 +140,8 @@ def onnx_from_python_literal(src: Path, dest: Path) -> None:
 
     tree = ast.parse(src.read_text(encoding="utf-8"), filename=str(src))
     for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, bytes):
-            dest.write_bytes(ast.literal_eval(node.value))
+        value = node.value if isinstance(node, ast.Assign) else None
+        if isinstance(value, ast.Constant) and isinstance(value.value, bytes):
+            dest.write_bytes(ast.literal_eval(value))
             return
     raise ValueError(f"{src.name}: no module-level bytes literal to read a graph from")
