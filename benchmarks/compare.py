@@ -50,6 +50,7 @@ CONFIGS: dict[str, list[tuple[str, Runner]]] = {
         ("faceflow accurate", lambda r, c: tasks.eval_wider(r, detector="accurate", use_cache=c)),
         ("faceflow fast", lambda r, c: tasks.eval_wider(r, detector="fast", use_cache=c)),
         ("faceflow centerface", lambda r, c: tasks.eval_wider(r, detector="centerface", use_cache=c)),
+        ("faceflow retinaface", lambda r, c: tasks.eval_wider(r, detector="retinaface", use_cache=c)),
     ],
     "300w": [
         ("faceflow yunet+mesh (default)", lambda r, c: tasks.eval_300w(r, landmarks="mesh", use_cache=c)),
