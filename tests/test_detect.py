@@ -23,7 +23,7 @@ from tests.conftest import ASTRONAUT_FACE_BOX
 from tests.synthetic import Box, FaceSpec, compose, tight_crop
 
 ALL = tuple(DETECTORS)
-WITH_POINTS = ("yunet", "centerface", "retinaface", "accurate", "fast")
+WITH_POINTS = ("yunet", "centerface", "retinaface", "accurate", "thorough", "fast")
 """The detectors that give five points; the others leave ``landmarks5`` as ``None``."""
 
 

@@ -24,6 +24,7 @@ DETECTORS: dict[str, str] = {
     "dlib_hog": "faceflow.detect.dlib_hog:DlibHogDetector",
     "haar": "faceflow.detect.haar:HaarDetector",
     "accurate": "faceflow.detect.ensemble:AccurateDetector",
+    "thorough": "faceflow.detect.ensemble:ThoroughDetector",
     "fast": "faceflow.detect.yunet_ort:FastDetector",
 }
 """Detector names (for ``--detector``) and the class implementing each, imported on first use."""
@@ -36,7 +37,8 @@ class DetectorOptions:
     """Settings of the detect stage (MediaPipe Tasks style: one options object); every detector
     understands all of them, and ignores ``detector``, which the stage uses to pick the class."""
 
-    detector: str = option(DEFAULT_DETECTOR, "Face detector, or a mode: accurate (ensemble), fast.",
+    detector: str = option(DEFAULT_DETECTOR,
+                           "Face detector, or a mode: accurate (ensemble), thorough (larger ensemble), fast.",
                            flag="detector", choices=tuple(DETECTORS))
     score_threshold: float | None = option(
         None, "Keep detections scoring at least this (default: the detector's own).", flag="threshold")
