@@ -57,7 +57,8 @@ def test_reidentification_counts_matches_at_the_threshold() -> None:
 
 
 # -- the published figures (slow: run with -m slow) ---------------------------------------------------
-# Measured 2026-12-07 (re-measured after the array-form weighted box fusion) with `faceflow eval anonymize --root WIDER --half report` and `--reid --root LFW`
+# Measured 2026-12-07 (WIDER re-measured after the array-form weighted box fusion) with
+# `faceflow eval anonymize --root WIDER --half report` and `--reid --root LFW`
 # (2 shared cores); tolerances are about one face's worth of each figure.
 
 
