@@ -12,7 +12,7 @@
 * Video: every sample clip, and the Hamilton clip upscaled to 1280x720 with the ffmpeg binary
   (scale filter, libx264 crf 18, audio copied): faceflow's video defaults (``Anonymizer(video=True)
   .anonymize_video``) and the ``deface`` command (defaults, ``--keep-audio``), each timed as frames
-  per second of the whole file (decode, detect, cover, encode). Check: the ``accurate`` detector (score
+  per second of the whole file (decode, detect, cover, encode). Check: the ``thorough`` detector (score
   >= 0.5) on every ``--check-every``-th frame of the original and of each output; a face found in the
   output at IoU >= 0.3 with one found in the original counts as a face left behind. faceflow's frames
   also report tracked faces left uncovered (a detected face with a track id whose box is not >= 99 %
@@ -105,7 +105,7 @@ def video(out: Path, every: int) -> dict:
     from faceflow.detect import DetectorOptions, create_detector
     from faceflow.video import probe
 
-    det = create_detector("accurate", DetectorOptions(score_threshold=0.5))
+    det = create_detector("thorough", DetectorOptions(score_threshold=0.5))
     clips = sorted((DATA / "samples" / "videos").glob("*.mp4"))
     tmp = Path(tempfile.mkdtemp())
     big = tmp / "short_hamilton_clip_1280x720.mp4"

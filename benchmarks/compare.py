@@ -50,6 +50,7 @@ CONFIGS: dict[str, list[tuple[str, Runner]]] = {
         ("faceflow accurate", lambda r, c: tasks.eval_wider(r, detector="accurate", use_cache=c)),
         ("faceflow fast", lambda r, c: tasks.eval_wider(r, detector="fast", use_cache=c)),
         ("faceflow centerface", lambda r, c: tasks.eval_wider(r, detector="centerface", use_cache=c)),
+        ("faceflow retinaface", lambda r, c: tasks.eval_wider(r, detector="retinaface", use_cache=c)),
     ],
     "300w": [
         ("faceflow yunet+fused (default)", lambda r, c: tasks.eval_300w(r, landmarks="fused", use_cache=c)),
@@ -79,7 +80,9 @@ COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
             ("TAR@FAR=1e-3 %", "tar_at_far_1e-3", "TAR@FAR=1e-3 %", 100), ("AUC", "roc_auc", "AUC", 1),
             ("no face", "detection_failures", "no face", 1), ("img/s", "images_per_second", "img/s", 1)],
     "wider": [("AP easy", "easy", "AP easy", 1), ("AP medium", "medium", "AP medium", 1),
-              ("AP hard", "hard", "AP hard", 1), ("median ms", "median_ms", "median ms", 1)],
+              ("AP hard", "hard", "AP hard", 1),
+              *((f"{h} {s}", f"{h}_{s}", f"{h}_{s}", 1) for h in ("even", "odd") for s in ("easy", "medium", "hard")),
+              ("median ms", "median_ms", "median ms", 1)],
     "300w": [("NME mean %", "nme_mean", "NME mean %", 100), ("NME median %", "nme_median", "NME median %", 100),
              ("failure @0.1 %", "failure_rate", "failure @0.1 %", 100), ("AUC@0.1", "auc_0.1", "AUC@0.1", 1),
              ("missed", "missed", "no face", 1), ("median ms", "median_ms", "median ms", 1)],

@@ -121,7 +121,7 @@ def test_the_astronaut_is_covered_and_no_detector_finds_her_face_after(
     assert len(result.regions) >= 1
     cov = coverage_mask(astronaut.shape[:2], result.regions, "ellipse", 0.25)
     assert box_coverage([ASTRONAUT_FACE_BOX], cov)[0] > 0.99
-    for name in ("accurate", "yunet", "centerface"):
+    for name in ("thorough", "yunet", "centerface"):
         found = create_detector(name, DetectorOptions(score_threshold=0.5)).detect(result.image)
         near = [f for f in found if box_coverage([f.box], cov)[0] > 0.5]
         assert near == [], name
@@ -136,8 +136,8 @@ def test_every_method_covers_the_two_people(dataset, method: str) -> None:  # ty
     assert len([r for r in result.regions if r.score >= 0.5]) == 2
     assert all(r.score >= a.threshold for r in result.regions)
     assert all(r.score < a.threshold for r in result.near_misses)
-    # the criterion: the accurate detector finds no face where the original has one
-    found = create_detector("accurate", DetectorOptions(score_threshold=0.5)).detect(result.image)
+    # the criterion: the thorough detector finds no face where the original has one
+    found = create_detector("thorough", DetectorOptions(score_threshold=0.5)).detect(result.image)
     assert found == []
 
 

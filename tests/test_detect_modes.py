@@ -17,7 +17,7 @@ from faceflow.models.runtime import model_path
 from faceflow.types import Image
 from tests.conftest import ASTRONAUT_FACE_BOX
 
-MODES = ("accurate", "fast")
+MODES = ("accurate", "thorough", "fast")
 
 
 @cache

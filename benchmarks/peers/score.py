@@ -28,6 +28,7 @@ from faceflow.eval import (
     evaluate_lfw,
     evaluate_utkface,
     evaluate_wider,
+    half_aps,
     load_300w,
     load_utkface,
     load_wider,
@@ -133,11 +134,13 @@ def score_lfw(header: dict[str, Any], recs: list[dict[str, Any]], jsonl: Path, r
 def score_wider(recs: list[dict[str, Any]], root: Path) -> dict[str, float]:
     """Official-protocol AP per setting."""
     preds = {r["path"]: np.asarray(r["boxes"], np.float64).reshape(-1, 5) for r in recs}
-    r = evaluate_wider(preds, load_wider(root))
+    gt = load_wider(root)
+    r = evaluate_wider(preds, gt)
     return {
         "AP easy": r["easy"],
         "AP medium": r["medium"],
         "AP hard": r["hard"],
+        **half_aps(preds, gt),
         "median ms": statistics.median(x["ms"] for x in recs),
     }
 

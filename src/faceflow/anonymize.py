@@ -17,7 +17,7 @@ finds the faces, an :class:`Annotator` covers them. The parts:
   ``ellipse``) grown by a margin: :class:`BlurAnnotator`, :class:`PixelateAnnotator`,
   :class:`SolidAnnotator` and :class:`MaskAnnotator` (a flat colour over the face mesh, the rest of
   the head kept). They chain (each returns a new image), as supervision's annotators do.
-* **Recall first**: photos use the ``accurate`` detector, videos the ``fast`` one on a frame scaled to
+* **Recall first**: photos use the ``thorough`` detector, videos the ``fast`` one on a frame scaled to
   :attr:`AnonymizeOptions.video_max_side` plus the tracker's predictions; ``recall="high"`` lowers the
   thresholds and adds a second detector.
 
@@ -53,10 +53,10 @@ SHAPES = ("ellipse", "box")
 """The shape covered around each face box (``--shape``); ``mask`` follows the mesh instead."""
 RECALL = ("default", "high")
 
-IMAGE_DETECTOR, VIDEO_DETECTOR = "accurate", "fast"
+IMAGE_DETECTOR, VIDEO_DETECTOR = "thorough", "fast"
 """Detectors of the default recall for photos and for video frames."""
 IMAGE_THRESHOLD = 0.07
-"""Score from which the ``accurate`` detector's faces are covered in photos: the highest threshold at
+"""Score from which the ``thorough`` detector's faces are covered in photos: the highest threshold at
 which at least 97 % of the hard-list faces of the even-numbered WIDER events (``faceflow eval anonymize
 --half tune``: 150 images) are covered (97.29 %; at 0.08, 96.94 %), at 8.4 % of their area covered
 needlessly (at 0.3, 73.6 % of all hard-list faces and 2.9 %). Figures are reported on the odd events."""
@@ -86,14 +86,14 @@ class AnonymizeOptions:
     strength: float | None = None
     """``blur``: Gaussian sigma as a fraction of the face's shorter side (default 0.5); ``pixelate``:
     blocks across the face's longer side (default 6). Why these: at sigma 0.2 and 8 blocks YuNet still
-    found the covered astronaut test face (scores 0.64, 0.68); at 0.3 the ``accurate`` detector still
+    found the covered astronaut test face (scores 0.64, 0.68); at 0.3 the ``thorough`` detector still
     found a covered 23 px face of the Hamilton sample clip's first frame at 0.51 (0.37 at 0.5), a face
     left behind by the issue's video check. Re-identification: ``faceflow eval anonymize --reid``."""
     color: tuple[int, int, int] = (0, 0, 0)
     """Fill of ``solid`` and ``mask`` (RGB)."""
     recall: str = "default"
     detector: str | None = None
-    """The detector (default: ``accurate`` for photos, ``fast`` for video)."""
+    """The detector (default: ``thorough`` for photos, ``fast`` for video)."""
     threshold: float | None = None
     """Cover faces scoring at least this (default per mode: :data:`IMAGE_THRESHOLD`, :data:`VIDEO_THRESHOLD`)."""
     video_max_side: int = 640

@@ -316,7 +316,7 @@ def anonymize(
     color: Annotated[str, typer.Option(help="Fill of solid and mask, as R,G,B.")] = "0,0,0",
     recall: Annotated[str, typer.Option(help="default, or high: lower thresholds and a second detector.")]
     = "default",
-    detector: Annotated[str | None, typer.Option(help="Detector (default: accurate for photos, fast for videos).")]
+    detector: Annotated[str | None, typer.Option(help="Detector (default: thorough for photos, fast for videos).")]
     = None,
     threshold: Annotated[float | None, typer.Option(help="Cover faces scoring at least this (default per mode).")]
     = None,
@@ -329,7 +329,7 @@ def anonymize(
 ) -> None:
     """Cover every face of photos and videos (blur, pixelate, solid, mask); metadata stripped, audio kept.
 
-    Photos use the accurate detector; videos track faces, keep covering a face the detector misses for a
+    Photos use the thorough detector; videos track faces, keep covering a face the detector misses for a
     few frames (its predicted box, grown with motion) and cover a face's first frames too. Videos keep
     their size, frame rate, duration and codec family; their audio is copied packet for packet.
     """

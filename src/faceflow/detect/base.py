@@ -18,11 +18,13 @@ from faceflow.types import Face, FloatArray, Image
 DETECTORS: dict[str, str] = {
     "yunet": "faceflow.detect.yunet:YuNetDetector",
     "centerface": "faceflow.detect.centerface:CenterFaceDetector",
+    "retinaface": "faceflow.detect.retinaface:RetinaFaceDetector",
     "blazeface_short": "faceflow.detect.blazeface:BlazeFaceShortDetector",
     "blazeface_full": "faceflow.detect.blazeface:BlazeFaceFullDetector",
     "dlib_hog": "faceflow.detect.dlib_hog:DlibHogDetector",
     "haar": "faceflow.detect.haar:HaarDetector",
     "accurate": "faceflow.detect.ensemble:AccurateDetector",
+    "thorough": "faceflow.detect.ensemble:ThoroughDetector",
     "fast": "faceflow.detect.yunet_ort:FastDetector",
 }
 """Detector names (for ``--detector``) and the class implementing each, imported on first use."""
@@ -35,7 +37,8 @@ class DetectorOptions:
     """Settings of the detect stage (MediaPipe Tasks style: one options object); every detector
     understands all of them, and ignores ``detector``, which the stage uses to pick the class."""
 
-    detector: str = option(DEFAULT_DETECTOR, "Face detector, or a mode: accurate (ensemble), fast.",
+    detector: str = option(DEFAULT_DETECTOR,
+                           "Face detector, or a mode: accurate (ensemble), thorough (larger ensemble), fast.",
                            flag="detector", choices=tuple(DETECTORS))
     score_threshold: float | None = option(
         None, "Keep detections scoring at least this (default: the detector's own).", flag="threshold")
@@ -113,19 +116,54 @@ def pad_image(image: Image, fraction: float) -> tuple[Image, int, int]:
     return np.asarray(padded, np.uint8), px, py
 
 
+def paired_iou(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """IoU of ``[x1, y1, x2, y2]`` boxes ``a[..., :]`` and ``b[..., :]`` row by row (they broadcast)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = np.clip(a[..., 2] - a[..., 0], 0, None) * np.clip(a[..., 3] - a[..., 1], 0, None)
+    area_b = np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Pairwise IoU of two sets of ``[x1, y1, x2, y2]`` boxes."""
+    """Pairwise IoU of two sets of ``[x1, y1, x2, y2]`` boxes: ``(len(a), len(b))``."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return paired_iou(a[:, None, :], b[None, :, :])
+
+
+def touching_pairs(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Indices ``(i, j)`` of every pair of boxes ``a[i]``, ``b[j]`` that may overlap (a superset of
+    the pairs with IoU > 0), found with k-d trees on the centres instead of all ``len(a) * len(b)``.
+
+    Two boxes overlap only if their centres are closer, on each axis, than half the sum of their
+    sides, hence than the longer side of the larger box: so each box looks for the other set's centres
+    within its own longer side (Chebyshev distance), from both sides.
+    """
+    from scipy.spatial import cKDTree
+
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ca, cb = (a[:, :2] + a[:, 2:]) / 2, (b[:, :2] + b[:, 2:]) / 2
+    ra = np.maximum(a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]).clip(0)
+    rb = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).clip(0)
+    pairs: list[npt.NDArray[np.int64]] = [np.zeros((0, 2), np.int64)]
+    for centres, radii, tree, flip in ((ca, ra, cKDTree(cb), False), (cb, rb, cKDTree(ca), True)):
+        found = tree.query_ball_point(centres, radii, p=np.inf)
+        counts = np.fromiter((len(f) for f in found), np.int64, len(found))
+        if counts.sum():
+            rows = np.repeat(np.arange(len(found)), counts)
+            cols = np.concatenate([np.asarray(f, np.int64) for f in found if f])
+            pairs.append(np.stack([cols, rows], axis=1) if flip else np.stack([rows, cols], axis=1))
+    both = np.concatenate(pairs)
+    key = np.unique(both[:, 0] * len(b) + both[:, 1])
+    return key // len(b), key % len(b)
 
 
 def opencv_nms(xywh: npt.NDArray[np.float64], scores: npt.NDArray[np.float32], threshold: float,

@@ -9,7 +9,16 @@ from faceflow.eval.lfw import Pair, cosine_scores, evaluate_lfw, read_pairs, roc
 from faceflow.eval.report import plot_protocol, print_tables, to_jsonable, write_json, write_report
 from faceflow.eval.utkface import UTKFaceImage, evaluate_utkface, load_utkface, parse_utkface_name, run_utkface
 from faceflow.eval.w300 import W300Image, evaluate_300w, load_300w, nme, read_pts, run_300w
-from faceflow.eval.wider import WiderImage, boxes_from_faces, evaluate_wider, load_wider, run_wider, voc_ap
+from faceflow.eval.wider import (
+    WiderImage,
+    boxes_from_faces,
+    evaluate_wider,
+    event_parity,
+    half_aps,
+    load_wider,
+    run_wider,
+    voc_ap,
+)
 
 __all__ = [
     "Pair",
@@ -23,6 +32,8 @@ __all__ = [
     "evaluate_lfw",
     "evaluate_utkface",
     "evaluate_wider",
+    "event_parity",
+    "half_aps",
     "load_300w",
     "load_utkface",
     "load_wider",

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from faceflow.anonymize import Region, box_coverage, coverage_mask
 from faceflow.eval._common import median_ms, run_item, track
 from faceflow.eval.cache import ResultCache
-from faceflow.eval.wider import SETTINGS, WiderImage, load_wider
+from faceflow.eval.wider import SETTINGS, WiderImage, event_parity, load_wider
 from faceflow.types import Image
 
 COVERED_AT = 0.8
@@ -39,8 +39,7 @@ HALVES = ("tune", "report", "all")
 
 def half_of(key: str) -> str:
     """``tune`` for an image of an even-numbered WIDER event (``"12--Group/..."``), ``report`` for an odd one."""
-    number = int(key.split("--", 1)[0])
-    return "tune" if number % 2 == 0 else "report"
+    return "tune" if event_parity(key) == 0 else "report"
 
 
 def image_coverage(im: WiderImage, size: tuple[int, int], rows: npt.ArrayLike, threshold: float, shape: str,

