@@ -186,3 +186,14 @@ def test_workers_run_separate_processes(tmp_path: Path) -> None:
         assert all(r.status_code == 200 for r in answers)
     finally:
         srv.stop()
+
+
+def test_unusable_key_store_is_one_usage_error(tmp_path: Path) -> None:
+    """A folder, or a file that is not a database, as --keys-path: exit 2 naming it, not a sqlite trace."""
+    not_a_db = tmp_path / "text.db"
+    not_a_db.write_text("not a database, just some text that is long enough to be read as a header\n" * 4)
+    for path in (tmp_path, not_a_db):
+        for args in (("keys", "list"), ("keys", "create", "ci")):
+            ran = faceflow(tmp_path, *args, "--keys-path", str(path))
+            assert ran.returncode == 2, (args, path, ran.stderr)
+            assert f"cannot open the key store {path}" in ran.stderr and "Traceback" not in ran.stderr

@@ -82,19 +82,27 @@ class KeyStore:
     """API keys in a small SQLite file (created on first use, readable by its owner only)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open (or create) the store at ``path``; a :class:`ConfigError` naming it when that is not
+        possible (a folder, a file that is not a key store, no access), never a bare sqlite error."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
-        if new:
-            os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
         self._verified: dict[str, bytes] = {}
-        with self._lock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open the key store {self.path}: {exc}") from None
+        try:
+            if new:
+                os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("""CREATE TABLE IF NOT EXISTS api_keys (
                 id TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, galleries TEXT,
                 salt BLOB NOT NULL, hash BLOB NOT NULL, created_at REAL NOT NULL, revoked_at REAL)""")
+        except (OSError, sqlite3.Error) as exc:
+            self._db.close()
+            raise ConfigError(f"cannot open the key store {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
