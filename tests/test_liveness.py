@@ -339,6 +339,24 @@ def test_liveness_command_prints_each_face(dataset, tmp_path: Path) -> None:  # 
     assert rows[1]["error"]
 
 
+def test_liveness_command_bad_inputs(tmp_path: Path) -> None:
+    """A broken photo's error names its path once; a --json that cannot be written is a usage error
+    (exit 2, one line) before any photo is read."""
+    from typer.testing import CliRunner
+
+    from faceflow.cli import app
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    res = CliRunner().invoke(app, ["liveness", str(broken), "--json", str(tmp_path / "out.jsonl")])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == f"error: {broken}: not a recognised image format"
+    assert json.loads((tmp_path / "out.jsonl").read_text())["error"] == f"{broken}: not a recognised image format"
+    res = CliRunner().invoke(app, ["liveness", str(broken), "--json", str(tmp_path)])
+    assert res.exit_code == 2 and f"cannot write {tmp_path}" in res.stderr and "Traceback" not in res.stderr
+    assert "broken.jpg" not in res.stderr  # refused before the batch ran
+
+
 def test_eval_antispoof_intra_texture_only(dataset) -> None:  # type: ignore[no-untyped-def]
     """The intra protocol on MSU-MFSD with the texture model only: figures in [0, 1] with intervals
     around them, subject-disjoint test halves, image counts."""

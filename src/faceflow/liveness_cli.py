@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faceflow.cli_base import console, fail_usage
+from faceflow.cli_base import INPUT_FAILED, OK, console, fail_usage
 from faceflow.errors import FaceflowError
 from faceflow.liveness.models import names
 
@@ -34,6 +35,7 @@ def liveness(
     from faceflow.liveness import LivenessOptions, LivenessStage
     from faceflow.liveness.video import file_liveness
     from faceflow.models.runtime import Runtime
+    from faceflow.outputs import display_path, item_error, json_line, open_for_writing
     from faceflow.video import is_video, iter_video_files
 
     if model not in names():
@@ -46,44 +48,51 @@ def liveness(
     if not files:
         raise fail_usage("no photos or videos found")
     out = Console()
-    records: list[dict[str, Any]] = []
+    if json_out:
+        with suppress(OSError):  # a parent that cannot be made: open_for_writing names the problem
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+    fh = open_for_writing(json_out) if json_out else None  # before any model runs: a bad --json fails first
     failed = 0
-    with Runtime() as rt:
+
+    def record(entry: dict[str, Any]) -> None:
+        if fh is not None:
+            fh.write(json_line(entry))
+            fh.flush()
+
+    with Runtime() as rt, fh or nullcontext():
         from faceflow.detect import create_detector
 
         detector = create_detector(None, None, rt)
         stage = LivenessStage(options, rt)
         for path in files:
+            shown = display_path(path)
             try:
                 if is_video(path):
                     tracks = file_liveness(path, fps=fps, options=options, runtime=rt)
                     if not tracks:
-                        out.print(f"{path}: no face tracked", markup=False)
+                        out.print(f"{shown}: no face tracked", markup=False)
                     for tr in tracks:
                         assert tr.result is not None
-                        out.print(f"{path} track {tr.track_id} ({tr.frames} frames, {tr.first_time:.1f}-"
+                        out.print(f"{shown} track {tr.track_id} ({tr.frames} frames, {tr.first_time:.1f}-"
                                   f"{tr.last_time:.1f} s): {tr.result.decision} {tr.result.score:.2f} "
                                   f"(threshold {tr.result.threshold:.2f}; {tr.result.reason})", markup=False)
-                    records.append({"path": str(path), "tracks": [tr.to_dict() for tr in tracks], "error": None})
+                    record({"path": str(path), "tracks": [tr.to_dict() for tr in tracks], "error": None})
                 else:
                     image = load_image(path)
                     faces = stage.run(image, detector.detect(image))
                     if not faces:
-                        out.print(f"{path}: no face", markup=False)
+                        out.print(f"{shown}: no face", markup=False)
                     for i, face in enumerate(faces):
                         assert face.liveness is not None
                         box = ",".join(f"{v:.0f}" for v in face.box)
-                        out.print(f"{path} face {i} [{box}]: {face.liveness.decision} {face.liveness.score:.2f} "
+                        out.print(f"{shown} face {i} [{box}]: {face.liveness.decision} {face.liveness.score:.2f} "
                                   f"(threshold {face.liveness.threshold:.2f}, {face.liveness.model})", markup=False)
-                    records.append({"path": str(path), "faces": [f.to_dict() for f in faces], "error": None})
+                    record({"path": str(path), "faces": [f.to_dict() for f in faces], "error": None})
             except FaceflowError as exc:
                 failed += 1
-                console.print(f"error: {path}: {exc}", markup=False)
-                records.append({"path": str(path), "error": str(exc)})
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text("".join(json.dumps(r) + "\n" for r in records))
-    raise typer.Exit(1 if failed else 0)
+                console.print(f"error: {item_error(path, str(exc))}", markup=False)
+                record({"path": str(path), "error": str(exc)})
+    raise typer.Exit(INPUT_FAILED if failed else OK)
 
 
 def eval_antispoof(
