@@ -197,3 +197,19 @@ def test_unusable_key_store_is_one_usage_error(tmp_path: Path) -> None:
             ran = faceflow(tmp_path, *args, "--keys-path", str(path))
             assert ran.returncode == 2, (args, path, ran.stderr)
             assert f"cannot open the key store {path}" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_serve_refuses_bad_settings_before_starting(tmp_path: Path) -> None:
+    """A gallery store that is not a database, an unknown default detector, a TLS file that is not there:
+    one line naming the problem and the table's exit code (4 store, 2 usage), before uvicorn starts."""
+    not_a_db = tmp_path / "text.db"
+    not_a_db.write_text("not a database, just some text that is long enough to be read as a header\n" * 4)
+    port = str(free_port())
+    ran = faceflow(tmp_path, "serve", "--port", port, "--gallery-url", str(not_a_db))
+    assert ran.returncode == 4, ran.stderr
+    assert ran.stderr.strip() == f"error: cannot open gallery store {not_a_db}: file is not a database"
+    ran = faceflow(tmp_path, "serve", "--port", port, "--detector", "nope")
+    assert ran.returncode == 2 and "unknown detector 'nope'" in ran.stderr
+    missing = tmp_path / "missing.pem"
+    ran = faceflow(tmp_path, "serve", "--port", port, "--ssl-certfile", str(missing), "--ssl-keyfile", str(missing))
+    assert ran.returncode == 2 and f"{missing} is not a file" in ran.stderr and "Traceback" not in ran.stderr
