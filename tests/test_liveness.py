@@ -357,6 +357,16 @@ def test_liveness_command_bad_inputs(tmp_path: Path) -> None:
     assert "broken.jpg" not in res.stderr  # refused before the batch ran
 
 
+def test_liveness_options_refuse_an_unknown_model_and_a_threshold_outside_the_scores() -> None:
+    from faceflow.liveness import LivenessOptions
+
+    assert LivenessOptions(threshold=0.0).threshold == 0.0 and LivenessOptions(threshold=1.0).threshold == 1.0
+    with pytest.raises(ConfigError, match=r"threshold 7 is outside \[0, 1\]"):
+        LivenessOptions(threshold=7.0)
+    with pytest.raises(ConfigError, match="unknown liveness model 'nope'"):
+        LivenessOptions(model="nope")
+
+
 def test_eval_antispoof_intra_texture_only(dataset) -> None:  # type: ignore[no-untyped-def]
     """The intra protocol on MSU-MFSD with the texture model only: figures in [0, 1] with intervals
     around them, subject-disjoint test halves, image counts."""

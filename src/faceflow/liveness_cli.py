@@ -38,11 +38,9 @@ def liveness(
     from faceflow.outputs import display_path, item_error, json_line, open_for_writing
     from faceflow.video import is_video, iter_video_files
 
-    if model not in names():
-        raise fail_usage(f"unknown --model {model!r}; choose from: {', '.join(names())}")
     if fps <= 0:
         raise fail_usage("--fps must be positive")
-    options = LivenessOptions(model=model, threshold=threshold)
+    options = LivenessOptions(model=model, threshold=threshold)  # refuses an unknown model or threshold
     images = [f for f in iter_image_files([str(p) for p in paths], unreadable=True) if not is_video(f)]
     files = images + iter_video_files(paths)
     if not files:
