@@ -213,3 +213,13 @@ def test_serve_refuses_bad_settings_before_starting(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     ran = faceflow(tmp_path, "serve", "--port", port, "--ssl-certfile", str(missing), "--ssl-keyfile", str(missing))
     assert ran.returncode == 2 and f"{missing} is not a file" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_key_galleries_are_gallery_names(tmp_path: Path) -> None:
+    """A key's galleries are normalised as the store normalises gallery names (else " staff" never matches
+    the gallery "staff"), and a name no gallery can have is refused."""
+    with KeyStore(tmp_path / "keys.db") as store:
+        _, record = store.create("hr", "write", [" staff", "staff "])
+        assert record.galleries == ("staff",) and record.may_touch("staff")
+    ran = faceflow(tmp_path, "keys", "create", "x", "--gallery", "", "--keys-path", str(tmp_path / "keys.db"))
+    assert ran.returncode == 2 and "gallery name cannot be empty" in ran.stderr

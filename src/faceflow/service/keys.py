@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from faceflow.errors import ConfigError
+from faceflow.gallery.store import check_name
 
 SCOPES: tuple[str, ...] = ("read", "write", "admin")
 """Scopes, weakest first: a key may do what its scope and every weaker one allow."""
@@ -133,7 +134,8 @@ class KeyStore:
         kid = secrets.token_hex(6)
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
         salt = secrets.token_bytes(16)
-        listed = None if galleries is None else json.dumps(sorted(set(galleries)))
+        # as the store keeps gallery names (trimmed, NFC), so that may_touch compares like with like
+        listed = None if galleries is None else json.dumps(sorted({check_name(g, "gallery") for g in galleries}))
         now = time.time()
         with self._cursor() as cur:
             cur.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
