@@ -367,6 +367,18 @@ def test_liveness_options_refuse_an_unknown_model_and_a_threshold_outside_the_sc
         LivenessOptions(model="nope")
 
 
+def test_eval_antispoof_refuses_unwritable_outputs_before_running(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from faceflow.cli import app
+
+    root = str(dataset("antispoof"))
+    for flag in ("--json", "--plot"):
+        res = CliRunner().invoke(app, ["eval", "antispoof", "--root", root, "--networks", "", flag, str(tmp_path)])
+        assert res.exit_code == 2, (flag, res.stderr)
+        assert str(tmp_path) in res.stderr and "Traceback" not in res.stderr and "wall time" not in res.stderr
+
+
 def test_eval_antispoof_intra_texture_only(dataset) -> None:  # type: ignore[no-untyped-def]
     """The intra protocol on MSU-MFSD with the texture model only: figures in [0, 1] with intervals
     around them, subject-disjoint test halves, image counts."""

@@ -115,9 +115,12 @@ def eval_antispoof(
     side with its ms per face."""
     from faceflow.eval.antispoof import eval_antispoof as run
     from faceflow.eval.antispoof import find_sources, plot_det, public
+    from faceflow.outputs import open_for_writing
 
     if not root.is_dir():
         raise fail_usage(f"--root {root} is not a folder")
+    if plot is not None and plot.is_dir():
+        raise fail_usage(f"--plot {plot} is a folder; name the PNG file")
     nets = tuple(n.strip() for n in networks.split(",") if n.strip())
     for n in nets:
         if n not in names() or n == "texture":
@@ -130,6 +133,10 @@ def eval_antispoof(
     sources = tuple(intra or ())
     if not sources and not pairs:
         sources = tuple(find_sources(root))
+    if json_out:
+        with suppress(OSError):  # a parent that cannot be made: open_for_writing names the problem
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+    fh = open_for_writing(json_out) if json_out else None  # before the run: a bad --json fails first
     t0 = time.perf_counter()
     result = run(root, intra=sources, cross=pairs, networks=nets, splits=splits, use_cache=cache)
     out = Console()
@@ -152,9 +159,9 @@ def eval_antispoof(
         out.print(table)
     console.print(f"percentages with subject-bootstrap 95 % intervals ({result['bootstrap_draws']} draws); "
                   f"detection {ms.get('detect', 0):.1f} ms per image on top", markup=False)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(public(result), indent=1) + "\n")
+    if fh is not None:
+        with fh:
+            fh.write(json.dumps(public(result), indent=1) + "\n")
     if plot:
         console.print(f"plot: {plot_det(result, plot)}", markup=False)
     console.print(f"wall time {time.perf_counter() - t0:.1f} s", markup=False)
