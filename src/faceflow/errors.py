@@ -2,7 +2,7 @@
 
 Library calls raise these; batch drivers (CLI, eval, gallery) catch ``FaceflowError`` per item,
 record the message next to the item and go on. Only the interfaces (``faceflow.cli_base``'s table,
-later ``serve/``) turn them into exit codes or HTTP statuses; the classes are fine enough that
+``faceflow.service.errors``'s) turn them into exit codes or HTTP statuses; the classes are fine enough that
 users can tell the cases apart there (no face, bad usage, model missing, store down, model mismatch).
 """
 
