@@ -108,6 +108,14 @@ class GalleryError(FaceflowError):
     """A gallery operation was refused: unknown gallery or subject, a name or value it cannot take."""
 
 
+class NotFound(GalleryError):
+    """No gallery, or no subject in a gallery, of that name (the service answers 404)."""
+
+
+class AlreadyExists(GalleryError):
+    """A gallery, or a subject in a gallery, of that name exists already (the service answers 409)."""
+
+
 class InvalidName(GalleryError, ValueError):
     """A gallery or subject name that cannot be stored (empty, control characters, too long, ...)."""
 
