@@ -223,3 +223,14 @@ def test_key_galleries_are_gallery_names(tmp_path: Path) -> None:
         assert record.galleries == ("staff",) and record.may_touch("staff")
     ran = faceflow(tmp_path, "keys", "create", "x", "--gallery", "", "--keys-path", str(tmp_path / "keys.db"))
     assert ran.returncode == 2 and "gallery name cannot be empty" in ran.stderr
+
+
+def test_a_missing_serve_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """swagger-ui-bundle joined the serve extra later: an install without it gets the pip line, not an
+    ImportError from inside the app."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "swagger_ui_bundle", None)  # as if it were not installed
+    ran = faceflow(tmp_path, "serve", "--print-config")
+    assert ran.returncode == 2, ran.stderr
+    assert "swagger-ui-bundle" in ran.stderr and "pip install 'faceflow[serve]'" in ran.stderr

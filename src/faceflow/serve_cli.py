@@ -29,7 +29,8 @@ def _require_serve() -> None:
     """A clear error naming the ``serve`` extra when its packages are missing."""
     from faceflow.extras import require
 
-    for module in ("fastapi", "uvicorn", "pydantic_settings", "prometheus_client", "python_multipart"):
+    for module in ("fastapi", "uvicorn", "pydantic_settings", "prometheus_client", "python_multipart",
+                   "swagger_ui_bundle"):
         require(module, "faceflow serve")
 
 
