@@ -31,19 +31,20 @@ def liveness(
 ) -> None:
     """Is each face live, or a photo or screen? Prints the score (1 = live) and the decision per face of
     each photo, and per track of each video (frame scores, blinks, non-rigid motion)."""
-    from faceflow.io import iter_image_files, load_image
-    from faceflow.liveness import LivenessOptions, LivenessStage
+    from faceflow.io import iter_image_files
+    from faceflow.liveness import LivenessOptions
     from faceflow.liveness.video import file_liveness
     from faceflow.models.runtime import Runtime
     from faceflow.outputs import display_path, item_error, json_line, open_for_writing
+    from faceflow.pipeline import Analyzer
     from faceflow.video import is_video, iter_video_files
 
     if fps <= 0:
         raise fail_usage("--fps must be positive")
     options = LivenessOptions(model=model, threshold=threshold)  # refuses an unknown model or threshold
     images = [f for f in iter_image_files([str(p) for p in paths], unreadable=True) if not is_video(f)]
-    files = images + iter_video_files(paths)
-    if not files:
+    videos = iter_video_files(paths)
+    if not images and not videos:
         raise fail_usage("no photos or videos found")
     out = Console()
     if json_out:
@@ -58,38 +59,38 @@ def liveness(
             fh.flush()
 
     with Runtime() as rt, fh or nullcontext():
-        from faceflow.detect import create_detector
-
-        detector = create_detector(None, None, rt)
-        stage = LivenessStage(options, rt)
-        for path in files:
+        # Photos go through the Analyzer's batch (decoding, limits, an error per photo), as analyze's do.
+        analyzer = Analyzer(stages=("detect", "liveness"), runtime=rt, liveness=options)
+        for result in analyzer.analyze_batch(images):
+            shown = display_path(result.path)
+            if result.error:
+                failed += 1
+                console.print(f"error: {item_error(result.path, result.error)}", markup=False)
+            elif not result.faces:
+                out.print(f"{shown}: no face", markup=False)
+            for i, face in enumerate(result.faces):
+                assert face.liveness is not None
+                box = ",".join(f"{v:.0f}" for v in face.box)
+                out.print(f"{shown} face {i} [{box}]: {face.liveness.decision} {face.liveness.score:.2f} "
+                          f"(threshold {face.liveness.threshold:.2f}, {face.liveness.model})", markup=False)
+            record(result.to_dict())
+        for path in videos:
             shown = display_path(path)
             try:
-                if is_video(path):
-                    tracks = file_liveness(path, fps=fps, options=options, runtime=rt)
-                    if not tracks:
-                        out.print(f"{shown}: no face tracked", markup=False)
-                    for tr in tracks:
-                        assert tr.result is not None
-                        out.print(f"{shown} track {tr.track_id} ({tr.frames} frames, {tr.first_time:.1f}-"
-                                  f"{tr.last_time:.1f} s): {tr.result.decision} {tr.result.score:.2f} "
-                                  f"(threshold {tr.result.threshold:.2f}; {tr.result.reason})", markup=False)
-                    record({"path": str(path), "tracks": [tr.to_dict() for tr in tracks], "error": None})
-                else:
-                    image = load_image(path)
-                    faces = stage.run(image, detector.detect(image))
-                    if not faces:
-                        out.print(f"{shown}: no face", markup=False)
-                    for i, face in enumerate(faces):
-                        assert face.liveness is not None
-                        box = ",".join(f"{v:.0f}" for v in face.box)
-                        out.print(f"{shown} face {i} [{box}]: {face.liveness.decision} {face.liveness.score:.2f} "
-                                  f"(threshold {face.liveness.threshold:.2f}, {face.liveness.model})", markup=False)
-                    record({"path": str(path), "faces": [f.to_dict() for f in faces], "error": None})
+                tracks = file_liveness(path, fps=fps, options=options, runtime=rt)
             except FaceflowError as exc:
                 failed += 1
                 console.print(f"error: {item_error(path, str(exc))}", markup=False)
                 record({"path": str(path), "error": str(exc)})
+                continue
+            if not tracks:
+                out.print(f"{shown}: no face tracked", markup=False)
+            for tr in tracks:
+                assert tr.result is not None
+                out.print(f"{shown} track {tr.track_id} ({tr.frames} frames, {tr.first_time:.1f}-"
+                          f"{tr.last_time:.1f} s): {tr.result.decision} {tr.result.score:.2f} "
+                          f"(threshold {tr.result.threshold:.2f}; {tr.result.reason})", markup=False)
+            record({"path": str(path), "tracks": [tr.to_dict() for tr in tracks], "error": None})
     raise typer.Exit(INPUT_FAILED if failed else OK)
 
 
