@@ -337,6 +337,14 @@ def test_liveness_command_prints_each_face(dataset, tmp_path: Path) -> None:  # 
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert rows[0]["faces"][0]["liveness"]["decision"] == "live"
     assert rows[1]["error"]
+    # a long path stays on its face's line (stdout is for scripts: no wrapping at 80 columns)
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / live.name
+    deep.parent.mkdir()
+    deep.symlink_to(live)
+    res = CliRunner().invoke(app, ["liveness", str(deep)], terminal_width=80)
+    assert res.exit_code == 0, res.stderr
+    (line,) = res.stdout.splitlines()
+    assert line.startswith(f"{deep} face 0 [") and line.endswith(", texture)")
 
 
 def test_liveness_command_bad_inputs(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def liveness(
     videos = iter_video_files(paths)
     if not images and not videos:
         raise fail_usage("no photos or videos found")
-    out = Console()
+    out = Console(soft_wrap=True)  # one line per face or track, however long the path
     if json_out:
         with suppress(OSError):  # a parent that cannot be made: open_for_writing names the problem
             json_out.parent.mkdir(parents=True, exist_ok=True)
