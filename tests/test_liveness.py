@@ -162,6 +162,21 @@ def test_converter_refuses_unknown_ops(tmp_path: Path) -> None:
         load_tfjs(j, [b])
 
 
+def test_converter_names_a_file_that_is_not_a_graph_model(tmp_path: Path) -> None:
+    """Malformed JSON or a manifest without its parts is the converter's typed error (a model that cannot be
+    made: exit 3 from the CLI), not a KeyError from inside it."""
+    from faceflow.cli_base import MODEL_UNAVAILABLE, exit_code
+
+    shard = tmp_path / "s.bin"
+    shard.write_bytes(b"")
+    model = tmp_path / "model.json"
+    for text in ("{not json", "[]", '{"format": "graph-model"}', '{"format": "graph-model", "weightsManifest": []}'):
+        model.write_text(text)
+        with pytest.raises(UnsupportedOp, match=r"model\.json: not a readable TF\.js graph model") as caught:
+            load_tfjs(model, [shard])
+        assert exit_code(caught.value) == MODEL_UNAVAILABLE
+
+
 # -- texture model parts and metrics ---------------------------------------------------------------------
 
 

@@ -83,6 +83,11 @@ class CheckpointError(ModelUnavailable):
     """A model checkpoint could not be read safely (unknown format, a refused global, a short file)."""
 
 
+class UnsupportedOp(CheckpointError):
+    """A TF.js graph uses an operator (or an attribute value) the converter does not handle, or is not a
+    TF.js graph model at all: the model cannot be made from its source."""
+
+
 class StageError(FaceflowError):
     """A stage failed on one image in a way its own code did not foresee (a bug or a library's refusal):
     the message names the stage, so a batch records it against that image and goes on."""
