@@ -9,7 +9,6 @@ in the key store, hashed).
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +186,3 @@ def _redact_url(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
-
-
-def environment_overrides() -> dict[str, str]:
-    """The ``FACEFLOW_SERVE_*`` variables set now (for messages)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
