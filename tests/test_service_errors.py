@@ -34,3 +34,23 @@ def test_other_gallery_refusals_are_not_guessed_from_their_wording() -> None:
     for text in ("no PostgreSQL server could be started: initdb missing", "embedding is zero; already exists"):
         answer = from_library(GalleryError(text))
         assert (answer.status, answer.code) == (422, "unprocessable")
+
+
+def test_a_search_error_keeps_its_type_for_the_service(tmp_path: Path) -> None:
+    """identify_result records a search error as text for the CLI's batch; with strict (the service) it is
+    raised as it came, so a face without the gallery's embedding is 409 conflict, not a 422 re-wrapped."""
+    from faceflow.errors import ModelMismatch
+    from faceflow.gallery import Searcher
+    from faceflow.gallery.workflows import identify_result
+    from faceflow.types import Face, ImageResult
+
+    result = ImageResult("probe.jpg", 10, 10, [Face(box=[0, 0, 5, 5])])  # no embedding at all
+    with open_gallery_store(tmp_path / "g.db") as store:
+        store.create_gallery("staff", "sface", 128)
+        searcher = Searcher(store, "staff")
+        lenient = identify_result(searcher, result)
+        with pytest.raises(ModelMismatch) as caught:
+            identify_result(searcher, result, strict=True)
+    assert lenient.error and "no sface embedding" in lenient.error
+    answer = from_library(caught.value)
+    assert (answer.status, answer.code) == (409, "conflict")

@@ -17,7 +17,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from faceflow.errors import FaceflowError, GalleryError, NotFound
+from faceflow.errors import FaceflowError, NotFound
 from faceflow.gallery.io import export_gallery
 from faceflow.gallery.store import GalleryInfo, check_name
 from faceflow.gallery.workflows import Photo, create_gallery, enroll, identify_result
@@ -176,9 +176,7 @@ async def identify(request: Request, key: Reader, gallery: GalleryName,
         analyzer = state.gallery_analyzer(info)
         image = load_image(upload.data, max_pixels=state.settings.max_pixels)
         result = ImageResult(upload.name, int(image.shape[1]), int(image.shape[0]), analyzer.analyze_array(image))
-        answer = identify_result(state.searcher(info), result, top=top_k)
-        if answer.error:
-            raise GalleryError(answer.error)
+        answer = identify_result(state.searcher(info), result, top=top_k, strict=True)
         faces = []
         for face, ident in zip(result.faces, answer.answers, strict=True):
             faces.append({"box": [round(float(x), 2) for x in face.box], "score": round(face.score, 4),
