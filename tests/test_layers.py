@@ -6,6 +6,7 @@ import ast
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -98,3 +99,38 @@ def test_entry_points_do_not_import_optional_extras() -> None:
     help_run = "from faceflow.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n    pass"
     assert _loaded_after(help_run) == []
     assert _loaded_after("import faceflow.gallery.search, faceflow.gallery.backends, faceflow.gallery.folders") == []
+
+
+INTERFACES = ("faceflow.cli", "faceflow.cli_base", "faceflow.serve_cli", "faceflow.gallery_cli",
+              "faceflow.liveness_cli", "faceflow.service")
+"""The thin interfaces (DESIGN.md's top layer): exit codes and HTTP statuses are decided only here."""
+APPLICATIONS = ("faceflow.pipeline", "faceflow.video", "faceflow.track", "faceflow.gallery", "faceflow.anonymize",
+                "faceflow.eval", "faceflow.engine", "faceflow.liveness.video", "faceflow.bench", "faceflow.outputs",
+                "faceflow.draw")
+"""The pipeline and what runs it (video, galleries, evaluation, ...). ``liveness.video`` lives beside its
+stage but runs detection and tracking over frames, so it sits here: no stage may import it."""
+
+
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _upward(graph: dict[str, set[str]], lower: Callable[[str], bool], upper: tuple[str, ...]) -> list[str]:
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() if lower(m) for d in deps if _under(d, upper))
+
+
+def test_core_modules_import_no_interface() -> None:
+    """No library module imports the CLI or the service (``*_cli`` modules included): they sit on top."""
+    graph = import_graph()
+    assert "faceflow.service.app" in graph and "faceflow.liveness_cli" in graph  # the new packages are walked
+    assert _upward(graph, lambda m: not _under(m, INTERFACES), INTERFACES) == []
+    assert _upward(graph, lambda m: _under(m, ("faceflow.service",)), ("faceflow.cli", "faceflow.cli_base")) == []
+
+
+def test_stages_import_no_application() -> None:
+    """Stages and what they stand on (models, detectors, io, types) never import the pipeline, video, galleries,
+    evaluation or the interfaces: a stage does not know which mode or application runs it."""
+    graph = import_graph()
+    above = APPLICATIONS + INTERFACES
+    # ``faceflow`` itself is the public facade (it re-exports the Analyzer), not a layer.
+    assert _upward(graph, lambda m: m != "faceflow" and not _under(m, above), above) == []

@@ -162,6 +162,21 @@ def test_converter_refuses_unknown_ops(tmp_path: Path) -> None:
         load_tfjs(j, [b])
 
 
+def test_converter_names_a_file_that_is_not_a_graph_model(tmp_path: Path) -> None:
+    """Malformed JSON or a manifest without its parts is the converter's typed error (a model that cannot be
+    made: exit 3 from the CLI), not a KeyError from inside it."""
+    from faceflow.cli_base import MODEL_UNAVAILABLE, exit_code
+
+    shard = tmp_path / "s.bin"
+    shard.write_bytes(b"")
+    model = tmp_path / "model.json"
+    for text in ("{not json", "[]", '{"format": "graph-model"}', '{"format": "graph-model", "weightsManifest": []}'):
+        model.write_text(text)
+        with pytest.raises(UnsupportedOp, match=r"model\.json: not a readable TF\.js graph model") as caught:
+            load_tfjs(model, [shard])
+        assert exit_code(caught.value) == MODEL_UNAVAILABLE
+
+
 # -- texture model parts and metrics ---------------------------------------------------------------------
 
 
@@ -337,6 +352,54 @@ def test_liveness_command_prints_each_face(dataset, tmp_path: Path) -> None:  # 
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert rows[0]["faces"][0]["liveness"]["decision"] == "live"
     assert rows[1]["error"]
+    # a long path stays on its face's line (stdout is for scripts: no wrapping at 80 columns)
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / live.name
+    deep.parent.mkdir()
+    deep.symlink_to(live)
+    res = CliRunner().invoke(app, ["liveness", str(deep)], terminal_width=80)
+    assert res.exit_code == 0, res.stderr
+    (line,) = res.stdout.splitlines()
+    assert line.startswith(f"{deep} face 0 [") and line.endswith(", texture)")
+
+
+def test_liveness_command_bad_inputs(tmp_path: Path) -> None:
+    """A broken photo's error names its path once; a --json that cannot be written is a usage error
+    (exit 2, one line) before any photo is read."""
+    from typer.testing import CliRunner
+
+    from faceflow.cli import app
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    res = CliRunner().invoke(app, ["liveness", str(broken), "--json", str(tmp_path / "out.jsonl")])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == f"error: {broken}: not a recognised image format"
+    assert json.loads((tmp_path / "out.jsonl").read_text())["error"] == f"{broken}: not a recognised image format"
+    res = CliRunner().invoke(app, ["liveness", str(broken), "--json", str(tmp_path)])
+    assert res.exit_code == 2 and f"cannot write {tmp_path}" in res.stderr and "Traceback" not in res.stderr
+    assert "broken.jpg" not in res.stderr  # refused before the batch ran
+
+
+def test_liveness_options_refuse_an_unknown_model_and_a_threshold_outside_the_scores() -> None:
+    from faceflow.liveness import LivenessOptions
+
+    assert LivenessOptions(threshold=0.0).threshold == 0.0 and LivenessOptions(threshold=1.0).threshold == 1.0
+    with pytest.raises(ConfigError, match=r"threshold 7 is outside \[0, 1\]"):
+        LivenessOptions(threshold=7.0)
+    with pytest.raises(ConfigError, match="unknown liveness model 'nope'"):
+        LivenessOptions(model="nope")
+
+
+def test_eval_antispoof_refuses_unwritable_outputs_before_running(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from faceflow.cli import app
+
+    root = str(dataset("antispoof"))
+    for flag in ("--json", "--plot"):
+        res = CliRunner().invoke(app, ["eval", "antispoof", "--root", root, "--networks", "", flag, str(tmp_path)])
+        assert res.exit_code == 2, (flag, res.stderr)
+        assert str(tmp_path) in res.stderr and "Traceback" not in res.stderr and "wall time" not in res.stderr
 
 
 def test_eval_antispoof_intra_texture_only(dataset) -> None:  # type: ignore[no-untyped-def]

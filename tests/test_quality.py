@@ -285,3 +285,19 @@ def test_analyze_writes_quality_into_faces_jsonl(tmp_path: Path, astronaut: np.n
     assert 0 <= face["quality"]["unified"] <= 100
     assert list(face["quality"]["components"]) == list(COMPONENTS)
     assert "mesh" in face  # the quality stage pulled in the mesh it needs
+
+
+def test_eye_aspect_ratio_by_hand_one_measure_for_quality_and_liveness() -> None:
+    """Eye corners 10 px apart, lids 4 px apart (left) and 1 px (right): 0.4 and 0.1; the liveness
+    blink cue reads the same measure (their mean)."""
+    from faceflow.liveness.video import eye_aspect_ratio
+    from faceflow.quality.measures import LEFT_EAR, RIGHT_EAR, eye_aspect_ratios
+
+    mesh = np.zeros((468, 3))
+    for idx, x0, gap in ((LEFT_EAR, 0.0, 4.0), (RIGHT_EAR, 30.0, 1.0)):
+        outer, up1, up2, inner, low1, low2 = idx
+        mesh[outer, :2], mesh[inner, :2] = (x0, 0.0), (x0 + 10.0, 0.0)
+        mesh[up1, :2], mesh[low2, :2] = (x0 + 3.0, -gap / 2), (x0 + 3.0, gap / 2)
+        mesh[up2, :2], mesh[low1, :2] = (x0 + 7.0, -gap / 2), (x0 + 7.0, gap / 2)
+    assert eye_aspect_ratios(mesh) == pytest.approx((0.4, 0.1))
+    assert eye_aspect_ratio(mesh) == pytest.approx(0.25)

@@ -186,3 +186,51 @@ def test_workers_run_separate_processes(tmp_path: Path) -> None:
         assert all(r.status_code == 200 for r in answers)
     finally:
         srv.stop()
+
+
+def test_unusable_key_store_is_one_usage_error(tmp_path: Path) -> None:
+    """A folder, or a file that is not a database, as --keys-path: exit 2 naming it, not a sqlite trace."""
+    not_a_db = tmp_path / "text.db"
+    not_a_db.write_text("not a database, just some text that is long enough to be read as a header\n" * 4)
+    for path in (tmp_path, not_a_db):
+        for args in (("keys", "list"), ("keys", "create", "ci")):
+            ran = faceflow(tmp_path, *args, "--keys-path", str(path))
+            assert ran.returncode == 2, (args, path, ran.stderr)
+            assert f"cannot open the key store {path}" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_serve_refuses_bad_settings_before_starting(tmp_path: Path) -> None:
+    """A gallery store that is not a database, an unknown default detector, a TLS file that is not there:
+    one line naming the problem and the table's exit code (4 store, 2 usage), before uvicorn starts."""
+    not_a_db = tmp_path / "text.db"
+    not_a_db.write_text("not a database, just some text that is long enough to be read as a header\n" * 4)
+    port = str(free_port())
+    ran = faceflow(tmp_path, "serve", "--port", port, "--gallery-url", str(not_a_db))
+    assert ran.returncode == 4, ran.stderr
+    assert ran.stderr.strip() == f"error: cannot open gallery store {not_a_db}: file is not a database"
+    ran = faceflow(tmp_path, "serve", "--port", port, "--detector", "nope")
+    assert ran.returncode == 2 and "unknown detector 'nope'" in ran.stderr
+    missing = tmp_path / "missing.pem"
+    ran = faceflow(tmp_path, "serve", "--port", port, "--ssl-certfile", str(missing), "--ssl-keyfile", str(missing))
+    assert ran.returncode == 2 and f"{missing} is not a file" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_key_galleries_are_gallery_names(tmp_path: Path) -> None:
+    """A key's galleries are normalised as the store normalises gallery names (else " staff" never matches
+    the gallery "staff"), and a name no gallery can have is refused."""
+    with KeyStore(tmp_path / "keys.db") as store:
+        _, record = store.create("hr", "write", [" staff", "staff "])
+        assert record.galleries == ("staff",) and record.may_touch("staff")
+    ran = faceflow(tmp_path, "keys", "create", "x", "--gallery", "", "--keys-path", str(tmp_path / "keys.db"))
+    assert ran.returncode == 2 and "gallery name cannot be empty" in ran.stderr
+
+
+def test_a_missing_serve_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """swagger-ui-bundle joined the serve extra later: an install without it gets the pip line, not an
+    ImportError from inside the app."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "swagger_ui_bundle", None)  # as if it were not installed
+    ran = faceflow(tmp_path, "serve", "--print-config")
+    assert ran.returncode == 2, ran.stderr
+    assert "swagger-ui-bundle" in ran.stderr and "pip install 'faceflow[serve]'" in ran.stderr

@@ -31,7 +31,7 @@ from faceflow.detect import create_detector
 from faceflow.io import load_image
 from faceflow.landmarks import MIRROR_68, Landmarks68Stage, MeshStage, MeshTo68
 from faceflow.models.registry import MESH_TO_68_FILE
-from faceflow.types import Face
+from faceflow.types import Face, nearest_face
 
 PER_DATASET = 500
 FIT_PER_DATASET = 3000
@@ -60,7 +60,7 @@ def fit_images(datasets: Path, n: int = PER_DATASET) -> dict[str, list[Path]]:
 def central_face(faces: list[Face], image: npt.NDArray[np.uint8]) -> Face | None:
     """The face whose box centre is nearest the image centre, ``None`` when there is none."""
     h, w = image.shape[:2]
-    return min(faces, key=lambda f: float(np.hypot(f.center[0] - w / 2, f.center[1] - h / 2)), default=None)
+    return nearest_face(faces, (w / 2, h / 2))
 
 
 def samples(paths: list[Path]) -> Samples:

@@ -159,10 +159,10 @@ def analyze(
         check_out_dir,
         display_path,
         inside,
+        item_error,
         json_line,
         open_for_writing,
         prepare_out_dir,
-        safe_text,
     )
     from faceflow.types import Image, ImageResult
     from faceflow.video import check_sampling, is_video, iter_video_files
@@ -222,10 +222,7 @@ def analyze(
             fh.flush()
             if result.error:
                 failed += 1
-                message = safe_text(result.error)
-                if not message.startswith(display_path(result.path)):
-                    message = f"{display_path(result.path)}: {message}"
-                console.print(f"[yellow]failed:[/yellow] {escape(message)}")
+                console.print(f"[yellow]failed:[/yellow] {escape(item_error(result.path, result.error))}")
             n_faces += len(result.faces)
             bar.advance(task)
     console.print(escape(

@@ -2,8 +2,8 @@
 turns errors into exit codes.
 
 Commands raise :class:`~faceflow.errors.FaceflowError`; the command group (:class:`ErrorExitGroup`)
-prints the message and exits with :func:`exit_code`. No command maps errors to exits itself. Both
-``faceflow.cli`` and ``faceflow.gallery_cli`` import this module, and it imports neither.
+prints the message and exits with :func:`exit_code`. No command maps errors to exits itself. The
+command modules (``faceflow.cli`` and its ``*_cli`` modules) import this one, and it imports none of them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Library calls raise these; batch drivers (CLI, eval, gallery) catch ``FaceflowError`` per item,
 record the message next to the item and go on. Only the interfaces (``faceflow.cli_base``'s table,
-later ``serve/``) turn them into exit codes or HTTP statuses; the classes are fine enough that
+``faceflow.service.errors``'s) turn them into exit codes or HTTP statuses; the classes are fine enough that
 users can tell the cases apart there (no face, bad usage, model missing, store down, model mismatch).
 """
 
@@ -83,6 +83,11 @@ class CheckpointError(ModelUnavailable):
     """A model checkpoint could not be read safely (unknown format, a refused global, a short file)."""
 
 
+class UnsupportedOp(CheckpointError):
+    """A TF.js graph uses an operator (or an attribute value) the converter does not handle, or is not a
+    TF.js graph model at all: the model cannot be made from its source."""
+
+
 class StageError(FaceflowError):
     """A stage failed on one image in a way its own code did not foresee (a bug or a library's refusal):
     the message names the stage, so a batch records it against that image and goes on."""
@@ -106,6 +111,14 @@ class DatasetError(FaceflowError):
 
 class GalleryError(FaceflowError):
     """A gallery operation was refused: unknown gallery or subject, a name or value it cannot take."""
+
+
+class NotFound(GalleryError):
+    """No gallery, or no subject in a gallery, of that name (the service answers 404)."""
+
+
+class AlreadyExists(GalleryError):
+    """A gallery, or a subject in a gallery, of that name exists already (the service answers 409)."""
 
 
 class InvalidName(GalleryError, ValueError):

@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "pydantic_settings": ("serve", "pydantic-settings"),
     "prometheus_client": ("serve", "prometheus-client"),
     "python_multipart": ("serve", "python-multipart"),
+    "swagger_ui_bundle": ("serve", "swagger-ui-bundle"),
 }
 """Top-level package -> (pip extra, what to call it in the message)."""
 

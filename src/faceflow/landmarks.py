@@ -50,7 +50,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +59,7 @@ import numpy.typing as npt
 
 from faceflow.align import similarity_transform
 from faceflow.errors import ConfigError, ModelUnavailable
+from faceflow.models.npz import npz_bytes
 from faceflow.models.runtime import LazyModel, Runtime, default_runtime
 from faceflow.stage import Stage, StageSpec, option
 from faceflow.types import Face, FloatArray, Image
@@ -319,17 +319,7 @@ class MeshTo68:
 
     def to_bytes(self) -> bytes:
         """A zip of three ``.npy`` arrays with fixed timestamps: the same model gives the same bytes."""
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name in ("reference", "weights", "bias"):
-                member = io.BytesIO()
-                np.save(member, np.ascontiguousarray(getattr(self, name), np.float32))
-                archive.writestr(
-                    zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                    member.getvalue(),
-                    compress_type=zipfile.ZIP_DEFLATED,
-                )
-        return buffer.getvalue()
+        return npz_bytes({n: np.asarray(getattr(self, n), np.float32) for n in ("reference", "weights", "bias")})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MeshTo68:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faceflow.cli_base import console, fail_usage
+from faceflow.cli_base import INPUT_FAILED, OK, console, fail_usage
 from faceflow.errors import FaceflowError
 from faceflow.liveness.models import names
 
@@ -30,60 +31,67 @@ def liveness(
 ) -> None:
     """Is each face live, or a photo or screen? Prints the score (1 = live) and the decision per face of
     each photo, and per track of each video (frame scores, blinks, non-rigid motion)."""
-    from faceflow.io import iter_image_files, load_image
-    from faceflow.liveness import LivenessOptions, LivenessStage
+    from faceflow.io import iter_image_files
+    from faceflow.liveness import LivenessOptions
     from faceflow.liveness.video import file_liveness
     from faceflow.models.runtime import Runtime
+    from faceflow.outputs import display_path, item_error, json_line, open_for_writing
+    from faceflow.pipeline import Analyzer
     from faceflow.video import is_video, iter_video_files
 
-    if model not in names():
-        raise fail_usage(f"unknown --model {model!r}; choose from: {', '.join(names())}")
     if fps <= 0:
         raise fail_usage("--fps must be positive")
-    options = LivenessOptions(model=model, threshold=threshold)
+    options = LivenessOptions(model=model, threshold=threshold)  # refuses an unknown model or threshold
     images = [f for f in iter_image_files([str(p) for p in paths], unreadable=True) if not is_video(f)]
-    files = images + iter_video_files(paths)
-    if not files:
+    videos = iter_video_files(paths)
+    if not images and not videos:
         raise fail_usage("no photos or videos found")
-    out = Console()
-    records: list[dict[str, Any]] = []
+    out = Console(soft_wrap=True)  # one line per face or track, however long the path
+    if json_out:
+        with suppress(OSError):  # a parent that cannot be made: open_for_writing names the problem
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+    fh = open_for_writing(json_out) if json_out else None  # before any model runs: a bad --json fails first
     failed = 0
-    with Runtime() as rt:
-        from faceflow.detect import create_detector
 
-        detector = create_detector(None, None, rt)
-        stage = LivenessStage(options, rt)
-        for path in files:
+    def record(entry: dict[str, Any]) -> None:
+        if fh is not None:
+            fh.write(json_line(entry))
+            fh.flush()
+
+    with Runtime() as rt, fh or nullcontext():
+        # Photos go through the Analyzer's batch (decoding, limits, an error per photo), as analyze's do.
+        analyzer = Analyzer(stages=("detect", "liveness"), runtime=rt, liveness=options)
+        for result in analyzer.analyze_batch(images):
+            shown = display_path(result.path)
+            if result.error:
+                failed += 1
+                console.print(f"error: {item_error(result.path, result.error)}", markup=False)
+            elif not result.faces:
+                out.print(f"{shown}: no face", markup=False)
+            for i, face in enumerate(result.faces):
+                assert face.liveness is not None
+                box = ",".join(f"{v:.0f}" for v in face.box)
+                out.print(f"{shown} face {i} [{box}]: {face.liveness.decision} {face.liveness.score:.2f} "
+                          f"(threshold {face.liveness.threshold:.2f}, {face.liveness.model})", markup=False)
+            record(result.to_dict())
+        for path in videos:
+            shown = display_path(path)
             try:
-                if is_video(path):
-                    tracks = file_liveness(path, fps=fps, options=options, runtime=rt)
-                    if not tracks:
-                        out.print(f"{path}: no face tracked", markup=False)
-                    for tr in tracks:
-                        assert tr.result is not None
-                        out.print(f"{path} track {tr.track_id} ({tr.frames} frames, {tr.first_time:.1f}-"
-                                  f"{tr.last_time:.1f} s): {tr.result.decision} {tr.result.score:.2f} "
-                                  f"(threshold {tr.result.threshold:.2f}; {tr.result.reason})", markup=False)
-                    records.append({"path": str(path), "tracks": [tr.to_dict() for tr in tracks], "error": None})
-                else:
-                    image = load_image(path)
-                    faces = stage.run(image, detector.detect(image))
-                    if not faces:
-                        out.print(f"{path}: no face", markup=False)
-                    for i, face in enumerate(faces):
-                        assert face.liveness is not None
-                        box = ",".join(f"{v:.0f}" for v in face.box)
-                        out.print(f"{path} face {i} [{box}]: {face.liveness.decision} {face.liveness.score:.2f} "
-                                  f"(threshold {face.liveness.threshold:.2f}, {face.liveness.model})", markup=False)
-                    records.append({"path": str(path), "faces": [f.to_dict() for f in faces], "error": None})
+                tracks = file_liveness(path, fps=fps, options=options, runtime=rt)
             except FaceflowError as exc:
                 failed += 1
-                console.print(f"error: {path}: {exc}", markup=False)
-                records.append({"path": str(path), "error": str(exc)})
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text("".join(json.dumps(r) + "\n" for r in records))
-    raise typer.Exit(1 if failed else 0)
+                console.print(f"error: {item_error(path, str(exc))}", markup=False)
+                record({"path": str(path), "error": str(exc)})
+                continue
+            if not tracks:
+                out.print(f"{shown}: no face tracked", markup=False)
+            for tr in tracks:
+                assert tr.result is not None
+                out.print(f"{shown} track {tr.track_id} ({tr.frames} frames, {tr.first_time:.1f}-"
+                          f"{tr.last_time:.1f} s): {tr.result.decision} {tr.result.score:.2f} "
+                          f"(threshold {tr.result.threshold:.2f}; {tr.result.reason})", markup=False)
+            record({"path": str(path), "tracks": [tr.to_dict() for tr in tracks], "error": None})
+    raise typer.Exit(INPUT_FAILED if failed else OK)
 
 
 def eval_antispoof(
@@ -108,9 +116,12 @@ def eval_antispoof(
     side with its ms per face."""
     from faceflow.eval.antispoof import eval_antispoof as run
     from faceflow.eval.antispoof import find_sources, plot_det, public
+    from faceflow.outputs import open_for_writing
 
     if not root.is_dir():
         raise fail_usage(f"--root {root} is not a folder")
+    if plot is not None and plot.is_dir():
+        raise fail_usage(f"--plot {plot} is a folder; name the PNG file")
     nets = tuple(n.strip() for n in networks.split(",") if n.strip())
     for n in nets:
         if n not in names() or n == "texture":
@@ -123,6 +134,10 @@ def eval_antispoof(
     sources = tuple(intra or ())
     if not sources and not pairs:
         sources = tuple(find_sources(root))
+    if json_out:
+        with suppress(OSError):  # a parent that cannot be made: open_for_writing names the problem
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+    fh = open_for_writing(json_out) if json_out else None  # before the run: a bad --json fails first
     t0 = time.perf_counter()
     result = run(root, intra=sources, cross=pairs, networks=nets, splits=splits, use_cache=cache)
     out = Console()
@@ -145,9 +160,9 @@ def eval_antispoof(
         out.print(table)
     console.print(f"percentages with subject-bootstrap 95 % intervals ({result['bootstrap_draws']} draws); "
                   f"detection {ms.get('detect', 0):.1f} ms per image on top", markup=False)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(public(result), indent=1) + "\n")
+    if fh is not None:
+        with fh:
+            fh.write(json.dumps(public(result), indent=1) + "\n")
     if plot:
         console.print(f"plot: {plot_det(result, plot)}", markup=False)
     console.print(f"wall time {time.perf_counter() - t0:.1f} s", markup=False)

@@ -44,6 +44,14 @@ def safe_text(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def item_error(path: str | os.PathLike[str], message: str) -> str:
+    """A batch item's error as printed: ``"<path>: <message>"``, the path once even when the library's
+    message already starts with it (most do: :class:`~faceflow.errors.InputError` names its source)."""
+    message = safe_text(message)
+    shown = display_path(path)
+    return message if message.startswith(shown) else f"{shown}: {message}"
+
+
 def json_line(record: dict[str, Any]) -> str:
     """One ``faces.jsonl`` line; ``path`` and ``error`` made valid Unicode (see :func:`display_path`)."""
     record = dict(record)

@@ -29,7 +29,8 @@ def _require_serve() -> None:
     """A clear error naming the ``serve`` extra when its packages are missing."""
     from faceflow.extras import require
 
-    for module in ("fastapi", "uvicorn", "pydantic_settings", "prometheus_client", "python_multipart"):
+    for module in ("fastapi", "uvicorn", "pydantic_settings", "prometheus_client", "python_multipart",
+                   "swagger_ui_bundle"):
         require(module, "faceflow serve")
 
 
@@ -104,6 +105,10 @@ def serve(
     if not settings.loopback and not settings.tls:
         warn(f"serving on {settings.host} without TLS: API keys and photos cross the network in clear text "
              "(--ssl-certfile and --ssl-keyfile)")
+    from faceflow.gallery.backends import open_gallery_store
+
+    # A store that cannot be opened is one typed error (exit 4) here, not a traceback from uvicorn's start-up.
+    open_gallery_store(settings.resolved_gallery_url()).close()
     with _key_store(settings.keys_path) as keys:
         if keys.active_count() == 0:
             key, record = keys.create("admin (first start)", "admin")

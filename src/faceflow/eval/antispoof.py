@@ -45,9 +45,10 @@ import numpy.typing as npt
 from faceflow.errors import DatasetError, FaceflowError
 from faceflow.eval._common import track
 from faceflow.eval.cache import ResultCache, runtime_versions
-from faceflow.liveness.models import SINGLE, FusedModel, LivenessModel, logit
-from faceflow.liveness.texture import LBP_DIMS, LinearModel, equal_error_threshold, fit_logistic
+from faceflow.liveness.models import SINGLE, LivenessModel, logit
+from faceflow.liveness.texture import LBP_DIMS, equal_error_threshold, fit_logistic
 from faceflow.models.registry import MODELS
+from faceflow.types import largest_face
 
 F64 = npt.NDArray[np.float64]
 
@@ -197,9 +198,9 @@ def _cached(cache: ResultCache, path: Path, use_cache: bool, times: list[float],
 def _largest_box(detector: Any, image: _LazyImage) -> F64:
     """:data:`BOX_RULE`: the largest detection, else a centre square of half the shorter side."""
     img = image.get()
-    faces = detector.detect(img)
-    if faces:
-        return np.asarray(max(faces, key=lambda f: f.width * f.height).box, np.float64)
+    face = largest_face(detector.detect(img))
+    if face is not None:
+        return np.asarray(face.box, np.float64)
     h, w = img.shape[:2]
     side = 0.5 * min(h, w)
     return np.array([w / 2 - side / 2, h / 2 - side / 2, w / 2 + side / 2, h / 2 + side / 2])
@@ -280,12 +281,6 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
         combiner = fit_logistic(logit(tr), live[train], l2=1.0)
         out["fused"] = Fitted(combiner.score(logit(te)), combiner.threshold)
     return out
-
-
-def fusion_from(parts: Sequence[LivenessModel], part_scores: F64, live: npt.NDArray[np.bool_]) -> FusedModel:
-    """A :class:`FusedModel` whose combiner is fitted on ``part_scores`` (rows: faces, columns: parts)."""
-    combiner: LinearModel = fit_logistic(logit(part_scores), live, l2=1.0)
-    return FusedModel(parts[0].runtime, parts, combiner)
 
 
 # -- metrics ------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.errors import GalleryError, InvalidName, ModelMismatch
+from faceflow.errors import AlreadyExists, GalleryError, InvalidName, ModelMismatch, NotFound
 from faceflow.types import FloatArray
 
 MAX_NAME_LENGTH = 200
@@ -313,7 +313,7 @@ class GalleryStore(ABC):
                               self._json_param(dict(metadata or {})),
                               time.time() if created_at is None else float(created_at))
             if not created and not exist_ok:
-                raise GalleryError(f"gallery {name!r} already exists")
+                raise AlreadyExists(f"gallery {name!r} already exists")
             return self.gallery(name)
 
     def gallery(self, name: str, *, counts: bool = True) -> GalleryInfo:
@@ -324,7 +324,7 @@ class GalleryStore(ABC):
         rows = self._q("gallery_by_name" if counts else "gallery_head", check_name(name, "gallery"))
         if not rows:
             known = ", ".join(g.name for g in self.galleries()) or "none yet"
-            raise GalleryError(f"no gallery named {name!r} (galleries: {known})")
+            raise NotFound(f"no gallery named {name!r} (galleries: {known})")
         return self._gallery_from_row(rows[0])
 
     def galleries(self) -> list[GalleryInfo]:
@@ -369,7 +369,7 @@ class GalleryStore(ABC):
         with self.transaction():
             g = self.gallery(gallery, counts=False)
             if self._q("subject_by_name", g.id, name):
-                raise GalleryError(f"subject {name!r} already exists in gallery {gallery!r}")
+                raise AlreadyExists(f"subject {name!r} already exists in gallery {gallery!r}")
             self._q("insert_subject", g.id, name, self._json_param(dict(metadata or {})),
                     time.time() if created_at is None else float(created_at))
             self._bump(g.id, reset=False)
@@ -381,7 +381,7 @@ class GalleryStore(ABC):
         with self.transaction(write=False):
             rows = self._q("subject_by_name", self.gallery(gallery, counts=False).id, name)
         if not rows:
-            raise GalleryError(f"no subject named {name!r} in gallery {gallery!r}")
+            raise NotFound(f"no subject named {name!r} in gallery {gallery!r}")
         return self._subject_from_row(rows[0])
 
     def _subject_from_row(self, row: Sequence[Any]) -> Subject:

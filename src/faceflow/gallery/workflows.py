@@ -273,15 +273,20 @@ def identify(
         yield identify_result(searcher, result, top=top)
 
 
-def identify_result(searcher: Searcher, result: ImageResult, *, top: int = 5) -> PhotoIdentification:
+def identify_result(searcher: Searcher, result: ImageResult, *, top: int = 5,
+                    strict: bool = False) -> PhotoIdentification:
     """The open-set answers for the faces of one analysed photo (its analyser must make the searched
-    gallery's embeddings); a search error is recorded on the answer, as :func:`identify` does."""
+    gallery's embeddings); a search error is recorded on the answer, as :func:`identify` does, or with
+    ``strict`` raised as it came (the service answers it by its type: 409 for another model, 503 for a
+    store that is down)."""
     answers: list[Identification] = []
     error = result.error
     if result.faces:
         try:
             answers = searcher.identify(np.stack([_embedding(f, searcher.info) for f in result.faces]), top=top)
         except FaceflowError as exc:
+            if strict:
+                raise
             error = str(exc)
     return PhotoIdentification(result, tuple(answers), error)
 

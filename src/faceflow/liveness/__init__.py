@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from faceflow.errors import ConfigError
 from faceflow.liveness.models import LivenessModel, create_model, names
 from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.stage import Stage, StageSpec, option
@@ -29,6 +30,13 @@ class LivenessOptions:
                         flag="liveness-model", choices=names)
     threshold: float | None = option(None, "Live when the score is at least this (default: the model's own).",
                                      flag="liveness-threshold")
+
+    def __post_init__(self) -> None:
+        """Refuse at once what could only fail later (an unknown model) or never decide (scores lie in [0, 1])."""
+        if self.model not in names():
+            raise ConfigError(f"unknown liveness model {self.model!r}; choose from: {', '.join(names())}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"liveness threshold {self.threshold:g} is outside [0, 1], where the scores lie")
 
 
 class LivenessStage(Stage):

@@ -20,7 +20,6 @@ training side only.
 from __future__ import annotations
 
 import io
-import zipfile
 from dataclasses import dataclass
 
 import cv2
@@ -28,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.align import crop_box
+from faceflow.models.npz import npz_bytes
 from faceflow.types import Image
 
 F64 = npt.NDArray[np.float64]
@@ -132,16 +132,9 @@ class LinearModel:
 
     def to_bytes(self) -> bytes:
         """A zip of ``.npy`` arrays with fixed timestamps: the same model gives the same bytes."""
-        buffer = io.BytesIO()
         arrays = {"mean": self.mean, "scale": self.scale, "weights": self.weights,
                   "bias": np.array([self.bias]), "threshold": np.array([self.threshold])}
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name, arr in arrays.items():
-                member = io.BytesIO()
-                np.save(member, np.ascontiguousarray(arr, np.float64))
-                archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                                 member.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-        return buffer.getvalue()
+        return npz_bytes({name: np.asarray(arr, np.float64) for name, arr in arrays.items()})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LinearModel:

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from faceflow.align import similarity_transform
 from faceflow.liveness import LivenessOptions, LivenessStage
 from faceflow.models.runtime import Runtime
+from faceflow.quality.measures import LEFT_EAR, RIGHT_EAR, eye_aspect_ratios
 from faceflow.types import FloatArray, Image, Liveness
 
 BLINK_RATIO = 0.7
@@ -41,19 +42,10 @@ NONRIGID_MIN = 0.02
 """Minimum non-rigid shape change (fraction of the eye distance) counted as a sign of life."""
 MIN_FRAMES = 3
 
-_LEFT_EYE = (33, 160, 158, 133, 153, 144)
-_RIGHT_EYE = (362, 385, 387, 263, 373, 380)
-
 
 def eye_aspect_ratio(mesh: npt.ArrayLike) -> float:
-    """Mean eye aspect ratio of both eyes (Soukupova and Cech, 2016) from the 468-point mesh."""
-    m = np.asarray(mesh, np.float64)[:, :2]
-    out = []
-    for p1, p2, p3, p4, p5, p6 in (_LEFT_EYE, _RIGHT_EYE):
-        width = float(np.linalg.norm(m[p1] - m[p4]))
-        height = float(np.linalg.norm(m[p2] - m[p6]) + np.linalg.norm(m[p3] - m[p5]))
-        out.append(height / (2 * max(width, 1e-6)))
-    return float(np.mean(out))
+    """Mean eye aspect ratio of both eyes from the 468-point mesh (the quality stage's measure)."""
+    return float(np.mean(eye_aspect_ratios(mesh)))
 
 
 def count_blinks(ear: npt.ArrayLike, ratio: float = BLINK_RATIO) -> int:
@@ -72,7 +64,7 @@ def nonrigid_motion(meshes: Iterable[npt.ArrayLike]) -> float:
     if len(ms) < 2:
         return 0.0
     ref = ms[0]
-    eyes = np.linalg.norm(ref[list(_LEFT_EYE)].mean(0) - ref[list(_RIGHT_EYE)].mean(0))
+    eyes = np.linalg.norm(ref[list(LEFT_EAR)].mean(0) - ref[list(RIGHT_EAR)].mean(0))
     res = []
     for m in ms[1:]:
         t = similarity_transform(m, ref)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.errors import FaceflowError
+from faceflow.errors import UnsupportedOp
 
 Array = npt.NDArray[Any]
 
@@ -33,10 +33,6 @@ SUPPORTED = frozenset({"Placeholder", "Const", "Identity", "_FusedConv2D", "MaxP
 
 _DTYPES = {"float32": np.float32, "int32": np.int32, "float16": np.float16, "uint8": np.uint8,
            "uint16": np.uint16, "bool": np.bool_}
-
-
-class UnsupportedOp(FaceflowError):
-    """The TF.js graph uses an operator (or an attribute value) this converter does not handle."""
 
 
 @dataclass
@@ -107,7 +103,15 @@ def _weights(manifest: Sequence[dict[str, Any]], shards: Sequence[bytes]) -> dic
 
 
 def load_tfjs(model_json: Path | str, shards: Sequence[Path | str]) -> TfjsGraph:
-    """Parse ``model.json`` and its weight shards (in the manifest's order)."""
+    """Parse ``model.json`` and its weight shards (in the manifest's order); :class:`UnsupportedOp` for
+    anything else than a TF.js graph model this converter handles."""
+    try:
+        return _load_tfjs(model_json, shards)
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as exc:  # malformed JSON or manifest
+        raise UnsupportedOp(f"{model_json}: not a readable TF.js graph model ({type(exc).__name__}: {exc})") from None
+
+
+def _load_tfjs(model_json: Path | str, shards: Sequence[Path | str]) -> TfjsGraph:
     spec = json.loads(Path(model_json).read_text())
     if spec.get("format") != "graph-model":
         raise UnsupportedOp(f"{model_json}: only TF.js graph models are converted, not {spec.get('format')!r}")

@@ -197,6 +197,19 @@ def blockiness(image: Image, box: npt.ArrayLike) -> float | None:
     return float(np.mean(ratios))
 
 
+def eye_aspect_ratios(mesh: npt.ArrayLike) -> tuple[float, float]:
+    """Eye aspect ratio (Soukupova and Cech, 2016) of the eye on the image's left and on its right, from the
+    mesh: the two lid gaps over twice the corner distance (about 0.3 open, near 0 closed)."""
+    p = np.asarray(mesh, np.float64)[:, :2]
+
+    def ear(idx: Sequence[int]) -> float:
+        o, u1, u2, i, l1, l2 = (p[k] for k in idx)
+        gaps = float(np.linalg.norm(u1 - l2) + np.linalg.norm(u2 - l1))
+        return gaps / max(2 * float(np.linalg.norm(o - i)), 1e-6)
+
+    return ear(LEFT_EAR), ear(RIGHT_EAR)
+
+
 def mesh_measures(mesh: npt.ArrayLike, image_size: tuple[int, int]) -> dict[str, QualityMeasure]:
     """Eyes, mouth, visibility, occlusion by the frame, eye distance, head size, margins, pose."""
     m = np.asarray(mesh, np.float64)
@@ -206,15 +219,11 @@ def mesh_measures(mesh: npt.ArrayLike, image_size: tuple[int, int]) -> dict[str,
     def dist(a: int, b: int) -> float:
         return float(np.linalg.norm(p[a] - p[b]))
 
-    def ear(idx: Sequence[int]) -> float:
-        o, u1, u2, i, l1, l2 = idx
-        return (dist(u1, l2) + dist(u2, l1)) / max(2 * dist(o, i), 1e-6)
-
     def in_frame(idx: Sequence[int]) -> float:
         q = p[list(idx)]
         return float(np.mean((q[:, 0] >= 0) & (q[:, 0] < w) & (q[:, 1] >= 0) & (q[:, 1] < h)))
 
-    eyes_open = min(ear(LEFT_EAR), ear(RIGHT_EAR))
+    eyes_open = min(eye_aspect_ratios(m))
     mouth = dist(MOUTH[2], MOUTH[3]) / max(dist(MOUTH[0], MOUTH[1]), 1e-6)
     widths = (dist(LEFT_EAR[0], LEFT_EAR[3]), dist(RIGHT_EAR[0], RIGHT_EAR[3]))
     mean_w = max(sum(widths) / 2, 1e-6)

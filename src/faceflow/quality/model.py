@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import math
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.landmarks import MESH_TO_68
+from faceflow.models.npz import npz_bytes
 from faceflow.quality.measures import COMPONENTS, mesh_landmarks5, region_feature_names
 from faceflow.types import QualityMeasure
 
@@ -131,14 +131,7 @@ class TreeEnsembles:
 
     def to_bytes(self) -> bytes:
         """A zip of ``.npy`` arrays with fixed timestamps: the same model gives the same bytes."""
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name in ("feature", "threshold", "leaf", "base", "quantiles"):
-                member = io.BytesIO()
-                np.save(member, np.ascontiguousarray(getattr(self, name)))
-                archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)),
-                                 member.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
-        return buffer.getvalue()
+        return npz_bytes({name: getattr(self, name) for name in ("feature", "threshold", "leaf", "base", "quantiles")})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TreeEnsembles:

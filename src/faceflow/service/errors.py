@@ -32,15 +32,16 @@ from __future__ import annotations
 import re
 
 from faceflow.errors import (
+    AlreadyExists,
     ConfigError,
     FaceflowError,
-    GalleryError,
     ImageError,
     ImageTooLarge,
     InvalidName,
     ModelMismatch,
     ModelUnavailable,
     NoFaceFound,
+    NotFound,
     StageError,
     StoreUnavailable,
 )
@@ -89,11 +90,10 @@ def from_library(exc: FaceflowError) -> ApiError:
         return ApiError(500, "internal", "internal error")
     if isinstance(exc, ConfigError):
         return ApiError(400, "bad_request", message)
-    if isinstance(exc, GalleryError):
-        if "already exists" in message:
-            return ApiError(409, "conflict", message)
-        if message.startswith("no "):
-            return ApiError(404, "not_found", message)
+    if isinstance(exc, AlreadyExists):
+        return ApiError(409, "conflict", message)
+    if isinstance(exc, NotFound):
+        return ApiError(404, "not_found", message)
     return ApiError(422, "unprocessable", message)
 
 

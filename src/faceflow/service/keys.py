@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from faceflow.errors import ConfigError
+from faceflow.gallery.store import check_name
 
 SCOPES: tuple[str, ...] = ("read", "write", "admin")
 """Scopes, weakest first: a key may do what its scope and every weaker one allow."""
@@ -82,19 +83,27 @@ class KeyStore:
     """API keys in a small SQLite file (created on first use, readable by its owner only)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open (or create) the store at ``path``; a :class:`ConfigError` naming it when that is not
+        possible (a folder, a file that is not a key store, no access), never a bare sqlite error."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
-        if new:
-            os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
         self._verified: dict[str, bytes] = {}
-        with self._lock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open the key store {self.path}: {exc}") from None
+        try:
+            if new:
+                os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("""CREATE TABLE IF NOT EXISTS api_keys (
                 id TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, galleries TEXT,
                 salt BLOB NOT NULL, hash BLOB NOT NULL, created_at REAL NOT NULL, revoked_at REAL)""")
+        except (OSError, sqlite3.Error) as exc:
+            self._db.close()
+            raise ConfigError(f"cannot open the key store {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -125,7 +134,8 @@ class KeyStore:
         kid = secrets.token_hex(6)
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
         salt = secrets.token_bytes(16)
-        listed = None if galleries is None else json.dumps(sorted(set(galleries)))
+        # as the store keeps gallery names (trimmed, NFC), so that may_touch compares like with like
+        listed = None if galleries is None else json.dumps(sorted({check_name(g, "gallery") for g in galleries}))
         now = time.time()
         with self._cursor() as cur:
             cur.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",

@@ -17,7 +17,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from faceflow.errors import FaceflowError, GalleryError
+from faceflow.errors import FaceflowError, NotFound
 from faceflow.gallery.io import export_gallery
 from faceflow.gallery.store import GalleryInfo, check_name
 from faceflow.gallery.workflows import Photo, create_gallery, enroll, identify_result
@@ -59,10 +59,8 @@ async def _gallery(state: ServiceState, key: ApiKey, name: str, *, counts: bool 
         raise gallery_not_found(name) from None
     try:  # looked up whatever the key may touch, so that both answers take the same path
         info: GalleryInfo = await run_in_threadpool(state.store.gallery, clean, counts=counts)
-    except GalleryError as exc:
-        if str(exc).startswith("no gallery named"):
-            raise gallery_not_found(name) from None
-        raise
+    except NotFound:  # store.gallery looks up the gallery alone
+        raise gallery_not_found(name) from None
     if not key.may_touch(info.name):
         raise gallery_not_found(name)
     return info
@@ -178,9 +176,7 @@ async def identify(request: Request, key: Reader, gallery: GalleryName,
         analyzer = state.gallery_analyzer(info)
         image = load_image(upload.data, max_pixels=state.settings.max_pixels)
         result = ImageResult(upload.name, int(image.shape[1]), int(image.shape[0]), analyzer.analyze_array(image))
-        answer = identify_result(state.searcher(info), result, top=top_k)
-        if answer.error:
-            raise GalleryError(answer.error)
+        answer = identify_result(state.searcher(info), result, top=top_k, strict=True)
         faces = []
         for face, ident in zip(result.faces, answer.answers, strict=True):
             faces.append({"box": [round(float(x), 2) for x in face.box], "score": round(face.score, 4),

@@ -9,7 +9,6 @@ in the key store, hashed).
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +96,23 @@ class ServeSettings(BaseSettings):
             raise ValueError(f"unknown stage {unknown[0]!r}; known: {', '.join(known)}")
         return ",".join(names)
 
+    @field_validator("detector")
+    @classmethod
+    def _detector_name(cls, value: str) -> str:
+        from faceflow.detect.base import DETECTORS
+
+        if value not in DETECTORS:
+            raise ValueError(f"unknown detector {value!r}; choose one of: {', '.join(DETECTORS)}")
+        return value
+
+    @field_validator("ssl_certfile", "ssl_keyfile", "ssl_ca_certs")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        """Refused here, by name, rather than by a traceback from inside uvicorn's start."""
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
     @field_validator("verify_model", "gallery_model")
     @classmethod
     def _recognition_model(cls, value: str) -> str:
@@ -170,8 +186,3 @@ def _redact_url(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
-
-
-def environment_overrides() -> dict[str, str]:
-    """The ``FACEFLOW_SERVE_*`` variables set now (for messages)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}

@@ -13,7 +13,6 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from faceflow.errors import ConfigError
 from faceflow.gallery.backends import open_gallery_store
 from faceflow.gallery.search import Searcher
 from faceflow.gallery.store import GalleryInfo, GalleryStore
@@ -24,7 +23,6 @@ from faceflow.service.keys import KeyStore
 from faceflow.service.limits import RateLimiter, WorkPool
 from faceflow.service.metrics import Metrics
 from faceflow.service.settings import ServeSettings
-from faceflow.stage import registry
 
 MAX_ANALYZERS = 32
 """Distinct analysers (stage lists x detectors x models) kept; the least recently used goes first."""
@@ -69,12 +67,9 @@ class ServiceState:
 
     def analyzer(self, stages: tuple[str, ...] | None = None, detector: str | None = None,
                  embed_model: str | None = None) -> Analyzer:
-        """The analyser for these stages and detector (``embed_model``: the embed stage's model)."""
+        """The analyser for these stages and detector (``embed_model``: the embed stage's model); an unknown
+        stage or detector is the Analyzer's own :class:`~faceflow.errors.ConfigError` (400)."""
         stages = stages or self.default_stages
-        known = set(registry().names())
-        unknown = [s for s in stages if s not in known]
-        if unknown:
-            raise ConfigError(f"unknown stage {unknown[0]!r}; known: {', '.join(sorted(known))}")
         detector = detector or self.settings.detector
         values: dict[str, Any] = {"detector": detector, "max_pixels": self.settings.max_pixels}
         if embed_model is not None:
