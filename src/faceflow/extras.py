@@ -1,7 +1,8 @@
 """Optional parts of faceflow and the pip extras that install them.
 
 ``pip install 'faceflow[postgres]'`` (psycopg: PostgreSQL galleries), ``[ann]`` (usearch: the HNSW
-index of big SQLite galleries), ``[plots]`` (matplotlib: evaluation plots), ``[all]`` for all three.
+index of big SQLite galleries), ``[plots]`` (matplotlib: evaluation plots), ``[ray]`` (Ray Data and
+pyarrow: ``--engine ray``, Parquet results), ``[all]`` for all of them.
 Code that needs one imports it through :func:`require`, late, so that ``import faceflow`` and
 ``faceflow --help`` never load them, and a missing one is a clear :class:`~faceflow.errors.MissingExtra`.
 """
@@ -17,6 +18,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "psycopg": ("postgres", "psycopg"),
     "usearch": ("ann", "usearch"),
     "matplotlib": ("plots", "matplotlib"),
+    "ray": ("ray", "ray[data]"),
+    "pyarrow": ("ray", "pyarrow"),
 }
 """Top-level package -> (pip extra, what to call it in the message)."""
 
