@@ -18,6 +18,7 @@ every node sees (one machine, or a shared file system).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -32,6 +33,7 @@ import numpy as np
 from faceflow.distributed import jobs
 from faceflow.errors import ConfigError, FaceflowError
 from faceflow.extras import require
+from faceflow.outputs import display_path, json_line
 from faceflow.pipeline import AnalyzerOptions
 
 Progress = Callable[[int, int], None]
@@ -76,6 +78,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
 
 
 def _data_context(ray: Any) -> None:
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO and progress notes are not ours to print
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows its own, fed by the workers' summaries
     ctx.print_on_execution_start = False
@@ -108,7 +111,7 @@ def _run_batches(ray: Any, actor: type, kwargs: dict[str, Any], n_batches: int, 
     blocks = [np.arange(a, min(a + per_block, n_batches)) for a in range(0, n_batches, per_block)]
     ds = ray.data.from_numpy(blocks).rename_columns({"data": "id"}).map_batches(
         actor, fn_constructor_kwargs=kwargs, batch_size=1, num_cpus=1,
-        compute=ray.data.ActorPoolStrategy(size=workers), max_task_retries=-1, max_restarts=-1,
+        compute=ray.data.ActorPoolStrategy(size=workers),  # Ray Data restarts actors and retries their tasks
     )
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
@@ -218,7 +221,7 @@ def analyze_job(
     options = _one_thread(options)
     plan = jobs.plan_job(out, jobs.expand_inputs(inputs, exclude=[out], column=column), content_hash=content_hash)
     if plan.total == 0:
-        raise ConfigError("no image files found in " + ", ".join(map(jobs.display_path, inputs)))
+        raise ConfigError("no image files found in " + ", ".join(map(display_path, inputs)))
     summary = JobSummary(plan.total, plan.done, dropped_shards=plan.dropped_shards)
     n_batches = _write_pending(plan, batch_size)
     if progress:
@@ -242,7 +245,7 @@ def analyze_job(
     with open(tmp, "w", encoding="utf-8") as fh:
         for record in jobs.iter_records(out):
             record.pop("index")
-            fh.write(jobs.json_line(record))
+            fh.write(json_line(record))
             summary.faces += len(record["faces"])
             if record["error"] is not None:
                 summary.errors += 1

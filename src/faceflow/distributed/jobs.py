@@ -144,11 +144,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]], *, exclude: Sequence
 
 
 def _stat_row(index: int, path: Path, content_hash: bool) -> dict[str, Any]:
+    size: int | None = None
+    mtime: int | None = None
     try:
         st = path.stat()
         size, mtime = int(st.st_size), int(st.st_mtime_ns)
     except OSError:
-        size = mtime = None
+        pass
     digest = None
     if content_hash and size is not None:
         with contextlib.suppress(OSError):
