@@ -1,0 +1,210 @@
+"""The Ray engine on real models and LFW images: same JSON as the in-process engine, resumable jobs,
+a killed worker and a killed driver, idempotent enrolment into PostgreSQL, clustering by components.
+
+A two-node Ray cluster is started on loopback for the module (``ray start --head`` and a second
+``ray start --address``, one CPU each, their own temporary folder) and stopped at the end by killing
+exactly the processes it started; the tests skip, saying why, when Ray is missing or cannot start.
+The driver-kill test starts its own local runtime (no ``--address``), as a user's run would.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import datasets_root
+
+LFW = datasets_root() / "lfw"
+SRC = Path(__file__).resolve().parents[1] / "src"
+START_TIMEOUT = 90
+JOB_TIMEOUT = 240
+
+pytestmark = pytest.mark.skipif(not LFW.is_dir(), reason=f"LFW not found at {LFW}")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", COLUMNS="400", **extra)
+    return env
+
+
+def _lfw_images(n: int) -> list[Path]:
+    """The first ``n`` LFW images in folder order (deterministic)."""
+    out: list[Path] = []
+    for person in sorted(LFW.iterdir()):
+        out.extend(sorted(person.glob("*.jpg")))
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _kill_tree(marker: str) -> None:
+    """Kill the processes whose command line names ``marker`` (our cluster's own folder), with all
+    their descendants: exactly what this module started, never another user's Ray."""
+    import psutil
+
+    roots = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                roots.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    victims = {p.pid: p for r in roots for p in [r, *_children(r)]}
+    for p in victims.values():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(victims.values()), timeout=10)
+
+
+def _children(p: object) -> list[object]:
+    import psutil
+
+    try:
+        return list(p.children(recursive=True))  # type: ignore[attr-defined]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """Address of a two-node Ray cluster on 127.0.0.1 (one CPU per node)."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'faceflow[ray]')")
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        for args in (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
+                      "--object-store-memory=200000000"],
+                     [f"--address={address}", "--object-store-memory=100000000"]):
+            done = subprocess.run([str(ray_bin), "start", *args, *common], env=_env(), capture_output=True,
+                                  text=True, timeout=START_TIMEOUT)
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-800:] or done.stdout[-800:])
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        _kill_tree(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        pytest.skip(f"a local Ray cluster could not start: {exc}")
+    try:
+        yield address
+    finally:
+        _kill_tree(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _faceflow(*args: str, timeout: float = JOB_TIMEOUT, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "faceflow.cli", *args], env=_env(**env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _close(a: object, b: object, tol: float = 1e-4) -> bool:
+    """Equal JSON values, numbers up to ``tol`` (float round-off between thread counts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    return a == b
+
+
+def _check_exactly_once(out: Path, expected: list[str]) -> None:
+    """Every input once in the kept shards and once in faces.jsonl, in input order."""
+    import pyarrow.parquet as pq
+
+    indices = np.concatenate([pq.read_table(p, columns=["index"]).column(0).to_numpy()
+                              for p in (out / "shards").glob("images-*.parquet")])
+    assert sorted(indices.tolist()) == list(range(len(expected)))
+    assert [r["path"] for r in _records(out / "faces.jsonl")] == expected
+
+
+# -- 1. same results as the in-process engine; Parquet; rerun ---------------------------------------
+
+
+def test_ray_engine_gives_the_in_process_json_and_resumes(cluster: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = _lfw_images(14)
+    broken = tmp_path / "in" / "broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a jpeg")
+    changing = tmp_path / "in" / "changing.jpg"
+    shutil.copy(images[0], changing)
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{p}\n" for p in images[:6]))
+    pattern = str(LFW / "Aaron_[EGP]*" / "*.jpg")  # a glob (Aaron_Eckhart's photo is also listed: twice)
+    inputs = [str(listed), pattern, str(tmp_path / "in")]
+    common = ["--stages", "detect,landmarks,pose,attributes", "--embeddings", "--no-annotate"]
+
+    local = _faceflow("analyze", *[str(p) for p in images[:6]], *sorted(glob.glob(pattern)), str(tmp_path / "in"),
+                      "-o", str(tmp_path / "local"), *common)
+    assert local.returncode == 1, local.stderr  # the broken file fails in both engines
+    ray_run = _faceflow("analyze", *inputs, "-o", str(tmp_path / "ray"), "--engine", "ray", "--address", cluster,
+                        "--batch-size", "4", *common)
+    assert ray_run.returncode == 1, ray_run.stderr
+    expected, got = _records(tmp_path / "local" / "faces.jsonl"), _records(tmp_path / "ray" / "faces.jsonl")
+    assert [r["path"] for r in got] == [r["path"] for r in expected]
+    assert len(got) == 14 and sum(len(r["faces"]) for r in got) >= 12  # type: ignore[arg-type]
+    assert all(_close(a, b) for a, b in zip(expected, got, strict=True))
+    assert next(r for r in got if r["path"] == str(broken))["error"]
+
+    # Parquet: one row per face, the embedding as a fixed-size list equal to the JSON's.
+    faces = [row for p in sorted((tmp_path / "ray" / "shards").glob("faces-*.parquet"))
+             for row in pq.read_table(p).to_pylist()]
+    assert len(faces) == sum(len(r["faces"]) for r in got)  # type: ignore[arg-type]
+    schema = pq.read_schema(next((tmp_path / "ray" / "shards").glob("faces-*.parquet")))
+    kind = schema.field("embedding_sface").type
+    assert pa.types.is_fixed_size_list(kind) and kind.list_size == 128 and kind.value_type == pa.float32()
+    first = faces[0]
+    record = next(r for r in got if r["path"] == first["path"])
+    assert np.allclose(first["embedding_sface"], record["faces"][0]["embeddings"]["sface"], atol=1e-6)  # type: ignore[index]
+    manifest = pq.read_table(tmp_path / "ray" / "manifest.parquet").to_pylist()
+    assert [m["path"] for m in manifest] == [r["path"] for r in got]
+    assert manifest[0]["size"] == images[0].stat().st_size and manifest[0]["sha256"] is None
+
+    # Rerun: nothing to do (no Ray needed), the same output.
+    before = (tmp_path / "ray" / "faces.jsonl").read_bytes()
+    again = _faceflow("analyze", *inputs, "-o", str(tmp_path / "ray"), "--engine", "ray", "--address", cluster,
+                      "--batch-size", "4", *common)
+    assert "0 analysed now" in again.stderr and (tmp_path / "ray" / "faces.jsonl").read_bytes() == before
+
+    # An input that changed (another photo under the same name) is analysed again, with its batch only.
+    shutil.copy(images[1], changing)
+    os.utime(changing, ns=(time.time_ns(), time.time_ns() + 10**9))
+    third = _faceflow("analyze", *inputs, "-o", str(tmp_path / "ray"), "--engine", "ray", "--address", cluster,
+                      "--batch-size", "4", *common)
+    last_batch = (len(got) - 1) % 4 + 1  # changing.jpg is the last input: its batch is the last one
+    assert f"{last_batch} analysed now" in third.stderr, third.stderr
+    redone = next(r for r in _records(tmp_path / "ray" / "faces.jsonl") if r["path"] == str(changing))
+    same_as = next(r for r in expected if r["path"] == str(images[1]))
+    assert _close(redone["faces"], same_as["faces"])
+    _check_exactly_once(tmp_path / "ray", [r["path"] for r in expected])  # type: ignore[misc]
