@@ -89,8 +89,8 @@ def _children(p: object) -> list[object]:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """Address of a two-node Ray cluster on 127.0.0.1 (one CPU per node)."""
+def ray_cluster() -> Iterator[tuple[str, str]]:
+    """(address, temporary folder) of a two-node Ray cluster on 127.0.0.1 (one CPU per node)."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'faceflow[ray]')")
     ray_bin = Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
@@ -110,10 +110,15 @@ def cluster() -> Iterator[str]:
         shutil.rmtree(temp, ignore_errors=True)
         pytest.skip(f"a local Ray cluster could not start: {exc}")
     try:
-        yield address
+        yield address, temp
     finally:
         _kill_tree(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(ray_cluster: tuple[str, str]) -> str:
+    return ray_cluster[0]
 
 
 def _faceflow(*args: str, timeout: float = JOB_TIMEOUT, **env: str) -> subprocess.CompletedProcess[str]:
@@ -208,3 +213,72 @@ def test_ray_engine_gives_the_in_process_json_and_resumes(cluster: str, tmp_path
     same_as = next(r for r in expected if r["path"] == str(images[1]))
     assert _close(redone["faces"], same_as["faces"])
     _check_exactly_once(tmp_path / "ray", [r["path"] for r in expected])  # type: ignore[misc]
+
+
+# -- 2. killed worker, killed driver: at most the batches in flight are lost, all images once --------
+
+
+def _start(args: list[str], **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "faceflow.cli", *args], env=_env(**env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_shards(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    while len(list((out / "shards").glob("images-*.parquet"))) < n:
+        if proc.poll() is not None:
+            pytest.fail(f"the job ended before {n} batches were written: {proc.communicate()[1][-2000:]}")
+        if time.monotonic() > end:
+            proc.kill()
+            pytest.fail(f"no {n} batches after {timeout} s")
+        time.sleep(0.05)
+
+
+def test_killed_worker_loses_only_its_batches(ray_cluster: tuple[str, str], tmp_path: Path) -> None:
+    import psutil
+
+    address, temp = ray_cluster
+    images = [str(p) for p in _lfw_images(60)]
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join(images) + "\n")
+    out = tmp_path / "out"
+    args = ["analyze", str(listed), "-o", str(out), "--engine", "ray", "--address", address, "--batch-size", "2",
+            "--no-annotate"]
+    proc = _start(args)
+    _wait_for_shards(out, 1, proc)
+    raylets = [p for p in psutil.process_iter(["cmdline"])
+               if any(temp in part for part in (p.info["cmdline"] or [])) and "raylet" in " ".join(p.info["cmdline"])]
+    actors = [c for r in raylets for c in r.children(recursive=True) if "AnalyzeBatch" in " ".join(c.cmdline())]
+    assert actors, "no analysing actor found in the cluster's processes"
+    actors[0].kill()
+    killed_at = len(list((out / "shards").glob("images-*.parquet")))
+    _, err = proc.communicate(timeout=JOB_TIMEOUT)
+    assert killed_at < 30, "the job was over before the worker was killed"
+    if proc.returncode not in (0, 1):  # Ray gave up on the batch: the rerun finishes it
+        rerun = _faceflow(*args)
+        assert rerun.returncode == 0, rerun.stderr
+    _check_exactly_once(out, images)
+
+
+def test_killed_driver_loses_only_its_batches(cluster: str, tmp_path: Path) -> None:
+    images = [str(p) for p in _lfw_images(60)]
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join(images) + "\n")
+    out = tmp_path / "out"
+    ray_tmp = tempfile.mkdtemp(prefix="ffdrv-", dir="/tmp")
+    args = ["analyze", str(listed), "-o", str(out), "--engine", "ray", "--batch-size", "2", "--no-annotate"]
+    proc = _start([*args, "--workers", "2"], RAY_TMPDIR=ray_tmp)  # no --address: the driver starts its own local runtime
+    try:
+        _wait_for_shards(out, 2, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        _kill_tree(ray_tmp)  # what the dead driver's runtime left behind
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    kept = len(list((out / "shards").glob("images-*.parquet")))
+    assert 2 <= kept < 30 and not (out / "faces.jsonl").exists()
+    rerun = _faceflow(*args, "--address", cluster)
+    assert rerun.returncode == 0, rerun.stderr
+    done_before = int(rerun.stderr.split(" done before")[0].rsplit(", ", 1)[1])
+    assert done_before >= 2 * 2  # the committed batches were kept, not redone
+    _check_exactly_once(out, images)
