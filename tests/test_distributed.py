@@ -59,16 +59,17 @@ def _free_port() -> int:
 
 
 def _kill_tree(marker: str) -> None:
-    """Kill the processes whose command line names ``marker`` (our cluster's own folder), with all
-    their descendants: exactly what this module started, never another user's Ray."""
+    """Kill the processes whose command line or ``RAY_TMPDIR`` names ``marker`` (our cluster's own
+    folder), with all their descendants: exactly what this module started, never another user's Ray."""
     import psutil
 
     roots = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(marker in part for part in (p.info["cmdline"] or [])):
+            if any(marker in part for part in (p.info["cmdline"] or [])) or \
+                    marker in p.environ().get("RAY_TMPDIR", ""):  # agents retitle themselves "ray::..."
                 roots.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     victims = {p.pid: p for r in roots for p in [r, *_children(r)]}
     for p in victims.values():
@@ -282,3 +283,88 @@ def test_killed_driver_loses_only_its_batches(cluster: str, tmp_path: Path) -> N
     done_before = int(rerun.stderr.split(" done before")[0].rsplit(", ", 1)[1])
     assert done_before >= 2 * 2  # the committed batches were kept, not redone
     _check_exactly_once(out, images)
+
+
+# -- 3. enrolment through Ray into PostgreSQL + pgvector: batches in transactions, never twice -------
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh database on the session's throw-away PostgreSQL server (see tests/test_gallery.py)."""
+    import uuid
+
+    import psycopg
+
+    from faceflow.gallery.tempdb import with_database
+    from tests.test_gallery import postgres_admin_url
+
+    admin = postgres_admin_url()
+    name = f"faceflow_ray_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield with_database(admin, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_enrol_on_ray_into_postgres_is_idempotent(cluster: str, pg_database: str, tmp_path: Path) -> None:
+    from faceflow.gallery import open_gallery_store
+
+    people = [d for d in sorted(LFW.iterdir()) if len(list(d.glob("*.jpg"))) >= 2][:4]
+    photos = [str(p) for d in people for p in sorted(d.glob("*.jpg"))[:3]]
+    enrol = ["enroll", "g", "-", *photos, "--batch", "4", "--largest"]
+    first = _faceflow(*enrol, "--store", pg_database, "--engine", "ray", "--address", cluster)
+    assert first.returncode == 0, first.stderr
+    assert f"enrolled {len(photos)} of {len(photos)} photos" in first.stderr
+    again = _faceflow(*enrol, "--store", pg_database, "--engine", "ray", "--address", cluster)
+    assert again.returncode == 0, again.stderr
+    assert f"({len(photos)} already there)" in again.stderr, again.stderr
+    local = _faceflow(*enrol, "--store", f"sqlite:///{tmp_path}/g.db")
+    assert local.returncode == 0, local.stderr
+    with open_gallery_store(pg_database) as pg, open_gallery_store(f"sqlite:///{tmp_path}/g.db") as lite:
+        on_ray = {f.source: f for f in pg.faces("g", embeddings=True)}
+        in_process = {f.source: f for f in lite.faces("g", embeddings=True)}
+        assert pg.gallery("g").faces == len(photos) and pg.check() == []
+    assert on_ray.keys() == in_process.keys() == set(photos)
+    for source, face in on_ray.items():
+        other = in_process[source]
+        assert face.subject == other.subject == Path(source).parent.name
+        assert face.source_sha256 == other.source_sha256
+        assert np.allclose(face.embedding, other.embedding, atol=1e-4)  # type: ignore[arg-type]
+
+
+# -- 4. clustering by components of the threshold graph ---------------------------------------------
+
+
+def test_cluster_large_equals_average_linkage_with_cannot_link() -> None:
+    from faceflow.distributed.clustering import canonical, cluster_large
+    from faceflow.gallery.cluster import average_linkage, cannot_link_violations
+
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(150, 32))
+    x = np.repeat(centres, 6, axis=0) + 0.45 * rng.normal(size=(900, 32))
+    groups = [i // 4 for i in range(900)]  # photos of four faces: cannot-link inside each
+    for threshold in (0.25, 0.45, 0.7):
+        expected = canonical(average_linkage(x, groups, threshold))
+        got = cluster_large(x, groups, threshold, k=8)  # a small k: the widening search must find the rest
+        assert np.array_equal(got, expected), threshold
+        assert cannot_link_violations(got.tolist(), groups) == 0
+    assert 100 < int(expected.max()) + 1 < 900  # neither everything merged nor nothing
+
+
+@pytest.mark.slow
+def test_cluster_large_equals_in_process_clustering_on_lfw() -> None:
+    """The held-out half of LFW (3,889 images, sface at its threshold): the same partition."""
+    from faceflow.distributed.clustering import canonical, cluster_large
+    from faceflow.eval.clustering import lfw_tuning_half
+    from faceflow.eval.identification import lfw_identities
+    from faceflow.eval.tasks import lfw_gallery_embedder
+    from faceflow.gallery.cluster import average_linkage, cluster_threshold
+
+    paths = [p for name, imgs in lfw_identities(LFW).items() if not lfw_tuning_half(name) for p in imgs]
+    embed = lfw_gallery_embedder("sface")
+    found = [(p, e) for p in paths if (e := embed(p)) is not None]
+    x = np.stack([e for _, e in found])
+    groups = [str(p) for p, _ in found]
+    expected = canonical(average_linkage(x, groups, cluster_threshold("sface")))
+    assert np.array_equal(cluster_large(x, groups, cluster_threshold("sface")), expected)

@@ -78,7 +78,6 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
 
 
 def _data_context(ray: Any) -> None:
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO and progress notes are not ours to print
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver shows its own, fed by the workers' summaries
     ctx.print_on_execution_start = False
@@ -113,6 +112,9 @@ def _run_batches(ray: Any, actor: type, kwargs: dict[str, Any], n_batches: int, 
         actor, fn_constructor_kwargs=kwargs, batch_size=1, num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=workers),  # Ray Data restarts actors and retries their tasks
     )
+    for handler in logging.getLogger("ray.data").handlers:  # its notes go to its log file, not our console
+        if handler.name == "console":
+            handler.setLevel(logging.ERROR)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             for i in range(len(batch["first"])):
