@@ -9,6 +9,7 @@ The driver-kill test starts its own local runtime (no ``--address``), as a user'
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -73,10 +74,8 @@ def _kill_tree(marker: str) -> None:
             continue
     victims = {p.pid: p for r in roots for p in [r, *_children(r)]}
     for p in victims.values():
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(list(victims.values()), timeout=10)
 
 
@@ -253,7 +252,7 @@ def test_killed_worker_loses_only_its_batches(ray_cluster: tuple[str, str], tmp_
     assert actors, "no analysing actor found in the cluster's processes"
     actors[0].kill()
     killed_at = len(list((out / "shards").glob("images-*.parquet")))
-    _, err = proc.communicate(timeout=JOB_TIMEOUT)
+    proc.communicate(timeout=JOB_TIMEOUT)
     assert killed_at < 30, "the job was over before the worker was killed"
     if proc.returncode not in (0, 1):  # Ray gave up on the batch: the rerun finishes it
         rerun = _faceflow(*args)
@@ -268,7 +267,8 @@ def test_killed_driver_loses_only_its_batches(cluster: str, tmp_path: Path) -> N
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="ffdrv-", dir="/tmp")
     args = ["analyze", str(listed), "-o", str(out), "--engine", "ray", "--batch-size", "2", "--no-annotate"]
-    proc = _start([*args, "--workers", "2"], RAY_TMPDIR=ray_tmp)  # no --address: the driver starts its own local runtime
+    # No --address: the driver starts (and here takes down with it) its own local runtime.
+    proc = _start([*args, "--workers", "2"], RAY_TMPDIR=ray_tmp)
     try:
         _wait_for_shards(out, 2, proc)
         proc.send_signal(signal.SIGKILL)

@@ -35,7 +35,8 @@ MAX_K = 4096
 
 def _unit(vectors: npt.ArrayLike) -> FloatArray:
     x = np.asarray(vectors, dtype=np.float32)
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    out: FloatArray = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return out
 
 
 def threshold_edges(vectors: npt.ArrayLike, threshold: float, *, k: int = DEFAULT_K, threads: int = 0,
