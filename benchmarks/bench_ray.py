@@ -145,8 +145,8 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
                 fh.write(f"{files[i % len(files)]}\n")
         deadline = time.perf_counter() + args.time_limit if args.time_limit else None
         ray = on_ray(listing, work / "ray", cpus=2, stages=stages, batch_size=args.batch_size, deadline=deadline)
-        lines = sum(1 for _ in open(work / "ray" / "faces.jsonl", encoding="utf-8")) \
-            if (work / "ray" / "faces.jsonl").exists() else 0
+        jsonl = work / "ray" / "faces.jsonl"
+        lines = len(jsonl.read_text(encoding="utf-8").splitlines()) if jsonl.exists() else 0
     return {"list": f"{args.entries} lines: the {len(files)} LFW images in sorted order, repeated", "stages": stages,
             "ray_local_2_cpus": ray, "faces_jsonl_lines": lines}
 

@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'faceflow[ray]')")
 
-from faceflow.distributed import jobs  # noqa: E402
-from faceflow.errors import ConfigError  # noqa: E402
-from faceflow.types import Face, ImageResult  # noqa: E402
+from faceflow.distributed import jobs
+from faceflow.errors import ConfigError
+from faceflow.types import Face, ImageResult
 
 
 def _files(tmp_path: Path, n: int) -> list[Path]:
