@@ -4,6 +4,7 @@
     python benchmarks/bench_ray.py throughput --root ../shared/datasets/lfw [--limit N]
     # driver RSS: a list of 100,000 entries (LFW's files repeated in order), the detect stage only
     python benchmarks/bench_ray.py memory --root ../shared/datasets/lfw --entries 100000 [--time-limit S]
+    #   (--thumbnails 64: small copies of LFW images instead, so that results reach the driver faster)
 
 Each writes benchmarks/results/ray_<mode>.json with the command's arguments, the machine's load
 average before and after (the machine is shared: figures under load are noisy), and the figures.
@@ -101,6 +102,9 @@ def on_ray(listing: Path, out: Path, *, cpus: int, stages: tuple[str, ...], batc
         steady = round((nb - na) / max(tb - ta, 1e-9), 2)
     out_figures: dict[str, Any] = {
         "cpus": cpus, "images": images, "wall_seconds": round(wall, 2),
+        # driver-only phases: listing + stat + manifest + pending file, and faces.jsonl from the shards
+        "planning_seconds": round(marks[0][0] - t0, 2) if marks else None,
+        "assembly_seconds": None if stopped or not marks else round(t0 + wall - marks[-1][0], 2),
         "images_per_second_wall": round(images / wall, 2), "images_per_second_steady": steady,
         "driver_peak_rss_mib": round(rss.peak / 2**20, 1),
     }
@@ -134,11 +138,28 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def thumbnails(files: list[Path], folder: Path, size: int) -> list[Path]:
+    """``files`` scaled down to ``size`` pixels square (JPEG) in ``folder``: cheap images, so that the
+    driver sees results arrive as fast as the workers can make them."""
+    from PIL import Image
+
+    folder.mkdir()
+    out = []
+    for i, f in enumerate(files):
+        target = folder / f"{i:05d}.jpg"
+        with Image.open(f) as im:
+            im.convert("RGB").resize((size, size)).save(target, quality=90)
+        out.append(target)
+    return out
+
+
 def memory(args: argparse.Namespace) -> dict[str, Any]:
     files = lfw_files(args.root, None)
     stages = tuple(args.stages.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-ray-mem-") as tmp:
         work = Path(tmp)
+        if args.thumbnails:
+            files = thumbnails(files[:args.limit or 1000], work / "thumbs", args.thumbnails)
         listing = work / "list.txt"
         with open(listing, "w", encoding="utf-8") as fh:  # LFW's files in order, again and again
             for i in range(args.entries):
@@ -147,7 +168,9 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         ray = on_ray(listing, work / "ray", cpus=2, stages=stages, batch_size=args.batch_size, deadline=deadline)
         jsonl = work / "ray" / "faces.jsonl"
         lines = len(jsonl.read_text(encoding="utf-8").splitlines()) if jsonl.exists() else 0
-    return {"list": f"{args.entries} lines: the {len(files)} LFW images in sorted order, repeated", "stages": stages,
+    what = f"{args.thumbnails}x{args.thumbnails} copies of the first {len(files)}" if args.thumbnails else \
+        f"the {len(files)}"
+    return {"list": f"{args.entries} lines: {what} LFW images in sorted order, repeated", "stages": stages,
             "ray_local_2_cpus": ray, "faces_jsonl_lines": lines}
 
 
@@ -158,6 +181,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="throughput: the first N images only")
     parser.add_argument("--entries", type=int, default=100_000, help="memory: lines in the list")
     parser.add_argument("--time-limit", type=float, default=None, help="memory: stop the run after S seconds")
+    parser.add_argument("--thumbnails", type=int, default=None,
+                        help="memory: list SIZExSIZE copies of the first --limit (1000) LFW images instead")
     parser.add_argument("--stages", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
