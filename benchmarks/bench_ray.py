@@ -5,6 +5,8 @@
     # driver RSS: a list of 100,000 entries (LFW's files repeated in order), the detect stage only
     python benchmarks/bench_ray.py memory --root ../shared/datasets/lfw --entries 100000 [--time-limit S]
     #   (--thumbnails 64: small copies of LFW images instead, so that results reach the driver faster)
+    # clustering at scale: LFW's held-out half clustered in process and by components, compared
+    python benchmarks/bench_ray.py clustering --root ../shared/datasets/lfw
 
 Each writes benchmarks/results/ray_<mode>.json with the command's arguments, the machine's load
 average before and after (the machine is shared: figures under load are noisy), and the figures.
@@ -174,9 +176,41 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             "ray_local_2_cpus": ray, "faces_jsonl_lines": lines}
 
 
+def clustering(args: argparse.Namespace) -> dict[str, Any]:
+    """LFW's held-out half (as ``faceflow eval clustering``): in-process average linkage against the
+    component-wise clustering of :mod:`faceflow.distributed.clustering`, same partition or not."""
+    import numpy as np
+
+    from faceflow.distributed.clustering import canonical, cluster_large
+    from faceflow.eval.clustering import evaluate_clustering, lfw_tuning_half
+    from faceflow.eval.identification import lfw_identities
+    from faceflow.eval.tasks import lfw_gallery_embedder
+    from faceflow.gallery.cluster import average_linkage, cluster_threshold
+
+    model = "sface"
+    items = [(name, p) for name, imgs in lfw_identities(args.root).items() if not lfw_tuning_half(name) for p in imgs]
+    embed = lfw_gallery_embedder(model)
+    found = [(name, p, e) for name, p in items if (e := embed(p)) is not None]
+    x = np.stack([e for _, _, e in found])
+    groups = [str(p) for _, p, _ in found]
+    t = cluster_threshold(model)
+    t0 = time.perf_counter()
+    expected = canonical(average_linkage(x, groups, t))
+    t1 = time.perf_counter()
+    got = cluster_large(x, groups, t)
+    t2 = time.perf_counter()
+    truth = [name for name, _, _ in found]
+    return {"model": model, "threshold": t, "images": len(items), "embedded": len(found),
+            "clusters_in_process": int(expected.max()) + 1, "clusters_by_components": int(got.max()) + 1,
+            "same_partition": bool(np.array_equal(expected, got)),
+            "seconds_in_process": round(t1 - t0, 2), "seconds_by_components": round(t2 - t1, 2),
+            "pairwise_f_in_process": round(evaluate_clustering(truth, expected.tolist())["pairwise_f"], 4),
+            "pairwise_f_by_components": round(evaluate_clustering(truth, got.tolist())["pairwise_f"], 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("throughput", "memory"))
+    parser.add_argument("mode", choices=("throughput", "memory", "clustering"))
     parser.add_argument("--root", type=Path, default=Path("../shared/datasets/lfw"))
     parser.add_argument("--limit", type=int, default=None, help="throughput: the first N images only")
     parser.add_argument("--entries", type=int, default=100_000, help="memory: lines in the list")
@@ -190,7 +224,7 @@ def main() -> None:
         args.stages = ",".join(DEFAULT_STAGES) if args.mode == "throughput" else "detect"
     load_before = os.getloadavg()
     t0 = time.time()
-    result = throughput(args) if args.mode == "throughput" else memory(args)
+    result = {"throughput": throughput, "memory": memory, "clustering": clustering}[args.mode](args)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_count": os.cpu_count(),
               "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
