@@ -62,15 +62,19 @@ def _free_port() -> int:
 
 
 def _kill_tree(marker: str) -> None:
-    """Kill the processes whose command line or ``RAY_TMPDIR`` names ``marker`` (our cluster's own
-    folder), with all their descendants: exactly what this module started, never another user's Ray."""
+    """Kill the processes whose command line names ``marker`` (our cluster's own folder), or Ray
+    processes whose ``RAY_TMPDIR`` or open log files lie in it, with all their descendants: exactly
+    what this module started, never another user's Ray."""
     import psutil
 
     roots = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(marker in part for part in (p.info["cmdline"] or [])) or \
-                    marker in p.environ().get("RAY_TMPDIR", ""):  # agents retitle themselves "ray::..."
+            cmdline = p.info["cmdline"] or []
+            ours = any(marker in part for part in cmdline)
+            if not ours and cmdline and cmdline[0].startswith("ray::"):  # agents retitle themselves "ray::..."
+                ours = marker in p.environ().get("RAY_TMPDIR", "") or any(marker in f.path for f in p.open_files())
+            if ours:
                 roots.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
