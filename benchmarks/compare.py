@@ -52,7 +52,10 @@ CONFIGS: dict[str, list[tuple[str, Runner]]] = {
         ("faceflow centerface", lambda r, c: tasks.eval_wider(r, detector="centerface", use_cache=c)),
     ],
     "300w": [
-        ("faceflow yunet+mesh (default)", lambda r, c: tasks.eval_300w(r, landmarks="mesh", use_cache=c)),
+        ("faceflow yunet+fused (default)", lambda r, c: tasks.eval_300w(r, landmarks="fused", use_cache=c)),
+        ("faceflow yunet+landmarker", lambda r, c: tasks.eval_300w(r, landmarks="landmarker", use_cache=c)),
+        ("faceflow yunet+pfld", lambda r, c: tasks.eval_300w(r, landmarks="pfld", use_cache=c)),
+        ("faceflow yunet+mesh", lambda r, c: tasks.eval_300w(r, landmarks="mesh", use_cache=c)),
         ("faceflow yunet+dlib", lambda r, c: tasks.eval_300w(r, landmarks="dlib", use_cache=c)),
     ],
     "utkface": [

@@ -175,7 +175,7 @@ def mesh_stage() -> MeshStage:
     return MeshStage()
 
 
-@pytest.fixture(scope="module", params=["dlib", "mesh"])
+@pytest.fixture(scope="module", params=["dlib", "mesh", "landmarker", "pfld", "fused"])
 def landmarks68(request: pytest.FixtureRequest) -> Landmarks68Stage:
     return Landmarks68Stage(request.param)
 

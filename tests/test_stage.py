@@ -147,12 +147,12 @@ def _count_mesh_runs(analyzer: Analyzer) -> list[int]:
 
 
 def test_mesh_is_computed_once_when_mesh_and_68_points_are_asked_for(astronaut: Image) -> None:
-    both = Analyzer(stages="landmarks,mesh", landmarks_mirror=False)
+    both = Analyzer(stages="landmarks,mesh", landmarks="mesh", landmarks_mirror=False)
     calls = _count_mesh_runs(both)
     (face,) = both.analyze(astronaut)
     assert calls[0] == 2  # one look and one refinement, for the mesh stage only
     np.testing.assert_allclose(face.landmarks68, mesh_to_68(face.mesh, both.runtime), atol=1e-4)
-    alone = Analyzer(stages="landmarks", landmarks_mirror=False)
+    alone = Analyzer(stages="landmarks", landmarks="mesh", landmarks_mirror=False)
     (only68,) = alone.analyze(astronaut)
     np.testing.assert_allclose(only68.landmarks68, face.landmarks68, atol=1e-3)  # same points either way
     assert only68.mesh is None

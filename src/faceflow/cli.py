@@ -24,7 +24,7 @@ from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 
-from faceflow import distributed_cli, gallery_cli
+from faceflow import distributed_cli, gallery_cli, liveness_cli, serve_cli
 from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
 from faceflow.cli_base import fail_usage as _fail_usage
 from faceflow.cli_base import progress as _progress
@@ -786,12 +786,12 @@ def models_list() -> None:
     from faceflow.models import MODELS, default_store
 
     store = default_store()
-    table = Table("name", "task", "licence", "MB", "default", "state")
+    table = Table("name", "task", "licence", "MB", "default", "state", "ms/face")
     for spec in MODELS.values():
         states = {store.state(f) for f in spec.files}
         state = "ok" if states == {"ok"} else ("corrupt" if "corrupt" in states else "missing")
         table.add_row(spec.name, spec.task, spec.licence, f"{spec.size / 1e6:.1f}",
-                      "yes" if spec.default else "", state)
+                      "yes" if spec.default else "", state, spec.extra.get("ms_per_face", ""))
     Console().print(table)
 
 
@@ -843,6 +843,10 @@ for _command in (gallery_cli.enroll, gallery_cli.identify, gallery_cli.cluster):
     app.command()(_command)
 eval_app.command("identification")(gallery_cli.eval_identification)
 eval_app.command("clustering")(gallery_cli.eval_clustering)
+app.command()(serve_cli.serve)  # the REST service and its keys: faceflow.serve_cli
+app.add_typer(serve_cli.keys_app, name="keys")
+app.command()(liveness_cli.liveness)
+eval_app.command("antispoof")(liveness_cli.eval_antispoof)
 
 
 def main() -> None:

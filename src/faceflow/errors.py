@@ -26,6 +26,10 @@ class ImageError(InputError):
     """An input could not be decoded into an image (corrupt, truncated, empty, too large, not an image)."""
 
 
+class ImageTooLarge(ImageError):
+    """An image whose header declares more pixels than the limit: refused before any pixel is decoded."""
+
+
 class NoFaceFound(FaceflowError):
     """An image that had to show a face shows none (verification, enrolment)."""
 
@@ -57,12 +61,26 @@ class LowQuality(FaceflowError):
         super().__init__(f"{source}: {text}" if source else text)
 
 
+class PresentationAttack(FaceflowError):
+    """A face the liveness stage judged a presentation attack (photo, screen) where a live one is required."""
+
+    def __init__(self, score: float, threshold: float, model: str, source: str | None = None) -> None:
+        self.score = score
+        self.threshold = threshold
+        text = f"face looks like a presentation attack (liveness {score:.2f} < {threshold:.2f}, {model})"
+        super().__init__(f"{source}: {text}" if source else text)
+
+
 class ModelUnavailable(FaceflowError):
     """A model file is not in any local source and could not be fetched."""
 
 
 class ChecksumMismatch(ModelUnavailable):
     """A model file was found or fetched but its sha256 is not the registered one."""
+
+
+class CheckpointError(ModelUnavailable):
+    """A model checkpoint could not be read safely (unknown format, a refused global, a short file)."""
 
 
 class StageError(FaceflowError):

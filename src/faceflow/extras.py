@@ -1,8 +1,9 @@
 """Optional parts of faceflow and the pip extras that install them.
 
 ``pip install 'faceflow[postgres]'`` (psycopg: PostgreSQL galleries), ``[ann]`` (usearch: the HNSW
-index of big SQLite galleries), ``[plots]`` (matplotlib: evaluation plots), ``[ray]`` (Ray Data and
-pyarrow: ``--engine ray``, Parquet results), ``[all]`` for all of them.
+index of big SQLite galleries), ``[plots]`` (matplotlib: evaluation plots), ``[serve]`` (FastAPI, uvicorn:
+``faceflow serve``), ``[ray]`` (Ray Data and pyarrow: ``--engine ray``, Parquet results), ``[all]`` for
+all of them.
 Code that needs one imports it through :func:`require`, late, so that ``import faceflow`` and
 ``faceflow --help`` never load them, and a missing one is a clear :class:`~faceflow.errors.MissingExtra`.
 """
@@ -18,6 +19,11 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "psycopg": ("postgres", "psycopg"),
     "usearch": ("ann", "usearch"),
     "matplotlib": ("plots", "matplotlib"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "pydantic_settings": ("serve", "pydantic-settings"),
+    "prometheus_client": ("serve", "prometheus-client"),
+    "python_multipart": ("serve", "python-multipart"),
     "ray": ("ray", "ray[data]"),
     "pyarrow": ("ray", "pyarrow"),
 }

@@ -20,6 +20,7 @@ import typer
 
 from faceflow import distributed_cli
 from faceflow.cli_base import ErrorExitGroup, console, fail_usage, progress
+from faceflow.errors import ConfigError
 from faceflow.gallery.backends import open_gallery_store
 from faceflow.gallery.workflows import DEFAULT_GALLERY_MODEL
 
@@ -181,6 +182,8 @@ def enroll(
     min_quality: Annotated[float | None, typer.Option(
         help="Refuse faces whose unified quality score (0-100, see `faceflow quality`) is lower, naming "
              "the weakest components.")] = None,
+    live_only: Annotated[bool, typer.Option("--live-only", help="Refuse faces the liveness stage judges a "
+                                            "photo or screen (see `faceflow liveness`).")] = False,
     store: Store = None,
     engine: Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster; photos already in the "
                                              "gallery are skipped, so a rerun never duplicates).")] = "local",
@@ -202,15 +205,17 @@ def enroll(
     with open_gallery_store(store) as s:
         g = create_gallery(s, gallery, exist_ok=True)  # safe when another enroll creates it meanwhile
         if distributed_cli.check_engine(engine, address):
+            if live_only:
+                raise ConfigError("--engine ray does not check liveness yet: drop --live-only or use --engine local")
             distributed_cli.enroll_on_ray(s.url, gallery, [(f.parent.name if name == "-" else name, f) for f in files],
                                           largest=largest, batch=batch, min_quality=min_quality, address=address,
                                           workers=workers)
-        analyzer = analyzer_for(g, quality=min_quality is not None)
+        analyzer = analyzer_for(g, quality=min_quality is not None, liveness=live_only)
         items = [(f.parent.name if name == "-" else name, f) for f in files]
         with progress() as bar:
             task = bar.add_task("enrolling", total=len(items))
             report = do_enroll(s, gallery, items, analyzer, largest=largest, batch=batch,
-                               tick=lambda: bar.advance(task), min_quality=min_quality)
+                               tick=lambda: bar.advance(task), min_quality=min_quality, live_only=live_only)
     for item in report.failed:
         _failed(item.reason if item.reason.startswith(item.path) else f"{item.path}: {item.reason}")
     for item in report.notes:

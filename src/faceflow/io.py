@@ -21,7 +21,7 @@ import numpy.typing as npt
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
-from faceflow.errors import ImageError
+from faceflow.errors import ImageError, ImageTooLarge
 from faceflow.types import Image
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | PILImage.Image | npt.NDArray[Any]
@@ -89,7 +89,7 @@ def _check_size(width: int, height: int, limit: int, name: str | None) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"image has no pixels ({width}x{height})", name)
     if width * height > limit:
-        raise ImageError(
+        raise ImageTooLarge(
             f"image is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
             "(possible decompression bomb; raise FACEFLOW_MAX_PIXELS to allow it)",
             name,

@@ -7,7 +7,7 @@
   detector box made square, enlarged 1.5x and turned so the eyes are level (when ``landmarks5`` is
   known); then, as in MediaPipe's tracking, it is cut again around the first mesh (``refine``
   passes), which also levels the crop when the detector's eye points are off.
-* **68 points** come from one of two sources, each by default averaged with its reading of the
+* **68 points** come from one of these sources, each by default averaged with its reading of the
   mirrored face (``mirror``; :data:`MIRROR_68` puts the mirrored points back in order):
 
   - ``"dlib"``: dlib's ``shape_predictor_68`` (trained on 300-W; weights for non-commercial use), run
@@ -20,13 +20,29 @@
     train faces and their mirror images by ``training/fit_mesh_to_68.py``. It follows the jaw better
     than any fixed vertex could (iBUG's jaw is the visible outline of the face, which slides over the
     skin as the head turns), but it can only learn dlib's points as far as the mesh predicts them.
-  - ``"auto"`` (default): dlib when its model can be loaded, else the mesh.
+  - ``"landmarker"``: the same kind of regression (``landmarker_to_68``) from the 478 points of
+    MediaPipe's newer face landmarker (``face_landmarker``, 256x256, the mesh's region and refinement).
+  - ``"pfld"``: the same kind of regression (``pfld_to_68``) from PFLD-106's points (``pfld106``: a
+    112x112 BGR crop of 1.2x the box, then once more of 1.2x its own points' extent, eye-level).
+  - ``"fused"`` (default): :data:`FUSED_WEIGHT` x landmarker + the rest x PFLD.
+  - ``"auto"``: dlib when its model can be loaded, else the mesh.
+
+  The last three regressions were distilled as the mesh's was, on the same faces
+  (``training/fit_landmarks_68.py``; each penalty and the fusion weight chosen by the error against
+  the teacher on the other dataset, LFW <-> UTKFace). The default was chosen by the error against dlib
+  on 500 LFW faces that none of the regressions saw (mirror on): mesh 3.01 %, landmarker 2.63 %,
+  pfld 2.97 %, fused 2.52 %.
 
   Nothing here was fitted or chosen on 300-W. On all 330 HELEN test images with YuNet (NME by the
   outer eye corners, mean / median, failures above 0.1, AUC@0.1): dlib 2.54 % / 2.35 %, 0.3 %, 0.746
-  (without ``mirror`` 2.59 %); mesh 3.85 % / 3.64 %, 0.3 %, 0.616 (without ``mirror`` 3.93 %). dlib
-  from its own HOG boxes: 2.61 % over the 319 faces HOG finds. The mesh route's earlier fixed blends of two vertices
-  per point, distilled the same way, gave 4.26 % / 4.01 %, 0 %, 0.574.
+  (without ``mirror`` 2.59 %); fused 3.41 % / 3.26 %, 0.3 %, 0.659; landmarker 3.43 % / 3.25 %,
+  0.6 %, 0.658; pfld 3.90 % / 3.77 %, 0 %, 0.610; mesh 3.85 % / 3.64 %, 0.3 %, 0.616 (without
+  ``mirror`` 3.93 %). dlib from its own HOG boxes: 2.61 % over the 319 faces HOG finds. The mesh
+  route's earlier fixed blends of two vertices per point, distilled the same way, gave 4.26 % /
+  4.01 %, 0 %, 0.574. Distillation bounds the permissive sources: on HELEN the fused points lie 2.29 %
+  from dlib's, and that gap adds to dlib's own 2.54 % almost in quadrature (sqrt(2.54² + 2.29²) =
+  3.42 %). Fixed correspondences instead of regressions (each iBUG point the model point nearest the
+  teacher's on the fitting faces) do worse: PFLD 4.88 %, landmarker 4.53 %.
 """
 
 from __future__ import annotations
@@ -55,6 +71,27 @@ Float64Array = npt.NDArray[np.float64]
 MESH_INPUT = 192
 """Side of the square RGB crop the mesh model reads (values in [0, 1])."""
 
+LANDMARKER_INPUT = 256
+"""Side of the square RGB crop the newer 478-point face landmarker (``face_landmarker``) reads."""
+
+LANDMARKER_POINTS = 478
+"""The newer landmarker's points: the 468 of the mesh (same order) and ten iris points."""
+
+MESH_MODELS: dict[str, tuple[int, int]] = {
+    "face_mesh": (MESH_INPUT, 468),
+    "face_landmarker": (LANDMARKER_INPUT, LANDMARKER_POINTS),
+}
+"""Each MediaPipe mesh model (registry name) and its crop side and point count."""
+
+PFLD_INPUT = 112
+PFLD_POINTS = 106
+PFLD_SCALE = 1.2
+"""PFLD's crop side as a multiple of the face's size (its training crops: 1.2x the points' extent)."""
+
+PFLD_EYES: tuple[tuple[int, ...], tuple[int, ...]] = ((66, 67, 68, 70, 72, 73), (75, 76, 77, 78, 80, 82))
+"""PFLD-106 points around the image-left and image-right eyes (the points nearest iBUG 36-41 and
+42-47 on a frontal face), whose means level its refined crop."""
+
 MESH_EYE_CORNERS = (33, 263)
 """Mesh vertices at the outer corners of the image-left and image-right eyes."""
 
@@ -80,7 +117,25 @@ MIRROR_68: tuple[int, ...] = (
 """For each iBUG point, its mirror image's index (the 68 points of a flipped face are ``p[MIRROR_68]``)."""
 # fmt: on
 
-LANDMARK_SOURCES = ("auto", "dlib", "mesh")
+LANDMARK_SOURCES = ("auto", "dlib", "mesh", "landmarker", "pfld", "fused")
+
+REGRESSIONS = {"mesh": "mesh_to_68", "landmarker": "landmarker_to_68", "pfld": "pfld_to_68"}
+"""The packaged regression (registry name) that turns each model-based source's points into iBUG 68."""
+
+SOURCE_MODELS: dict[str, tuple[str, ...]] = {
+    "auto": ("dlib_shape68", "face_mesh", "mesh_to_68"),
+    "dlib": ("dlib_shape68",),
+    "mesh": ("face_mesh", "mesh_to_68"),
+    "landmarker": ("face_landmarker", "landmarker_to_68"),
+    "pfld": ("pfld106", "pfld_to_68"),
+    "fused": ("face_landmarker", "landmarker_to_68", "pfld106", "pfld_to_68"),
+}
+"""The registry models each source may load (for cache keys and ``models pull``)."""
+
+FUSED_WEIGHT = 0.75
+"""Weight of the landmarker's 68 points in the ``fused`` source (PFLD's get the rest): of 0, 0.25, 0.4,
+0.5, 0.6, 0.75 and 1, the one with the least error against the teacher on the other dataset (LFW <->
+UTKFace, one read per face; ``training/fit_landmarks_68.py``): 2.38 / 2.93 % (0.6: 2.42 / 2.91 %)."""
 
 DLIB_LIKE_BOXES = frozenset({"dlib_hog", "haar"})
 """Detectors whose boxes dlib's predictor takes as they are (Haar's measured as good as HOG's)."""
@@ -162,20 +217,57 @@ def roi_from_mesh(mesh: npt.ArrayLike, scale: float = 1.5, mirror: bool = False)
     return Roi(float(centre[0]), float(centre[1]), float((hi - lo).max()) * scale, angle, mirror)
 
 
-def mesh_in_roi(model: Any, image: Image, roi: Roi) -> tuple[FloatArray, float]:
-    """Run the mesh model on ``roi``: the 468 points in image pixels (z scaled like x) and the
-    face-presence probability. The model's x, y run from 0 to 192 across the crop (pixel edges), so
-    half a crop pixel is taken off to reach the pixel-centre coordinates of ``cv2.warpAffine``; without
-    it a mirrored crop's points land one crop pixel off the unmirrored crop's (measured on LFW)."""
-    m = roi.to_crop(MESH_INPUT)
-    crop = cv2.warpAffine(image, m, (MESH_INPUT, MESH_INPUT), flags=cv2.INTER_LINEAR)
-    coords, logit = model.run((crop.astype(np.float32) / 255.0)[None])
-    pts = coords.reshape(468, 3).astype(np.float64)
+def mesh_in_roi(
+    model: Any, image: Image, roi: Roi, size: int = MESH_INPUT, points: int = 468
+) -> tuple[FloatArray, float]:
+    """Run a mesh model on ``roi``: its points in image pixels (z scaled like x) and the
+    face-presence probability. The model reads a ``size`` x ``size`` RGB crop in [0, 1] and gives
+    ``points`` x 3 values (``face_mesh``: 192, 468; ``face_landmarker``: 256, 478). Its x, y run from 0
+    to ``size`` across the crop (pixel edges), so half a crop pixel is taken off to reach the
+    pixel-centre coordinates of ``cv2.warpAffine``; without it a mirrored crop's points land one crop
+    pixel off the unmirrored crop's (measured on LFW)."""
+    m = roi.to_crop(size)
+    crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR)
+    coords, logit, *_ = model.run((crop.astype(np.float32) / 255.0)[None])
+    pts = coords.reshape(points, 3).astype(np.float64)
     inv = cv2.invertAffineTransform(m)
-    out = np.empty((468, 3), dtype=np.float32)
+    out = np.empty((points, 3), dtype=np.float32)
     out[:, :2] = (pts[:, :2] - 0.5) @ inv[:, :2].T + inv[:, 2]
-    out[:, 2] = pts[:, 2] * roi.size / MESH_INPUT
+    out[:, 2] = pts[:, 2] * roi.size / size
     return out, float(1.0 / (1.0 + math.exp(-float(np.ravel(logit)[0]))))
+
+
+def pfld_roi(box: npt.ArrayLike, scale: float = PFLD_SCALE, mirror: bool = False) -> Roi:
+    """PFLD's first region: the box's longer side times ``scale``, upright, around its centre."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))
+    return Roi((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * scale, 0.0, mirror)
+
+
+def roi_from_pfld(points: npt.ArrayLike, scale: float = PFLD_SCALE, mirror: bool = False) -> Roi:
+    """PFLD's training region around its own 106 points (the points' extent, its longer side times
+    ``scale``), turned so the eyes (:data:`PFLD_EYES`) are level. With ``mirror`` the points came from
+    a mirrored crop (its first eye is on the image's right) and the region is mirrored too."""
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    first, second = (p[list(eye)].mean(0) for eye in (PFLD_EYES[::-1] if mirror else PFLD_EYES))
+    angle = line_angle(first, second)
+    c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, s], [-s, c]])  # image -> eye-level frame
+    q = p @ rot.T
+    lo, hi = q.min(0), q.max(0)
+    centre = rot.T @ ((lo + hi) / 2)
+    return Roi(float(centre[0]), float(centre[1]), float((hi - lo).max()) * scale, angle, mirror)
+
+
+def pfld_in_roi(session: Any, image: Image, roi: Roi) -> FloatArray:
+    """Run PFLD-106 (an ONNX Runtime session of ``pfld106``) on ``roi``: its 106 points in image
+    pixels. It reads BGR / 255 at 112x112 and gives each point in [0, 1] of the crop (pixel edges)."""
+    m = roi.to_crop(PFLD_INPUT)
+    crop = cv2.warpAffine(image, m, (PFLD_INPUT, PFLD_INPUT), flags=cv2.INTER_LINEAR)
+    blob = np.ascontiguousarray(crop[:, :, ::-1].transpose(2, 0, 1)[None], np.float32) / np.float32(255.0)
+    (values,) = session.run(None, {"input": blob})
+    pts = np.asarray(values, np.float64).reshape(PFLD_POINTS, 2) * PFLD_INPUT - 0.5
+    inv = cv2.invertAffineTransform(m)
+    return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -187,17 +279,23 @@ class MeshTo68:
     blend of vertices, can follow the jaw line, which slides over the skin as the head turns."""
 
     reference: npt.NDArray[np.float32]
-    """``(468, 2)``: the frame's mean mesh."""
+    """``(n, 2)``: the frame's mean point set (the mesh's 468 vertices, or another model's points)."""
     weights: npt.NDArray[np.float32]
-    """``(1404, 136)``: normalised mesh values (x, y, z per vertex) to the 68 points' (x, y)."""
+    """``(n * d, 136)``: normalised values (x, y and, for d = 3, z per point) to the 68 points' (x, y)."""
     bias: npt.NDArray[np.float32]
     """``(136,)``."""
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The ``(points, values per point)`` shape of the input this regression reads."""
+        n = self.reference.shape[0]
+        return n, self.weights.shape[0] // n
+
     def normalise(self, mesh: npt.ArrayLike) -> tuple[Float64Array, Float64Array, Float64Array]:
-        """The mesh's 1404 values in the frame, and the transform ``(A, t)`` into it."""
+        """The points' ``n * d`` values in the frame, and the transform ``(A, t)`` into it."""
         m = np.asarray(mesh, dtype=np.float64)
-        if m.shape != (468, 3):
-            raise ValueError(f"expected a (468, 3) mesh, got shape {m.shape}")
+        if m.shape != self.shape:
+            raise ValueError(f"expected points of shape {self.shape}, got shape {m.shape}")
         onto = similarity_transform(m[:, :2], self.reference)
         rot, shift = onto[:, :2], onto[:, 2]
         scale = math.sqrt(abs(float(np.linalg.det(rot))))
@@ -239,11 +337,16 @@ class MeshTo68:
             return cls(*(np.asarray(arrays[name], np.float32) for name in ("reference", "weights", "bias")))
 
 
-def packaged_mesh_to_68(runtime: Runtime | None = None) -> MeshTo68:
-    """The registry's ``mesh_to_68`` (``faceflow/data/mesh_to_68.npz``, checked against its sha256),
-    loaded once per runtime."""
+def packaged_regression(name: str, runtime: Runtime | None = None) -> MeshTo68:
+    """A packaged 68-point regression of the registry (``mesh_to_68``, ``landmarker_to_68``,
+    ``pfld_to_68``: ``faceflow/data/<name>.npz``, checked against its sha256), loaded once per runtime."""
     rt = runtime or default_runtime()
-    return rt.load(("mesh_to_68",), lambda: MeshTo68.from_bytes(rt.path("mesh_to_68").read_bytes()))
+    return rt.load((name,), lambda: MeshTo68.from_bytes(rt.path(name).read_bytes()))
+
+
+def packaged_mesh_to_68(runtime: Runtime | None = None) -> MeshTo68:
+    """The registry's ``mesh_to_68`` (``faceflow/data/mesh_to_68.npz``), loaded once per runtime."""
+    return packaged_regression("mesh_to_68", runtime)
 
 
 def mesh_to_68(mesh: npt.ArrayLike, runtime: Runtime | None = None) -> FloatArray:
@@ -330,6 +433,9 @@ class MeshOptions:
 
     scale: float = option(1.5, "Side of the mesh model's crop, as a multiple of the face's size.")
     refine: int = option(1, "Passes re-centring the crop on the previous pass's mesh.")
+    model: str = option("face_mesh", "Mesh model: face_mesh (468 points, 192x192; what the quality model and "
+                                     "the mask were built on) or face_landmarker (MediaPipe's newer model; its "
+                                     "first 468 of 478 points, same order).", choices=tuple(MESH_MODELS))
 
 
 class MeshStage(Stage):
@@ -340,18 +446,26 @@ class MeshStage(Stage):
 
     def __init__(self, options: MeshOptions | None = None, runtime: Runtime | None = None) -> None:
         self.options = options or MeshOptions()
+        if self.options.model not in MESH_MODELS:
+            raise ConfigError(f"unknown mesh model {self.options.model!r}; choose one of: {', '.join(MESH_MODELS)}")
         self.runtime = runtime or default_runtime()
 
-    def predict(self, image: Image, face: Face, mirror: bool = False) -> tuple[FloatArray, float]:
-        """The mesh of ``face`` and the model's face-presence probability for its last crop. With
-        ``mirror`` the model reads mirrored crops: the mesh, in image pixels, is then the mirrored
-        face's (its vertex 33 on the subject's left eye)."""
-        model = self.runtime.tflite("face_mesh")
+    def points(self, image: Image, face: Face, mirror: bool = False) -> tuple[FloatArray, float]:
+        """All the model's points for ``face`` (468 or 478) and its face-presence probability for its
+        last crop. With ``mirror`` the model reads mirrored crops: the points, in image pixels, are then
+        the mirrored face's (vertex 33 on the subject's left eye)."""
+        model = self.runtime.tflite(self.options.model)
+        size, n = MESH_MODELS[self.options.model]
         scale = self.options.scale
-        mesh, score = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, scale, mirror))
+        pts, score = mesh_in_roi(model, image, mesh_roi(face.box, face.landmarks5, scale, mirror), size, n)
         for _ in range(self.options.refine):
-            mesh, score = mesh_in_roi(model, image, roi_from_mesh(mesh, scale, mirror))
-        return mesh, score
+            pts, score = mesh_in_roi(model, image, roi_from_mesh(pts, scale, mirror), size, n)
+        return pts, score
+
+    def predict(self, image: Image, face: Face, mirror: bool = False) -> tuple[FloatArray, float]:
+        """The mesh of ``face`` (its 468 points) and the face-presence probability, as :meth:`points`."""
+        pts, score = self.points(image, face, mirror)
+        return pts[:468], score
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         for face in faces:
@@ -363,19 +477,23 @@ class MeshStage(Stage):
 class LandmarksOptions:
     """Settings of the ``landmarks`` stage (68 points)."""
 
-    source: str = option("mesh", "68-point source: mesh (a regression from MediaPipe's mesh) or dlib "
-                                 "(dlib's predictor, closer to 300-W; non-commercial weights); auto tries dlib.",
+    source: str = option("fused", "68-point source: fused (default: a weighted mean of landmarker and pfld), "
+                                  "landmarker (a regression from MediaPipe's 478-point landmarker), pfld (from "
+                                  "PFLD-106), mesh (from MediaPipe's 468-point mesh) or dlib (dlib's predictor, "
+                                  "closer to 300-W; non-commercial weights); auto tries dlib, else mesh.",
                          flag="landmarks", choices=LANDMARK_SOURCES)
     mirror: bool = option(True, "Also read the mirrored face and average the two.")
-    scale: float = option(1.5, "Mesh route: side of the mesh model's crop, as a multiple of the face's size.")
-    refine: int = option(1, "Mesh route: passes re-centring the crop on the previous pass's mesh.")
+    scale: float = option(1.5, "Mesh and landmarker routes: side of the model's crop, as a multiple of the "
+                               "face's size.")
+    refine: int = option(1, "Model routes: passes re-centring the crop on the previous pass's points.")
 
 
 class Landmarks68Stage(Stage):
-    """Fills ``face.landmarks68`` (iBUG order, image pixels) from dlib or the mesh, and
+    """Fills ``face.landmarks68`` (iBUG order, image pixels) from the chosen source, and
     ``face.landmarks5`` from them when the detector left it ``None`` (a detector's own are kept).
     With ``mirror`` (default) each source also reads the mirrored face and the two are averaged.
-    A mesh already on the face (the ``mesh`` stage runs first when both are asked for) is reused."""
+    For the ``mesh`` source, a mesh already on the face (the ``mesh`` stage runs first when both are
+    asked for) is reused."""
 
     name = "landmarks"
 
@@ -388,6 +506,8 @@ class Landmarks68Stage(Stage):
                               f"choose one of: {', '.join(LANDMARK_SOURCES)}")
         self.runtime = runtime or default_runtime()
         self._mesh = MeshStage(MeshOptions(self.options.scale, self.options.refine), self.runtime)
+        self._landmarker = MeshStage(MeshOptions(self.options.scale, self.options.refine, "face_landmarker"),
+                                     self.runtime)
         self._source = LazyModel(self._resolve)
 
     def _predictor(self) -> Any:
@@ -405,7 +525,7 @@ class Landmarks68Stage(Stage):
 
     @property
     def source(self) -> str:
-        """The source in use: ``"dlib"`` or ``"mesh"`` (``"auto"`` resolved on first use)."""
+        """The source in use (``"auto"`` resolved to ``"dlib"`` or ``"mesh"`` on first use)."""
         return self._source.get()
 
     def predict(self, image: Image, face: Face) -> FloatArray:
@@ -418,13 +538,37 @@ class Landmarks68Stage(Stage):
                 first = dlib_68(predictor, image, box, angle, mirror=False)
                 box, angle = hog_box_from_landmarks5(landmarks5_from_68(first))
             return dlib_68(predictor, image, box, angle, mirror=self.options.mirror)
-        table = packaged_mesh_to_68(self.runtime)
-        mesh = face.mesh if face.mesh is not None else self._mesh.predict(image, face)[0]
-        points = table(mesh)
+        if self.source == "fused":
+            w = FUSED_WEIGHT
+            return (w * self._model_points(image, face, "landmarker")
+                    + (1 - w) * self._model_points(image, face, "pfld")).astype(np.float32)
+        return self._model_points(image, face, self.source)
+
+    def _model_points(self, image: Image, face: Face, source: str) -> FloatArray:
+        """The 68 points of one model-based source (``mesh``, ``landmarker``, ``pfld``) by its packaged
+        regression, averaged with its reading of the mirrored face when ``mirror`` is on."""
+        table = packaged_regression(REGRESSIONS[source], self.runtime)
+        if source == "mesh" and face.mesh is not None:
+            points = table(face.mesh)
+        else:
+            points = table(self._raw_points(image, face, source, mirror=False))
         if self.options.mirror:
-            mirrored = table(self._mesh.predict(image, face, mirror=True)[0])[list(MIRROR_68)]
+            mirrored = table(self._raw_points(image, face, source, mirror=True))[list(MIRROR_68)]
             points = ((points + mirrored) / 2).astype(np.float32)
         return points
+
+    def _raw_points(self, image: Image, face: Face, source: str, mirror: bool) -> FloatArray:
+        """The model's own points (mesh 468 x 3, landmarker 478 x 3, PFLD 106 x 2) for ``face``, from
+        mirrored crops when ``mirror`` (then in the mirrored face's order)."""
+        if source == "mesh":
+            return self._mesh.points(image, face, mirror=mirror)[0]
+        if source == "landmarker":
+            return self._landmarker.points(image, face, mirror=mirror)[0]
+        session = self.runtime.onnx("pfld106")
+        pts = pfld_in_roi(session, image, pfld_roi(face.box, mirror=mirror))
+        for _ in range(self.options.refine):
+            pts = pfld_in_roi(session, image, roi_from_pfld(pts, mirror=mirror))
+        return pts
 
     def run(self, image: Image, faces: list[Face]) -> list[Face]:
         for face in faces:

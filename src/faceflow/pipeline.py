@@ -216,6 +216,27 @@ class Analyzer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def load_models(self) -> None:
+        """Load every model the stages use now rather than on the first image (a server's readiness).
+
+        The detector runs on a blank image; the later stages each run on a made-up face in it, which
+        builds their models whatever they answer for it (a stage refusing the made-up face is fine).
+        """
+        import numpy as np
+
+        from faceflow.recognize import box_landmarks5
+
+        image = np.full((160, 160, 3), 128, np.uint8)
+        box = np.array([40, 30, 120, 130], np.float32)
+        for stage in self.stages:
+            face = Face(box=box.copy(), score=1.0, landmarks5=box_landmarks5(box))
+            try:
+                stage.run(image, [face])
+            except ModelUnavailable:
+                raise
+            except Exception:  # the made-up face may not suit a stage: its models are built all the same
+                continue
+
     def analyze(self, image: ImageSource) -> list[Face]:
         """Decode ``image`` (path, bytes, PIL or numpy RGB) and return its faces, largest score first."""
         self._require("image", "analyze()")
@@ -241,11 +262,17 @@ class Analyzer:
     def analyze_file(self, path: str | os.PathLike[str]) -> tuple[ImageResult, Image | None]:
         """Analyse one file; a :class:`FaceflowError` is recorded on the result instead of raised,
         except :class:`ModelUnavailable`: a missing model is no image's fault and stops a batch."""
-        result = ImageResult(path=str(path))
+        return self.analyze_source(path, str(path))
+
+    def analyze_source(self, source: ImageSource, name: str) -> tuple[ImageResult, Image | None]:
+        """:meth:`analyze_file` for any source :func:`~faceflow.io.load_image` takes (uploaded bytes),
+        recorded under ``name`` as its ``path``."""
+        self._require("image", "analyze_source()")
+        result = ImageResult(path=name)
         try:
-            image = load_image(path, max_pixels=self.options.max_pixels)
-        except FaceflowError as exc:
-            result.error = str(exc)
+            image = load_image(source, max_pixels=self.options.max_pixels)
+        except FaceflowError as exc:  # a path's errors name it already; bytes get their name here
+            result.error = str(exc) if isinstance(source, str | os.PathLike) else f"{name}: {exc}"
             return result, None
         result.height, result.width = int(image.shape[0]), int(image.shape[1])
         try:

@@ -493,19 +493,21 @@ def verify(
 
 
 def verify_images(
-    image_a: str | Path | Image, image_b: str | Path | Image, model: str = "sface", runtime: Runtime | None = None
+    image_a: str | Path | Image, image_b: str | Path | Image, model: str = "sface", runtime: Runtime | None = None,
+    *, detector: Any = None,
 ) -> Verification:
     """Detect (YuNet) the largest face of each image, embed both with ``model`` and :func:`verify`.
 
     The result says which face was compared in each image (``boxes``) and how many there were
     (``faces_found``), so that a caller can warn when a group photo made the choice ambiguous.
-    Raises :class:`~faceflow.errors.NoFaceFound` for an image without a face.
+    Raises :class:`~faceflow.errors.NoFaceFound` for an image without a face. ``detector`` reuses a
+    YuNet detector built before (a server answering many calls); by default one is built for the call.
     """
     from faceflow.detect import create_detector
     from faceflow.io import load_image
 
     embedder = create_embedder(model, runtime=runtime)
-    detector = create_detector("yunet", runtime=runtime)
+    detector = detector or create_detector("yunet", runtime=runtime)
     vectors, boxes, counts = [], [], []
     for source in (image_a, image_b):
         image = load_image(source)

@@ -52,6 +52,7 @@ BUILTIN: tuple[str, ...] = (
     "faceflow.recognize:STAGE",
     "faceflow.attributes:STAGE",
     "faceflow.quality:STAGE",
+    "faceflow.liveness:STAGE",
 )
 """The stages that ship with faceflow, in the order used to break ties between independent stages."""
 

@@ -101,6 +101,33 @@ class Quality:
                 "components": {n: m.to_dict() for n, m in self.components.items()}}
 
 
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Presentation-attack detection for one face: ``score`` in [0, 1] (1 = live), the ``decision``
+    (``"live"`` when ``score >= threshold``, else ``"spoof"``), the ``threshold`` it was taken at and the
+    ``model`` that scored it. ``reason`` says why a video track was judged as it was (else ``None``)."""
+
+    score: float
+    threshold: float
+    model: str
+    reason: str | None = None
+
+    @property
+    def decision(self) -> str:
+        return "live" if self.score >= self.threshold else "spoof"
+
+    @property
+    def live(self) -> bool:
+        return self.decision == "live"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"score": round(self.score, 4), "decision": self.decision,
+                               "threshold": round(self.threshold, 4), "model": self.model}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
 def _as_points(value: Any, n: int, dims: int = 2) -> FloatArray | None:
     if value is None:
         return None
@@ -129,6 +156,7 @@ class Face:
     gender: Estimate | None = None
     expression: Expression | None = None
     quality: Quality | None = None
+    liveness: Liveness | None = None
     track_id: int | None = None
     """Identity of this face across the frames of a video or stream (set by :mod:`faceflow.track`)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -176,7 +204,7 @@ class Face:
             value = getattr(self, name)
             if value is not None:
                 out[name] = _round(value.tolist())
-        for name in ("pose", "age", "gender", "expression", "quality"):
+        for name in ("pose", "age", "gender", "expression", "quality", "liveness"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value.to_dict()

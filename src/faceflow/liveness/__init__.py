@@ -1,0 +1,80 @@
+"""Liveness (presentation-attack detection): the ``liveness`` stage fills ``face.liveness`` with a live
+score in [0, 1], the decision at a threshold, the threshold and the model's name.
+
+The candidates share one interface (:mod:`faceflow.liveness.models`); the default is the colour-texture
+model trained here (:mod:`faceflow.liveness.texture`, about 7 ms per face), chosen on training sides
+only: the fused model measured no better there, and the packaged networks are far slower (their cost
+is listed by ``faceflow models list``). ``faceflow eval antispoof`` has the figures; read its
+cross-dataset ones before trusting any single-image liveness decision. Video adds temporal cues per
+track (:mod:`faceflow.liveness.video`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from faceflow.liveness.models import LivenessModel, create_model, names
+from faceflow.models.runtime import Runtime, default_runtime
+from faceflow.stage import Stage, StageSpec, option
+from faceflow.types import Face, Image, Liveness
+
+DEFAULT_MODEL = "texture"
+
+
+@dataclass(frozen=True)
+class LivenessOptions:
+    """Settings of the ``liveness`` stage."""
+
+    model: str = option(DEFAULT_MODEL, "Liveness model (slower ones are opt-in; see `faceflow models list`).",
+                        flag="liveness-model", choices=names)
+    threshold: float | None = option(None, "Live when the score is at least this (default: the model's own).",
+                                     flag="liveness-threshold")
+
+
+class LivenessStage(Stage):
+    """Fills ``face.liveness`` for every face, from the face box (and the image around it)."""
+
+    name = "liveness"
+
+    def __init__(self, options: LivenessOptions | None = None, runtime: Runtime | None = None) -> None:
+        self.options = options or LivenessOptions()
+        self.runtime = runtime or default_runtime()
+        self._model: LivenessModel | None = None
+
+    @property
+    def model(self) -> LivenessModel:
+        if self._model is None:
+            self._model = create_model(self.options.model, self.runtime)
+        return self._model
+
+    def assess(self, image: Image, faces: list[Face]) -> list[Liveness]:
+        if not faces:
+            return []
+        model = self.model
+        threshold = model.threshold if self.options.threshold is None else self.options.threshold
+        scores = model.scores(image, [f.box for f in faces])
+        return [Liveness(float(s), float(threshold), model.name) for s in scores]
+
+    def run(self, image: Image, faces: list[Face]) -> list[Face]:
+        for face, live in zip(faces, self.assess(image, faces), strict=True):
+            face.liveness = live
+        return faces
+
+
+def _label(face: Face) -> str | None:
+    if face.liveness is None:
+        return None
+    return f"{face.liveness.decision} {face.liveness.score:.2f}"
+
+
+STAGE = StageSpec(
+    name="liveness",
+    help="Presentation-attack detection: live score in [0, 1], decision, threshold, model.",
+    options=LivenessOptions,
+    factory=LivenessStage,
+    needs=("box",),
+    provides=("liveness",),
+    label=_label,
+)
+
+__all__ = ["DEFAULT_MODEL", "STAGE", "LivenessOptions", "LivenessStage"]

@@ -1,0 +1,131 @@
+"""Request plumbing shared by the routes: the process state, API-key checks, reading uploaded images."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from faceflow.service.errors import ApiError
+from faceflow.service.keys import ApiKey
+from faceflow.service.state import ServiceState
+
+MAX_FILES = 32
+"""Most images one multipart request may carry (an enrolment's photos)."""
+
+
+def state_of(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.faceflow
+    return state
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key else None
+
+
+def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
+    """A dependency: the request's API key if it is valid and covers ``scope``; 401, 403 or 429 otherwise."""
+
+    async def check(request: Request) -> ApiKey:
+        state = state_of(request)
+        presented = _presented_key(request)
+        if not presented:
+            raise ApiError(401, "unauthorized", "an API key is required (Authorization: Bearer <key>)",
+                           {"WWW-Authenticate": "Bearer"})
+        client = "ip:" + (request.client.host if request.client else "unknown")
+        if state.auth_failures.blocked(client):
+            raise ApiError(429, "rate_limited", "too many failed API keys from this address; retry later",
+                           {"Retry-After": "1"})
+        key = await run_in_threadpool(state.keys.authenticate, presented)
+        if key is None:
+            state.auth_failures.take(client)
+            raise ApiError(401, "unauthorized", "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
+        state.limiter.take(key.id)
+        if not key.allows(scope):
+            raise ApiError(403, "forbidden", f"this key's scope is {key.scope}; this call needs {scope}")
+        request.state.api_key = key
+        return key
+
+    return check
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image: the name the client gave it (a label only, never opened) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def _label(value: UploadFile, field: str) -> str:
+    name = (value.filename or field).replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in name if c.isprintable())[:200] or field
+
+
+async def read_uploads(request: Request, fields: tuple[str, ...], *, raw: bool = False) -> dict[str, list[Upload]]:
+    """The images of ``fields`` from a multipart body (each field may repeat); with ``raw``, a body
+    that is not multipart is the one image of ``fields[0]``. A missing image is 422 ``invalid_request``;
+    an upload slower than the request timeout 504 ``timeout``."""
+    timeout = state_of(request).settings.request_timeout
+    try:
+        return await asyncio.wait_for(_read_uploads(request, fields, raw), timeout)
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"the upload took longer than {timeout:g} s") from None
+
+
+async def _read_uploads(request: Request, fields: tuple[str, ...], raw: bool) -> dict[str, list[Upload]]:
+    content_type = request.headers.get("content-type", "")
+    out: dict[str, list[Upload]] = {f: [] for f in fields}
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+            try:
+                for field in fields:
+                    for value in form.getlist(field):
+                        if isinstance(value, UploadFile):
+                            out[field].append(Upload(_label(value, field), await value.read()))
+                        else:
+                            out[field].append(Upload(field, value.encode()))
+            finally:
+                await form.close()
+        elif raw:
+            body = await request.body()
+            if body:
+                out[fields[0]].append(Upload(fields[0], body))
+    except ClientDisconnect:
+        raise ApiError(400, "bad_request", "the client went away during the upload") from None
+    except HTTPException as exc:  # a malformed multipart body
+        raise ApiError(400, "bad_request", f"malformed multipart body: {exc.detail}") from None
+    for field in fields:
+        if not out[field]:
+            how = f"a multipart field {field!r}" + (" or the image as the raw body" if raw else "")
+            raise ApiError(422, "invalid_request", f"missing image: send {how}")
+        if any(not u.data for u in out[field]):
+            raise ApiError(422, "bad_image", f"{field}: empty upload (0 bytes)")
+    return out
+
+
+def image_body(*fields: str, raw: bool = False, repeated: bool = False) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a route that reads images with :func:`read_uploads`."""
+    binary = {"type": "string", "format": "binary"}
+    item: dict[str, Any] = {"type": "array", "items": binary} if repeated else binary
+    content: dict[str, Any] = {"multipart/form-data": {"schema": {
+        "type": "object", "properties": {f: item for f in fields}, "required": list(fields)}}}
+    if raw:
+        content["application/octet-stream"] = {"schema": binary}
+        content["image/jpeg"] = {"schema": binary}
+        content["image/png"] = {"schema": binary}
+    return {"requestBody": {"required": True, "content": content}}
