@@ -11,7 +11,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "faceflow"
-HEAVY = ("psycopg", "usearch", "matplotlib")
+HEAVY = ("psycopg", "usearch", "matplotlib", "ray", "pyarrow")
 
 
 def _module_name(path: Path) -> str:

@@ -24,7 +24,7 @@ from rich.progress import ProgressColumn, Task
 from rich.table import Table
 from rich.text import Text
 
-from faceflow import gallery_cli, liveness_cli, serve_cli
+from faceflow import distributed_cli, gallery_cli, liveness_cli, serve_cli
 from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
 from faceflow.cli_base import fail_usage as _fail_usage
 from faceflow.cli_base import progress as _progress
@@ -142,6 +142,12 @@ def analyze(
                                                      "cores divided between the workers).")] = None,
     every: Annotated[int | None, typer.Option(help="Videos: analyse every Nth frame.")] = None,
     fps: Annotated[float | None, typer.Option(help="Videos: analyse about F frames per second.")] = None,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster, resumable; see "
+                                             "the README).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one).")] = None,
+    content_hash: Annotated[bool, typer.Option("--content-hash", help="Ray engine: hash each input into the "
+                                               "manifest; a rerun redoes inputs whose content changed.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Ray engine: images per batch (a Parquet shard).")] = 32,
     stage_values: dict[str, Any] | None = None,
 ) -> None:
     """Detect and analyse faces; write OUT/faces.jsonl (one object per image) and annotated images.
@@ -169,6 +175,10 @@ def analyze(
 
     if embeddings and "embed" not in stages.split(","):
         stages += ",embed"
+    if distributed_cli.check_engine(engine, address):  # inputs may also be glob patterns or path lists
+        distributed_cli.analyze_on_ray(paths, out, stages, stage_values or {}, embeddings=embeddings, annotate=annotate,
+                                       workers=workers if workers > 1 else None, threads=threads, address=address,
+                                       content_hash=content_hash, batch_size=batch_size)
     analyzer = _build_analyzer(stages, stage_values or {}, workers=workers, threads=threads)
     try:
         check_sampling(every, fps)

@@ -2,7 +2,8 @@
 
 ``pip install 'faceflow[postgres]'`` (psycopg: PostgreSQL galleries), ``[ann]`` (usearch: the HNSW
 index of big SQLite galleries), ``[plots]`` (matplotlib: evaluation plots), ``[serve]`` (FastAPI, uvicorn:
-``faceflow serve``), ``[all]`` for all of them.
+``faceflow serve``), ``[ray]`` (Ray Data and pyarrow: ``--engine ray``, Parquet results), ``[all]`` for
+all of them.
 Code that needs one imports it through :func:`require`, late, so that ``import faceflow`` and
 ``faceflow --help`` never load them, and a missing one is a clear :class:`~faceflow.errors.MissingExtra`.
 """
@@ -24,6 +25,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "prometheus_client": ("serve", "prometheus-client"),
     "python_multipart": ("serve", "python-multipart"),
     "swagger_ui_bundle": ("serve", "swagger-ui-bundle"),
+    "ray": ("ray", "ray[data]"),
+    "pyarrow": ("ray", "pyarrow"),
 }
 """Top-level package -> (pip extra, what to call it in the message)."""
 

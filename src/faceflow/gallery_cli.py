@@ -18,7 +18,9 @@ from typing import Annotated, Any
 
 import typer
 
+from faceflow import distributed_cli
 from faceflow.cli_base import ErrorExitGroup, console, fail_usage, progress
+from faceflow.errors import ConfigError
 from faceflow.gallery.backends import open_gallery_store
 from faceflow.gallery.workflows import DEFAULT_GALLERY_MODEL
 
@@ -183,6 +185,10 @@ def enroll(
     live_only: Annotated[bool, typer.Option("--live-only", help="Refuse faces the liveness stage judges a "
                                             "photo or screen (see `faceflow liveness`).")] = False,
     store: Store = None,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster; photos already in the "
+                                             "gallery are skipped, so a rerun never duplicates).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Ray engine: actors (default: the cluster's CPUs).")] = None,
 ) -> None:
     """Enrol the face of each photo as NAME (or as its folder's name with '-').
 
@@ -198,6 +204,12 @@ def enroll(
     files = _photos(paths)
     with open_gallery_store(store) as s:
         g = create_gallery(s, gallery, exist_ok=True)  # safe when another enroll creates it meanwhile
+        if distributed_cli.check_engine(engine, address):
+            if live_only:
+                raise ConfigError("--engine ray does not check liveness yet: drop --live-only or use --engine local")
+            distributed_cli.enroll_on_ray(s.url, gallery, [(f.parent.name if name == "-" else name, f) for f in files],
+                                          largest=largest, batch=batch, min_quality=min_quality, address=address,
+                                          workers=workers)
         analyzer = analyzer_for(g, quality=min_quality is not None, liveness=live_only)
         items = [(f.parent.name if name == "-" else name, f) for f in files]
         with progress() as bar:

@@ -72,6 +72,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (face_id, model))""",
         "CREATE INDEX embeddings_gallery_model ON faceflow.embeddings (gallery_id, model, subject_id, face_id)",
     ),
+    (  # 2: find a gallery's faces by source photo (idempotent enrolment, faceflow.distributed)
+        "CREATE INDEX faces_gallery_source ON faceflow.faces (gallery_id, source)",
+    ),
 )
 """Schema migrations: entry ``i`` takes the schema from version ``i`` to ``i + 1`` (``faceflow.schema_version``)."""
 
@@ -150,6 +153,9 @@ SQL: dict[str, str] = {
     "ann": """SELECT face_id, subject_id, vector FROM faceflow.embeddings WHERE gallery_id = {gallery}
         AND model = {model} ORDER BY vector::vector({dim}) <#> %s::vector({dim}) LIMIT %s""",
     "schema_version": "SELECT version FROM faceflow.schema_version",
+    "lock_gallery": "SELECT pg_advisory_xact_lock(%s::int, %s::int)",
+    "sources_in": """SELECT source, source_sha256 FROM faceflow.faces WHERE gallery_id = %s
+        AND source = ANY(%s::text[])""",
     "lock": "SELECT pg_advisory_xact_lock(%s)",
 }
 

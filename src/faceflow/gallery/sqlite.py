@@ -64,6 +64,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO counters VALUES ('face_id', 0)",
     ),
+    (  # 2: find a gallery's faces by source photo (idempotent enrolment, faceflow.distributed)
+        "CREATE INDEX faces_gallery_source ON faces (gallery_id, source)",
+    ),
 )
 """Schema migrations: entry ``i`` takes the schema from version ``i`` to ``i + 1`` (``PRAGMA user_version``)."""
 
@@ -108,6 +111,8 @@ SQL: dict[str, str] = {
         f.created_at FROM faces f JOIN subjects s ON s.id = f.subject_id
         WHERE f.gallery_id = ? AND (? IS NULL OR f.subject_id = ?) ORDER BY f.id""",
     "count_faces_in": f"SELECT COUNT(*) FROM faces WHERE gallery_id = ? AND id IN {_IDS}",
+    "lock_gallery": "SELECT ? + ?",  # BEGIN IMMEDIATE already serialises writers
+    "sources_in": f"SELECT source, source_sha256 FROM faces WHERE gallery_id = ? AND source IN {_IDS}",
     "delete_embeddings_in": f"DELETE FROM embeddings WHERE gallery_id = ? AND face_id IN {_IDS}",
     "delete_faces_in": f"DELETE FROM faces WHERE gallery_id = ? AND id IN {_IDS}",
     "vectors": """SELECT face_id, subject_id, vector FROM embeddings WHERE gallery_id = ? AND model = ?

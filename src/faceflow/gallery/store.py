@@ -39,6 +39,8 @@ from faceflow.types import FloatArray
 
 MAX_NAME_LENGTH = 200
 """Longest gallery or subject name, in characters (after trimming)."""
+ENROL_LOCK = 0x656E726F
+"""First key of the per-gallery lock :meth:`GalleryStore.add_new_faces` holds (PostgreSQL advisory lock)."""
 
 
 def check_name(name: object, what: str = "subject") -> str:
@@ -458,6 +460,32 @@ class GalleryStore(ABC):
             ])
             self._bump(g.id, reset=False)
             return ids
+
+    def enrolled_sources(self, gallery: str, sources: Sequence[str]) -> set[tuple[str, str | None]]:
+        """The ``(source, source_sha256)`` pairs among ``sources`` that the gallery holds a face of."""
+        if not sources:
+            return set()
+        with self.transaction(write=False):
+            g = self.gallery(gallery, counts=False)
+            rows = self._q("sources_in", g.id, self._list_param(list(dict.fromkeys(sources))))
+        return {(str(s), None if h is None else str(h)) for s, h in rows}
+
+    def add_new_faces(self, gallery: str, faces: Sequence[GalleryFace], *, model: str) -> tuple[list[int], int]:
+        """:meth:`add_faces` for the faces whose photo (same ``source`` and ``source_sha256``) the
+        gallery does not hold yet, in one transaction that holds the gallery's enrolment lock, so that
+        concurrent or repeated enrolments of one photo store it once. Returns (new ids, photos skipped)."""
+        with self.transaction():
+            g = self.gallery(gallery, counts=False)
+            self._q("lock_gallery", ENROL_LOCK, g.id)
+            held = self.enrolled_sources(gallery, [f.source for f in faces if f.source is not None])
+            fresh, seen = [], set(held)
+            for f in faces:
+                key = (f.source, f.source_sha256)
+                if f.source is not None and key in seen:
+                    continue
+                seen.add(key)  # type: ignore[arg-type]
+                fresh.append(f)
+            return self.add_faces(gallery, fresh, model=model), len(faces) - len(fresh)
 
     def faces(
         self, gallery: str, *, subject: str | None = None, embeddings: bool = False, model: str | None = None

@@ -353,3 +353,61 @@ def reembed(
         store.switch_model(gallery, identity.key, metadata=dict(g.metadata, embedder=embedder, flip=identity.flip))
         report.switched = True
     return report
+
+
+# -- idempotent batches (the Ray engine) ---------------------------------------------------------------
+
+
+@dataclass
+class BatchEnrolReport(EnrolReport):
+    """:class:`EnrolReport` plus the photos skipped because the gallery already held them."""
+
+    skipped: int = 0
+
+
+def enroll_new(
+    store: GalleryStore,
+    gallery: str,
+    items: Iterable[tuple[str, Path]],
+    analyzer: Any,
+    *,
+    largest: bool = False,
+    min_quality: float | None = None,
+) -> BatchEnrolReport:
+    """Enrol one batch of ``(subject name, photo)`` in one transaction, skipping each photo whose
+    source path and content the gallery holds already (checked before analysing, and again under
+    the gallery's lock when writing: :meth:`GalleryStore.add_new_faces`), so that running a batch
+    twice, or two workers racing on one photo, stores its face once."""
+    g = store.gallery(gallery, counts=False)
+    items = list(items)
+    report = BatchEnrolReport(photos=len(items))
+    digests: dict[str, str | None] = {}
+    for _, path in items:
+        try:
+            digests[str(path)] = sha256_file(Path(path))
+        except OSError:
+            digests[str(path)] = None  # unreadable: analyze_file names the problem
+    held = store.enrolled_sources(gallery, [str(p) for _, p in items])
+    pending: list[GalleryFace] = []
+    for name, path in items:
+        if (str(path), digests[str(path)]) in held:
+            report.skipped += 1
+            continue
+        try:
+            subject = check_name(name)
+            result, _ = analyzer.analyze_file(path)
+            face = enrol_face(result, largest=largest, min_quality=min_quality)
+        except FaceflowError as exc:
+            report.failed.append(ItemFailure(str(path), str(exc)))
+            continue
+        if len(result.faces) > 1:
+            report.notes.append(ItemFailure(str(path), f"{len(result.faces)} faces; the largest enrolled"))
+        pending.append(GalleryFace(
+            subject, _embedding(face, g), box=tuple(float(v) for v in face.box),  # type: ignore[arg-type]
+            quality=face.quality_fraction, source=str(path), source_sha256=digests[str(path)],
+            metadata={"detector": face.detector},
+        ))
+    ids, skipped = store.add_new_faces(gallery, pending, model=g.model)
+    report.enrolled += len(ids)
+    report.skipped += skipped
+    return report

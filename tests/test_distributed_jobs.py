@@ -1,0 +1,109 @@
+"""The job folder of the Ray engine without Ray: manifests, shards, what a rerun keeps, the merge."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'faceflow[ray]')")
+
+from faceflow.distributed import jobs
+from faceflow.errors import ConfigError
+from faceflow.types import Face, ImageResult
+
+
+def _files(tmp_path: Path, n: int) -> list[Path]:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    out = []
+    for i in range(n):
+        p = folder / f"{i:03d}.jpg"
+        p.write_bytes(bytes([i]) * (i + 1))
+        out.append(p)
+    return out
+
+
+def _results(paths: list[Path]) -> list[ImageResult]:
+    """One face per image (box from its index), the third image failing."""
+    out = []
+    for p in paths:
+        i = int(p.stem)
+        if i % 3 == 2:
+            out.append(ImageResult(str(p), error=f"{p}: cannot decode"))
+        else:
+            face = Face(np.array([i, i, i + 10, i + 10], np.float32), score=0.5 + i / 100, detector="yunet")
+            face.embeddings["sface"] = np.full(4, i, np.float32)
+            out.append(ImageResult(str(p), width=100, height=80, faces=[face]))
+    return out
+
+
+def _run(out: Path, files: list[Path], batch: int, *, only: set[int] | None = None) -> jobs.JobPlan:
+    """Plan the job and commit the pending batches of ``batch`` inputs (those starting in ``only``)."""
+    import pyarrow.parquet as pq
+
+    plan = jobs.plan_job(out, files)
+    pending = pq.read_table(plan.pending).to_pylist()
+    for start in range(0, len(pending), batch):
+        rows = pending[start:start + batch]
+        if only is not None and rows[0]["index"] not in only:
+            continue
+        paths = [Path(os.fsdecode(r["path_bytes"])) for r in rows]
+        jobs.write_batch(out / jobs.SHARDS_DIR, [r["index"] for r in rows], _results(paths), embeddings=True)
+    return plan
+
+
+def test_rerun_keeps_committed_batches_drops_torn_and_changed_ones(tmp_path: Path) -> None:
+    files = _files(tmp_path, 10)
+    out = tmp_path / "job"
+    first = _run(out, files, 4, only={0, 8})  # batches 0-3 and 8-9 done, 4-7 "in flight" when killed
+    assert (first.total, first.done) == (10, 0)
+    shards = out / jobs.SHARDS_DIR
+    (shards / "faces-000000000004.parquet").write_bytes(b"half")  # a batch killed between its two files
+    second = jobs.plan_job(out, files)
+    assert (second.done, second.dropped_shards) == (6, 1)
+    assert not (shards / "faces-000000000004.parquet").exists()
+
+    files[9].write_bytes(b"changed content")  # another size: its batch (8, 9) is redone
+    third = jobs.plan_job(out, files)
+    assert (third.done, third.dropped_shards) == (4, 1)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(third.pending).column("index").to_pylist() == [4, 5, 6, 7, 8, 9]
+
+
+def test_records_merge_interleaved_shards_in_input_order(tmp_path: Path) -> None:
+    files = _files(tmp_path, 12)
+    out = tmp_path / "job"
+    _run(out, files, 3, only={0, 6})  # 0-2 and 6-8 committed by a first run
+    _run(out, files, 4)  # the rerun's batches: 3, 4, 5, 9 and 10, 11 (interleaving the first run's)
+    records = list(jobs.iter_records(out))
+    assert [r["index"] for r in records] == list(range(12))
+    assert [r["path"] for r in records] == [str(f) for f in files]
+    expected = [r.to_dict(embeddings=True) for r in _results(files)]
+    for got, want in zip(records, expected, strict=True):
+        got.pop("index")
+        assert json.loads(json.dumps(got)) == json.loads(json.dumps(want))
+    assert jobs.plan_job(out, files).done == 12
+
+
+def test_manifest_lists_inputs_and_reads_lists_and_parquet(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = _files(tmp_path, 3)
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"# a comment\n{files[2]}\n\n{files[0]}\n")
+    table = tmp_path / "paths.parquet"
+    pq.write_table(pa.table({"path": [str(files[1])]}), table)
+    found = list(jobs.expand_inputs([str(listing), str(table), str(tmp_path / "in" / "00[01].jpg")]))
+    assert found == [files[2], files[0], files[1], files[0], files[1]]
+    n = jobs.write_manifest(found, tmp_path / "m.parquet", content_hash=True)
+    rows = pq.read_table(tmp_path / "m.parquet").to_pylist()
+    assert n == 5 and [r["index"] for r in rows] == list(range(5))
+    assert rows[0]["size"] == 3 and rows[0]["path_bytes"] == os.fsencode(files[2]) and len(rows[0]["sha256"]) == 64
+    with pytest.raises(ConfigError, match="matches no file"):
+        list(jobs.expand_inputs([str(tmp_path / "nothing*.jpg")]))
