@@ -102,11 +102,11 @@ def test_entry_points_do_not_import_optional_extras() -> None:
 
 
 INTERFACES = ("faceflow.cli", "faceflow.cli_base", "faceflow.serve_cli", "faceflow.gallery_cli",
-              "faceflow.liveness_cli", "faceflow.service")
+              "faceflow.liveness_cli", "faceflow.distributed_cli", "faceflow.service")
 """The thin interfaces (DESIGN.md's top layer): exit codes and HTTP statuses are decided only here."""
 APPLICATIONS = ("faceflow.pipeline", "faceflow.video", "faceflow.track", "faceflow.gallery", "faceflow.anonymize",
                 "faceflow.eval", "faceflow.engine", "faceflow.liveness.video", "faceflow.bench", "faceflow.outputs",
-                "faceflow.draw")
+                "faceflow.draw", "faceflow.distributed")
 """The pipeline and what runs it (video, galleries, evaluation, ...). ``liveness.video`` lives beside its
 stage but runs detection and tracking over frames, so it sits here: no stage may import it."""
 

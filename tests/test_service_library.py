@@ -55,7 +55,9 @@ def test_load_models_builds_every_stage_model_before_any_image() -> None:
         assert analyzer.runtime.loaded == []
         analyzer.load_models()
         loaded = set(analyzer.runtime.loaded)
-    assert {"tflite:face_mesh", "onnx:age:()", "onnx:gender:()", "tflite:expression"} <= loaded
+    # the default 68 points fuse the 478-point landmarker and PFLD-106, each with its mapping to iBUG-68
+    assert {"tflite:face_landmarker", "onnx:pfld106:()", "landmarker_to_68", "pfld_to_68", "onnx:age:()",
+            "onnx:gender:()", "tflite:expression"} <= loaded
 
 
 def test_enrol_photos_given_as_bytes(tmp_path: Path, astronaut: np.ndarray) -> None:

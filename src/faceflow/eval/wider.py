@@ -208,7 +208,9 @@ def run_wider(
 def half_aps(preds: Mapping[str, npt.ArrayLike], gt: Sequence[WiderImage]) -> dict[str, float]:
     """AP per setting on each half of the events (see :func:`event_parity`), as ``even_easy``,
     ``odd_hard`` and so on: the figures that a choice made on one half is reported on."""
-    out = {}
+    out: dict[str, float] = {}
+    if not all(im.key.split("--", 1)[0].isdigit() for im in gt):
+        return out  # not WIDER's "<event number>--<name>/" layout: no halves to report
     for parity, half in enumerate(("even", "odd")):
         part = [im for im in gt if event_parity(im.key) == parity]
         ev = evaluate_wider(preds, part)
