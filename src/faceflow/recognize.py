@@ -2,7 +2,8 @@
 
 Every embedder returns L2-normalised float32 vectors, and :func:`verify` compares two of them by
 cosine similarity for every model, so that one scale (-1..1, higher = more alike) holds everywhere.
-``fused`` (256-d) is the accurate configuration, ``sface`` (128-d) the fast one. The decision
+``fused`` (256-d) is the accurate configuration, ``sface_int8`` (128-d, SFace with int8 kernels) the
+fast one; ``sface`` (fp32) stays the embed stage's default, so existing galleries keep matching. The decision
 thresholds below were calibrated on LFW View 2 (see :data:`CALIBRATION`).
 """
 
