@@ -181,7 +181,7 @@ def analyse(scores: Arr, labels: Arr, folds: Arr, fmr: float) -> dict[str, objec
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="sface", choices=["sface", "dlib"])
+    ap.add_argument("--model", default="sface", choices=["sface", "sface_int8", "dlib"])
     ap.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "datasets" / "lfw")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/faceflow_lfw"))
     ap.add_argument("--fmr", type=float, default=1e-3)

