@@ -144,7 +144,8 @@ def main() -> int:
                      args.run_peers.split(",") if args.run_peers != "all" else ["all"])
     md = ["# faceflow and its peers, same data, same scoring", "",
           f"`benchmarks/compare.py {' '.join(sys.argv[1:])}`, started {started}, {os.cpu_count()} cores; faceflow "
-          f"with {args.threads or 'all'} thread(s) per model, the peers with one (niced). faceflow rows are measured "
+          f"with {args.threads or 'all'} thread(s) per model, the peers with one "
+          f"(nice {os.environ.get('PEER_NICE', '10')}). faceflow rows are measured "
           "in this run (wall s includes loading the models; with the per-image cache a rerun is fast and "
           "keeps the first run's times). Peer rows are scored now from `results/peers/`; peer jobs run in "
           f"this run: {', '.join(ran_now) or 'none'} (the others' outputs are from an earlier run; their wall "
