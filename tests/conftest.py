@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,40 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI") == "true":
     _hypothesis_settings.load_profile("ci")
+
+
+# -- a PostgreSQL server for the gallery tests ---------------------------------------------------------
+
+_PG: dict[str, str] = {}
+
+
+def postgres_admin_url() -> str:
+    """``FACEFLOW_TEST_POSTGRES`` or a throw-away server started once per session
+    (:func:`faceflow.gallery.tempdb.temporary_postgres`); ``pytest.skip`` saying why when there is none."""
+    from faceflow.errors import GalleryError
+    from faceflow.gallery.tempdb import temporary_postgres
+
+    if not _PG:
+        try:
+            _PG["url"] = os.environ.get("FACEFLOW_TEST_POSTGRES") or temporary_postgres()
+        except GalleryError as exc:
+            _PG["reason"] = str(exc)
+    if "url" not in _PG:
+        pytest.skip(_PG["reason"])
+    return _PG["url"]
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped afterwards."""
+    import psycopg
+
+    from faceflow.gallery.tempdb import with_database
+
+    admin = postgres_admin_url()
+    name = f"faceflow_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield with_database(admin, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -294,40 +294,21 @@ def test_killed_driver_loses_only_its_batches(cluster: str, tmp_path: Path) -> N
 # -- 3. enrolment through Ray into PostgreSQL + pgvector: batches in transactions, never twice -------
 
 
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """A fresh database on the session's throw-away PostgreSQL server (see tests/test_gallery.py)."""
-    import uuid
-
-    import psycopg
-
-    from faceflow.gallery.tempdb import with_database
-    from tests.test_gallery import postgres_admin_url
-
-    admin = postgres_admin_url()
-    name = f"faceflow_ray_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(admin, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def test_enrol_on_ray_into_postgres_is_idempotent(cluster: str, pg_database: str, tmp_path: Path) -> None:
+def test_enrol_on_ray_into_postgres_is_idempotent(cluster: str, pg_url: str, tmp_path: Path) -> None:
     from faceflow.gallery import open_gallery_store
 
     people = [d for d in sorted(LFW.iterdir()) if len(list(d.glob("*.jpg"))) >= 2][:4]
     photos = [str(p) for d in people for p in sorted(d.glob("*.jpg"))[:3]]
     enrol = ["enroll", "g", "-", *photos, "--batch", "4", "--largest"]
-    first = _faceflow(*enrol, "--store", pg_database, "--engine", "ray", "--address", cluster)
+    first = _faceflow(*enrol, "--store", pg_url, "--engine", "ray", "--address", cluster)
     assert first.returncode == 0, first.stderr
     assert f"enrolled {len(photos)} of {len(photos)} photos" in first.stderr
-    again = _faceflow(*enrol, "--store", pg_database, "--engine", "ray", "--address", cluster)
+    again = _faceflow(*enrol, "--store", pg_url, "--engine", "ray", "--address", cluster)
     assert again.returncode == 0, again.stderr
     assert f"({len(photos)} already there)" in again.stderr, again.stderr
     local = _faceflow(*enrol, "--store", f"sqlite:///{tmp_path}/g.db")
     assert local.returncode == 0, local.stderr
-    with open_gallery_store(pg_database) as pg, open_gallery_store(f"sqlite:///{tmp_path}/g.db") as lite:
+    with open_gallery_store(pg_url) as pg, open_gallery_store(f"sqlite:///{tmp_path}/g.db") as lite:
         on_ray = {f.source: f for f in pg.faces("g", embeddings=True)}
         in_process = {f.source: f for f in lite.faces("g", embeddings=True)}
         assert pg.gallery("g").faces == len(photos) and pg.check() == []

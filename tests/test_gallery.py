@@ -16,8 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,41 +25,9 @@ from faceflow.errors import GalleryError, InvalidName
 from faceflow.gallery import GalleryFace, GalleryInfo, open_gallery_store
 from faceflow.gallery.io import export_gallery, import_gallery
 from faceflow.gallery.search import Searcher
-from faceflow.gallery.tempdb import temporary_postgres, with_database
 
 MODEL = "test@1"
 DIM = 16
-
-# -- the PostgreSQL server ---------------------------------------------------------------------------
-
-_PG: dict[str, str] = {}
-
-
-def postgres_admin_url() -> str:
-    """``FACEFLOW_TEST_POSTGRES`` or a throw-away server; ``pytest.skip`` saying why when there is none."""
-    if not _PG:
-        try:
-            _PG["url"] = os.environ.get("FACEFLOW_TEST_POSTGRES") or temporary_postgres()
-        except GalleryError as exc:
-            _PG["reason"] = str(exc)
-    if "url" not in _PG:
-        pytest.skip(_PG["reason"])
-    return _PG["url"]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty database on the session's server."""
-    import psycopg
-
-    admin = postgres_admin_url()
-    name = f"faceflow_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(admin, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:

@@ -582,23 +582,14 @@ def test_key_guessing_slowed_slow_uploads_timed_out_cors_when_asked(tmp_path: Pa
         srv.stop()
 
 
-def test_postgres_gallery_store(tmp_path: Path, people: Path) -> None:
+def test_postgres_gallery_store(tmp_path: Path, people: Path, pg_url: str) -> None:
     """``--gallery-url postgresql://...``: the same gallery lifecycle on PostgreSQL + pgvector."""
-    from tests.test_gallery import postgres_admin_url
-
-    admin_url = postgres_admin_url()  # skips, saying why, when no PostgreSQL can be started
     import psycopg
 
-    from faceflow.gallery.tempdb import with_database
-
-    name = f"faceflow_serve_{tmp_path.name[-8:].replace('-', '_')}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
     home = tmp_path / "home"
     home.mkdir()
     keys = Keys(home)
-    srv = start_server(home, "--gallery-url", with_database(admin_url, name))
+    srv = start_server(home, "--gallery-url", pg_url)
     try:
         with srv.client(keys.writer) as c:
             assert c.post("/v1/galleries", json={"name": "pg", "model": "sface"}).status_code == 201
@@ -609,10 +600,8 @@ def test_postgres_gallery_store(tmp_path: Path, people: Path) -> None:
                 assert r.status_code == 201 and len(r.json()["enrolled"]) == 2, r.text
             found = c.post("/v1/galleries/pg/identify", content=(people / "test" / "obama1.jpg").read_bytes()).json()
             assert [f["subject"] for f in found["faces"]] == ["obama"]
-        with psycopg.connect(with_database(admin_url, name)) as conn:  # the faces are in PostgreSQL itself
+        with psycopg.connect(pg_url) as conn:  # the faces are in PostgreSQL itself
             (count,) = conn.execute("SELECT count(*) FROM faceflow.faces").fetchone()  # type: ignore[misc]
             assert count == 4
     finally:
         srv.stop()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
