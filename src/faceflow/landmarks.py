@@ -208,10 +208,17 @@ def roi_from_mesh(mesh: npt.ArrayLike, scale: float = 1.5, mirror: bool = False)
     and the region is mirrored too."""
     p = np.asarray(mesh, dtype=np.float64)[:, :2]
     first, second = MESH_EYE_CORNERS[::-1] if mirror else MESH_EYE_CORNERS
-    angle = line_angle(p[first], p[second])
+    return _level_extent_roi(p, p[first], p[second], scale, mirror)
+
+
+def _level_extent_roi(points: npt.NDArray[np.float64], first_eye: npt.ArrayLike, second_eye: npt.ArrayLike,
+                      scale: float, mirror: bool) -> Roi:
+    """The square region around ``points``' extent in the frame where the two eyes are level, its
+    longer side times ``scale``: the tracking region of both the mesh and PFLD."""
+    angle = line_angle(first_eye, second_eye)
     c, s = math.cos(angle), math.sin(angle)
     rot = np.array([[c, s], [-s, c]])  # image -> eye-level frame
-    q = p @ rot.T
+    q = points @ rot.T
     lo, hi = q.min(0), q.max(0)
     centre = rot.T @ ((lo + hi) / 2)
     return Roi(float(centre[0]), float(centre[1]), float((hi - lo).max()) * scale, angle, mirror)
@@ -249,13 +256,7 @@ def roi_from_pfld(points: npt.ArrayLike, scale: float = PFLD_SCALE, mirror: bool
     a mirrored crop (its first eye is on the image's right) and the region is mirrored too."""
     p = np.asarray(points, dtype=np.float64)[:, :2]
     first, second = (p[list(eye)].mean(0) for eye in (PFLD_EYES[::-1] if mirror else PFLD_EYES))
-    angle = line_angle(first, second)
-    c, s = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, s], [-s, c]])  # image -> eye-level frame
-    q = p @ rot.T
-    lo, hi = q.min(0), q.max(0)
-    centre = rot.T @ ((lo + hi) / 2)
-    return Roi(float(centre[0]), float(centre[1]), float((hi - lo).max()) * scale, angle, mirror)
+    return _level_extent_roi(p, first, second, scale, mirror)
 
 
 def pfld_in_roi(session: Any, image: Image, roi: Roi) -> FloatArray:
