@@ -32,7 +32,7 @@ import numpy as np
 
 from faceflow.detect.base import DetectorOptions, RawDetections, nms
 from faceflow.detect.centerface import CenterFaceDetector
-from faceflow.detect.ensemble import Pass, look, weighted_box_fusion
+from faceflow.detect.ensemble import Pass, look, merge_looks, weighted_box_fusion
 from faceflow.detect.retinaface import RetinaFaceDetector
 from faceflow.detect.yunet_ort import YuNetOrtDetector
 from faceflow.eval.wider import SETTINGS, WiderImage, evaluate_wider, event_parity, load_wider
@@ -147,13 +147,7 @@ def _member_raw(cache: Cache, m: MemberDef, key: str) -> tuple[RawDetections, fl
             lms = None if raw.landmarks5 is None else raw.landmarks5[keep]
             raw = RawDetections(raw.boxes[keep], raw.scores[keep], lms)
         parts.append(raw)
-    if len(parts) == 1:
-        return parts[0], ms
-    boxes = np.concatenate([r.boxes for r in parts])
-    scores = np.concatenate([r.scores for r in parts])
-    lms = np.concatenate([r.landmarks5 for r in parts])  # type: ignore[misc]
-    keep = nms(boxes, scores, 0.4)
-    return RawDetections(boxes[keep], scores[keep], lms[keep]), ms
+    return merge_looks(parts, 0.4), ms
 
 
 def score_config(cache: Cache, members: tuple[MemberDef, ...], images: list[WiderImage],

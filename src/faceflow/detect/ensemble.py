@@ -158,6 +158,19 @@ def look(detector: Detector, image: Image, p: Pass, max_side: int) -> RawDetecti
     return RawDetections(boxes, scores, lms).mapped(w / view.shape[1])
 
 
+def merge_looks(looks: Sequence[RawDetections], nms_threshold: float) -> RawDetections:
+    """One member's faces from its looks: a single look as it is, several merged by NMS (points kept
+    when every look has them)."""
+    if len(looks) == 1:
+        return looks[0]
+    boxes = np.concatenate([r.boxes for r in looks])
+    scores = np.concatenate([r.scores for r in looks])
+    keep = nms(boxes, scores, nms_threshold)
+    points = [r.landmarks5 for r in looks if r.landmarks5 is not None]
+    lms = np.concatenate(points)[keep] if len(points) == len(looks) else None
+    return RawDetections(boxes[keep], scores[keep], lms)
+
+
 class AccurateDetector(Detector):
     """``accurate`` mode: CenterFace and RetinaFace, each on the mirrored image (see :attr:`members`),
     fused by :func:`weighted_box_fusion`.
@@ -198,14 +211,7 @@ class AccurateDetector(Detector):
     def _member(self, image: Image, member: Member) -> RawDetections:
         """The faces of a member's passes, merged by NMS when there are several."""
         looks = [look(self.model[p.model], image, p, self.max_side) for p in member.passes]
-        if len(looks) == 1:
-            return looks[0]
-        boxes = np.concatenate([r.boxes for r in looks])
-        scores = np.concatenate([r.scores for r in looks])
-        keep = nms(boxes, scores, self.options.nms_threshold)
-        points = [r.landmarks5 for r in looks if r.landmarks5 is not None]
-        lms = np.concatenate(points)[keep] if len(points) == len(looks) else None
-        return RawDetections(boxes[keep], scores[keep], lms)
+        return merge_looks(looks, self.options.nms_threshold)
 
     def _detect(self, image: Image) -> RawDetections:
         raws = [self._member(image, m) for m in self.members]
