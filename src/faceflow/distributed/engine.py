@@ -42,6 +42,8 @@ Progress = Callable[[int, int], None]
 OBJECT_STORE_BYTES = 256 * 2**20
 """Object store of a local runtime: summaries and batch numbers are all that travel, so a small one."""
 _ENV_PREFIXES = ("FACEFLOW_",)
+MAX_BLOCKS = 4096
+"""Most blocks (actor tasks) a job's batch numbers are split into; past it a block holds several batches."""
 
 
 def _ray() -> Any:
@@ -105,8 +107,11 @@ def _run_batches(ray: Any, actor: type, kwargs: dict[str, Any], n_batches: int, 
     """Map batch numbers ``0..n_batches-1`` through a pool of ``workers`` ``actor`` instances."""
     _data_context(ray)
     # Batch numbers come from the driver as small blocks (no read tasks that would wait for CPUs the
-    # actors hold); a retried task redoes one block, whose committed batches it skips.
-    per_block = max(1, min(64, n_batches // (workers * 8)))
+    # actors hold); a retried task redoes one block, whose committed batches it skips. A block is one
+    # actor task, and Ray Data hands its output over only when the task ends: one batch per block (up
+    # to MAX_BLOCKS blocks) keeps the progress bar live and the actors evenly loaded to the end,
+    # where blocks of many batches left one actor finishing a long block while the others idled.
+    per_block = max(1, -(-n_batches // MAX_BLOCKS))
     blocks = [np.arange(a, min(a + per_block, n_batches)) for a in range(0, n_batches, per_block)]
     ds = ray.data.from_numpy(blocks).rename_columns({"data": "id"}).map_batches(
         actor, fn_constructor_kwargs=kwargs, batch_size=1, num_cpus=1,
