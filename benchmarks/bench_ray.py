@@ -268,7 +268,8 @@ def clustering_pg(args: argparse.Namespace) -> dict[str, Any]:
                                        and np.array_equal(result.labels, expected)),
                 "pairwise_f": round(evaluate_clustering(truth, result.labels.tolist())["pairwise_f"], 4),
                 "pairs_found": result.edges, "components": result.components,
-                "largest_component": result.largest_component}
+                "largest_component": result.largest_component, "seconds_graph": result.seconds_graph,
+                "seconds_agglomeration": result.seconds_agglomeration}
 
     t5 = time.perf_counter()
     threads = cluster_gallery(url, gallery, t, map_fn=thread_map(2))

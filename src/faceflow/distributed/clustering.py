@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -304,6 +305,9 @@ class GalleryClusters:
     """Pairs found (each direction a face found the other in counts once)."""
     components: int
     largest_component: int
+    seconds_graph: float = 0.0
+    """Listing the ids, the pairs, the components."""
+    seconds_agglomeration: float = 0.0
 
 
 def gallery_face_ids(store: Any, gallery: str, page: int = 65_536) -> IntArray:
@@ -325,6 +329,7 @@ def cluster_gallery(url: str, gallery: str, threshold: float, *, k: int = DEFAUL
     id order, a face's source photo as its cannot-link group), computed per component of the threshold
     graph (module docstring). ``map_fn`` runs the neighbour and agglomeration jobs (default: in turn)."""
     run = map_fn or map
+    t0 = time.perf_counter()
     with _store(url) as store:
         store.gallery(gallery, counts=False)  # NotFound naming the galleries there
         native = store.has_native_ann()
@@ -347,6 +352,7 @@ def cluster_gallery(url: str, gallery: str, threshold: float, *, k: int = DEFAUL
             ok[ok] &= (ids[qi[ok]] == q[ok]) & (ids[ni[ok]] == nb[ok])  # faces added meanwhile are left out
             forest.add(qi[ok], ni[ok])
     comp = forest.labels() if n else np.zeros(0, np.int64)
+    t1 = time.perf_counter()
     order = np.argsort(comp, kind="stable")
     members = [m for m in np.split(order, np.flatnonzero(np.diff(comp[order])) + 1) if m.size > 1]
     batches: list[list[IntArray]] = []
@@ -370,7 +376,8 @@ def cluster_gallery(url: str, gallery: str, threshold: float, *, k: int = DEFAUL
     labels[singles] = next_label + np.arange(int(singles.sum()))
     sizes = np.bincount(comp) if n else np.zeros(0, np.int64)
     return GalleryClusters(ids, canonical(labels), typicality, "pgvector" if native else "usearch",
-                           forest.seen, int(sizes.size), int(sizes.max(initial=0)))
+                           forest.seen, int(sizes.size), int(sizes.max(initial=0)), round(t1 - t0, 3),
+                           round(time.perf_counter() - t1, 3))
 
 
 def write_gallery_report(out: Path, store: Any, gallery: str, result: GalleryClusters, *, threshold: float,
