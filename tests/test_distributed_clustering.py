@@ -84,7 +84,8 @@ def read_report(out: Path) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
 
 
 @pytest.mark.skipif(not LFW.is_dir(), reason=f"LFW not found at {LFW}")
-def test_gallery_clustering_from_pgvector_equals_in_process(pg_url: str, tmp_path: Path) -> None:
+def test_gallery_clustering_from_pgvector_equals_in_process(pg_url: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from faceflow.distributed.clustering import cluster_gallery, thread_map
     from faceflow.gallery import open_gallery_store
 
@@ -97,6 +98,15 @@ def test_gallery_clustering_from_pgvector_equals_in_process(pg_url: str, tmp_pat
     assert got.route == "pgvector"
     assert np.array_equal(got.face_ids, ids) and np.array_equal(got.labels, expected)
     assert got.edges > ids.size and got.largest_component > 2
+
+    # Faces with more neighbours above the threshold than pgvector's largest search returns go on to
+    # the exact scan: with that limit at 4 here, every face of a big enough person does.
+    import faceflow.gallery.postgres as postgres
+
+    monkeypatch.setattr(postgres, "MAX_EF_SEARCH", 4)
+    exact = cluster_gallery(pg_url, "lfw", THRESHOLD, k=2, page=100)
+    assert np.array_equal(exact.labels, expected) and exact.edges == got.edges
+    monkeypatch.undo()
 
     with open_gallery_store(pg_url) as store:
         plan = store.explain_similar("lfw", ids[:5].tolist(), 32)
