@@ -149,7 +149,9 @@ def test_gallery_clustering_on_sqlite_takes_the_in_memory_graph(tmp_path: Path) 
     assert np.array_equal(report_ids, ids) and np.array_equal(labels, expected)
     assert min(c["size"] for c in doc["clusters"]) >= 3  # type: ignore[union-attr]
     missing = _faceflow("gallery", "cluster", "nope", "--store", url, "-o", str(tmp_path / "x"))
-    assert missing.returncode != 0 and "no gallery named 'nope'" in missing.stderr
+    assert missing.returncode == 2 and "no gallery named 'nope'" in missing.stderr
+    bad = _faceflow("gallery", "cluster", "lfw", "--store", url, "-o", str(tmp_path / "x"), "--threshold", "45")
+    assert bad.returncode == 2 and "--threshold is a cosine similarity" in bad.stderr
 
 
 def test_edge_forest_gives_the_components_of_all_edges_at_once() -> None:

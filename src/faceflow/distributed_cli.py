@@ -115,6 +115,8 @@ def gallery_cluster(
     ray_engine = check_engine(engine, address)
     if min_size < 1 or workers < 1:
         raise ConfigError("--min-size and --workers must be at least 1")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
     with open_gallery_store(store) as s:
         g = s.gallery(name, counts=False)
         url = s.url
