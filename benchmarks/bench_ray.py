@@ -7,6 +7,9 @@
     #   (--thumbnails 64: small copies of LFW images instead, so that results reach the driver faster)
     # clustering at scale: LFW's held-out half clustered in process and by components, compared
     python benchmarks/bench_ray.py clustering --root ../shared/datasets/lfw
+    # the same half enrolled into PostgreSQL + pgvector (a throw-away server, or --store URL) and clustered
+    # from the gallery (faceflow gallery cluster's route: threads, then Ray tasks on a local runtime)
+    python benchmarks/bench_ray.py clustering-pg --root ../shared/datasets/lfw [--store postgresql://...]
 
 Each writes benchmarks/results/ray_<mode>.json with the command's arguments, the machine's load
 average before and after (the machine is shared: figures under load are noisy), and the figures.
@@ -211,9 +214,89 @@ def clustering(args: argparse.Namespace) -> dict[str, Any]:
             "pairwise_f_by_components": round(evaluate_clustering(truth, got.tolist())["pairwise_f"], 4)}
 
 
+def clustering_pg(args: argparse.Namespace) -> dict[str, Any]:
+    """LFW's held-out half enrolled into PostgreSQL + pgvector, clustered by :func:`cluster_gallery` (the
+    graph from the gallery's HNSW index, components agglomerated apart) with 2 threads and with Ray tasks
+    on a local 2-CPU runtime, against average linkage over all the vectors at once."""
+    import numpy as np
+
+    from faceflow.distributed.clustering import canonical, cluster_gallery, gallery_face_ids, ray_map, thread_map
+    from faceflow.distributed.engine import ray_session
+    from faceflow.eval.clustering import evaluate_clustering, lfw_tuning_half
+    from faceflow.eval.identification import lfw_identities
+    from faceflow.eval.tasks import lfw_gallery_embedder
+    from faceflow.gallery import open_gallery_store
+    from faceflow.gallery.cluster import average_linkage, cluster_threshold
+    from faceflow.gallery.store import GalleryFace
+    from faceflow.gallery.tempdb import temporary_postgres, with_database
+
+    model, gallery = "sface", "lfw-held-out"
+    items = [(name, p) for name, imgs in lfw_identities(args.root).items() if not lfw_tuning_half(name) for p in imgs]
+    embed = lfw_gallery_embedder(model)
+    faces = [GalleryFace(subject=name, embedding=e, source=str(p)) for name, p in items if (e := embed(p)) is not None]
+    if args.store:
+        url = args.store
+    else:
+        import psycopg
+
+        admin = temporary_postgres()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench_cluster")
+        url = with_database(admin, "bench_cluster")
+    t = cluster_threshold(model)
+    with open_gallery_store(url) as store:
+        from faceflow.gallery.workflows import create_gallery
+
+        if gallery in {g.name for g in store.galleries()}:
+            store.delete_gallery(gallery)
+        g = create_gallery(store, gallery, model)
+        t0 = time.perf_counter()
+        for a in range(0, len(faces), 512):
+            store.add_faces(gallery, faces[a:a + 512], model=g.model)
+        t1 = time.perf_counter()
+        store.ensure_ann_index(gallery)
+        t2 = time.perf_counter()
+        ids = gallery_face_ids(store, gallery)
+        plan = store.explain_similar(gallery, ids[:5].tolist(), 32)
+        t3 = time.perf_counter()
+        fids, vectors, sources = store.face_vectors(gallery, ids)
+        expected = canonical(average_linkage(vectors, sources, t))
+        t4 = time.perf_counter()
+    names = dict(zip((str(f.source) for f in faces), (f.subject for f in faces), strict=True))
+    truth = [names[str(s)] for s in sources]
+
+    def measure(result: Any, seconds: float) -> dict[str, Any]:
+        return {"seconds": round(seconds, 2), "clusters": int(result.labels.max()) + 1,
+                "same_partition": bool(np.array_equal(result.face_ids, fids)
+                                       and np.array_equal(result.labels, expected)),
+                "pairwise_f": round(evaluate_clustering(truth, result.labels.tolist())["pairwise_f"], 4),
+                "pairs_found": result.edges, "components": result.components,
+                "largest_component": result.largest_component, "seconds_graph": result.seconds_graph,
+                "seconds_agglomeration": result.seconds_agglomeration}
+
+    t5 = time.perf_counter()
+    threads = cluster_gallery(url, gallery, t, map_fn=thread_map(2))
+    on_threads = measure(threads, time.perf_counter() - t5)
+    t6 = time.perf_counter()
+    with ray_session(None, num_cpus=2) as ray:
+        t7 = time.perf_counter()
+        on_ray = measure(cluster_gallery(url, gallery, t, map_fn=ray_map(ray)), time.perf_counter() - t7)
+    on_ray["seconds_with_runtime_start"] = round(time.perf_counter() - t6, 2)
+    return {"model": model, "threshold": t, "images": len(items), "faces_enrolled": len(faces),
+            "store": "a throw-away PostgreSQL (pgserver) with pgvector" if not args.store else "--store",
+            "enrol_seconds": round(t1 - t0, 2), "hnsw_build_seconds": round(t2 - t1, 2),
+            "pairs_query_uses_hnsw_index": "hnsw_g" in plan,
+            "in_process": {"seconds": round(t4 - t3, 2), "clusters": int(expected.max()) + 1,
+                           "pairwise_f": round(evaluate_clustering(truth, expected.tolist())["pairwise_f"], 4),
+                           "note": "average_linkage over every vector at once, fetched from the store "
+                                   "(fetch included)"},
+            "from_pgvector_2_threads": on_threads, "from_pgvector_ray_local_2_cpus": on_ray}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("throughput", "memory", "clustering"))
+    parser.add_argument("mode", choices=("throughput", "memory", "clustering", "clustering-pg"))
+    parser.add_argument("--store", default=None, help="clustering-pg: a PostgreSQL URL (default: a throw-away server)")
     parser.add_argument("--root", type=Path, default=Path("../shared/datasets/lfw"))
     parser.add_argument("--limit", type=int, default=None, help="throughput: the first N images only")
     parser.add_argument("--entries", type=int, default=100_000, help="memory: lines in the list")
@@ -229,13 +312,14 @@ def main() -> None:
         args.stages = ",".join(DEFAULT_STAGES) if args.mode == "throughput" else "detect"
     load_before = os.getloadavg()
     t0 = time.time()
-    result = {"throughput": throughput, "memory": memory, "clustering": clustering}[args.mode](args)
+    result = {"throughput": throughput, "memory": memory, "clustering": clustering,
+              "clustering-pg": clustering_pg}[args.mode](args)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_count": os.cpu_count(),
               "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), **result}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"ray_{args.mode}.json"
+    path = RESULTS / f"ray_{args.mode.replace('-', '_')}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 

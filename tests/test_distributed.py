@@ -160,6 +160,16 @@ def _check_exactly_once(out: Path, expected: list[str]) -> None:
 # -- 1. same results as the in-process engine; Parquet; rerun ---------------------------------------
 
 
+def _annotated(out: Path) -> dict[str, np.ndarray]:
+    """The annotated images under ``out/annotated`` by relative name, decoded."""
+    from PIL import Image
+
+    root = out / "annotated"
+    return {str(p.relative_to(root)): np.asarray(Image.open(p).convert("RGB")) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".faceflow-annotated"}
+
+
+
 def test_ray_engine_gives_the_in_process_json_and_resumes(cluster: str, tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -174,7 +184,7 @@ def test_ray_engine_gives_the_in_process_json_and_resumes(cluster: str, tmp_path
     listed.write_text("".join(f"{p}\n" for p in images[:6]))
     pattern = str(LFW / "Aaron_[EGP]*" / "*.jpg")  # a glob (Aaron_Eckhart's photo is also listed: twice)
     inputs = [str(listed), pattern, str(tmp_path / "in")]
-    common = ["--stages", "detect,landmarks,pose,attributes", "--embeddings", "--no-annotate"]
+    common = ["--stages", "detect,landmarks,pose,attributes", "--embeddings"]  # annotated images too
 
     local = _faceflow("analyze", *[str(p) for p in images[:6]], *sorted(glob.glob(pattern)), str(tmp_path / "in"),
                       "-o", str(tmp_path / "local"), *common)
@@ -202,11 +212,21 @@ def test_ray_engine_gives_the_in_process_json_and_resumes(cluster: str, tmp_path
     assert [m["path"] for m in manifest] == [r["path"] for r in got]
     assert manifest[0]["size"] == images[0].stat().st_size and manifest[0]["sha256"] is None
 
-    # Rerun: nothing to do (no Ray needed), the same output.
+    # The actors wrote the annotated images the in-process engine writes: same names, same pixels.
+    drawn = _annotated(tmp_path / "ray")
+    assert drawn.keys() == _annotated(tmp_path / "local").keys() and len(drawn) == 13  # all but the broken file
+    for name, image in _annotated(tmp_path / "local").items():
+        assert np.abs(image.astype(np.int16) - drawn[name]).mean() < 0.5, name
+    listed = "annotated/.faceflow-annotated"
+    assert (tmp_path / "ray" / listed).read_bytes() == (tmp_path / "local" / listed).read_bytes()
+
+    # Rerun: nothing to do (no Ray needed), the same output, the annotated images left as they were.
     before = (tmp_path / "ray" / "faces.jsonl").read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "annotated").rglob("*.jpg")}
     again = _faceflow("analyze", *inputs, "-o", str(tmp_path / "ray"), "--engine", "ray", "--address", cluster,
                       "--batch-size", "4", *common)
     assert "0 analysed now" in again.stderr and (tmp_path / "ray" / "faces.jsonl").read_bytes() == before
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     # An input that changed (another photo under the same name) is analysed again, with its batch only.
     shutil.copy(images[1], changing)
@@ -218,6 +238,11 @@ def test_ray_engine_gives_the_in_process_json_and_resumes(cluster: str, tmp_path
     redone = next(r for r in _records(tmp_path / "ray" / "faces.jsonl") if r["path"] == str(changing))
     same_as = next(r for r in expected if r["path"] == str(images[1]))
     assert _close(redone["faces"], same_as["faces"])
+    redrawn = _annotated(tmp_path / "ray")  # the redone batch drew the new photo under the old name
+    local = _annotated(tmp_path / "local")
+    name_changing = next(n for n in redrawn if n.endswith("changing.jpg"))
+    name_second = next(n for n in local if n.endswith("/" + images[1].name))
+    assert np.abs(redrawn[name_changing].astype(np.int16) - local[name_second]).mean() < 0.5
     _check_exactly_once(tmp_path / "ray", [r["path"] for r in expected])  # type: ignore[misc]
 
 
@@ -260,6 +285,7 @@ def test_killed_worker_loses_only_its_batches(ray_cluster: tuple[str, str], tmp_
     killed_at = len(list((out / "shards").glob("images-*.parquet")))
     proc.communicate(timeout=JOB_TIMEOUT)
     assert killed_at < KILL_IMAGES // 2, "the job was over before the worker was killed"
+    assert not (out / "annotated").exists()  # --no-annotate
     if proc.returncode not in (0, 1):  # Ray gave up on the batch: the rerun finishes it
         rerun = _faceflow(*args)
         assert rerun.returncode == 0, rerun.stderr
@@ -355,3 +381,18 @@ def test_cluster_large_equals_in_process_clustering_on_lfw() -> None:
     groups = [str(p) for p, _ in found]
     expected = canonical(average_linkage(x, groups, cluster_threshold("sface")))
     assert np.array_equal(cluster_large(x, groups, cluster_threshold("sface")), expected)
+
+
+def test_gallery_cluster_on_ray_equals_in_process(cluster: str, pg_url: str, tmp_path: Path) -> None:
+    """``faceflow gallery cluster --engine ray``: neighbour pages and components as Ray tasks, each
+    with its own connection to PostgreSQL; the in-process partition."""
+    from tests.test_distributed_clustering import enrol_lfw, in_process, read_report
+
+    enrol_lfw(pg_url, 150)
+    ids, expected = in_process(pg_url)
+    done = _faceflow("gallery", "cluster", "lfw", "--store", pg_url, "--engine", "ray", "--address", cluster,
+                     "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    got_ids, labels, _ = read_report(tmp_path / "out")
+    assert np.array_equal(got_ids, ids) and np.array_equal(labels, expected)
+    assert int(expected.max()) + 1 < ids.size  # some faces clustered together

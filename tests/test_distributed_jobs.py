@@ -107,3 +107,66 @@ def test_manifest_lists_inputs_and_reads_lists_and_parquet(tmp_path: Path) -> No
     assert rows[0]["size"] == 3 and rows[0]["path_bytes"] == os.fsencode(files[2]) and len(rows[0]["sha256"]) == 64
     with pytest.raises(ConfigError, match="matches no file"):
         list(jobs.expand_inputs([str(tmp_path / "nothing*.jpg")]))
+
+
+def _commit_all(out: Path, plan: jobs.JobPlan, batch: int) -> None:
+    import pyarrow.parquet as pq
+
+    pending = pq.read_table(plan.pending).to_pylist()
+    for start in range(0, len(pending), batch):
+        rows = pending[start:start + batch]
+        results = [ImageResult(os.fsdecode(r["path_bytes"]), width=10, height=10) for r in rows]
+        jobs.write_batch(out / jobs.SHARDS_DIR, [r["index"] for r in rows], results, embeddings=False)
+
+
+def test_annotated_names_are_the_in_process_ones_and_a_rename_redoes_the_batch(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from faceflow.outputs import ANNOTATED_DIR, MANIFEST, annotated_names, result_paths
+
+    files = _files(tmp_path, 6)
+    (tmp_path / "in" / "sub").mkdir()
+    odd = tmp_path / "in" / "sub" / "x.gif"
+    odd.write_bytes(b"gif")
+    files += [odd, files[0]]  # another format (named .gif.png) and a file listed twice (named ~2)
+    out = tmp_path / "job"
+    folder = tmp_path / "in"
+
+    def names() -> list[str]:
+        rows = pq.read_table(out / jobs.MANIFEST_FILE, columns=["annotated"]).column(0).to_pylist()
+        return [os.fsdecode(b) for b in rows]
+
+    plan = jobs.plan_job(out, files, annotate=[folder])
+    expected = [str(n) for n in annotated_names(result_paths([folder], files))]
+    assert names() == expected and "sub/x.gif.png" in expected and "000~2.jpg" in expected
+    listed = (out / ANNOTATED_DIR / MANIFEST).read_bytes().decode().splitlines()
+    assert listed == expected
+    _commit_all(out, plan, 3)
+    for n in expected:  # what the actors would have written
+        (out / ANNOTATED_DIR / n).parent.mkdir(parents=True, exist_ok=True)
+        (out / ANNOTATED_DIR / n).write_bytes(b"img")
+    assert jobs.plan_job(out, files, annotate=[folder]).done == len(files)  # same names: all kept
+    assert jobs.plan_job(out, files).done == len(files)  # --no-annotate: kept, images left alone
+    assert all((out / ANNOTATED_DIR / n).is_file() for n in expected)
+
+    # Another input outside the folder moves the common folder up: every name changes, every batch
+    # is redone, and the images of the old names are removed.
+    other = tmp_path / "other" / "y.jpg"
+    other.parent.mkdir()
+    other.write_bytes(b"y")
+    moved = jobs.plan_job(out, [*files, other], annotate=[folder])
+    assert moved.done == 0 and moved.stale_annotated == len(set(expected))
+    assert names() == [str(n) for n in annotated_names(result_paths([folder, other], [*files, other]))]
+    assert names()[0] == "in/000.jpg"
+    assert not any((out / ANNOTATED_DIR / n).exists() for n in expected)
+
+    # Annotation asked after a run without it: the batches are redone to write their images.
+    plain = tmp_path / "plain"
+    _commit_all(plain, jobs.plan_job(plain, files), 3)
+    assert jobs.plan_job(plain, files, annotate=[folder]).done == 0
+
+    inside = out / ANNOTATED_DIR / "in" / "001.jpg"  # an input where annotated images go
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="where annotated images are written"):
+        jobs.plan_job(out, [*files, inside], annotate=[folder])

@@ -13,6 +13,7 @@ from faceflow.outputs import (
     MANIFEST,
     AnnotatedWriter,
     annotated_names,
+    common_folder,
     display_path,
     json_line,
     prepare_out_dir,
@@ -27,6 +28,21 @@ def test_result_paths_mirror_below_the_common_folder(tmp_path: Path) -> None:
     assert result_paths([tmp_path / "in"], files) == [Path("a/x.jpg"), Path("b/x.jpg")]
     # Two files named on their own, in different folders: the common folder of both parents.
     assert result_paths(files, files) == [Path("a/x.jpg"), Path("b/x.jpg")]
+
+
+def test_common_folder_is_the_one_result_paths_mirrors_below(tmp_path: Path) -> None:
+    """The Ray engine names annotated images in one pass over its list (no list in memory): the same
+    relative paths as :func:`result_paths` given the folders and files the user named."""
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    files = [tmp_path / "in" / "a" / "x.jpg", tmp_path / "in" / "y.jpg", tmp_path / "other" / "z.jpg"]
+    for named in ([tmp_path / "in" / "a", *files[1:]], [tmp_path / "in", files[2]], files[:2], [files[0]]):
+        folders = [p for p in named if p.suffix != ".jpg"]
+        mirrored = [f for f in files if any(f == n or n in f.parents for n in named)]
+        common = common_folder(folders, iter(mirrored))
+        assert common is not None
+        assert [Path(os.path.relpath(f, common)) for f in mirrored] == result_paths(named, mirrored)
+    assert common_folder([], []) is None
 
 
 def test_result_paths_of_a_link_to_a_file_outside_the_folder(tmp_path: Path) -> None:

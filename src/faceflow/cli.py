@@ -142,8 +142,9 @@ def analyze(
                                                      "cores divided between the workers).")] = None,
     every: Annotated[int | None, typer.Option(help="Videos: analyse every Nth frame.")] = None,
     fps: Annotated[float | None, typer.Option(help="Videos: analyse about F frames per second.")] = None,
-    engine: Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster, resumable; see "
-                                             "the README).")] = "local",
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster, resumable; its actors "
+                                             "write the shards and annotated images, so on several machines --out "
+                                             "must be storage every node sees; see the README).")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local one).")] = None,
     content_hash: Annotated[bool, typer.Option("--content-hash", help="Ray engine: hash each input into the "
                                                "manifest; a rerun redoes inputs whose content changed.")] = False,

@@ -1,4 +1,4 @@
-"""Gallery commands: ``faceflow gallery create|list|delete|export|import|calibrate``, ``faceflow enroll``,
+"""Gallery commands: ``faceflow gallery create|list|delete|export|import|calibrate|cluster``, ``faceflow enroll``,
 ``faceflow identify``, ``faceflow cluster``, and ``faceflow eval identification|clustering`` runners.
 
 ``faceflow.cli`` mounts :data:`gallery_app` and the command functions; ``python -m faceflow.gallery_cli``
@@ -155,6 +155,9 @@ def gallery_reembed(
     console.print(f"{report.reembedded} faces re-embedded; gallery {name!r} now holds {g.model} embeddings"
                   + ("" if report.switched else " (not switched: fix or delete the failed faces and run again)"))
     raise typer.Exit(1 if report.failed else 0)
+
+
+gallery_app.command("cluster")(distributed_cli.gallery_cluster)
 
 
 def _failed(message: str) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -85,8 +85,12 @@ def annotated_names(rel_paths: Sequence[Path]) -> list[Path]:
     given twice, ``a.gif`` beside a real ``a.gif.png``, ``A.jpg`` beside ``a.jpg`` on a case-blind
     disk), get ``~2``, ``~3``, ... before the suffix, in input order.
     """
-    taken: set[str] = set()
-    out: list[Path] = []
+    return list(iter_annotated_names(rel_paths, set()))
+
+
+def iter_annotated_names(rel_paths: Iterable[Path], taken: set[str]) -> Iterator[Path]:
+    """:func:`annotated_names`, lazily (for a list too long to hold): ``taken`` collects the names'
+    keys as they are given out (what :func:`refresh_annotated_list` keeps)."""
     for rel in rel_paths:
         name = rel if rel.suffix.lower() in KEPT_SUFFIXES else rel.with_name(rel.name + ".png")
         candidate, n = name, 1
@@ -94,8 +98,22 @@ def annotated_names(rel_paths: Sequence[Path]) -> list[Path]:
             n += 1
             candidate = name.with_name(f"{name.stem}~{n}{name.suffix}")
         taken.add(_key(candidate))
-        out.append(candidate)
-    return out
+        yield candidate
+
+
+def common_folder(folders: Iterable[str | os.PathLike[str]], files: Iterable[str | os.PathLike[str]]) -> str | None:
+    """The folder :func:`result_paths` mirrors below: the common path of the named ``folders`` and of
+    the folders holding ``files`` (absolute, not resolved); ``None`` without either. One pass, any length."""
+    common: str | None = None
+    last: str | None = None
+    for d in [os.path.abspath(f) for f in folders]:
+        common = d if common is None else os.path.commonpath([common, d])
+    for f in files:
+        d = os.path.dirname(os.path.abspath(f))
+        if d != last:
+            common = d if common is None else os.path.commonpath([common, d])
+            last = d
+    return common
 
 
 def _key(rel: Path) -> str:
@@ -156,41 +174,7 @@ class AnnotatedWriter:
 
         A :class:`ConfigError` when the annotated folder cannot be made or written.
         """
-        manifest = self.root / MANIFEST
-        removed: list[Path] = []
-        try:
-            old = [Path(os.fsdecode(line)) for line in manifest.read_bytes().splitlines() if line]
-        except OSError:
-            old = []
-        keep = {_key(n) for n in self._names}
-        for rel in old:
-            target = self.root / rel
-            if rel.is_absolute() or ".." in rel.parts or _key(rel) in keep:
-                continue
-            if os.path.realpath(target) in self._inputs or not target.is_file():
-                continue
-            try:
-                target.unlink()
-                removed.append(target)
-            except OSError:
-                continue
-            self._prune(target.parent)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            manifest.write_bytes(b"".join(os.fsencode(n) + b"\n" for n in self._names))
-        except OSError as exc:
-            raise ConfigError(f"cannot write annotated images in {display_path(self.root)}: "
-                              f"{exc.strerror or exc}") from None
-        return removed
-
-    def _prune(self, folder: Path) -> None:
-        """Remove folders left empty by :meth:`start`, up to the annotated folder."""
-        while folder != self.root and inside(folder, self.root):
-            try:
-                folder.rmdir()
-            except OSError:
-                return
-            folder = folder.parent
+        return refresh_annotated_list(self.root, self._names, {_key(n) for n in self._names}, self._inputs)
 
     def next_target(self, path: str) -> Path:
         """Where the annotated image of the batch file ``path`` goes (taken in order for a repeated path)."""
@@ -200,18 +184,68 @@ class AnnotatedWriter:
         """Write ``encoded`` to ``target`` safely (temporary file, then rename); ``None``, or why not."""
         if os.path.realpath(target) in self._inputs:
             return f"annotated image not written: {display_path(target)} is an input"
-        tmp: Path | None = None
+        return save_annotated(target, encoded)
+
+
+def save_annotated(target: Path, encoded: bytes) -> str | None:
+    """Write one annotated image through a temporary file renamed into place; ``None``, or why not."""
+    tmp: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A short temporary name ("<name>.tmp" could pass the 255-byte limit that <name> just fits),
+        # opened exclusively so that threads never share one; the file mode follows the umask.
+        tmp = target.with_name(f".faceflow-{uuid.uuid4().hex[:16]}.tmp")
+        with open(tmp, "xb") as fh:
+            fh.write(encoded)
+        os.replace(tmp, target)
+    except OSError as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        return f"annotated image not written to {display_path(target)}: {exc.strerror or exc}"
+    return None
+
+
+def refresh_annotated_list(root: Path, names: Iterable[Path], keep: set[str], inputs: set[str]) -> list[Path]:
+    """Remove the images that the list in ``root`` (an earlier run's) names and that this run will not
+    write (their keys are not in ``keep``; never one of the ``inputs``, given resolved), then write
+    ``names`` as the new list. Returns the removed; a :class:`ConfigError` when ``root`` cannot be written."""
+    manifest = root / MANIFEST
+    removed: list[Path] = []
+    try:
+        old = [Path(os.fsdecode(line)) for line in manifest.read_bytes().splitlines() if line]
+    except OSError:
+        old = []
+    for rel in old:
+        target = root / rel
+        if rel.is_absolute() or ".." in rel.parts or _key(rel) in keep:
+            continue
+        if os.path.realpath(target) in inputs or not target.is_file():
+            continue
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # A short temporary name ("<name>.tmp" could pass the 255-byte limit that <name> just fits),
-            # opened exclusively so that threads never share one; the file mode follows the umask.
-            tmp = target.with_name(f".faceflow-{uuid.uuid4().hex[:16]}.tmp")
-            with open(tmp, "xb") as fh:
-                fh.write(encoded)
-            os.replace(tmp, target)
-        except OSError as exc:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-            return f"annotated image not written to {display_path(target)}: {exc.strerror or exc}"
-        return None
+            target.unlink()
+            removed.append(target)
+        except OSError:
+            continue
+        _prune(root, target.parent)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f"{MANIFEST}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            for n in names:
+                fh.write(os.fsencode(n) + b"\n")
+        os.replace(tmp, manifest)
+    except OSError as exc:
+        raise ConfigError(f"cannot write annotated images in {display_path(root)}: "
+                          f"{exc.strerror or exc}") from None
+    return removed
+
+
+def _prune(root: Path, folder: Path) -> None:
+    """Remove folders left empty by :func:`refresh_annotated_list`, up to ``root``."""
+    while folder != root and inside(folder, root):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent

@@ -35,6 +35,7 @@ from faceflow.errors import ConfigError, FaceflowError
 from faceflow.extras import require
 from faceflow.outputs import display_path, json_line
 from faceflow.pipeline import AnalyzerOptions
+from faceflow.types import ImageResult
 
 Progress = Callable[[int, int], None]
 """Called with (images done, images in the job) as batches finish."""
@@ -131,13 +132,16 @@ def _run_batches(ray: Any, actor: type, kwargs: dict[str, Any], n_batches: int, 
         raise
 
 
-def _pending_batch(pending: Path, number: int) -> tuple[list[int], list[str]]:
-    table = jobs._pq().ParquetFile(pending).read_row_group(number, columns=["index", "path_bytes"])
-    return table.column(0).to_pylist(), [os.fsdecode(b) for b in table.column(1).to_pylist()]
+def _pending_batch(pending: Path, number: int) -> tuple[list[int], list[str], list[str | None]]:
+    """Indices, paths and annotated image names (``None``: not annotated) of one pending batch."""
+    table = jobs._pq().ParquetFile(pending).read_row_group(number, columns=["index", "path_bytes", "annotated"])
+    return (table.column(0).to_pylist(), [os.fsdecode(b) for b in table.column(1).to_pylist()],
+            [None if b is None else os.fsdecode(b) for b in table.column(2).to_pylist()])
 
 
 class AnalyzeBatch:
-    """Ray actor: analyses batches of a job's pending inputs and writes their shards."""
+    """Ray actor: analyses batches of a job's pending inputs and writes their annotated images (when
+    the manifest names them), then their shards."""
 
     def __init__(self, options: AnalyzerOptions, out: str, embeddings: bool) -> None:
         from faceflow.pipeline import Analyzer
@@ -149,7 +153,7 @@ class AnalyzeBatch:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         firsts, images, faces, errors = [], [], [], []
         for number in batch["id"]:
-            indices, paths = _pending_batch(self.out / jobs.PENDING_FILE, int(number))
+            indices, paths, names = _pending_batch(self.out / jobs.PENDING_FILE, int(number))
             shards = self.out / jobs.SHARDS_DIR
             done = shards / jobs.shard_names(indices[0])[1]
             if done.exists():  # committed before this task was retried: not redone
@@ -157,7 +161,7 @@ class AnalyzeBatch:
                 n_faces = int(sum(table.column(0).to_pylist()))
                 n_errors = sum(e is not None for e in table.column(1).to_pylist())
             else:
-                results = [self.analyzer.analyze_file(p)[0] for p in paths]
+                results = [self._analyse(p, name) for p, name in zip(paths, names, strict=True)]
                 n_faces, n_errors = jobs.write_batch(shards, indices, results, embeddings=self.embeddings)
             firsts.append(indices[0])
             images.append(len(indices))
@@ -165,6 +169,24 @@ class AnalyzeBatch:
             errors.append(n_errors)
         return {"first": np.asarray(firsts), "images": np.asarray(images), "faces": np.asarray(faces),
                 "errors": np.asarray(errors)}
+
+    def _analyse(self, path: str, annotated: str | None) -> ImageResult:
+        """One image's result, its annotated copy written first as the in-process engine writes it (a
+        failed write becomes the image's error there too)."""
+        from faceflow.draw import annotate, encode_image
+        from faceflow.outputs import ANNOTATED_DIR, save_annotated
+
+        result, image = self.analyzer.analyze_file(path)
+        if annotated is None or image is None or result.error:
+            return result
+        target = self.out / ANNOTATED_DIR / annotated
+        try:
+            problem = save_annotated(target, encode_image(annotate(image, result.faces), target.suffix))
+        except ValueError as exc:
+            problem = f"annotated image not written: {exc}"
+        if problem:
+            result.error = problem
+        return result
 
 
 @dataclass
@@ -178,6 +200,8 @@ class JobSummary:
     faces: int = 0
     errors: int = 0
     dropped_shards: int = 0
+    stale_annotated: int = 0
+    """Annotated images of an earlier run removed (this run names none like them)."""
     failures: list[tuple[str, str]] = field(default_factory=list)
     """(path, error) of every failed input in the assembled output, in input order."""
 
@@ -210,6 +234,7 @@ def analyze_job(
     options: AnalyzerOptions,
     *,
     embeddings: bool = False,
+    annotate: bool = False,
     address: str | None = None,
     workers: int | None = None,
     batch_size: int = 32,
@@ -219,17 +244,22 @@ def analyze_job(
 ) -> JobSummary:
     """Analyse the images named by ``inputs`` (see :func:`~faceflow.distributed.jobs.expand_inputs`)
     on Ray into ``out`` (see :mod:`faceflow.distributed.jobs`), skipping what an earlier run of the
-    same job committed; ``workers`` actors (default: the cluster's CPUs), one CPU each. Ends by
+    same job committed; ``workers`` actors (default: the cluster's CPUs), one CPU each. With
+    ``annotate``, the actors write the annotated images under ``out/annotated`` as the in-process
+    engine names them (``out`` must then be storage every node sees, as for the shards). Ends by
     writing ``out/faces.jsonl`` from the shards, in input order."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     options = _one_thread(options)
-    plan = jobs.plan_job(out, jobs.expand_inputs(inputs, exclude=[out], column=column), content_hash=content_hash)
+    folders = [p for p in inputs if Path(p).is_dir()]
+    plan = jobs.plan_job(out, jobs.expand_inputs(inputs, exclude=[out], column=column), content_hash=content_hash,
+                         annotate=folders if annotate else None)
     if plan.total == 0:
         raise ConfigError("no image files found in " + ", ".join(map(display_path, inputs)))
-    summary = JobSummary(plan.total, plan.done, dropped_shards=plan.dropped_shards)
+    summary = JobSummary(plan.total, plan.done, dropped_shards=plan.dropped_shards,
+                         stale_annotated=plan.stale_annotated)
     n_batches = _write_pending(plan, batch_size)
     if progress:
         progress(plan.done, plan.total)

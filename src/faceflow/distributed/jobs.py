@@ -6,6 +6,7 @@ Layout of ``OUT`` (``faceflow analyze --engine ray --out OUT``)::
     OUT/shards/faces-<first>.parquet    one row per face of one batch (see FACE_COLUMNS)
     OUT/shards/images-<first>.parquet   one row per image of that batch (see IMAGE_SCHEMA)
     OUT/faces.jsonl               assembled from the shards in input order, as the in-process engine writes it
+    OUT/annotated/...             the annotated images (unless --no-annotate), named as the in-process engine names them
 
 ``<first>`` is the manifest index of the batch's first image (12 digits). A batch writes its faces
 shard, then its images shard, each to a temporary name renamed into place: an images shard exists
@@ -14,6 +15,13 @@ compares the new manifest with the old one row by row, drops the shards holding 
 changed (size, mtime, or content hash when asked) or vanished, drops half-written batches and any
 shard overlapping one already kept, and leaves the rest pending: every input ends up in exactly one
 kept shard, whatever was killed when.
+
+Annotated images: the driver names each input's annotated image as the in-process engine would
+(:func:`faceflow.outputs.result_paths` below the common folder, :func:`faceflow.outputs.annotated_names`)
+and keeps the name in the manifest's ``annotated`` column; a batch writes its images before its
+shards, so a committed batch has them. An input whose name changed (the inputs' common folder moved,
+or the earlier run wrote none) counts as changed: its batch is redone and rewrites them. Images an
+earlier run listed and this one does not name are removed, as in process.
 
 This module needs pyarrow only (extra ``ray``); Ray itself is in :mod:`faceflow.distributed.engine`.
 """
@@ -36,7 +44,14 @@ import numpy.typing as npt
 from faceflow.errors import ConfigError
 from faceflow.extras import require
 from faceflow.models.store import sha256_file
-from faceflow.outputs import display_path, json_line
+from faceflow.outputs import (
+    ANNOTATED_DIR,
+    common_folder,
+    display_path,
+    iter_annotated_names,
+    json_line,
+    refresh_annotated_list,
+)
 from faceflow.types import Face, ImageResult
 
 MANIFEST_FILE = "manifest.parquet"
@@ -61,10 +76,12 @@ def _pq() -> Any:
 def manifest_schema() -> Any:
     """``index`` (int64, input order), ``path`` (text as faces.jsonl shows it), ``path_bytes`` (the
     file name's exact bytes), ``size`` (bytes) and ``mtime_ns`` (null when the file cannot be
-    stat'ed: it still gets its error line), ``sha256`` (hex; null unless content hashes were asked)."""
+    stat'ed: it still gets its error line), ``sha256`` (hex; null unless content hashes were asked),
+    ``annotated`` (the annotated image's path below ``OUT/annotated``, as bytes; null without annotation)."""
     pa = _pa()
     return pa.schema([("index", pa.int64()), ("path", pa.string()), ("path_bytes", pa.binary()),
-                      ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string())])
+                      ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()),
+                      ("annotated", pa.binary())])
 
 
 def image_schema() -> Any:
@@ -156,7 +173,7 @@ def _stat_row(index: int, path: Path, content_hash: bool) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             digest = sha256_file(path)
     return {"index": index, "path": display_path(path), "path_bytes": os.fsencode(path), "size": size,
-            "mtime_ns": mtime, "sha256": digest}
+            "mtime_ns": mtime, "sha256": digest, "annotated": None}
 
 
 def write_manifest(files: Iterable[Path], target: Path, *, content_hash: bool = False) -> int:
@@ -186,13 +203,17 @@ def _manifest_batches(path: Path, columns: list[str]) -> Iterator[Any]:
 
 def changed_indices(old: Path, new: Path, n_new: int, *, content_hash: bool) -> npt.NDArray[np.bool_]:
     """Per index of the ``old`` manifest (and beyond): True where the input is not the same as in
-    ``new`` (another path, size, mtime, or with ``content_hash`` hash) or is gone from it."""
+    ``new`` (another path, size, mtime, or with ``content_hash`` hash) or is gone from it, or where
+    ``new`` names an annotated image that ``old`` did not (another name, or none)."""
     columns = ["index", "path_bytes", "size", "mtime_ns"] + (["sha256"] if content_hash else [])
-    n_old = _pq().ParquetFile(old).metadata.num_rows
+    old_file = _pq().ParquetFile(old)
+    n_old = old_file.metadata.num_rows
     changed = np.zeros(max(n_old, n_new), bool)
     changed[n_new:] = True
-    old_it, new_it = _manifest_batches(old, columns), _manifest_batches(new, columns)
-    buf_new: dict[str, list[Any]] = {c: [] for c in columns}
+    old_has_names = "annotated" in old_file.schema_arrow.names  # manifests before annotation had no names
+    old_it = _manifest_batches(old, columns + (["annotated"] if old_has_names else []))
+    new_it = _manifest_batches(new, [*columns, "annotated"])
+    buf_new: dict[str, list[Any]] = {c: [] for c in [*columns, "annotated"]}
     for batch in old_it:
         a = batch.to_pydict()
         while len(buf_new["index"]) < len(a["index"]):
@@ -206,9 +227,50 @@ def changed_indices(old: Path, new: Path, n_new: int, *, content_hash: bool) -> 
             i = a["index"][j]
             if any(a[c][j] != buf_new[c][j] or a[c][j] is None for c in columns[1:]):
                 changed[i] = True
-        for c in columns:
+            name = buf_new["annotated"][j]
+            if name is not None and (not old_has_names or a["annotated"][j] != name):
+                changed[i] = True
+        for c in buf_new:
             del buf_new[c][:k]
     return changed
+
+
+def name_annotated(manifest: Path, folders: Sequence[str | os.PathLike[str]], out: Path) -> int:
+    """Fill the ``annotated`` column of ``manifest`` (rewritten in place): each input's annotated image
+    name as the in-process engine gives it when named the ``folders`` among the inputs and each other
+    input file as such; remove the images an earlier run listed in ``out/annotated`` and this one does
+    not name; returns how many were removed. An input inside ``out/annotated`` is a :class:`ConfigError`.
+    Memory: one chunk of rows, and the set of names given out (to keep them distinct)."""
+    pa, pq = _pa(), _pq()
+    root = out / ANNOTATED_DIR
+
+    def paths() -> Iterator[str]:
+        for batch in _manifest_batches(manifest, ["path_bytes"]):
+            yield from (os.fsdecode(b) for b in batch.column(0).to_pylist())
+
+    common = common_folder(folders, paths())
+    below = os.path.realpath(root).rstrip(os.sep) + os.sep
+    taken: set[str] = set()
+    tmp = manifest.with_name(manifest.name + ".named")
+    with pq.ParquetWriter(tmp, manifest_schema()) as writer:
+        for batch in _manifest_batches(manifest, manifest_schema().names):
+            files = [os.fsdecode(b) for b in batch.column(batch.schema.get_field_index("path_bytes")).to_pylist()]
+            clash = next((f for f in files if os.path.realpath(f).startswith(below)), None)
+            if clash is not None:
+                raise ConfigError(f"input {display_path(clash)} lies in {display_path(root)}, where "
+                                  "annotated images are written: choose another --out")
+            rel = (Path(os.path.relpath(os.path.abspath(f), common)) for f in files)
+            names = [os.fsencode(n) for n in iter_annotated_names(rel, taken)]
+            table = pa.Table.from_batches([batch])
+            writer.write_table(table.set_column(table.schema.get_field_index("annotated"), "annotated",
+                                                pa.array(names, pa.binary())))
+    os.replace(tmp, manifest)
+
+    def listed() -> Iterator[Path]:
+        for batch in _manifest_batches(manifest, ["annotated"]):
+            yield from (Path(os.fsdecode(b)) for b in batch.column(0).to_pylist())
+
+    return len(refresh_annotated_list(root, listed(), taken, set()))
 
 
 # -- shards -----------------------------------------------------------------------------------------
@@ -288,7 +350,9 @@ class JobPlan:
     dropped_shards: int
     """Shards removed: half-written, overlapping, or holding an input that changed."""
     pending: Path
-    """Parquet file of the pending inputs (``index``, ``path_bytes``), in input order."""
+    """Parquet file of the pending inputs (``index``, ``path_bytes``, ``annotated``), in input order."""
+    stale_annotated: int = 0
+    """Annotated images of an earlier run removed because this run names none like them."""
 
 
 def _kept_shards(shards: Path, changed: npt.NDArray[np.bool_], total: int) -> tuple[npt.NDArray[np.bool_], int]:
@@ -321,9 +385,11 @@ def _kept_shards(shards: Path, changed: npt.NDArray[np.bool_], total: int) -> tu
     return done, dropped
 
 
-def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False) -> JobPlan:
+def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False,
+             annotate: Sequence[str | os.PathLike[str]] | None = None) -> JobPlan:
     """Write ``out``'s manifest for ``files``, reconcile the shards of an earlier run with it, and
-    write the pending inputs (see the module docstring)."""
+    write the pending inputs (see the module docstring). With ``annotate`` (the folders among the
+    inputs the user named), each input gets the name of its annotated image (:func:`name_annotated`)."""
     pa, pq = _pa(), _pq()
     out.mkdir(parents=True, exist_ok=True)
     shards = out / SHARDS_DIR
@@ -331,6 +397,7 @@ def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False) ->
     manifest = out / MANIFEST_FILE
     new = out / (MANIFEST_FILE + ".new")
     total = write_manifest(files, new, content_hash=content_hash)
+    stale = name_annotated(new, annotate, out) if annotate is not None else 0
     if manifest.exists():
         changed = changed_indices(manifest, new, total, content_hash=content_hash)
     else:
@@ -338,14 +405,14 @@ def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False) ->
     os.replace(new, manifest)
     done, dropped = _kept_shards(shards, changed, total)
     pending = out / PENDING_FILE
-    schema = pa.schema([("index", pa.int64()), ("path_bytes", pa.binary())])
+    schema = pa.schema([("index", pa.int64()), ("path_bytes", pa.binary()), ("annotated", pa.binary())])
     with pq.ParquetWriter(pending, schema) as writer:
-        for batch in _manifest_batches(manifest, ["index", "path_bytes"]):
+        for batch in _manifest_batches(manifest, ["index", "path_bytes", "annotated"]):
             idx = batch.column(0).to_numpy()
             keep = ~done[idx]
             if keep.any():
                 writer.write_table(pa.Table.from_batches([batch]).filter(pa.array(keep)))
-    return JobPlan(total, int(done.sum()), dropped, pending)
+    return JobPlan(total, int(done.sum()), dropped, pending, stale)
 
 
 # -- reading the results ----------------------------------------------------------------------------

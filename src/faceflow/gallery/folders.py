@@ -161,23 +161,39 @@ def cluster_folder(
     return summary
 
 
+def order_clusters(labels: npt.NDArray[Any], typicality: npt.NDArray[Any], eligible: npt.NDArray[Any],
+                   min_size: int) -> tuple[list[tuple[int, npt.NDArray[np.int64]]], npt.NDArray[np.int64]]:
+    """How a clustering is reported (``faceflow cluster`` and ``faceflow gallery cluster``): the clusters
+    of at least ``min_size`` eligible rows as ``(label, rows most typical first)``, largest first (ties:
+    lower label first), and the eligible rows of the smaller ones ("alone"), ascending."""
+    rows = np.flatnonzero(eligible)
+    lab = np.asarray(labels, np.int64)[rows]
+    order = np.lexsort((rows, lab))
+    rows, lab = rows[order], lab[order]
+    cut = np.flatnonzero(np.diff(lab)) + 1
+    groups = [(int(g[0]), r) for g, r in zip(np.split(lab, cut), np.split(rows, cut), strict=True) if r.size]
+    big = [(label, r[np.argsort(-np.asarray(typicality)[r], kind="stable")])
+           for label, r in groups if r.size >= min_size]
+    big.sort(key=lambda c: (-c[1].size, c[0]))
+    alone = [r for _, r in groups if r.size < min_size]
+    return big, np.sort(np.concatenate(alone)) if alone else np.zeros(0, np.int64)
+
+
 def write_cluster_report(out: Path, faces: list[dict[str, Any]], ids: npt.NDArray[Any], vectors: npt.NDArray[Any],
                          opts: ClusterOptions, model: str) -> ClusterSummary:
     """``clusters.json`` plus ``index.html`` and one contact sheet per cluster under ``clusters/``."""
-    members: dict[int, list[int]] = {}
-    for i, cid in enumerate(ids.tolist()):
-        if faces[i]["unassigned"] is None:
-            members.setdefault(int(cid), []).append(i)
-    clusters: list[dict[str, Any]] = []
-    alone: list[int] = []
-    for cid, rows in sorted(members.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        if len(rows) < opts.min_cluster_size:
-            alone += rows
-            continue
-        centre = vectors[rows].mean(axis=0)
-        order = sorted(rows, key=lambda r: -float(vectors[r] @ centre))  # most typical face first
-        clusters.append({"id": cid, "size": len(rows), "faces": [faces[r] for r in order]})
-    lone = set(alone)
+    eligible = np.array([f["unassigned"] is None for f in faces], bool)
+    typicality = np.zeros(len(faces), np.float64)  # each face's dot product with its cluster's mean
+    if eligible.any():
+        _, unit = np.unique(ids[eligible], return_inverse=True)
+        x = np.asarray(vectors, np.float64)[eligible]
+        means = np.zeros((int(unit.max()) + 1, x.shape[1]))
+        np.add.at(means, unit, x)
+        means /= np.bincount(unit)[:, None]
+        typicality[eligible] = np.einsum("nd,nd->n", x, means[unit])
+    big, alone = order_clusters(ids, typicality, eligible, opts.min_cluster_size)
+    clusters = [{"id": cid, "size": int(rows.size), "faces": [faces[r] for r in rows]} for cid, rows in big]
+    lone = set(alone.tolist())
     unassigned = [dict(faces[i], unassigned=faces[i]["unassigned"] or "alone")
                   for i in range(len(faces)) if faces[i]["unassigned"] is not None or i in lone]
     doc = {"model": model, "threshold": opts.threshold, "faces": len(faces), "clusters": clusters,

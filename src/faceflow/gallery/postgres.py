@@ -12,10 +12,11 @@ created on first use (which takes a role allowed to create it, or an administrat
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from faceflow.errors import GalleryError, StoreUnavailable
 from faceflow.extras import require
@@ -26,6 +27,8 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 128
 """pgvector's HNSW build settings, as for SQLite's usearch graph (see ``search.HNSW_CONNECTIVITY``):
 pgvector's defaults (16, 64) found the planted match of 1M random 128-d vectors in 63 % of queries."""
+MAX_EF_SEARCH = 1000
+"""pgvector's largest ``hnsw.ef_search``: an HNSW scan returns at most this many rows."""
 INDEX_BUILD_MEMORY = "2GB"
 """``maintenance_work_mem`` while building an HNSW index (a 1M x 128 index fits; then it builds in memory)."""
 _LOCK_KEY = 0x66616365  # advisory lock held while migrating
@@ -74,6 +77,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (  # 2: find a gallery's faces by source photo (idempotent enrolment, faceflow.distributed)
         "CREATE INDEX faces_gallery_source ON faceflow.faces (gallery_id, source)",
+    ),
+    (  # 3: a gallery's faces in id order, page by page (clustering at scale, faceflow.distributed)
+        "CREATE INDEX embeddings_gallery_model_face ON faceflow.embeddings (gallery_id, model, face_id)",
     ),
 )
 """Schema migrations: entry ``i`` takes the schema from version ``i`` to ``i + 1`` (``faceflow.schema_version``)."""
@@ -127,6 +133,12 @@ SQL: dict[str, str] = {
         ORDER BY subject_id, face_id""",
     "vectors_of_subjects": """SELECT face_id, subject_id, vector FROM faceflow.embeddings
         WHERE gallery_id = %s AND model = %s AND subject_id = ANY(%s::bigint[]) ORDER BY subject_id, face_id""",
+    "face_page": """SELECT e.face_id, s.name, f.source FROM faceflow.embeddings e
+        JOIN faceflow.faces f ON f.id = e.face_id JOIN faceflow.subjects s ON s.id = f.subject_id
+        WHERE e.gallery_id = %s AND e.model = %s AND e.face_id > %s ORDER BY e.face_id LIMIT %s""",
+    "vectors_of_faces": """SELECT e.face_id, e.vector, f.source FROM faceflow.embeddings e
+        JOIN faceflow.faces f ON f.id = e.face_id WHERE e.gallery_id = %s AND e.model = %s
+        AND e.face_id = ANY(%s::bigint[]) ORDER BY e.face_id""",
     "model_dims": "SELECT dim FROM faceflow.embeddings WHERE gallery_id = %s AND model = %s LIMIT 1",
     "model_counts": """SELECT model, COUNT(*) FROM faceflow.embeddings WHERE gallery_id = %s
         GROUP BY model ORDER BY model""",
@@ -152,12 +164,29 @@ SQL: dict[str, str] = {
     "hnsw_exists": "SELECT to_regclass('faceflow.' || {index_name}) IS NOT NULL",
     "ann": """SELECT face_id, subject_id, vector FROM faceflow.embeddings WHERE gallery_id = {gallery}
         AND model = {model} ORDER BY vector::vector({dim}) <#> %s::vector({dim}) LIMIT %s""",
+    # each query face's k nearest (HNSW, inside the server), those at or above a similarity kept
+    "similar_knn": """SELECT q.face_id, n.face_id FROM faceflow.embeddings q CROSS JOIN LATERAL (
+            SELECT e.face_id, -(e.vector::vector({dim}) <#> q.vector::vector({dim})) AS sim
+            FROM faceflow.embeddings e WHERE e.gallery_id = {gallery} AND e.model = {model}
+            ORDER BY e.vector::vector({dim}) <#> q.vector::vector({dim}) LIMIT %s) n
+        WHERE q.gallery_id = {gallery} AND q.model = {model} AND q.face_id = ANY(%s::bigint[]) AND n.sim >= %s""",
+    # every face at or above a similarity (exact: a scan of the gallery per query face)
+    "similar_all": """SELECT q.face_id, e.face_id FROM faceflow.embeddings q JOIN faceflow.embeddings e
+        ON e.gallery_id = {gallery} AND e.model = {model}
+        WHERE q.gallery_id = {gallery} AND q.model = {model} AND q.face_id = ANY(%s::bigint[])
+        AND -(e.vector::vector({dim}) <#> q.vector::vector({dim})) >= %s""",
     "schema_version": "SELECT version FROM faceflow.schema_version",
     "lock_gallery": "SELECT pg_advisory_xact_lock(%s::int, %s::int)",
     "sources_in": """SELECT source, source_sha256 FROM faceflow.faces WHERE gallery_id = %s
         AND source = ANY(%s::text[])""",
     "lock": "SELECT pg_advisory_xact_lock(%s)",
 }
+
+
+def _ef_for(k: int) -> int:
+    """``hnsw.ef_search`` for a search of the ``k`` nearest: twice ``k`` (at least 100) for recall, at
+    most :data:`MAX_EF_SEARCH` (and never below ``k``: the scan returns at most ``ef_search`` rows)."""
+    return min(max(2 * int(k), 100), MAX_EF_SEARCH)
 
 
 def _vector_adapters(oid: int) -> tuple[type, type]:
@@ -316,6 +345,37 @@ class PostgresStore(GalleryStore):
                 out.append(VectorSet(np.asarray(fids, np.int64), np.asarray(sids, np.int64),
                                      self._decode_vectors(vecs, g.dim)))
             return out
+
+    def similar_faces(self, gallery: GalleryInfo, face_ids: Iterable[int], k: int | None,
+                      threshold: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Pairs (query face, other face, the query itself included) with cosine similarity >= ``threshold``
+        among each query's ``k`` nearest by the gallery's HNSW index (:meth:`ensure_ann_index`; ``k`` at
+        most :data:`MAX_EF_SEARCH`), or with ``k=None`` among all the gallery's faces (exact, a scan per
+        query). Only ids travel back: the vectors stay in the server."""
+        if k is not None and not 1 <= k <= MAX_EF_SEARCH:
+            raise GalleryError(f"k must lie in 1..{MAX_EF_SEARCH} (None: exact), got {k}")
+        ids = [int(i) for i in face_ids]
+        with self._lock, self.transaction(write=False):
+            if k is None:
+                rows = self._run(self._template("similar_all", gallery), (ids, float(threshold)))
+            else:
+                self._run(f"SET LOCAL hnsw.ef_search = {_ef_for(k)}")
+                self._run("SET LOCAL enable_seqscan = off")  # the HNSW index, also on a small gallery
+                rows = self._run(self._template("similar_knn", gallery), (int(k), ids, float(threshold)))
+        pairs = np.asarray(rows, np.int64).reshape(-1, 2)
+        return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+    def explain_similar(self, gallery: str, face_ids: Iterable[int], k: int) -> str:
+        """PostgreSQL's plan for :meth:`similar_faces` (to check that the HNSW index is used)."""
+        from psycopg import sql
+
+        with self._lock, self.transaction(write=False):
+            g = self.gallery(gallery, counts=False)
+            self._run(f"SET LOCAL hnsw.ef_search = {_ef_for(k)}")
+            self._run("SET LOCAL enable_seqscan = off")
+            plan = self._run(sql.SQL("EXPLAIN ") + self._template("similar_knn", g),
+                             (int(k), [int(i) for i in face_ids], 0.0))
+        return "\n".join(r[0] for r in plan)
 
     def explain_ann(self, gallery: str, query: FloatArray, k: int = 10) -> str:
         """PostgreSQL's plan for the ANN query (to check that the HNSW index is used)."""

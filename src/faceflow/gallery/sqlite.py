@@ -67,6 +67,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 2: find a gallery's faces by source photo (idempotent enrolment, faceflow.distributed)
         "CREATE INDEX faces_gallery_source ON faces (gallery_id, source)",
     ),
+    (  # 3: a gallery's faces in id order, page by page (clustering at scale, faceflow.distributed)
+        "CREATE INDEX embeddings_gallery_model_face ON embeddings (gallery_id, model, face_id)",
+    ),
 )
 """Schema migrations: entry ``i`` takes the schema from version ``i`` to ``i + 1`` (``PRAGMA user_version``)."""
 
@@ -119,6 +122,11 @@ SQL: dict[str, str] = {
         ORDER BY subject_id, face_id""",
     "vectors_of_subjects": f"""SELECT face_id, subject_id, vector FROM embeddings WHERE gallery_id = ? AND model = ?
         AND subject_id IN {_IDS} ORDER BY subject_id, face_id""",
+    "face_page": """SELECT e.face_id, s.name, f.source FROM embeddings e JOIN faces f ON f.id = e.face_id
+        JOIN subjects s ON s.id = f.subject_id WHERE e.gallery_id = ? AND e.model = ? AND e.face_id > ?
+        ORDER BY e.face_id LIMIT ?""",
+    "vectors_of_faces": f"""SELECT e.face_id, e.vector, f.source FROM embeddings e JOIN faces f ON f.id = e.face_id
+        WHERE e.gallery_id = ? AND e.model = ? AND e.face_id IN {_IDS} ORDER BY e.face_id""",
     "model_dims": "SELECT dim FROM embeddings WHERE gallery_id = ? AND model = ? LIMIT 1",
     "model_counts": "SELECT model, COUNT(*) FROM embeddings WHERE gallery_id = ? GROUP BY model ORDER BY model",
     "delete_model_embeddings_in": f"DELETE FROM embeddings WHERE gallery_id = ? AND model = ? AND face_id IN {_IDS}",

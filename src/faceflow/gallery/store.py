@@ -540,6 +540,25 @@ class GalleryStore(ABC):
         dim = g.dim if m == g.model else self._model_dim(g.id, m)
         return VectorSet(np.asarray(fids, np.int64), np.asarray(sids, np.int64), self._decode_vectors(values, dim))
 
+    def face_page(self, gallery: str, after: int = -1, limit: int = 65_536) -> list[tuple[int, str, str | None]]:
+        """Up to ``limit`` faces with an embedding of the gallery's model whose id is above ``after``, by
+        id: ``(face id, subject name, source)``. Keyset pagination: pass the last id to get the next page."""
+        with self.transaction(write=False):
+            g = self.gallery(gallery, counts=False)
+            rows = self._q("face_page", g.id, g.model, int(after), int(limit))
+        return [(int(fid), str(name), source) for fid, name, source in rows]
+
+    def face_vectors(self, gallery: str, face_ids: Iterable[int]) -> tuple[
+            npt.NDArray[np.int64], FloatArray, list[str | None]]:
+        """``(face ids, embeddings, sources)`` of the given faces (the gallery's model), by id."""
+        with self.transaction(write=False):
+            g = self.gallery(gallery, counts=False)
+            rows = self._q("vectors_of_faces", g.id, g.model, self._list_param(sorted({int(i) for i in face_ids})))
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, g.dim), np.float32), []
+        fids, values, sources = zip(*rows, strict=True)
+        return np.asarray(fids, np.int64), self._decode_vectors(values, g.dim), list(sources)
+
     def _model_dim(self, gallery_id: int, model: str) -> int:
         rows = self._q("model_dims", gallery_id, model)
         return int(rows[0][0]) if rows else 0
