@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from faceflow.errors import ConfigError
-from faceflow.liveness.models import LivenessModel, create_model, names
+from faceflow.liveness.candidates import create_model, names
+from faceflow.liveness.models import LivenessModel
 from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.stage import Stage, StageSpec, option
 from faceflow.types import Face, Image, Liveness
