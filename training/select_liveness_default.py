@@ -20,6 +20,13 @@ Rule: for a cross protocol A -> B, the choice is the eligible candidate with the
 the lowest mean over both sources is printed as the compromise and the disagreement is reported.
 
     PYTHONPATH=src python training/select_liveness_default.py --root ../shared/datasets/antispoof
+
+Run on 2026-12-07 (``benchmarks/results/liveness/select_default.txt``): within the budget, NUAA chooses
+``human_antispoof`` (35.7 %), MSU-MFSD chooses ``spectral`` (34.3 %); the lowest mean is ``fused`` (36.2
+and 37.1 %, against ``texture``'s 37.8 and 37.1 %). The sources disagree, so the default stays
+``texture``. For a packaged network the shift HTER inside a source is close to its HTER on that whole
+source (its calibration is one monotone map, and its clipped scores leave the threshold few places to
+go), which is the test side of the opposite cross protocol: read the networks' rows with that in mind.
 """
 
 from __future__ import annotations
