@@ -6,7 +6,8 @@ The default model's budget is 30 ms per face; the others are opt-in and their co
 ``faceflow models list`` shows. Usage:
 
     FACEFLOW_THREADS=1 .venv/bin/python benchmarks/bench_liveness.py --root ../shared/datasets/antispoof \\
-        [--images 40] [--models texture,human_antispoof,human_liveness,deeptree,cdcn128,cdcn] [--json out.json]
+        [--images 40] [--models texture,human_antispoof,human_liveness,deeptree,deeptree_int8,cdcn128,cdcn] \\
+        [--json out.json]
 """
 
 from __future__ import annotations

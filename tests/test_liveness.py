@@ -233,6 +233,26 @@ def test_metrics_by_hand() -> None:
     assert auc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
 
 
+def test_fused_candidate_reads_the_networks_own_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fusion of one network is that network's calibration (both are one logistic regression on the
+    score's logit, fitted on the same training side). It was not: the combiner was fitted on the
+    networks' own training scores but applied to their calibrated test scores."""
+    from faceflow.eval import antispoof
+    from faceflow.liveness.texture import LBP_DIMS
+
+    rng = np.random.default_rng(0)
+    n = 80
+    live = np.arange(n) % 2 == 0
+    raw = np.clip(0.5 + 0.3 * (live - 0.5) + rng.normal(0, 0.15, n), 0.01, 0.99)
+    data = {"features": rng.normal(size=(n, LBP_DIMS + 5)), "scores": {"human_antispoof": raw}}
+    subjects = [f"s{i // 2}" for i in range(n)]
+    test = np.arange(n) >= n // 2
+    monkeypatch.setattr(antispoof, "FUSIONS", {"one": ("human_antispoof",)})
+    out = antispoof.fit_candidates(data, ~test, test, live, subjects, ("human_antispoof",))
+    np.testing.assert_allclose(out["one"].scores, out["human_antispoof"].scores, atol=1e-9)
+    assert out["one"].threshold == pytest.approx(out["human_antispoof"].threshold)
+
+
 def test_subject_folds_are_disjoint_and_cover() -> None:
     subjects = [f"s{i % 7}" for i in range(30)]
     folds = subject_folds(subjects, 3, seed=1)
@@ -440,6 +460,84 @@ def test_store_converts_the_tfjs_graph_at_pull_time(tmp_path: Path) -> None:
     store = ModelStore(cache_dir=tmp_path / "cache", local_dirs=[src], offline=True)
     out = store.path(spec)
     assert out.parent == tmp_path / "cache" and sha256_file(out) == spec.files[0].sha256
+
+
+# -- the TFLite converter and the int8 deep tree ----------------------------------------------------------
+
+
+def _deeptree_inputs(dataset, n: int = 1) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    """DeepTree inputs of the largest face of ``n`` live and ``n`` spoof images of each source."""
+    from faceflow.detect import create_detector
+    from faceflow.io import load_image
+    from faceflow.liveness.models import DeepTree
+    from faceflow.types import largest_face
+
+    detector = create_detector("yunet")
+    out = []
+    for source in ("nuaa", "msu_mfsd"):
+        for path, _ in _few(dataset("antispoof", source), n):
+            image = load_image(path)
+            face = largest_face(detector.detect(image))
+            assert face is not None, path
+            out.append(DeepTree.inputs(image, [face.box]))
+    return out
+
+
+def test_tflite_converter_matches_litert_on_the_deep_tree(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The deep-tree TFLite graph converted to ONNX gives LiteRT's class scores and the same leaf on real
+    live and spoof faces, and converting again gives the registered derived file's bytes."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    from faceflow.models import registry
+    from faceflow.models.runtime import Runtime, model_path
+    from faceflow.models.tflite_onnx import tflite_to_onnx
+
+    dest = tmp_path / "deeptree.onnx"
+    tflite_to_onnx(model_path("deeptree"), dest)
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == registry.DEEPTREE_ONNX_FILE.sha256
+    session = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    lite = Runtime(threads=1).tflite("deeptree")
+    leaves = set()
+    for x in _deeptree_inputs(dataset):
+        want_cls, want_mask = lite.run(x)
+        got_cls, got_mask = session.run(None, {"input": x})
+        np.testing.assert_allclose(got_cls, want_cls, atol=1e-4)
+        assert np.array_equal(got_mask, want_mask) and got_mask.sum() == 1
+        leaves.add(int(np.argmax(got_mask)))
+    assert len(leaves) > 1  # the faces are routed to different leaves: the routing tail is converted too
+
+
+def test_tflite_converter_refuses_a_graph_it_does_not_handle(tmp_path: Path) -> None:
+    """A quantised (int8) TFLite graph is refused with the converter's typed error, not converted wrongly."""
+    from faceflow.models.runtime import model_path
+    from faceflow.models.tflite_onnx import tflite_to_onnx
+
+    with pytest.raises(UnsupportedOp, match=r"unsupported|not supported"):
+        tflite_to_onnx(model_path("expression"), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    (tmp_path / "bad.tflite").write_bytes(b"not a flatbuffer")
+    with pytest.raises(UnsupportedOp, match=r"bad\.tflite: not a TFLite model"):
+        tflite_to_onnx(tmp_path / "bad.tflite", tmp_path / "x.onnx")
+
+
+def test_deeptree_int8_follows_the_float_network(dataset) -> None:  # type: ignore[no-untyped-def]
+    """The int8 deep tree has int8 convolutions and gives the float network's spoof score within 0.1 on
+    real faces (its own figures are in ``faceflow eval antispoof``)."""
+    import onnx
+
+    from faceflow.liveness.models import DeepTree, DeepTreeInt8
+    from faceflow.models.runtime import Runtime, model_path
+
+    ops = [n.op_type for n in onnx.load(str(model_path("deeptree_int8"))).graph.node]
+    assert ops.count("QuantizeLinear") >= 72 and "Conv" in ops
+    rt = Runtime(threads=1)
+    f32, i8 = DeepTree(rt), DeepTreeInt8(rt)
+    for x in _deeptree_inputs(dataset):
+        a = float(np.sum(np.abs(np.prod(f32.run(x), axis=0))))
+        b = float(np.sum(np.abs(np.prod(i8.run(x), axis=0))))
+        assert abs(a - b) < 0.1, (a, b)
 
 
 def test_service_returns_liveness_when_asked(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -84,8 +84,8 @@ class CheckpointError(ModelUnavailable):
 
 
 class UnsupportedOp(CheckpointError):
-    """A TF.js graph uses an operator (or an attribute value) the converter does not handle, or is not a
-    TF.js graph model at all: the model cannot be made from its source."""
+    """A TF.js or TFLite graph uses an operator (or an attribute value) the converter does not handle, or
+    is not such a graph at all: the model cannot be made from its source."""
 
 
 class StageError(FaceflowError):

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from faceflow.cli_base import INPUT_FAILED, OK, console, fail_usage
 from faceflow.errors import FaceflowError
-from faceflow.liveness.models import names
+from faceflow.liveness.candidates import NETWORKS, names
 
 ModelOpt = Annotated[str, typer.Option("--model", help=f"Liveness model: {', '.join(names())}.")]
 
@@ -104,7 +104,7 @@ def eval_antispoof(
     both_ways: Annotated[bool, typer.Option("--both-ways", help="With --cross A B, also B -> A.")] = False,
     networks: Annotated[str, typer.Option(help="Packaged networks scored beside the texture and fused "
                                           "models (comma-separated; '' for none).")]
-    = "human_antispoof,human_liveness,deeptree,cdcn128,cdcn",
+    = ",".join(NETWORKS),
     splits: Annotated[int, typer.Option(help="Subject-disjoint splits of the intra protocol.")] = 10,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the DET curves (PNG) here (needs matplotlib: the "

@@ -45,19 +45,24 @@ import numpy.typing as npt
 from faceflow.errors import DatasetError, FaceflowError
 from faceflow.eval._common import track
 from faceflow.eval.cache import ResultCache, runtime_versions
-from faceflow.liveness.models import SINGLE, LivenessModel, logit
+from faceflow.liveness.candidates import NETWORKS, SINGLE
+from faceflow.liveness.models import LivenessModel, logit
 from faceflow.liveness.texture import LBP_DIMS, equal_error_threshold, fit_logistic
 from faceflow.models.registry import MODELS
 from faceflow.types import largest_face
 
 F64 = npt.NDArray[np.float64]
 
-NETWORKS: tuple[str, ...] = ("human_antispoof", "human_liveness", "deeptree", "cdcn128", "cdcn")
-"""Packaged networks scored by default (each is cached per image, so a rerun costs nothing)."""
 
-FUSION_PARTS: tuple[str, ...] = ("texture", "human_antispoof", "human_liveness")
-"""The fused candidate's inputs: the texture model and the two cheap networks (the default's budget is
-30 ms per face)."""
+FUSIONS: dict[str, tuple[str, ...]] = {
+    "fused": ("texture", "human_antispoof", "human_liveness"),
+    "fused_cheap": ("spectral", "human_antispoof", "human_liveness"),
+    "fused_nets": ("human_antispoof", "human_liveness", "deeptree_int8"),
+}
+"""Fused candidates and their inputs: ``fused`` is the texture model and the two cheap networks;
+``fused_cheap`` the same without the LBP histograms (``spectral``), all within the default's budget of
+30 ms per face; ``fused_nets`` the packaged networks only (nothing trained here but the combiner), with
+the int8 deep tree, over that budget. A fusion is scored only when all its networks are."""
 
 BOOTSTRAP = 1000
 BOX_RULE = "largest-yunet-else-centre-0.5"
@@ -274,12 +279,20 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
         s = logit(data["scores"][n])[:, None]
         cal = fit_logistic(s[train], live[train], l2=1.0)
         out[n] = Fitted(cal.score(s[test]), cal.threshold)
-    parts = [p for p in FUSION_PARTS if p == "texture" or p in networks]
-    if len(parts) > 1:
-        tr = np.stack([oof if p == "texture" else data["scores"][p][train] for p in parts], axis=1)
-        te = np.stack([out[p].scores for p in parts], axis=1)
+    # the fused candidates: a logistic regression over the parts' logits, fitted on the training side's
+    # out-of-fold scores for the parts trained there and on the networks' own scores
+    # (a network enters with its own score on both sides, never with its calibrated test score: the
+    # combiner was fitted on the former)
+    train_scores = {"texture": oof, "spectral": oof_s, **{n: data["scores"][n][train] for n in networks}}
+    test_scores = {"texture": out["texture"].scores, "spectral": out["spectral"].scores,
+                   **{n: data["scores"][n][test] for n in networks}}
+    for name, parts in FUSIONS.items():
+        if not all(p in train_scores for p in parts):
+            continue
+        tr = np.stack([train_scores[p] for p in parts], axis=1)
+        te = np.stack([test_scores[p] for p in parts], axis=1)
         combiner = fit_logistic(logit(tr), live[train], l2=1.0)
-        out["fused"] = Fitted(combiner.score(logit(te)), combiner.threshold)
+        out[name] = Fitted(combiner.score(logit(te)), combiner.threshold)
     return out
 
 
@@ -428,11 +441,11 @@ def speed(datas: Sequence[dict[str, Any]], networks: Sequence[str]) -> dict[str,
         values = [d["ms"][name] for d in datas if name in d["ms"]]
         if values:
             ms[name] = float(np.mean(values))
-    parts = [p for p in FUSION_PARTS if p in ms]
-    if len(parts) > 1:
-        ms["fused"] = sum(ms[p] for p in parts)
     if "texture" in ms:
         ms["spectral"] = ms["texture"]  # computed from the same features (an upper bound)
+    for name, parts in FUSIONS.items():
+        if all(p in ms for p in parts):
+            ms[name] = sum(ms[p] for p in parts)
     return ms
 
 

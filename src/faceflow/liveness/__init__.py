@@ -1,12 +1,15 @@
 """Liveness (presentation-attack detection): the ``liveness`` stage fills ``face.liveness`` with a live
 score in [0, 1], the decision at a threshold, the threshold and the model's name.
 
-The candidates share one interface (:mod:`faceflow.liveness.models`); the default is the colour-texture
-model trained here (:mod:`faceflow.liveness.texture`, about 7 ms per face), chosen on training sides
-only: the fused model measured no better there, and the packaged networks are far slower (their cost
-is listed by ``faceflow models list``). ``faceflow eval antispoof`` has the figures; read its
-cross-dataset ones before trusting any single-image liveness decision. Video adds temporal cues per
-track (:mod:`faceflow.liveness.video`).
+The candidates share one interface (:mod:`faceflow.liveness.models`, listed in
+:mod:`faceflow.liveness.candidates`); the default is the colour-texture model trained here
+(:mod:`faceflow.liveness.texture`, 2-6 ms per face). ``training/select_liveness_default.py`` compares the
+candidates within the 30 ms budget on shift folds inside each training source (NUAA's sessions,
+MSU-MFSD's attack instruments); the two sources chose different candidates (``human_antispoof`` and
+``spectral``), so the rule left the default as it was. The deep networks are slower (their cost is
+listed by ``faceflow models list``; ``deeptree_int8``, about 35-75 ms, is the cheapest of them).
+``faceflow eval antispoof`` has the figures; read its cross-dataset ones before trusting any
+single-image liveness decision. Video adds temporal cues per track (:mod:`faceflow.liveness.video`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from faceflow.errors import ConfigError
-from faceflow.liveness.models import LivenessModel, create_model, names
+from faceflow.liveness.candidates import create_model, names
+from faceflow.liveness.models import LivenessModel
 from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.stage import Stage, StageSpec, option
 from faceflow.types import Face, Image, Liveness

