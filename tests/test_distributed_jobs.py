@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'faceflow[ray]')")
 
@@ -170,3 +172,35 @@ def test_annotated_names_are_the_in_process_ones_and_a_rename_redoes_the_batch(t
     inside.write_bytes(b"x")
     with pytest.raises(ConfigError, match="where annotated images are written"):
         jobs.plan_job(out, [*files, inside], annotate=[folder])
+
+
+_NAME_PARTS = st.sampled_from(["a", "A", "b", "a~2", "x.gif", "x.gif.png", "X.GIF", "é", "sub"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(_NAME_PARTS, min_size=1, max_size=3), max_size=30), st.integers(0, 5))
+def test_names_kept_on_disk_are_the_names_kept_in_memory(parts: list[list[str]], limit: int) -> None:
+    """Past its limit the key set moves to SQLite; the names given out (``~2`` suffixes, case-blind
+    clashes, other formats) stay exactly those of a plain set."""
+    from faceflow.outputs import annotated_names, iter_annotated_names
+
+    rel = [Path(*p[:-1], p[-1] + ".jpg") if i % 2 else Path(*p) for i, p in enumerate(parts)]
+    taken = jobs.SpillingKeySet(limit)
+    try:
+        assert list(iter_annotated_names(rel, taken)) == annotated_names(rel)
+        assert taken.spilled == (len(rel) > limit)
+    finally:
+        taken.close()
+
+
+def test_naming_a_manifest_with_names_on_disk_gives_the_same_manifest(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    files = _files(tmp_path, 6)
+    files += [files[0], files[1]]  # listed twice: ~2 names, found in the on-disk set
+    out = tmp_path / "job"
+    jobs.plan_job(out, files, annotate=[tmp_path / "in"])
+    manifest = out / jobs.MANIFEST_FILE
+    before = pq.read_table(manifest).to_pylist()
+    jobs.name_annotated(manifest, [tmp_path / "in"], out, memory_keys=2)
+    assert pq.read_table(manifest).to_pylist() == before

@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from faceflow.errors import ConfigError
 
@@ -88,7 +88,16 @@ def annotated_names(rel_paths: Sequence[Path]) -> list[Path]:
     return list(iter_annotated_names(rel_paths, set()))
 
 
-def iter_annotated_names(rel_paths: Iterable[Path], taken: set[str]) -> Iterator[Path]:
+class KeySet(Protocol):
+    """What :func:`iter_annotated_names` needs of the names given out: a ``set[str]``, or a set kept
+    on disk when the list is too long for memory (:class:`faceflow.distributed.jobs.SpillingKeySet`)."""
+
+    def __contains__(self, key: object, /) -> bool: ...
+
+    def add(self, key: str, /) -> None: ...
+
+
+def iter_annotated_names(rel_paths: Iterable[Path], taken: KeySet) -> Iterator[Path]:
     """:func:`annotated_names`, lazily (for a list too long to hold): ``taken`` collects the names'
     keys as they are given out (what :func:`refresh_annotated_list` keeps)."""
     for rel in rel_paths:
@@ -206,7 +215,7 @@ def save_annotated(target: Path, encoded: bytes) -> str | None:
     return None
 
 
-def refresh_annotated_list(root: Path, names: Iterable[Path], keep: set[str], inputs: set[str]) -> list[Path]:
+def refresh_annotated_list(root: Path, names: Iterable[Path], keep: KeySet, inputs: set[str]) -> list[Path]:
     """Remove the images that the list in ``root`` (an earlier run's) names and that this run will not
     write (their keys are not in ``keep``; never one of the ``inputs``, given resolved), then write
     ``names`` as the new list. Returns the removed; a :class:`ConfigError` when ``root`` cannot be written."""

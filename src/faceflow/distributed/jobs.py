@@ -33,6 +33,8 @@ import glob as globbing
 import heapq
 import json
 import os
+import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,13 +237,64 @@ def changed_indices(old: Path, new: Path, n_new: int, *, content_hash: bool) -> 
     return changed
 
 
-def name_annotated(manifest: Path, folders: Sequence[str | os.PathLike[str]], out: Path) -> int:
+class SpillingKeySet:
+    """A set of strings held in memory up to ``limit`` keys, then in a temporary SQLite file: naming
+    the annotated images of a list of any length needs every name given out (to keep them distinct),
+    about 230 bytes each in a Python set, which would be gigabytes for ten million inputs."""
+
+    def __init__(self, limit: int = 500_000) -> None:
+        self.limit = limit
+        self._memory: set[str] | None = set()
+        self._db: sqlite3.Connection | None = None
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+
+    def __contains__(self, key: object, /) -> bool:
+        if self._memory is not None:
+            return key in self._memory
+        assert self._db is not None
+        return self._db.execute("SELECT 1 FROM k WHERE key = ?", (key,)).fetchone() is not None
+
+    def add(self, key: str, /) -> None:
+        if self._memory is not None:
+            self._memory.add(key)
+            if len(self._memory) > self.limit:
+                self._spill()
+            return
+        assert self._db is not None
+        self._db.execute("INSERT OR IGNORE INTO k VALUES (?)", (key,))
+
+    def _spill(self) -> None:
+        """Move the keys to a SQLite file in the system's temporary folder (local disk, not the job's)."""
+        assert self._memory is not None
+        self._folder = tempfile.TemporaryDirectory(prefix="faceflow-names-")
+        self._db = sqlite3.connect(Path(self._folder.name) / "names.sqlite", isolation_level=None)
+        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+                               "CREATE TABLE k (key TEXT PRIMARY KEY) WITHOUT ROWID; BEGIN;")
+        self._db.executemany("INSERT INTO k VALUES (?)", ((k,) for k in self._memory))
+        self._memory = None
+
+    @property
+    def spilled(self) -> bool:
+        """True once the keys live on disk."""
+        return self._memory is None
+
+    def close(self) -> None:
+        """Drop the file (if any); the set is empty afterwards."""
+        if self._db is not None:
+            self._db.close()
+        if self._folder is not None:
+            self._folder.cleanup()
+        self._memory, self._db, self._folder = set(), None, None
+
+
+def name_annotated(manifest: Path, folders: Sequence[str | os.PathLike[str]], out: Path,
+                   *, memory_keys: int = 500_000) -> int:
     """Fill the ``annotated`` column of ``manifest`` (rewritten in place): each input's annotated image
     name as the in-process engine gives it when named the ``folders`` among the inputs and each other
     input file as such; remove the images an earlier run listed in ``out/annotated`` and this one does
     not name; returns how many were removed. An input inside ``out/annotated`` is a :class:`ConfigError`.
-    Memory: one chunk of rows, and the set of names given out (to keep them distinct)."""
-    pa, pq = _pa(), _pq()
+    Memory: one chunk of rows, and the names given out (to keep them distinct), moved to a temporary
+    SQLite file past ``memory_keys`` of them."""
     root = out / ANNOTATED_DIR
 
     def paths() -> Iterator[str]:
@@ -250,7 +303,16 @@ def name_annotated(manifest: Path, folders: Sequence[str | os.PathLike[str]], ou
 
     common = common_folder(folders, paths())
     below = os.path.realpath(root).rstrip(os.sep) + os.sep
-    taken: set[str] = set()
+    taken = SpillingKeySet(memory_keys)
+    try:
+        return _name_annotated(manifest, common, below, root, taken)
+    finally:
+        taken.close()
+
+
+def _name_annotated(manifest: Path, common: str | None, below: str, root: Path, taken: SpillingKeySet) -> int:
+    """:func:`name_annotated` once the common folder is known."""
+    pa, pq = _pa(), _pq()
     tmp = manifest.with_name(manifest.name + ".named")
     with pq.ParquetWriter(tmp, manifest_schema()) as writer:
         for batch in _manifest_batches(manifest, manifest_schema().names):
