@@ -4,7 +4,8 @@
     python benchmarks/bench_ray.py throughput --root ../shared/datasets/lfw [--limit N]
     # driver RSS: a list of 100,000 entries (LFW's files repeated in order), the detect stage only
     python benchmarks/bench_ray.py memory --root ../shared/datasets/lfw --entries 100000 [--time-limit S]
-    #   (--thumbnails 64: small copies of LFW images instead, so that results reach the driver faster)
+    #   (--thumbnails 64: small copies of LFW images instead, so that results reach the driver faster;
+    #    --annotate: annotated images written too, so that the driver names every one of them)
     # clustering at scale: LFW's held-out half clustered in process and by components, compared
     python benchmarks/bench_ray.py clustering --root ../shared/datasets/lfw
     # the same half enrolled into PostgreSQL + pgvector (a throw-away server, or --store URL) and clustered
@@ -80,7 +81,7 @@ class RssSampler:
 
 
 def on_ray(listing: Path, out: Path, *, cpus: int, stages: tuple[str, ...], batch_size: int,
-           deadline: float | None = None) -> dict[str, Any]:
+           deadline: float | None = None, annotate: bool = False) -> dict[str, Any]:
     """A local Ray runtime with ``cpus`` actors: wall time (runtime start included) and the steady rate
     (from the first finished batch to the last, so that start-up and model loading are left out)."""
     marks: list[tuple[float, int]] = []
@@ -95,7 +96,7 @@ def on_ray(listing: Path, out: Path, *, cpus: int, stages: tuple[str, ...], batc
     with RssSampler() as rss:
         try:
             summary = analyze_job([str(listing)], out, AnalyzerOptions(stages=stages, threads=1), workers=cpus,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=batch_size, progress=progress, annotate=annotate)
             images = summary.total
         except TimeoutError as exc:
             stopped, images = str(exc), marks[-1][1]
@@ -173,12 +174,16 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(args.entries):
                 fh.write(f"{files[i % len(files)]}\n")
         deadline = time.perf_counter() + args.time_limit if args.time_limit else None
-        ray = on_ray(listing, work / "ray", cpus=2, stages=stages, batch_size=args.batch_size, deadline=deadline)
+        ray = on_ray(listing, work / "ray", cpus=2, stages=stages, batch_size=args.batch_size, deadline=deadline,
+                     annotate=args.annotate)
+        if args.annotate:
+            ray["annotated_images"] = sum(1 for p in (work / "ray" / "annotated").rglob("*") if p.is_file())
         jsonl = work / "ray" / "faces.jsonl"
         lines = len(jsonl.read_text(encoding="utf-8").splitlines()) if jsonl.exists() else 0
     what = f"{args.thumbnails}x{args.thumbnails} copies of the first {len(files)}" if args.thumbnails else \
         f"the {len(files)}"
     return {"list": f"{args.entries} lines: {what} LFW images in sorted order, repeated", "stages": stages,
+            "annotate": args.annotate,
             "ray_local_2_cpus": ray, "faces_jsonl_lines": lines}
 
 
@@ -305,6 +310,8 @@ def main() -> None:
                         help="memory: list SIZExSIZE copies of the first --limit (1000) LFW images instead")
     parser.add_argument("--threads-limit", type=int, default=None,
                         help="throughput: the 2-thread in-process run on the first N images only")
+    parser.add_argument("--annotate", action="store_true",
+                        help="memory: the actors write annotated images too (the driver names them all)")
     parser.add_argument("--stages", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
