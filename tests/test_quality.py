@@ -161,6 +161,9 @@ def test_utility_model_blends_tree_and_norm_percentiles_and_round_trips() -> Non
     assert s.tolist() == pytest.approx([0.25 * 50, 0.25 * 50 + 0.75 * 50, 0.25 * 50 + 0.75 * 100])
     again = UtilityModel.from_bytes(model.to_bytes())
     assert again.to_bytes() == model.to_bytes() and again.tree_weight == 0.25
+    assert not model.reads("sharpness")  # feature 0 appears only on a node that does not split
+    split = TreeEnsembles(np.zeros((1, 1, 1), np.int16), np.zeros((1, 1, 1)), trees.leaf, trees.base, trees.quantiles)
+    assert UtilityModel(split, model.norm_quantiles, 0.25).reads("sharpness")
 
 
 def test_utility_labels_leave_the_image_out() -> None:

@@ -229,7 +229,7 @@ HEADS_FILE = ModelFile(
     (Packaged("training/train_attribute_heads.py"),),
 )
 QUALITY_FILE = ModelFile(
-    "quality_utility.npz", "4cce034a1e5dd3c74ced70921129f02698c58cc8378ee0945d06c61a77d95847", 194160,
+    "quality_utility.npz", "a32405806e9d8ef44277f879431ee955e0e3c82961ca77a6e2e3b3a547c628b4", 192838,
     (Packaged("training/train_quality.py"),),
 )
 LIVENESS_TEXTURE_FILE = ModelFile(
@@ -321,8 +321,8 @@ MODELS: dict[str, ModelSpec] = {
                   (HEADS_FILE,), origin="faceflow training/train_attribute_heads.py",
                   notes="Trained on the train part of training/splits (UTKFace), selected on its val part."),
         ModelSpec("quality_utility", "quality", "non-commercial (trained on LFW, research use only)",
-                  "unified face-quality utility: gradient-boosted trees over landmarks, component measures and "
-                  "QualityFace's score, blended with the SFace embedding's norm",
+                  "unified face-quality utility: gradient-boosted trees over landmarks and component measures, "
+                  "blended with the SFace embedding's norm",
                   (QUALITY_FILE,), origin="faceflow training/train_quality.py", default=True,
                   notes="Eleven ensembles: one per LFW View 2 fold, trained without that fold's people (for "
                         "evaluation), and one trained on all ten (used by the quality stage); tree inputs "

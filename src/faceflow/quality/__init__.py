@@ -57,9 +57,10 @@ class QualityStage(Stage):
 
     The expression model runs here for faces that no stage gave an expression (it is cheap), and
     ``single_face_present`` compares each face with the other faces the detector found. The unified
-    score also reads the detector's score, the QualityFace network's score of the detector's box and the
-    norm of the face's SFace embedding (one SFace pass per face: the stage's largest cost): it was
-    trained on YuNet's faces (the default detector), so with another detector it is less reliable."""
+    score also reads the detector's score, the norm of the face's SFace embedding (one SFace pass per
+    face: the stage's largest cost) and, when its trees read it, the QualityFace network's score of the
+    detector's box: it was trained on YuNet's faces (the default detector), so with another detector it
+    is less reliable."""
 
     name = "quality"
 
@@ -82,7 +83,8 @@ class QualityStage(Stage):
     def assess(self, image: Image, faces: Sequence[Face]) -> list[Quality]:
         """The quality of each face (each needs a mesh)."""
         model = packaged_utility_model(self.runtime) if self.options.unified else None
-        network = network_quality(image, faces, self.runtime) if model is not None else np.zeros(len(faces))
+        reads_network = model is not None and model.reads("qualityface")
+        network = network_quality(image, faces, self.runtime) if reads_network else np.zeros(len(faces))
         norms = embedding_norms(image, faces, self.runtime) if model is not None else np.zeros(len(faces))
         out = []
         for face, neutral, other, net, norm in zip(faces, self.neutral(image, faces), other_face_areas(faces),

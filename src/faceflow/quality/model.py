@@ -1,6 +1,6 @@
-"""The unified utility score: gradient-boosted regression trees over normalised landmarks, the
-component measures and the QualityFace network's score, evaluated in numpy (no scikit-learn at run
-time), blended with the norm of the face's SFace embedding before normalisation.
+"""The unified utility score: gradient-boosted regression trees over normalised landmarks and the
+component measures (and, as a candidate input, the QualityFace network's score), evaluated in numpy
+(no scikit-learn at run time), blended with the norm of the face's SFace embedding before normalisation.
 
 The registry's ``quality_utility`` (``faceflow/data/quality_utility.npz``, built by
 ``training/train_quality.py``) is a :class:`UtilityModel`: eleven tree ensembles of the same shape,
@@ -163,6 +163,12 @@ class UtilityModel:
         norm = np.interp(np.asarray(norms, np.float64).reshape(-1), self.norm_quantiles[model],
                          np.linspace(0, 100, 101))
         return np.asarray(self.tree_weight * tree + (1.0 - self.tree_weight) * norm, np.float64)
+
+    def reads(self, name: str) -> bool:
+        """Whether any tree splits on the feature called ``name`` (one of :func:`feature_names`): the
+        stage skips computing an input no tree reads."""
+        i = feature_names().index(name)
+        return bool(np.any((self.trees.feature == i) & np.isfinite(self.trees.threshold)))
 
     def to_bytes(self) -> bytes:
         """A zip of ``.npy`` arrays with fixed timestamps: the same model gives the same bytes."""
