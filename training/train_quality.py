@@ -24,14 +24,17 @@ error-versus-reject area (threshold fixed). First version: components and 68 mes
 2.04e-3; adding the detector's score 2.15e-3; adding the face parts' appearance 1.82e-3; without the
 68 points 1.73e-3; with seven of them (x, y) 1.66e-3 (the detector's score alone: 2.06e-3; random:
 2.32e-3); the framing components (:data:`faceflow.quality.model.FRAMING`) dropped for a reason outside
-these figures (LFW's fixed crops cannot teach them): 1.67e-3. Second version (``--select`` prints these, with the FNMR cut from rejecting 5 % of images): QualityFace
-alone 2.46e-3 (no better than random on these faces); the SFace norm alone 1.36e-3; trees alone 1.67e-3,
-with QualityFace 1.68e-3, with QualityFace and the norm 1.55e-3; blends of the trees' percentile with the
-norm's at tree weights 0 / 0.25 / 0.4 / 0.5 / 0.6 / 0.75: without QualityFace 1.35 / 1.30 / 1.31 / 1.31 /
-1.35 / 1.36e-3, with it 1.35 / 1.31 / 1.37 / 1.37 / 1.38 / 1.42e-3, with it and the norm as a tree input
-1.35 / 1.35 / 1.39 / 1.40 / 1.42 / 1.47e-3. The lowest, trees without QualityFace at weight 0.25
-(1.30e-3; FNMR 45 % lower with 5 % of images out), is the packaged model. The
-figures of folds 5-9, which took no part in any choice, are reported apart by ``faceflow eval quality``.
+these figures (LFW's fixed crops cannot teach them): 1.67e-3.
+
+Second version (``--select`` prints these, with the FNMR cut from rejecting 5 % of images): QualityFace
+alone 2.46e-3 (no better than random on these faces); the SFace norm alone 1.36e-3; trees alone
+1.67e-3, with QualityFace 1.68e-3, with QualityFace and the norm 1.55e-3; blends of the trees'
+percentile with the norm's at tree weights 0 / 0.25 / 0.4 / 0.5 / 0.6 / 0.75: without QualityFace
+1.35 / 1.30 / 1.31 / 1.31 / 1.35 / 1.36e-3, with it 1.35 / 1.31 / 1.37 / 1.37 / 1.38 / 1.42e-3, with
+it and the norm as a tree input 1.35 / 1.35 / 1.39 / 1.40 / 1.42 / 1.47e-3. The lowest, trees without
+QualityFace at weight 0.25 (1.30e-3; FNMR 45 % lower with 5 % of images out), is the packaged model.
+The figures of folds 5-9, which took no part in any choice, are reported apart by ``faceflow eval
+quality``.
 
     PYTHONPATH=src python training/train_quality.py --root ../shared/datasets/lfw [--select]
 
