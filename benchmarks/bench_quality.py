@@ -1,4 +1,5 @@
-"""Milliseconds the ``quality`` stage adds per face (component measures + unified score), on LFW.
+"""Milliseconds the ``quality`` stage adds per face (component measures + unified score, which runs the
+QualityFace network and one SFace pass for the embedding's norm), on LFW.
 
 The faces are detected and meshed first (not timed); then the quality stage runs on each image's
 faces and its time is divided by the number of faces. Two runs are reported: with the expression

@@ -12,7 +12,7 @@ import pytest
 from faceflow.landmarks import MeshTo68
 from faceflow.liveness.texture import LinearModel
 from faceflow.models.npz import npz_bytes
-from faceflow.quality.model import TreeEnsembles
+from faceflow.quality.model import UtilityModel
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "faceflow" / "data"
 
@@ -29,7 +29,7 @@ def test_npz_bytes_are_deterministic_and_load_back() -> None:
 
 @pytest.mark.parametrize(("name", "cls"), [
     ("mesh_to_68", MeshTo68), ("landmarker_to_68", MeshTo68), ("pfld_to_68", MeshTo68),
-    ("quality_utility", TreeEnsembles), ("liveness_texture", LinearModel),
+    ("quality_utility", UtilityModel), ("liveness_texture", LinearModel),
 ])
 def test_shipped_model_files_are_rewritten_byte_for_byte(name: str, cls: type) -> None:
     data = (DATA / f"{name}.npz").read_bytes()

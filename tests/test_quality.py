@@ -1,10 +1,12 @@
 """Quality: the component measures move the right way on controlled degradations of a real face, the
-utility model's numpy trees, the error-versus-reject metric, the stage, the CLI and enrolment."""
+QualityFace network read without torch (and its score on degraded faces), the utility model's numpy
+trees, the error-versus-reject metric, the stage, the CLI and enrolment."""
 
 from __future__ import annotations
 
 import io
 import json
+import pickle
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,7 @@ from PIL import Image as PILImage
 from faceflow.eval.quality import error_versus_reject, fmr_threshold, utility_labels
 from faceflow.pipeline import Analyzer
 from faceflow.quality.measures import COMPONENTS, blockiness, ramp, trapezoid
-from faceflow.quality.model import TreeEnsembles
+from faceflow.quality.model import TreeEnsembles, UtilityModel
 from faceflow.quality.profile import check_profile, profile_passed
 from faceflow.types import Face, Quality
 
@@ -150,6 +152,20 @@ def test_tree_ensembles_follow_their_nodes_and_round_trip() -> None:
     assert again.to_bytes() == ens.to_bytes() and again.predict(x, 0).tolist() == ens.predict(x, 0).tolist()
 
 
+def test_utility_model_blends_tree_and_norm_percentiles_and_round_trips() -> None:
+    """Score = w x the trees' percentile + (1 - w) x the norm's percentile among the training norms."""
+    trees = TreeEnsembles(np.zeros((1, 1, 1), np.int16), np.full((1, 1, 1), np.inf), np.zeros((1, 1, 2), np.float32),
+                          np.array([0.5]), np.linspace(0, 1, 101)[None])  # every prediction 0.5: percentile 50
+    model = UtilityModel(trees, np.linspace(10, 30, 101)[None], 0.25)
+    s = model.score(np.zeros((3, 1)), [10.0, 20.0, 40.0], 0)
+    assert s.tolist() == pytest.approx([0.25 * 50, 0.25 * 50 + 0.75 * 50, 0.25 * 50 + 0.75 * 100])
+    again = UtilityModel.from_bytes(model.to_bytes())
+    assert again.to_bytes() == model.to_bytes() and again.tree_weight == 0.25
+    assert not model.reads("sharpness")  # feature 0 appears only on a node that does not split
+    split = TreeEnsembles(np.zeros((1, 1, 1), np.int16), np.zeros((1, 1, 1)), trees.leaf, trees.base, trees.quantiles)
+    assert UtilityModel(split, model.norm_quantiles, 0.25).reads("sharpness")
+
+
 def test_utility_labels_leave_the_image_out() -> None:
     e = np.array([[1, 0], [1, 0.2], [0, 1], [0.1, 1], [0.7, 0.7]], float)
     names = ["a", "a", "b", "b", "c"]
@@ -251,9 +267,11 @@ def test_packaged_model_has_a_fold_ensemble_per_lfw_fold_and_one_for_use() -> No
     spec = get("quality_utility")
     assert spec.files[0].size < 1 << 20
     model = packaged_utility_model()
-    assert model.feature.shape[0] == ALL_FOLDS + 1 == 11
-    assert model.n_features <= len(feature_names())
-    assert np.all(np.diff(model.quantiles, axis=1) >= 0)
+    assert model.trees.feature.shape[0] == model.norm_quantiles.shape[0] == ALL_FOLDS + 1 == 11
+    assert model.trees.n_features <= len(feature_names())
+    assert np.all(np.diff(model.trees.quantiles, axis=1) >= 0)
+    assert np.all(np.diff(model.norm_quantiles, axis=1) >= 0)
+    assert 0 < model.tree_weight < 1
 
 
 @pytest.mark.slow
@@ -265,7 +283,8 @@ def test_lfw_error_versus_reject(dataset) -> None:  # type: ignore[no-untyped-de
     r = eval_quality(dataset("lfw"), progress=False)
     assert r["images_scored"] == r["images"] == 7701
     curves = r["curves"]
-    assert set(curves) == {"unified", "detector_score", "inter_eye_distance", "sharpness", "random"}
+    assert set(curves) == {"unified", "detector_score", "inter_eye_distance", "sharpness", "qualityface",
+                           "embedding_norm", "random"}
     assert curves["unified"]["area_fixed"] < curves["random"]["area_fixed"]
     assert curves["unified"]["fnmr_fixed"][0] == curves["random"]["fnmr_fixed"][0]  # nothing rejected yet
     assert r["reject_5pct_images"]["unified"]["fnmr_after"] < r["reject_5pct_images"]["unified"]["fnmr_before"]
@@ -301,3 +320,147 @@ def test_eye_aspect_ratio_by_hand_one_measure_for_quality_and_liveness() -> None
         mesh[up2, :2], mesh[low1, :2] = (x0 + 7.0, -gap / 2), (x0 + 7.0, gap / 2)
     assert eye_aspect_ratios(mesh) == pytest.approx((0.4, 0.1))
     assert eye_aspect_ratio(mesh) == pytest.approx(0.25)
+
+
+# -- the QualityFace network -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qualityface_checkpoint() -> Path:
+    from faceflow.models.registry import QUALITYFACE_SRC
+    from faceflow.models.store import default_store
+
+    return default_store().fetch_file(QUALITYFACE_SRC)
+
+
+def _reference_forward(w: dict[str, np.ndarray], x: np.ndarray) -> float:
+    """QualityNet on one [3, H, W] input in plain numpy, written apart from the ONNX builder: batch
+    norms applied as such (not folded), convolutions as sums of shifted slices."""
+    from faceflow.models.qualityface import PREFIX, SETTINGS
+
+    def conv(a: np.ndarray, k: np.ndarray, stride: int, groups: int) -> np.ndarray:
+        _, h, wd = a.shape
+        kh = k.shape[2]
+        p = (kh - 1) // 2
+        a = np.pad(a, ((0, 0), (p, p), (p, p)))
+        ho, wo = (h + 2 * p - kh) // stride + 1, (wd + 2 * p - kh) // stride + 1
+        out = np.zeros((k.shape[0], ho, wo))
+        for i in range(kh):
+            for j in range(kh):
+                patch = a[:, i:i + stride * ho:stride, j:j + stride * wo:stride]
+                if groups == 1:
+                    out += np.einsum("oc,chw->ohw", k[:, :, i, j], patch)
+                else:  # depthwise
+                    out += k[:, 0, i, j][:, None, None] * patch
+        return out
+
+    def bn(a: np.ndarray, name: str) -> np.ndarray:
+        g, b, m, v = (w[f"{name}.{s}"].astype(np.float64) for s in ("weight", "bias", "running_mean", "running_var"))
+        return (a - m[:, None, None]) / np.sqrt(v[:, None, None] + 1e-5) * g[:, None, None] + b[:, None, None]
+
+    def relu6(a: np.ndarray) -> np.ndarray:
+        return np.clip(a, 0, 6)
+
+    def k(name: str) -> np.ndarray:
+        return w[name].astype(np.float64)
+
+    a = relu6(bn(conv(x.astype(np.float64), k(PREFIX + "0.0.weight"), 2, 1), PREFIX + "0.1"))
+    index = 1
+    for t, _, n, s in SETTINGS:
+        for i in range(n):
+            p, stride = f"{PREFIX}{index}.conv.", s if i == 0 else 1
+            y, layer = a, 0
+            if t != 1:
+                y = relu6(bn(conv(y, k(p + "0.0.weight"), 1, 1), p + "0.1"))
+                layer = 1
+            y = relu6(bn(conv(y, k(f"{p}{layer}.0.weight"), stride, y.shape[0]), f"{p}{layer}.1"))
+            y = bn(conv(y, k(f"{p}{layer + 1}.weight"), 1, 1), f"{p}{layer + 2}")
+            a = a + y if stride == 1 and a.shape[0] == y.shape[0] else y
+            index += 1
+    a = relu6(bn(conv(a, k(f"{PREFIX}{index}.0.weight"), 1, 1), f"{PREFIX}{index}.1"))
+    return float(k("module.classify.weight")[0] @ a.mean(axis=(1, 2)) + w["module.classify.bias"][0])
+
+
+def test_qualityface_reads_without_torch_and_converts_to_the_registered_graph(
+        qualityface_checkpoint: Path, tmp_path: Path, astronaut: np.ndarray, reference: Face) -> None:
+    """The state_dict is read without torch; two conversions give the registry's bytes; the graph's
+    output on a real face equals a plain numpy forward pass of the architecture (batch norms unfolded)."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    from faceflow.models.qualityface import qualityface_to_onnx
+    from faceflow.models.registry import QUALITYFACE_FILE
+    from faceflow.models.torch_reader import load_legacy_state_dict
+    from faceflow.quality.network import network_crop
+
+    weights = load_legacy_state_dict(qualityface_checkpoint)
+    assert weights["module.classify.weight"].shape == (1, 1280)
+    assert weights["module.backbone.net.features.0.0.weight"].shape == (32, 3, 3, 3)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    qualityface_to_onnx(qualityface_checkpoint, a)
+    qualityface_to_onnx(qualityface_checkpoint, b)
+    sha = hashlib.sha256(a.read_bytes()).hexdigest()
+    assert sha == hashlib.sha256(b.read_bytes()).hexdigest() == QUALITYFACE_FILE.sha256
+    crop = network_crop(astronaut, reference).astype(np.float32) / 127.5 - 1.0
+    x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None])
+    out = ort.InferenceSession(str(a), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert out.shape == (1, 1)
+    assert float(out[0, 0]) == pytest.approx(_reference_forward(weights, x[0]), abs=1e-3)
+
+
+def test_state_dict_reader_refuses_module_classes(tmp_path: Path) -> None:
+    """A state_dict holds tensors only: even torch's own module classes are refused there."""
+    from faceflow.errors import CheckpointError
+    from faceflow.models.torch_reader import LEGACY_MAGIC, LEGACY_PROTOCOL, load_legacy_state_dict
+
+    path = tmp_path / "module.pth"
+    with open(path, "wb") as fh:
+        for header in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}):
+            pickle.dump(header, fh)
+        fh.write(b"ctorch.nn.modules.conv\nConv2d\n)\x81.")
+    with pytest.raises(CheckpointError, match=r"torch\.nn\.modules\.conv\.Conv2d"):
+        load_legacy_state_dict(path)
+    with open(path, "wb") as fh:
+        for header in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}, [1, 2], []):
+            pickle.dump(header, fh, protocol=2)
+    with pytest.raises(CheckpointError, match="not a state_dict"):
+        load_legacy_state_dict(path)
+
+
+def test_network_score_falls_as_a_real_face_degrades(analyzer: Analyzer, astronaut: np.ndarray,
+                                                     reference: Face) -> None:
+    """QualityFace scores the astronaut's face lower once it is blurred, shrunk to a few pixels, or
+    darkened, each on the face the detector finds in the degraded image."""
+    from faceflow.quality.network import network_quality
+
+    rt = analyzer.runtime
+    base = float(network_quality(astronaut, [reference], rt)[0])
+    h, w = astronaut.shape[:2]
+    small = cv2.resize(cv2.resize(astronaut, (w // 8, h // 8), interpolation=cv2.INTER_AREA), (w, h))
+    degraded = {  # image, the least drop asserted (the reference face scores about 0.9)
+        "blur": (cv2.GaussianBlur(astronaut, (0, 0), 4), 0.5),
+        "low resolution": (small, 0.5),
+        "dark": ((astronaut.astype(np.float32) * 0.15).astype(np.uint8), 0.1),
+    }
+    for name, (image, drop) in degraded.items():
+        face = _face(analyzer, image)
+        score = float(network_quality(image, [face], rt)[0])
+        assert score < base - drop, (name, score, base)
+
+
+def test_embedding_norm_falls_when_a_real_face_is_blurred(analyzer: Analyzer, astronaut: np.ndarray,
+                                                           reference: Face) -> None:
+    """The unified score's other input: SFace's embedding is shorter for a blurred face, while the unit
+    embedding the recogniser returns is unchanged by taking the norm apart."""
+    from faceflow.quality import embedding_norms
+    from faceflow.recognize import SFaceEmbedder
+
+    rt = analyzer.runtime
+    blurred_image = cv2.GaussianBlur(astronaut, (0, 0), 4)
+    blurred = _face(analyzer, blurred_image)
+    sharp_norm = float(embedding_norms(astronaut, [reference], rt)[0])
+    assert float(embedding_norms(blurred_image, [blurred], rt)[0]) < 0.9 * sharp_norm
+    embedder = SFaceEmbedder(runtime=rt)
+    unit, norms = embedder.embed_crops_with_norms(embedder.crops(astronaut, [reference]))
+    assert np.allclose(unit, embedder.embed(astronaut, [reference])) and norms[0] == pytest.approx(sharp_norm, rel=1e-5)

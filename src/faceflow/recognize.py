@@ -191,13 +191,20 @@ class AlignedEmbedder(Embedder):
 
     def embed_crops(self, crops: Sequence[Image]) -> FloatArray:
         """Unit-norm embeddings ``(N, dim)`` of already aligned crops (as :meth:`crops` makes them)."""
+        return self.embed_crops_with_norms(crops)[0]
+
+    def embed_crops_with_norms(self, crops: Sequence[Image]) -> tuple[FloatArray, FloatArray]:
+        """:meth:`embed_crops` and the L2 norm of each crop's raw embedding before normalisation (of the
+        crop as given, not mirrored): a face the model finds hard to read tends to get a smaller norm,
+        which the quality stage uses (:mod:`faceflow.quality.model`)."""
         if len(crops) == 0:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.float32)
         stack = np.ascontiguousarray(np.stack(crops))
-        out = l2_normalize(self._forward(stack))
+        raw = self._forward(stack)
+        out = l2_normalize(raw)
         if self.flip:
             out = l2_normalize(out + l2_normalize(self._forward(np.ascontiguousarray(stack[:, :, ::-1]))))
-        return out
+        return out, np.linalg.norm(raw, axis=1).astype(np.float32)
 
     def embed(self, image: Image, faces: Sequence[Face]) -> FloatArray:
         return self.embed_crops(self.crops(image, faces))

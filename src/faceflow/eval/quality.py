@@ -35,7 +35,7 @@ F64 = npt.NDArray[np.float64]
 EMBED_DIM = 128
 _LAYOUT: tuple[tuple[str, int], ...] = (
     ("detected", 1), ("n_faces", 1), ("other_area", 1), ("score", 1), ("box", 4), ("landmarks5", 10),
-    ("mesh", 468 * 3), ("embedding", EMBED_DIM), ("expression", len(EXPRESSIONS)),
+    ("mesh", 468 * 3), ("embedding", EMBED_DIM), ("expression", len(EXPRESSIONS)), ("embedding_norm", 1),
 )
 """The packed per-image observation: where each part sits in the cached vector."""
 _SLICES: dict[str, slice] = {}
@@ -51,13 +51,15 @@ OBSERVATION_MODELS = ("yunet", "face_mesh", "sface", "expression")
 @dataclass
 class Observation:
     """One LFW image as the quality evaluation sees it: the face used, how many faces the image has
-    (and the area of the largest other one relative to it), and its embedding."""
+    (and the area of the largest other one relative to it), its embedding and the norm of that
+    embedding before normalisation."""
 
     face: Face
     detected: bool
     n_faces: int
     other_area: float
     embedding: npt.NDArray[np.float32]
+    embedding_norm: float
 
     def pack(self) -> npt.NDArray[np.float32]:
         out = np.zeros(OBSERVATION_SIZE, np.float32)
@@ -72,6 +74,7 @@ class Observation:
         out[_SLICES["mesh"]] = f.mesh.ravel()
         out[_SLICES["embedding"]] = self.embedding
         out[_SLICES["expression"]] = [f.expression.scores[e] for e in EXPRESSIONS]
+        out[_SLICES["embedding_norm"]] = self.embedding_norm
         return out
 
     @classmethod
@@ -85,7 +88,7 @@ class Observation:
                     expression=Expression(EXPRESSIONS[int(np.argmax(scores))],
                                           {e: float(s) for e, s in zip(EXPRESSIONS, scores, strict=True)}))
         return cls(face, detected, int(a[_SLICES["n_faces"]][0]), float(a[_SLICES["other_area"]][0]),
-                   a[_SLICES["embedding"]].copy())
+                   a[_SLICES["embedding"]].copy(), float(a[_SLICES["embedding_norm"]][0]))
 
 
 def other_face_area(faces: Sequence[Face], face: Face) -> float:
@@ -111,9 +114,10 @@ def observe_lfw_image(path: Path, analyzer: Any, embedder: Any, expression: Any,
         face.mesh = mesh.predict(image, face)[0]
     if face.landmarks5 is None:
         face.landmarks5 = box_landmarks5(face.box)
-    emb = np.asarray(embedder.embed(image, [face])[0], np.float32)
+    unit, norms = embedder.embed_crops_with_norms(embedder.crops(image, [face]))
     expression.run(image, [face])
-    return Observation(face, detected, len(faces), other_face_area(faces, face) if detected else 0.0, emb)
+    return Observation(face, detected, len(faces), other_face_area(faces, face) if detected else 0.0,
+                       np.asarray(unit[0], np.float32), float(norms[0]))
 
 
 def lfw_observations(root: Path | str, *, progress: bool = True, use_cache: bool = True,
@@ -138,7 +142,7 @@ def lfw_observations(root: Path | str, *, progress: bool = True, use_cache: bool
     hashes = ",".join(f.sha256[:12] for m in OBSERVATION_MODELS for f in MODELS[m].files)
     # The key names the models, the settings and faceflow's version, not the quality code: the
     # observations do not depend on it, and the measures are recomputed from them on every run.
-    key = f"quality-observations v1|{hashes}|flip={embedder.flip}|faceflow {__version__}"
+    key = f"quality-observations v2|{hashes}|flip={embedder.flip}|faceflow {__version__}"
     cache = ResultCache(key) if use_cache else None
     errors: list[dict[str, str]] = []
     out: dict[Path, Observation] = {}
@@ -295,26 +299,32 @@ def random_erc(scores: F64, labels: npt.NDArray[np.bool_], seeds: int = 10, **kw
 
 
 
-def observation_features(path: Path, obs: Observation) -> tuple[dict[str, Any], F64]:
-    """The component measures of an observed LFW image and the utility model's features."""
+def observation_features(path: Path, obs: Observation, runtime: Any = None) -> tuple[dict[str, Any], F64]:
+    """The component measures of an observed LFW image and the utility model's features (``runtime``
+    runs the QualityFace network; default: the default runtime)."""
+    from faceflow.models.runtime import default_runtime
     from faceflow.quality.measures import measure_face
     from faceflow.quality.model import features
+    from faceflow.quality.network import network_quality
 
     image = load_image(path)
     assert obs.face.expression is not None and obs.face.mesh is not None
     comps, regions = measure_face(image, obs.face, neutral=obs.face.expression.scores["neutral"],
                                   other_face_area=obs.other_area)
-    return comps, features(comps, obs.face.mesh, regions, obs.face.score if obs.detected else 0.0)
+    network = float(network_quality(image, [obs.face], runtime or default_runtime())[0])
+    return comps, features(comps, obs.face.mesh, regions, obs.face.score if obs.detected else 0.0, network)
 
 
 def lfw_features(paths: Sequence[Path], observations: Mapping[Path, Observation], *,
                  progress: bool = True) -> tuple[list[Path], F64, F64]:
     """``(paths with an observation, component scores (n, components), model features (n, f))``."""
+    from faceflow.models.runtime import default_runtime
     from faceflow.quality.measures import COMPONENTS
 
+    runtime = default_runtime()
     kept, scores, feats = [], [], []
     for path in track([p for p in paths if p in observations], "quality measures", progress):
-        comps, x = observation_features(path, observations[path])
+        comps, x = observation_features(path, observations[path], runtime)
         kept.append(path)
         scores.append([comps[n].score for n in COMPONENTS])
         feats.append(x)
@@ -323,16 +333,22 @@ def lfw_features(paths: Sequence[Path], observations: Mapping[Path, Observation]
 
 # -- the whole evaluation ----------------------------------------------------------------------------
 
+UNIFIED_INPUTS = ("qualityface", "embedding_norm")
+"""Rows of the evaluation that are inputs of the unified score, shown alone: not baselines (the issue's
+are the detector's score, the inter-eye distance, sharpness and random order), but the unified score
+is reported against them too and counts as lowest only if it beats them."""
+
 
 def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = True, seeds: int = 10,
                  model: Any = None) -> dict[str, Any]:
     """Error-versus-reject curves on LFW View 2 for the unified score and the baselines.
 
     Each image is scored by the utility ensemble trained without its fold (``model``: a
-    :class:`~faceflow.quality.model.TreeEnsembles`, default the packaged one); pair similarity is
+    :class:`~faceflow.quality.model.UtilityModel`, default the packaged one); pair similarity is
     SFace's cosine (the default recognition model) on the face nearest the centre, as ``faceflow
     eval lfw`` does. Baselines: the detector's score (0 for an image where it found nothing), the
-    inter-eye distance, the sharpness measure alone, and random orders (mean of ``seeds``). Also the
+    inter-eye distance, the sharpness measure alone, random orders (mean of ``seeds``), and two of the
+    unified score's own inputs alone: the QualityFace network and the SFace embedding's norm. Also the
     areas for every component score, FNMR before and after rejecting the worst 5 % of images, and
     the areas on the pairs of folds 0-4 (where the model's inputs were chosen) and of folds 5-9
     (which took no part in any choice) separately.
@@ -347,17 +363,20 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
     ensembles = model if model is not None else packaged_utility_model()
     fold_of = identity_folds(pairs)
     folds = np.array([fold_of[identity_of(p)] for p in kept])
+    norms = np.array([observations[p].embedding_norm for p in kept])
     unified = np.empty(len(kept))
     for k in np.unique(folds):
-        unified[folds == k] = ensembles.score(feats[folds == k], int(k))
-    from faceflow.quality.model import MODEL_COMPONENTS
+        unified[folds == k] = ensembles.score(feats[folds == k], norms[folds == k], int(k))
+    from faceflow.quality.model import feature_names
 
-    comp_raw = {n: feats[:, i] for i, n in enumerate(MODEL_COMPONENTS)}
+    raw = {n: feats[:, i] for i, n in enumerate(feature_names())}
     per_image: dict[str, F64] = {
         "unified": unified,
         "detector_score": np.array([observations[p].face.score if observations[p].detected else 0.0 for p in kept]),
-        "inter_eye_distance": comp_raw["inter_eye_distance"],
-        "sharpness": comp_raw["sharpness"],
+        "inter_eye_distance": raw["inter_eye_distance"],
+        "sharpness": raw["sharpness"],
+        "qualityface": raw["qualityface"],
+        "embedding_norm": norms,
     }
     index = {p: i for i, p in enumerate(kept)}
     labels = np.array([p.same for p in pairs])
@@ -388,7 +407,7 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
             name: image_rejection(half_pairs, scores[sel], {p: float(q[i]) for i, p in enumerate(kept) if p in images},
                                   0.05)
             for name, q in per_image.items()}
-    baselines = [n for n in curves if n != "unified"]
+    baselines = [n for n in curves if n not in ("unified", *UNIFIED_INPUTS)]
     best = min(baselines, key=lambda n: curves[n]["area_fixed"])
     rejection = {name: image_rejection(pairs, scores, {p: float(q[i]) for i, p in enumerate(kept)}, 0.05)
                  for name, q in per_image.items()}
@@ -409,7 +428,9 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
         "reject_5pct_images_by_half": half_rejection,
         "best_baseline": best,
         "unified_area_reduction_vs_best_baseline": (area_b - area_u) / area_b if area_b > 0 else None,
-        "unified_lowest": all(area_u < curves[n]["area_fixed"] for n in baselines),
+        "unified_area_reduction_vs_its_inputs_alone": {
+            n: (curves[n]["area_fixed"] - area_u) / curves[n]["area_fixed"] for n in UNIFIED_INPUTS},
+        "unified_lowest": all(area_u < c["area_fixed"] for n, c in curves.items() if n != "unified"),
         "reject_5pct_images": rejection,
         "errors": errors,
     }

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.errors import CheckpointError
+from faceflow.models.onnx_build import GraphBuilder, fold_batch_norm
 from faceflow.models.torch_reader import Module, Tensor, load_legacy_module
 
 PFLD_INPUT = 112
@@ -51,58 +52,28 @@ def _array(t: Tensor | None) -> npt.NDArray[np.float64]:
     return t.numpy().astype(np.float64)
 
 
-class _Graph:
-    """Nodes and initialisers being emitted, with fresh tensor names."""
-
-    def __init__(self) -> None:
-        self.nodes: list[Any] = []
-        self.inits: list[Any] = []
-        self.count = 0
-
-    def name(self, hint: str) -> str:
-        self.count += 1
-        return f"{hint}_{self.count}"
-
-    def const(self, hint: str, value: npt.NDArray[Any]) -> str:
-        from onnx import numpy_helper
-
-        name = self.name(hint)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str, output: str | None = None, **attrs: Any) -> str:
-        """Add one node; its output is ``output`` (a graph output's name; the node is then called
-        ``hint``) or a fresh name (the node's name too)."""
-        from onnx import helper
-
-        out = output or self.name(hint)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=hint if output else out, **attrs))
-        return out
-
-
-def _conv(g: _Graph, x: str, conv: Module, bn: Module | None, hint: str) -> str:
+def _conv(g: GraphBuilder, x: str, conv: Module, bn: Module | None, hint: str) -> str:
     """A Conv2d, with the BatchNorm2d after it (if any) folded into its weights and bias."""
     w = _array(conv._parameters["weight"])
     b = _array(conv._parameters["bias"]) if conv._parameters.get("bias") is not None else np.zeros(w.shape[0])
     if bn is not None:
-        scale = _array(bn._parameters["weight"]) / np.sqrt(_array(bn._buffers["running_var"]) + float(bn.eps))  # type: ignore[attr-defined]
-        b = (b - _array(bn._buffers["running_mean"])) * scale + _array(bn._parameters["bias"])
-        w = w * scale[:, None, None, None]
+        w, b = fold_batch_norm(w, b, _array(bn._parameters["weight"]), _array(bn._parameters["bias"]),
+                               _array(bn._buffers["running_mean"]), _array(bn._buffers["running_var"]),
+                               float(bn.eps))  # type: ignore[attr-defined]
     pad = tuple(int(p) for p in conv.padding)  # type: ignore[attr-defined]
+    stride = tuple(int(s) for s in conv.stride)  # type: ignore[attr-defined]
     if getattr(conv, "padding_mode", "zeros") != "zeros" or tuple(conv.dilation) != (1, 1):  # type: ignore[attr-defined]
         raise CheckpointError(f"{hint}: unsupported convolution (padding mode or dilation)")
-    return g.op(
-        "Conv", [x, g.const(hint + "_w", w), g.const(hint + "_b", b)], hint,
-        kernel_shape=[int(k) for k in conv.kernel_size], strides=[int(s) for s in conv.stride],  # type: ignore[attr-defined]
-        pads=[pad[0], pad[1], pad[0], pad[1]], group=int(conv.groups),  # type: ignore[attr-defined]
-    )
+    if stride[0] != stride[1] or tuple(int(k) for k in conv.kernel_size) != w.shape[2:]:  # type: ignore[attr-defined]
+        raise CheckpointError(f"{hint}: unsupported convolution (uneven stride or kernel size)")
+    return g.conv(x, w, b, hint, stride=stride[0], pad=(pad[0], pad[1]), group=int(conv.groups))  # type: ignore[attr-defined]
 
 
-def _hsigmoid(g: _Graph, x: str, hint: str) -> str:
+def _hsigmoid(g: GraphBuilder, x: str, hint: str) -> str:
     return g.op("HardSigmoid", [x], hint, alpha=1.0 / 6.0, beta=0.5)
 
 
-def _se(g: _Graph, x: str, se: Module, hint: str) -> str:
+def _se(g: GraphBuilder, x: str, se: Module, hint: str) -> str:
     """Squeeze-excitation: global mean, two bias-free linears (as 1x1 convs) with ReLU and h-sigmoid,
     the input scaled channel-wise by the result."""
     layers = [c for _, c in se._modules["fc"].children()]
@@ -116,7 +87,7 @@ def _se(g: _Graph, x: str, se: Module, hint: str) -> str:
     return g.op("Mul", [x, y], hint + "_scaled")
 
 
-def _sequential(g: _Graph, x: str, seq: Module, hint: str) -> str:
+def _sequential(g: GraphBuilder, x: str, seq: Module, hint: str) -> str:
     """The children of a Sequential in order; a BatchNorm2d right after a Conv2d is folded into it."""
     layers = [c for _, c in seq.children()]
     i = 0
@@ -141,7 +112,7 @@ def _sequential(g: _Graph, x: str, seq: Module, hint: str) -> str:
     return x
 
 
-def _block(g: _Graph, x: str, block: Module, hint: str) -> str:
+def _block(g: GraphBuilder, x: str, block: Module, hint: str) -> str:
     if _kind(block) == "Sequential":
         return _sequential(g, x, block, hint)
     if _kind(block) != "MobileBottleneck":
@@ -150,7 +121,7 @@ def _block(g: _Graph, x: str, block: Module, hint: str) -> str:
     return g.op("Add", [x, y], hint + "_res") if bool(block.use_res_connect) else y  # type: ignore[attr-defined]
 
 
-def _pool(g: _Graph, x: str, pool: Module, hint: str) -> str:
+def _pool(g: GraphBuilder, x: str, pool: Module, hint: str) -> str:
     k, s = int(pool.kernel_size), int(pool.stride)  # type: ignore[attr-defined]
     y = g.op("AveragePool", [x], hint, kernel_shape=[k, k], strides=[s, s])
     return g.op("Flatten", [y], hint + "_flat")
@@ -163,7 +134,7 @@ def pfld_graph(root: Module) -> Any:
     if root.type_name != f"{ARCH_MODULE}.PFLDInference":
         raise CheckpointError(f"expected {ARCH_MODULE}.PFLDInference, got {root.type_name}")
     mods = root._modules
-    g = _Graph()
+    g = GraphBuilder()
     x = "input"
     for name in BACKBONE:
         x = _block(g, x, mods[name], name)

