@@ -17,7 +17,8 @@ finds the faces, an :class:`Annotator` covers them. The parts:
   ``ellipse``) grown by a margin: :class:`BlurAnnotator`, :class:`PixelateAnnotator`,
   :class:`SolidAnnotator` and :class:`MaskAnnotator` (a flat colour over the face mesh, the rest of
   the head kept). They chain (each returns a new image), as supervision's annotators do.
-* **Recall first**: photos use the ``thorough`` detector, videos the ``fast`` one on a frame scaled to
+* **Recall first**: photos use the ``thorough`` detector (in a crowd down to a lower score,
+  :func:`covered`), videos the ``fast`` one on a frame scaled to
   :attr:`AnonymizeOptions.video_max_side` plus the tracker's predictions; ``recall="high"`` lowers the
   thresholds and adds a second detector.
 

@@ -278,7 +278,8 @@ class ThoroughDetector(AccurateDetector):
     This was ``accurate`` until its members had to fit deface's time per image. It was chosen among 24
     configurations on all 305 WIDER images it was then scored on (0.919 / 0.900 / 0.804), so those
     figures flatter it; the anonymiser keeps it because recall matters more there than time, and
-    its score threshold (0.07) was chosen for it on the even WIDER events."""
+    its score threshold (0.1, with the crowd rule of :func:`faceflow.anonymize.covered`) was chosen for
+    it on the even WIDER events."""
 
     name: ClassVar[str] = "thorough"
     members: ClassVar[tuple[Member, ...]] = (
