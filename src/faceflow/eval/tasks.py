@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.anonymize import CROWD_FACTOR
 from faceflow.detect import DetectorOptions, create_detector
 from faceflow.eval.cache import ResultCache, predictor_key, timed
 from faceflow.eval.identification import EmbedFn
@@ -189,11 +190,13 @@ def lfw_gallery_embedder(model: str, flip: bool | None = None, *, use_cache: boo
 
 
 ANONYMIZE_SWEEP = (0.05, 0.06, 0.07, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5)
-"""Thresholds scored by ``faceflow eval anonymize`` (detections are computed once at the lowest)."""
+"""Thresholds scored by ``faceflow eval anonymize``."""
+ANONYMIZE_FLOOR = round(ANONYMIZE_SWEEP[0] * CROWD_FACTOR, 4)
+"""Detections are computed once down to this score: the crowd rule's floor at the lowest threshold."""
 
 
 def anonymize_detect_fn(recall: str = "default", detector: str | None = None,
-                        floor: float = ANONYMIZE_SWEEP[0]) -> tuple[Any, list[str]]:
+                        floor: float = ANONYMIZE_FLOOR) -> tuple[Any, list[str]]:
     """``detect_fn(image) -> (N, 5)`` rows as photo anonymisation finds faces (its detector, and with
     ``recall="high"`` its second detector, united), at ``floor``; and the detector names (cache key)."""
     from faceflow.anonymize import HIGH_RECALL, IMAGE_DETECTOR, union_faces
@@ -218,9 +221,9 @@ def eval_anonymize(root: Path | str, *, recall: str = "default", detector: str |
     from faceflow.eval.anonymize import run_anonymize_wider
 
     detect, names = anonymize_detect_fn(recall, detector)
-    cache = cache_for("wider-anonymize", names, f"score>={ANONYMIZE_SWEEP[0]}|{'+'.join(names)}", use_cache)
+    cache = cache_for("wider-anonymize", names, f"score>={ANONYMIZE_FLOOR}|{'+'.join(names)}", use_cache)
     result = run_anonymize_wider(root, detect, thresholds, half=half, shape=shape, margin=margin,
-                                 progress=progress, cache=cache)
+                                 progress=progress, cache=cache, crowd=True)
     result.update(detectors=names, recall=recall)
     return result
 
