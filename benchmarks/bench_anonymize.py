@@ -31,13 +31,44 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("FACEFLOW_DATASETS", HERE.parent.parent / "shared" / "datasets"))
 DEFACE = HERE / ".venvs" / "deface" / "bin"
+DEFACE_SHAPE, DEFACE_MARGIN, DEFACE_DEFAULT = "ellipse", 0.3, 0.2
+"""deface's covered shape (an ellipse over its box grown by ``mask_scale - 1`` per side) and default threshold."""
+
+
+def read_deface(path: Path, keys: Container[str] | None = None) -> dict[str, npt.NDArray[np.float64]]:
+    """deface's ``(N, 5)`` rows per WIDER image key from ``peers/deface_run.py``'s JSONL (header skipped),
+    only those of ``keys`` when given (so that the other half's are never kept)."""
+    boxes: dict[str, npt.NDArray[np.float64]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if "path" in row and (keys is None or row["path"] in keys):
+            boxes[row["path"]] = np.asarray(row["boxes"], np.float64).reshape(-1, 5)
+    return boxes
+
+
+def score_deface(boxes: Mapping[str, npt.NDArray[np.float64]], sizes: Mapping[str, tuple[int, int]],
+                 gt: Sequence[Any], threshold: float) -> dict[str, Any]:
+    """WIDER coverage of deface's boxes at ``threshold``, covered as deface covers them."""
+    from faceflow.eval.anonymize import evaluate_anonymize
+
+    return evaluate_anonymize(boxes, sizes, gt, threshold, DEFACE_SHAPE, DEFACE_MARGIN)
+
+
+def matched_needless(sweep: Sequence[dict[str, Any]], needless: float) -> dict[str, Any] | None:
+    """The row of ``sweep`` (deface at several thresholds) with the lowest threshold whose needless
+    share is no larger than ``needless``: deface at its best recall for the same needless area."""
+    fair = [r for r in sweep if r["needless"] <= needless]
+    return min(fair, key=lambda r: r["threshold"]) if fair else None
 
 
 def deface_wider(out: Path) -> Path:
@@ -49,14 +80,13 @@ def deface_wider(out: Path) -> Path:
 
 def wider(out: Path) -> dict:
     from faceflow.anonymize import IMAGE_THRESHOLD
-    from faceflow.eval.anonymize import evaluate_anonymize, half_of
+    from faceflow.eval.anonymize import half_of
     from faceflow.eval.tasks import ANONYMIZE_SWEEP, eval_anonymize
     from faceflow.eval.wider import load_wider
 
     t0 = time.perf_counter()
-    rows = [json.loads(line) for line in deface_wider(out).read_text().splitlines()]
+    boxes = read_deface(deface_wider(out))
     deface_seconds = time.perf_counter() - t0
-    boxes = {r["path"]: np.asarray(r["boxes"], np.float64).reshape(-1, 5) for r in rows if "path" in r}
     gt_all = load_wider(DATA / "wider")
     from PIL import Image
 
@@ -70,10 +100,9 @@ def wider(out: Path) -> dict:
         ff = eval_anonymize(DATA / "wider", half=half, thresholds=(IMAGE_THRESHOLD,), progress=False)
         ff_row = ff["by_threshold"][0]
         gt = [im for im in gt_all if half == "all" or half_of(im.key) == half]
-        default = evaluate_anonymize(boxes, sizes, gt, 0.2, "ellipse", 0.3)
-        sweep = [evaluate_anonymize(boxes, sizes, gt, t, "ellipse", 0.3) for t in ANONYMIZE_SWEEP]
-        fair = [r for r in sweep if r["needless"] <= ff_row["needless"]]
-        matched = min(fair, key=lambda r: r["threshold"]) if fair else None
+        default = score_deface(boxes, sizes, gt, DEFACE_DEFAULT)
+        sweep = [score_deface(boxes, sizes, gt, t) for t in ANONYMIZE_SWEEP]
+        matched = matched_needless(sweep, ff_row["needless"])
         result[half] = {"faceflow": ff_row, "faceflow_seconds": round(time.perf_counter() - t0, 1),
                         "deface_default": default, "deface_matched_needless": matched, "deface_sweep": sweep}
     return result

@@ -14,10 +14,12 @@ from PIL import Image as PILImage
 from faceflow.anonymize import (
     BACKFILL,
     CROWD_FACTOR,
+    CROWD_RADIUS,
     PREDICTED,
     AnonymizeOptions,
     Anonymizer,
     BlurAnnotator,
+    CrowdRule,
     MaskAnnotator,
     PixelateAnnotator,
     Region,
@@ -125,6 +127,20 @@ def test_the_crowd_rule_covers_weak_candidates_among_sure_faces_only() -> None:
     two = covered(boxes, np.where(np.arange(9) < 2, 0.9, weak), t)
     assert two.tolist() == [True, True] + [False] * 7
     assert covered(np.zeros((0, 4)), np.zeros(0), t).shape == (0,)
+
+
+def test_a_crowd_rule_of_other_parameters_decides_by_them() -> None:
+    """What ``training/tune_anonymize.py`` sweeps: the floor, the radius and the neighbours count."""
+    t = 0.1
+    # four sure 10 px faces with centres 20 px (2 sizes) from a weak 10 px candidate scoring 0.035
+    boxes = np.array([[80, 100, 90, 110], [120, 100, 130, 110], [100, 80, 110, 90], [100, 120, 110, 130],
+                      [100, 100, 110, 110]], np.float64)
+    scores = np.array([0.9] * 4 + [0.035])
+    assert CrowdRule() == CrowdRule(CROWD_FACTOR, CROWD_RADIUS)
+    assert covered(boxes, scores, t, CrowdRule(factor=0.3)).tolist() == [True] * 5
+    assert covered(boxes, scores, t, CrowdRule(factor=0.4)).tolist() == [True] * 4 + [False]  # under the floor
+    assert covered(boxes, scores, t, CrowdRule(factor=0.3, radius=1.9)).tolist() == [True] * 4 + [False]
+    assert covered(boxes, scores, t, CrowdRule(factor=0.3, neighbours=5)).tolist() == [True] * 4 + [False]
 
 
 # -- real faces -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faceflow.anonymize import CROWD_NEIGHBOURS, CROWD_RADIUS, CrowdRule
 from faceflow.eval.anonymize import evaluate_anonymize, half_of, image_coverage, reidentification
 from faceflow.eval.wider import WiderImage
 
@@ -47,6 +48,12 @@ def test_the_photos_crowd_rule_counts_only_when_asked() -> None:
     preds = np.array([*sure, [45, 45, 55, 55, 0.05]])
     assert image_coverage(im, (100, 100), preds, 0.1, "box", 0.0)[0][0] == 0.0
     assert image_coverage(im, (100, 100), preds, 0.1, "box", 0.0, crowd=True)[0][0] == 1.0
+    # a rule of its own: a floor above the candidate's score leaves it uncovered, and is recorded
+    strict = CrowdRule(factor=0.6)
+    assert image_coverage(im, (100, 100), preds, 0.1, "box", 0.0, crowd=strict)[0][0] == 0.0
+    result = evaluate_anonymize({im.key: preds}, {im.key: (100, 100)}, [im], 0.1, "box", 0.0, crowd=strict)
+    assert result["crowd"] == {"factor": 0.6, "radius": CROWD_RADIUS, "neighbours": CROWD_NEIGHBOURS}
+    assert result["hard"]["covered"] == 0.0
 
 
 def test_event_halves_split_by_event_number() -> None:

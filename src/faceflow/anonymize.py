@@ -64,7 +64,8 @@ anonymize --half tune``: 150 images), among thresholds 0.08 and 0.1, crowd floor
 needless share is no larger) across the three lists, among those whose needless share stays under 10 %:
 easy / medium / hard 99.10 / 99.21 / 98.13 % at 9.87 % needless, leads of 1.50 / 1.24 / 1.02 points
 over deface at 0.06 (the former 0.07 without the crowd rule: 98.50 / 97.97 / 97.22 % at 8.61 %, a
-smallest lead of 0.57). Figures are reported on the odd events."""
+smallest lead of 0.57). Figures are reported on the odd events. ``training/tune_anonymize.py`` makes this
+choice from the repository."""
 CROWD_FACTOR = 0.3
 """In a crowd, photos also cover candidates scoring at least this fraction of the threshold."""
 CROWD_RADIUS = 3.0
@@ -155,30 +156,45 @@ class AnonymizeOptions:
         return SolidAnnotator(self.color, shape=self.shape, margin=margin)
 
 
-def covered(boxes: npt.ArrayLike, scores: npt.ArrayLike, threshold: float, crowd: bool = True) -> npt.NDArray[np.bool_]:
+@dataclass(frozen=True)
+class CrowdRule:
+    """The crowd rule's parameters (:func:`covered`); the defaults are the photos'. Another rule is
+    only for tuning them (``training/tune_anonymize.py``)."""
+
+    factor: float = CROWD_FACTOR
+    radius: float = CROWD_RADIUS
+    neighbours: int = CROWD_NEIGHBOURS
+
+
+def covered(boxes: npt.ArrayLike, scores: npt.ArrayLike, threshold: float,
+            crowd: bool | CrowdRule = True) -> npt.NDArray[np.bool_]:
     """Which candidate faces (``x1, y1, x2, y2`` boxes and scores) are covered: those scoring at least
-    ``threshold`` and, with ``crowd``, those scoring at least :data:`CROWD_FACTOR` times it that stand in
-    a crowd of them (:data:`CROWD_RADIUS`, :data:`CROWD_NEIGHBOURS`).
+    ``threshold`` and, with ``crowd`` (``True``: the photos' :class:`CrowdRule`), those scoring at least
+    its ``factor`` (:data:`CROWD_FACTOR`) times it that stand in a crowd of them (``radius``,
+    ``neighbours``: :data:`CROWD_RADIUS`, :data:`CROWD_NEIGHBOURS`).
 
     Why: in a crowd the faces that the detector is sure of vouch for the weak candidates among them
     (the small, blurred faces of WIDER's hard list), while a weak candidate alone is most often a false
     alarm. Only the sure faces count as neighbours, so the rule does not feed on itself.
     """
+    rule = crowd if isinstance(crowd, CrowdRule) else CrowdRule() if crowd else None
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     s = np.asarray(scores, np.float64).reshape(-1)
     keep = s >= threshold
-    weak = np.nonzero(~keep & (s >= CROWD_FACTOR * threshold))[0]
-    if not crowd or len(weak) == 0 or np.count_nonzero(keep) < CROWD_NEIGHBOURS:
+    if rule is None:
+        return keep
+    weak = np.nonzero(~keep & (s >= rule.factor * threshold))[0]
+    if len(weak) == 0 or np.count_nonzero(keep) < rule.neighbours:
         return keep
     from scipy.spatial import cKDTree
 
     centre = (b[:, :2] + b[:, 2:]) / 2
     size = np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
     sure = np.nonzero(keep)[0]
-    near = cKDTree(centre[sure]).query_ball_point(centre[weak], CROWD_RADIUS * size[weak])
+    near = cKDTree(centre[sure]).query_ball_point(centre[weak], rule.radius * size[weak])
     for i, found in zip(weak, near, strict=True):
         others = size[sure[np.asarray(found, np.int64)]]
-        keep[i] = np.count_nonzero((others >= size[i] / 2) & (others <= 2 * size[i])) >= CROWD_NEIGHBOURS
+        keep[i] = np.count_nonzero((others >= size[i] / 2) & (others <= 2 * size[i])) >= rule.neighbours
     return keep
 
 

@@ -20,13 +20,14 @@ similarity at or above its LFW threshold for FMR 1e-3 (:data:`faceflow.recognize
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.anonymize import Region, box_coverage, coverage_mask, covered
+from faceflow.anonymize import CrowdRule, Region, box_coverage, coverage_mask, covered
 from faceflow.eval._common import median_ms, run_item, track
 from faceflow.eval.cache import ResultCache
 from faceflow.eval.wider import SETTINGS, WiderImage, event_parity, load_wider
@@ -43,10 +44,11 @@ def half_of(key: str) -> str:
 
 
 def image_coverage(im: WiderImage, size: tuple[int, int], rows: npt.ArrayLike, threshold: float, shape: str,
-                   margin: float, crowd: bool = False) -> tuple[npt.NDArray[np.float32], int]:
+                   margin: float, crowd: bool | CrowdRule = False) -> tuple[npt.NDArray[np.float32], int]:
     """Covered share of each ground-truth box and the count of needlessly covered pixels, for the
     predictions ``rows`` (``x1, y1, x2, y2, score``) that :func:`faceflow.anonymize.covered` covers at
-    ``threshold`` (scoring at least it; with ``crowd``, weaker ones in a crowd too, as photos are)."""
+    ``threshold`` (scoring at least it; with ``crowd``, weaker ones in a crowd too, as photos are, by
+    the photos' rule or the :class:`~faceflow.anonymize.CrowdRule` given)."""
     r = np.asarray(rows, np.float64).reshape(-1, 5)
     kept = r[covered(r[:, :4], r[:, 4], threshold, crowd)]
     regions = [Region(row[:4].astype(np.float32), float(row[4])) for row in kept]
@@ -60,9 +62,9 @@ def image_coverage(im: WiderImage, size: tuple[int, int], rows: npt.ArrayLike, t
 
 def evaluate_anonymize(preds: Mapping[str, npt.ArrayLike], sizes: Mapping[str, tuple[int, int]],
                        gt: Sequence[WiderImage], threshold: float, shape: str = "ellipse",
-                       margin: float = 0.25, crowd: bool = False) -> dict[str, Any]:
+                       margin: float = 0.25, crowd: bool | CrowdRule = False) -> dict[str, Any]:
     """Coverage per setting and the needless share over ``gt`` (see the module docstring); ``crowd``
-    applies the photos' crowd rule (:func:`faceflow.anonymize.covered`)."""
+    applies the photos' crowd rule or the one given (:func:`faceflow.anonymize.covered`)."""
     per: dict[str, list[npt.NDArray[np.float32]]] = {s: [] for s in SETTINGS}
     needless = pixels = 0
     for im in gt:
@@ -73,7 +75,8 @@ def evaluate_anonymize(preds: Mapping[str, npt.ArrayLike], sizes: Mapping[str, t
         pixels += size[0] * size[1]
         for s in SETTINGS:
             per[s].append(cov[im.keep[s]])
-    out: dict[str, Any] = {"threshold": threshold, "crowd": crowd, "images": len(gt),
+    out: dict[str, Any] = {"threshold": threshold, "crowd": asdict(crowd) if isinstance(crowd, CrowdRule) else crowd,
+                           "images": len(gt),
                            "needless": needless / max(pixels, 1)}
     for s in SETTINGS:
         c = np.concatenate(per[s]) if per[s] else np.zeros(0)
@@ -82,29 +85,48 @@ def evaluate_anonymize(preds: Mapping[str, npt.ArrayLike], sizes: Mapping[str, t
     return out
 
 
-def run_anonymize_wider(root: Path | str, detect_fn: Callable[[Image], npt.ArrayLike], thresholds: Sequence[float],
-                        *, half: str = "all", shape: str = "ellipse", margin: float = 0.25, progress: bool = True,
-                        cache: ResultCache | None = None, crowd: bool = False) -> dict[str, Any]:
-    """Run ``detect_fn`` (RGB image -> ``(N, 5)`` rows) on the WIDER images of ``half`` and score each of
-    ``thresholds`` (with the photos' crowd rule if ``crowd``); detections are computed once (and
-    cached), the thresholds only filter them."""
+@dataclass
+class WiderPredictions:
+    """A detector's rows (``x1, y1, x2, y2, score``) on the WIDER images of one half, with their sizes."""
+
+    half: str
+    gt: list[WiderImage]
+    preds: dict[str, npt.NDArray[np.float64]]
+    sizes: dict[str, tuple[int, int]]
+    """``(height, width)`` per image key."""
+    seconds: list[float | None]
+    errors: list[dict[str, str]]
+
+
+def predict_wider(root: Path | str, detect_fn: Callable[[Image], npt.ArrayLike], *, half: str = "all",
+                  progress: bool = True, cache: ResultCache | None = None) -> WiderPredictions:
+    """Run ``detect_fn`` (RGB image -> ``(N, 5)`` rows) on the WIDER images of ``half`` only (the other
+    half's images are never opened), through ``cache``."""
     from PIL import Image as PILImage
 
     gt = [im for im in load_wider(root) if half == "all" or half_of(im.key) == half]
-    preds: dict[str, npt.NDArray[np.float64]] = {}
-    sizes: dict[str, tuple[int, int]] = {}
-    seconds: list[float | None] = []
-    errors: list[dict[str, str]] = []
+    out = WiderPredictions(half, gt, {}, {}, [], [])
     for im in track(gt, f"WIDER anonymise ({half})", progress):
         value, secs = run_item(im.path, lambda image: np.asarray(detect_fn(image), np.float64).reshape(-1, 5),
-                               cache, errors, image=True)
-        seconds.append(secs)
-        preds[im.key] = value if value is not None else np.zeros((0, 5))
+                               cache, out.errors, image=True)
+        out.seconds.append(secs)
+        out.preds[im.key] = value if value is not None else np.zeros((0, 5))
         with PILImage.open(im.path) as p:  # the header only; EXIF-free WIDER JPEGs need no transpose
-            sizes[im.key] = (p.height, p.width)
+            out.sizes[im.key] = (p.height, p.width)
+    return out
+
+
+def run_anonymize_wider(root: Path | str, detect_fn: Callable[[Image], npt.ArrayLike], thresholds: Sequence[float],
+                        *, half: str = "all", shape: str = "ellipse", margin: float = 0.25, progress: bool = True,
+                        cache: ResultCache | None = None, crowd: bool = False) -> dict[str, Any]:
+    """Run ``detect_fn`` on the WIDER images of ``half`` (:func:`predict_wider`) and score each of
+    ``thresholds`` (with the photos' crowd rule if ``crowd``); detections are computed once (and
+    cached), the thresholds only filter them."""
+    run = predict_wider(root, detect_fn, half=half, progress=progress, cache=cache)
     return {"protocol": "wider-anonymize", "half": half, "shape": shape, "margin": margin,
-            "by_threshold": [evaluate_anonymize(preds, sizes, gt, t, shape, margin, crowd) for t in thresholds],
-            "median_ms": median_ms(seconds), "errors": errors}
+            "by_threshold": [evaluate_anonymize(run.preds, run.sizes, run.gt, t, shape, margin, crowd)
+                             for t in thresholds],
+            "median_ms": median_ms(run.seconds), "errors": run.errors}
 
 
 def reidentification(pairs: Sequence[tuple[Image, Image, npt.ArrayLike]], embed: Callable[[Image, Any], Any],

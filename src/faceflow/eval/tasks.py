@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,9 @@ from faceflow.eval.wider import boxes_from_faces, run_wider
 from faceflow.io import load_image
 from faceflow.models.registry import MODELS
 from faceflow.types import Face, Image, nearest_face
+
+if TYPE_CHECKING:
+    from faceflow.eval.anonymize import WiderPredictions
 
 WIDER_SCORE_THRESHOLD = 0.05
 """Detections kept for WIDER FACE AP: low, so the precision-recall curve is traced in full (the
@@ -221,11 +224,26 @@ def eval_anonymize(root: Path | str, *, recall: str = "default", detector: str |
     from faceflow.eval.anonymize import run_anonymize_wider
 
     detect, names = anonymize_detect_fn(recall, detector)
-    cache = cache_for("wider-anonymize", names, f"score>={ANONYMIZE_FLOOR}|{'+'.join(names)}", use_cache)
     result = run_anonymize_wider(root, detect, thresholds, half=half, shape=shape, margin=margin,
-                                 progress=progress, cache=cache, crowd=True)
+                                 progress=progress, cache=_anonymize_cache(names, use_cache), crowd=True)
     result.update(detectors=names, recall=recall)
     return result
+
+
+def _anonymize_cache(names: Sequence[str], use_cache: bool) -> ResultCache | None:
+    return cache_for("wider-anonymize", names, f"score>={ANONYMIZE_FLOOR}|{'+'.join(names)}", use_cache)
+
+
+def anonymize_wider_predictions(root: Path | str, *, half: str = "tune", recall: str = "default",
+                                detector: str | None = None, progress: bool = True,
+                                use_cache: bool = True) -> WiderPredictions:
+    """Photo anonymisation's detections (down to :data:`ANONYMIZE_FLOOR`) on one ``half`` of the WIDER
+    events, from the same cache as :func:`eval_anonymize`: for tuning what is covered
+    (``training/tune_anonymize.py``)."""
+    from faceflow.eval.anonymize import predict_wider
+
+    detect, names = anonymize_detect_fn(recall, detector)
+    return predict_wider(root, detect, half=half, progress=progress, cache=_anonymize_cache(names, use_cache))
 
 
 def eval_anonymize_reid(root: Path | str, *, methods: Sequence[str] = ("blur", "pixelate", "solid", "mask"),
