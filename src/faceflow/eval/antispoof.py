@@ -478,17 +478,13 @@ def public(result: dict[str, Any]) -> dict[str, Any]:
 def plot_det(result: dict[str, Any], path: Path | str) -> Path:
     """DET curves (APCER against BPCER on normal-deviate axes) of every candidate, one panel per run;
     intra runs pool the test scores of all splits."""
-    from faceflow.extras import require
-
-    require("matplotlib", "plots")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy.stats import norm
 
+    from faceflow.eval.report import new_figure, save_figure
+
     runs = result["runs"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
+    fig = new_figure("plots", figsize=(5 * len(runs), 4.6))
+    axes = fig.subplots(1, len(runs), squeeze=False)
     ticks = [0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
     for ax, run in zip(axes[0], runs, strict=True):
         live = run["_live"]
@@ -514,8 +510,4 @@ def plot_det(result: dict[str, Any], path: Path | str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

@@ -104,12 +104,10 @@ def evaluate_identification(
 
 def plot_det(curves: dict[str, tuple[npt.ArrayLike, npt.ArrayLike]], path: Path | str) -> Path:
     """Write a DET plot (FNIR against FPIR, log axes) of the labelled ``(fpir, fnir)`` curves."""
-    from faceflow.extras import require
+    from faceflow.eval.report import new_figure, save_figure
 
-    require("matplotlib", "the DET plot").use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = new_figure("the DET plot", figsize=(5.5, 4.5))
+    ax = fig.subplots()
     for label, (fpir, fnir) in curves.items():
         f, n = np.asarray(fpir), np.asarray(fnir)
         keep = (f > 0) & (n > 0)
@@ -122,11 +120,7 @@ def plot_det(curves: dict[str, tuple[npt.ArrayLike, npt.ArrayLike]], path: Path 
     ax.legend()
     ax.set_title("Open-set identification (DET)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # -- the LFW protocol ---------------------------------------------------------------------------------

@@ -438,15 +438,10 @@ def eval_quality(root: Path | str, *, progress: bool = True, use_cache: bool = T
 
 def plot_erc(result: Mapping[str, Any], path: Path | str) -> None:
     """The fixed-threshold and re-derived-threshold curves side by side, one line per measure."""
-    from faceflow.extras import require
+    from faceflow.eval.report import new_figure, save_figure
 
-    require("matplotlib", "plots")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    fig = new_figure("plots", figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharey=False)
     for ax, key, title in ((axes[0], "fnmr_fixed", "threshold fixed on all pairs"),
                            (axes[1], "fnmr_rederived", "threshold re-derived on the pairs kept")):
         for name, c in result["curves"].items():
@@ -462,5 +457,4 @@ def plot_erc(result: Mapping[str, Any], path: Path | str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("Error versus reject, LFW View 2, SFace (pair quality = min of the two)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -20,6 +20,7 @@ from faceflow.extras import require
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 Results = Mapping[str, Mapping[str, Any]]
 
@@ -136,13 +137,29 @@ def _plot_utkface(ax: Axes, label: str, r: Mapping[str, Any]) -> None:
     ax.set(xlabel="Predicted - true age (years, clipped to ±40)", ylabel="Images", title="UTKFace age error")
 
 
+def new_figure(what: str, **kwargs: Any) -> Figure:
+    """A Matplotlib figure for an evaluation plot (``what`` names it in the error when Matplotlib is
+    missing). A plain :class:`~matplotlib.figure.Figure`, not pyplot's: no global state, no backend to
+    choose, nothing to close, safe from threads."""
+    figure: type[Figure] = require("matplotlib.figure", what).Figure
+    return figure(**kwargs)
+
+
+def save_figure(fig: Figure, path: Path | str, *, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (its folder made first); the path written."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out
+
+
 def plot_protocol(protocol: str, results: Results, path: Path | str) -> Path | None:
     """Save the protocol's plot (ROC, PR curves, CED or age-error histogram) with one line per label."""
     results = {k: r for k, r in results.items() if "curves" in r}
     if protocol not in TITLES or not results:
         return None
-    figure = require("matplotlib.figure", "evaluation plots").Figure
-    fig = figure(figsize=(15, 4.5) if protocol == "wider" else (6.5, 4.5), layout="constrained")
+    fig = new_figure("evaluation plots", figsize=(15, 4.5) if protocol == "wider" else (6.5, 4.5),
+                     layout="constrained")
     if protocol == "wider":
         axes = fig.subplots(1, 3)
         for ax, setting in zip(axes, ("easy", "medium", "hard"), strict=True):
@@ -159,10 +176,7 @@ def plot_protocol(protocol: str, results: Results, path: Path | str) -> Path | N
             draw(ax, label, r)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
