@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _emit import emit_json
+from _samples import faces_in_spread
 
-from faceflow import Analyzer, load_image
+from faceflow import Analyzer
 from faceflow.liveness import DEFAULT_MODEL, LivenessOptions, LivenessStage
 
 
@@ -33,15 +34,8 @@ def main() -> None:
     ap.add_argument("--models", default=DEFAULT_MODEL, help="comma-separated liveness models")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    every = sorted(args.root.rglob("*.jpg"))
-    paths = every[:: max(1, len(every) // args.images)][: args.images]
     with Analyzer(stages=("detect",)) as analyzer:
-        items = []
-        for p in paths:
-            image = load_image(p)
-            faces = analyzer.analyze_array(image)
-            if faces:
-                items.append((image, faces))
+        items = faces_in_spread(analyzer, args.root, args.images)
         figures: dict[str, object] = {"images": len(items), "faces": sum(len(f) for _, f in items),
                                       "threads": analyzer.runtime.threads, "default": DEFAULT_MODEL}
         for name in args.models.split(","):

@@ -22,8 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _emit import emit_json
+from _samples import faces_in_spread
 
-from faceflow import Analyzer, load_image
+from faceflow import Analyzer
 from faceflow.landmarks import MeshStage
 from faceflow.quality import QualityStage
 
@@ -34,16 +35,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    every = sorted(args.root.rglob("*.jpg"))
-    paths = every[:: max(1, len(every) // args.images)][: args.images]
     with Analyzer(stages=("detect", "mesh")) as analyzer:
         stage = QualityStage(runtime=analyzer.runtime)
-        items = []
-        for p in paths:
-            image = load_image(p)
-            faces = analyzer.analyze_array(image)
-            if faces:
-                items.append((image, faces))
+        items = faces_in_spread(analyzer, args.root, args.images)
         stage.run(*items[0])  # warm-up: loads the models
         figures: dict[str, object] = {"images": len(items), "faces": sum(len(f) for _, f in items)}
         mesh = MeshStage(runtime=analyzer.runtime)
