@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+
+from faceflow.models.speedups import rewrite_prelu
 
 QUANTISED_OPS = ("Conv", "Gemm")
 """Operators given int8 kernels; everything else (the PRelu rewrite, the input scaling) stays float."""
@@ -49,23 +52,18 @@ def prepare_sface(src: Path, dest: Path) -> None:
         ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
         model = onnx.load(str(optimised))
     g = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     g.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "prelu_zero"))
-    nodes = []
-    for node in g.node:
-        if node.op_type != "PRelu" or node.input[1] not in consts:
-            nodes.append(node)
-            continue
-        x, out = node.input[0], node.output[0]
-        slope = consts[node.input[1]].astype(np.float32)
-        g.initializer.append(numpy_helper.from_array((slope - 1).astype(np.float32), f"{out}_slope_minus_1"))
-        nodes += [
+
+    def min_form(x: str, out: str, slope: npt.NDArray[np.float32]) -> tuple[list[Any], list[Any]]:
+        """``prelu(x) = x + (a - 1) * min(x, 0)``."""
+        initializers = [numpy_helper.from_array((slope - 1).astype(np.float32), f"{out}_slope_minus_1")]
+        return initializers, [
             helper.make_node("Min", [x, "prelu_zero"], [f"{out}_neg"]),
             helper.make_node("Mul", [f"{out}_neg", f"{out}_slope_minus_1"], [f"{out}_scaled"]),
             helper.make_node("Add", [x, f"{out}_scaled"], [out]),
         ]
-    del g.node[:]
-    g.node.extend(nodes)
+
+    rewrite_prelu(g, min_form)
     used = {name for n in g.node for name in n.input}
     keep = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
