@@ -19,6 +19,10 @@ Detections and embeddings are cached under ``--cache`` (default /tmp/faceflow_lf
 threshold maths can be rerun for free. Run (about 10 min for sface, 20 for dlib, on 2 cores)::
 
     FACEFLOW_THREADS=2 nice .venv/bin/python benchmarks/calibrate_verify.py --model sface
+
+A fused model (``fused``, ``fused_int8``) embeds each image with its parts, with its flip (on), and its
+weights come from the z-norm rule (:func:`faceflow.eval.fusion.impostor_weights`) over all 6,000 pairs
+(written as ``fusion_weights``) before the threshold is set on the fused scores.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.eval.fusion import fuse, impostor_weights, pair_cosines
 from faceflow.io import load_image
-from faceflow.recognize import create_embedder
+from faceflow.recognize import EMBEDDERS, FusedEmbedder, create_embedder
 from faceflow.types import Face
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +98,13 @@ def embed_all(lfw: Path, files: list[str], dets: Arr, model: str, batch: int) ->
     fallback_box = np.median(dets[found, :4], axis=0)
     out = np.zeros((len(files), embedder.dim), np.float32)
     t0 = time.perf_counter()
+    if isinstance(embedder, FusedEmbedder):  # its parts side by side, unweighted, with its flip
+        for i, rel in enumerate(files):
+            d = dets[i]
+            lm = None if np.isnan(d[4:]).any() else d[4:].reshape(5, 2)
+            face = Face(box=d[:4], landmarks5=lm, detector="yunet") if found[i] else Face(box=fallback_box)
+            out[i] = embedder.embed_parts(load_image(lfw / rel), [face])[0]
+        return out
     for start in range(0, len(files), batch):
         crops = []
         for i in range(start, min(start + batch, len(files))):
@@ -181,7 +193,7 @@ def analyse(scores: Arr, labels: Arr, folds: Arr, fmr: float) -> dict[str, objec
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="sface", choices=["sface", "sface_int8", "dlib"])
+    ap.add_argument("--model", default="sface", choices=list(EMBEDDERS))
     ap.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "datasets" / "lfw")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/faceflow_lfw"))
     ap.add_argument("--fmr", type=float, default=1e-3)
@@ -207,7 +219,10 @@ def main() -> None:
         print(f"detection: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         np.save(det_file, dets)
 
-    emb_file = args.cache / f"emb_{args.model}_{tag}.npy"
+    from faceflow.recognize import embedding_identity
+
+    version = embedding_identity(args.model).version  # a changed model file never reuses old vectors
+    emb_file = args.cache / f"emb_{args.model}_{version}_{tag}.npy"
     if emb_file.exists():
         emb = np.load(emb_file)
     else:
@@ -219,6 +234,14 @@ def main() -> None:
     ia = np.array([index[a] for a, _ in pairs])
     ib = np.array([index[b] for _, b in pairs])
     scores = np.einsum("ij,ij->i", emb[ia], emb[ib])
+    fusion: dict[str, Any] = {}
+    embedder = EMBEDDERS[args.model]
+    if issubclass(embedder, FusedEmbedder):  # the z-norm weights over all pairs, then the fused score
+        names = list(embedder.part_weights)
+        parts = pair_cosines(emb[ia], emb[ib], [EMBEDDERS[m].dim for m in names])
+        weights = impostor_weights(parts, labels)
+        scores = fuse(parts, weights)
+        fusion = {"fusion_weights": dict(zip(names, np.round(weights, 4).tolist(), strict=True)), "flip": True}
     result = {
         "model": args.model,
         "data": f"LFW View 2 pairs.txt, {len(pairs)} pairs, {len(files)} images (deep-funneled)",
@@ -227,6 +250,7 @@ def main() -> None:
         "box_landmarks5": np.round(box_point_fractions(dets), 3).tolist(),
         "threads": os.environ.get("FACEFLOW_THREADS", "all"),
         "date": time.strftime("%Y-%m-%d"),
+        **fusion,
         **analyse(scores, labels, folds, args.fmr),
     }
     text = json.dumps(result, indent=2)

@@ -42,6 +42,8 @@ Runner = Callable[[Path, bool], dict[str, Any]]
 CONFIGS: dict[str, list[tuple[str, Runner]]] = {
     "lfw": [
         ("faceflow fused+flip (default, accurate)", lambda r, c: tasks.eval_lfw(r, model="fused", use_cache=c)),
+        ("faceflow fast+fused_int8+flip (accurate, int8)",
+         lambda r, c: tasks.eval_lfw(r, model="fused_int8", detector="fast", use_cache=c)),
         ("faceflow fast+sface_int8 (fast)",
          lambda r, c: tasks.eval_lfw(r, model="sface_int8", detector="fast", flip=False, use_cache=c)),
         ("faceflow sface", lambda r, c: tasks.eval_lfw(r, model="sface", use_cache=c)),

@@ -88,3 +88,67 @@ def test_int8_vectors_carry_their_own_identity() -> None:
     assert int8.key != fp32.key and int8.dim == fp32.dim == 128
     assert int8.version == registry.SFACE_INT8_STATIC_FILE.sha256[:12]
     assert SFaceInt8Embedder.needs == SFaceEmbedder.needs
+
+
+def _conv_prelu_net(path: Path) -> None:
+    """Conv -> PRelu (a negative slope steep enough to need a wider range) -> Conv -> PRelu (one slope
+    above 1) -> Conv: a small stand-in for SFace's blocks, every path of :func:`prelu_in_uint8`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    weights = {
+        "w1": rng.normal(0, 0.5, (4, 3, 3, 3)), "b1": rng.normal(0, 0.1, 4),
+        "a1": np.array([-2.5, 0.0, 0.35, 1.0]).reshape(4, 1, 1),
+        "w2": rng.normal(0, 0.5, (4, 4, 3, 3)), "b2": rng.normal(0, 0.1, 4),
+        "a2": np.array([1.2, 0.5, -0.3, 0.9]).reshape(4, 1, 1),
+        "w3": rng.normal(0, 0.5, (2, 4, 1, 1)), "b3": rng.normal(0, 0.1, 2),
+    }
+    nodes = [
+        helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("PRelu", ["c1", "a1"], ["p1"]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("PRelu", ["c2", "a2"], ["p2"]),
+        helper.make_node("Conv", ["p2", "w3", "b3"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "net", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 12, 12])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def test_prelu_in_uint8_keeps_what_the_network_computes(tmp_path: Path) -> None:
+    """PRelus with every slope <= 1 become Max(q, QLinearMul(q, a)) in uint8, with their input's range
+    widened where a negative slope needs it; a PRelu with a slope above 1 stays float. Outputs stay as
+    close to the float network as the plain int8 graph's."""
+    import onnx
+
+    from faceflow.models.quantize import _quantise, _reader, prelu_in_uint8
+
+    src, qdq, uint8 = tmp_path / "net.onnx", tmp_path / "qdq.onnx", tmp_path / "u8.onnx"
+    _conv_prelu_net(src)
+    rng = np.random.default_rng(0)
+    _quantise(src, qdq, tmp_path / "ranges.json", _reader("data", rng.normal(0, 1, (64, 3, 12, 12)).astype(np.float32)))
+    model = onnx.load(str(qdq))
+    prelu_in_uint8(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(uint8))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QLinearMul") == 1 and ops.count("Max") == 1 and ops.count("Min") == 1
+    x = rng.normal(0, 1, (1, 3, 12, 12)).astype(np.float32)
+    ref, before, after = (_run(p, x) for p in (src, qdq, uint8))
+    scale = np.abs(ref).max()
+    assert np.abs(after - ref).max() < 0.06 * scale  # a few uint8 steps
+    assert np.abs(after - ref).mean() < 1.5 * np.abs(before - ref).mean() + 1e-3 * scale
+    # every convolution still runs as ORT's fused int8 kernel (a consumer's bias is requantised to match)
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(uint8), opts, providers=["CPUExecutionProvider"])
+    optimised = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    assert optimised.count("QLinearConv") == 3 and "Conv" not in optimised

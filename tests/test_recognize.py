@@ -14,19 +14,23 @@ from faceflow.errors import ConfigError
 from faceflow.eval.fusion import FoldFusionScorer, fold_scores, fuse, impostor_weights, pair_cosines
 from faceflow.eval.lfw import cosine_scores
 from faceflow.io import load_image
+from faceflow.models import registry
 from faceflow.models.runtime import model_path
 from faceflow.recognize import (
     BOX_LANDMARKS5,
     CALIBRATION,
     EMBEDDERS,
     FUSION_WEIGHTS,
+    FUSION_WEIGHTS_INT8,
     EmbedOptions,
     EmbedStage,
     FusedEmbedder,
+    FusedInt8Embedder,
     Verification,
     box_landmarks5,
     create_embedder,
     dlib_box,
+    embedding_identity,
     l2_normalize,
     verify,
     verify_images,
@@ -61,7 +65,8 @@ def embed_one(model: str, image: np.ndarray, face: Face, **kw: bool) -> np.ndarr
 def test_embedding_is_unit_norm_and_deterministic(model: str, astronaut, astronaut_face) -> None:
     a = embed_one(model, astronaut, astronaut_face)
     b = embed_one(model, astronaut, astronaut_face)
-    assert a.shape == (EMBEDDERS[model].dim,) == ((256,) if model == "fused" else (128,)) and a.dtype == np.float32
+    assert a.shape == (EMBEDDERS[model].dim,) == ((256,) if model.startswith("fused") else (128,))
+    assert a.dtype == np.float32
     assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_array_equal(a, b)
 
@@ -196,6 +201,27 @@ def test_fused_vector_is_weighted_concatenation(astronaut, astronaut_face) -> No
     expected = np.concatenate([np.sqrt(w) * p for w, p in zip(FUSION_WEIGHTS.values(), parts, strict=True)])
     np.testing.assert_allclose(vec, expected, atol=1e-6)
     np.testing.assert_allclose(fused.embed_parts(astronaut, [astronaut_face])[0], np.concatenate(parts), atol=1e-6)
+
+
+def test_fused_int8_is_the_weighted_concatenation_of_the_int8_parts(astronaut, astronaut_face) -> None:
+    fused = create_embedder("fused_int8")
+    assert isinstance(fused, FusedInt8Embedder) and fused.flip and fused.part_dims == [128, 128]
+    assert list(FUSION_WEIGHTS_INT8) == ["sface_int8", "dlib_int8"]
+    assert sum(FUSION_WEIGHTS_INT8.values()) == pytest.approx(1.0)
+    vec = fused.embed(astronaut, [astronaut_face])[0]
+    parts = [embed_one(m, astronaut, astronaut_face, flip=True) for m in FUSION_WEIGHTS_INT8]
+    expected = np.concatenate([np.sqrt(w) * p for w, p in zip(FUSION_WEIGHTS_INT8.values(), parts, strict=True)])
+    np.testing.assert_allclose(vec, expected, atol=1e-6)
+    # its own identity: the int8 parts' vectors are close to the fp32 ones, not equal
+    assert embedding_identity("fused_int8").key != embedding_identity("fused").key
+    fp32 = embed_one("fused", astronaut, astronaut_face)
+    assert 0.98 < float(vec @ fp32) < 0.99999
+
+
+def test_dlib_int8_is_close_to_dlib(astronaut, astronaut_face) -> None:
+    int8, fp32 = (embed_one(m, astronaut, astronaut_face) for m in ("dlib_int8", "dlib"))
+    assert 0.995 < float(int8 @ fp32) < 0.99999
+    assert embedding_identity("dlib_int8").version == registry.DLIB_INT8_FILE.sha256[:12]
 
 
 def test_fused_cosine_equals_weighted_part_cosines() -> None:

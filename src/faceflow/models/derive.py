@@ -16,6 +16,7 @@ from faceflow.models.dlib_resnet import dlib_resnet_to_onnx as dlib_resnet_to_on
 from faceflow.models.pfld import pfld_to_onnx as pfld_to_onnx
 from faceflow.models.qualityface import qualityface_to_onnx as qualityface_to_onnx
 from faceflow.models.quantize import onnx_deeptree_int8 as onnx_deeptree_int8
+from faceflow.models.quantize import onnx_dlib_int8 as onnx_dlib_int8
 from faceflow.models.quantize import onnx_sface_int8 as onnx_sface_int8
 from faceflow.models.speedups import onnx_prelu_split as onnx_prelu_split
 from faceflow.models.tfjs import tfjs_to_onnx as tfjs_to_onnx

