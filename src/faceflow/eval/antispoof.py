@@ -47,7 +47,15 @@ from faceflow.eval._common import track
 from faceflow.eval.cache import ResultCache, runtime_versions
 from faceflow.liveness.candidates import NETWORKS, SINGLE
 from faceflow.liveness.models import LivenessModel, logit
-from faceflow.liveness.texture import LBP_DIMS, equal_error_threshold, fit_logistic
+from faceflow.liveness.texture import (
+    BLOCKS,
+    RECIPES,
+    LinearModel,
+    Recipe,
+    equal_error_threshold,
+    fit_logistic,
+    fit_recipe,
+)
 from faceflow.models.registry import MODELS
 from faceflow.types import largest_face
 
@@ -58,11 +66,14 @@ FUSIONS: dict[str, tuple[str, ...]] = {
     "fused": ("texture", "human_antispoof", "human_liveness"),
     "fused_cheap": ("spectral", "human_antispoof", "human_liveness"),
     "fused_nets": ("human_antispoof", "human_liveness", "deeptree_int8"),
+    "fused_ha": ("texture", "human_antispoof"),
 }
 """Fused candidates and their inputs: ``fused`` is the texture model and the two cheap networks;
-``fused_cheap`` the same without the LBP histograms (``spectral``), all within the default's budget of
-30 ms per face; ``fused_nets`` the packaged networks only (nothing trained here but the combiner), with
-the int8 deep tree, over that budget. A fusion is scored only when all its networks are."""
+``fused_cheap`` the same without the LBP histograms (``spectral``), and ``fused_ha`` the texture model
+with Human's antispoof network alone (the cheap network that carried best from MSU-MFSD to NUAA), all
+within the default's budget of 30 ms per face; ``fused_nets`` the packaged networks only (nothing
+trained here but the combiner), with the int8 deep tree, over that budget. A fusion is scored only
+when all its networks are."""
 
 BOOTSTRAP = 1000
 BOX_RULE = "largest-yunet-else-centre-0.5"
@@ -76,6 +87,8 @@ class Sample:
     live: bool
     subject: str
     attack: str
+    session: str = ""
+    """Capture session where the source has one (NUAA's ``session``), for :func:`shift_folds`."""
 
 
 def load_source(folder: Path) -> list[Sample]:
@@ -91,7 +104,8 @@ def load_source(folder: Path) -> list[Sample]:
                 if label not in ("live", "spoof"):
                     raise DatasetError(f"{labels}: label {label!r} is neither live nor spoof")
                 out.append(Sample(folder / row["path"], folder.name, label == "live", row["subject"].strip(),
-                                  (row.get("attack_type") or "").strip() or ("none" if label == "live" else "attack")))
+                                  (row.get("attack_type") or "").strip() or ("none" if label == "live" else "attack"),
+                                  (row.get("session") or "").strip()))
             except KeyError as exc:
                 raise DatasetError(f"{labels}: missing column {exc}") from None
     if not any(s.live for s in out) or all(s.live for s in out):
@@ -146,7 +160,8 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
     # the candidates' entries depend on the box's key, not on this module's source.
     box_key = f"{BOX_RULE}|{_module_digest('faceflow.detect.yunet', 'faceflow.detect.base')}"
     caches = {"box": _cache(f"box|{box_key}", ("yunet",), ()),
-              "texture": _cache(f"texture|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture"))}
+              "texture": _cache(f"texture|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture",
+                                                            "faceflow.liveness.distortion"))}
     for n in networks:
         caches[n] = _cache(f"{n}|{box_key}", nets[n].registry_models, ("faceflow.align", "faceflow.liveness.models"))
     boxes, feats, errors = [], [], []
@@ -169,6 +184,8 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
         raise DatasetError("; ".join(errors[:5]))
     return {"box": np.asarray(boxes), "features": np.asarray(feats),
             "scores": {n: np.asarray(v) for n, v in scores.items()},
+            "source": np.array([s.source for s in samples]), "attack": np.array([s.attack for s in samples]),
+            "session": np.array([s.session for s in samples]),
             "ms": {n: float(1000 * np.median(v)) for n, v in seconds.items() if v}}
 
 
@@ -230,17 +247,111 @@ def subject_folds(subjects: Sequence[str], k: int, seed: int) -> list[npt.NDArra
     return [np.isin(subj, g) for g in groups]
 
 
-def out_of_fold(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], *, l2: float, k: int = 5,
-                seed: int = 0) -> F64:
-    """Texture scores of the training side, each from a model fitted without that sample's subject."""
+def out_of_fold(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], *, l2: float = 1.0,
+                recipe: Recipe | None = None, k: int = 5, seed: int = 0) -> F64:
+    """Texture scores of the training side, each from a model fitted without that sample's subject
+    (on all of ``x``'s columns with ``l2``, or on ``recipe``'s)."""
     out = np.zeros(len(x))
     for test in subject_folds(subjects, k, seed):
         train = ~test
         if len(set(live[train])) < 2:
             out[test] = 0.5
             continue
-        out[test] = fit_logistic(x[train], live[train], l2=l2).score(x[test])
+        model = fit_recipe(x[train], live[train], recipe) if recipe else fit_logistic(x[train], live[train], l2=l2)
+        out[test] = model.score(x[test])
     return out
+
+
+def shift_folds(live: npt.NDArray[np.bool_], subjects: Sequence[str], sources: Sequence[str],
+                sessions: Sequence[str], attacks: Sequence[str]) -> list[tuple[npt.NDArray[np.bool_],
+                                                                             npt.NDArray[np.bool_]]]:
+    """(training, validation) masks that put a shift of capture conditions or attack between the two
+    parts, a stand-in for another dataset read from one training side only:
+
+    * several sources: leave one source out;
+    * else several sessions (NUAA): leave one session out, subject-disjoint (validation = that
+      session's images of half the subjects, training = the other sessions' images of the other half);
+    * else several attack types (MSU-MFSD): leave one out by subject (validation = the subjects whose
+      attack is that instrument, live and attack images; training = the others, who never show it).
+
+    Folds whose training or validation part lacks a class are dropped."""
+    y = np.asarray(live, bool)
+    subj, src, ses = np.asarray(subjects), np.asarray(sources), np.asarray(sessions)
+    att = np.asarray(attacks)
+    folds: list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = []
+    if len(set(src)) > 1:
+        folds = [(src != s, src == s) for s in sorted(set(src))]
+    elif len(set(ses)) > 1:
+        people = np.array(sorted(set(subj)))
+        np.random.default_rng(0).shuffle(people)
+        for se in sorted(set(ses)):
+            for half in (people[::2], people[1::2]):
+                inside = np.isin(subj, half)
+                folds.append(((ses != se) & ~inside, (ses == se) & inside))
+    else:
+        attack_of = {p: a for p, a, v in zip(subj, att, y, strict=True) if not v}
+        kind = np.array([attack_of.get(p, "") for p in subj])
+        if len(set(attack_of.values())) > 1:
+            folds = [(kind != t, kind == t) for t in sorted(set(attack_of.values()))]
+    return [(t, v) for t, v in folds if len(set(y[t])) == 2 and len(set(y[v])) == 2]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The texture recipe a training side chose, its out-of-fold scores there and the criterion of
+    every recipe on the menu."""
+
+    recipe: Recipe
+    oof: F64
+    criteria: dict[str, float]
+
+
+def select_recipe(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], attacks: Sequence[str],
+                  folds: Sequence[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]],
+                  recipes: Sequence[Recipe] = RECIPES) -> Selection:
+    """Choose the texture recipe on one training side only, by a rule fixed before it was run:
+
+    criterion = mean of (a) the subject-disjoint 5-fold out-of-fold ACER (worst attack type) at the
+    equal-error threshold of those out-of-fold scores, the in-source error, and (b) the HTER of the
+    pooled validation decisions over ``folds`` (:func:`shift_folds`), each fold's model fitted on its
+    training part and thresholded at the equal-error point of that part's own out-of-fold scores, the
+    error under a shift. Without folds the criterion is (a). Lowest criterion wins; ties go to the
+    earlier recipe. Nothing outside ``x`` (the training side) is read."""
+    y = np.asarray(live, bool)
+    att = np.asarray(attacks)
+    subj = list(subjects)
+    best: tuple[float, int] | None = None
+    oofs: list[F64] = []
+    criteria: dict[str, float] = {}
+    for i, recipe in enumerate(recipes):
+        oof = out_of_fold(x, y, subj, recipe=recipe)
+        oofs.append(oof)
+        crit = metrics(oof, y, att, equal_error_threshold(oof, y))["acer"]
+        if folds:
+            accepted = np.zeros(len(y), bool)
+            seen = np.zeros(len(y), bool)
+            for tr, va in folds:
+                sub = [p for p, t in zip(subj, tr, strict=True) if t]
+                thr = equal_error_threshold(out_of_fold(x[tr], y[tr], sub, recipe=recipe), y[tr])
+                accepted[va] = fit_recipe(x[tr], y[tr], recipe).score(x[va]) >= thr
+                seen |= va
+            v = y[seen]
+            crit = (crit + (accepted[seen][~v].mean() + (~accepted[seen][v]).mean()) / 2) / 2
+        criteria[str(recipe)] = float(crit)
+        if best is None or crit < best[0] - 1e-12:
+            best = (float(crit), i)
+    assert best is not None
+    return Selection(recipes[best[1]], oofs[best[1]], criteria)
+
+
+def fit_texture(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], attacks: Sequence[str],
+                folds: Sequence[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]]
+                ) -> tuple[LinearModel, Selection]:
+    """The texture model of one training side: the :func:`select_recipe` choice fitted on all of it,
+    thresholded at the equal-error point of its out-of-fold scores there."""
+    sel = select_recipe(x, live, subjects, attacks, folds)
+    m = fit_recipe(x, live, sel.recipe)
+    return LinearModel(m.mean, m.scale, m.weights, m.bias, equal_error_threshold(sel.oof, live)), sel
 
 
 @dataclass(frozen=True)
@@ -249,12 +360,13 @@ class Fitted:
 
     scores: F64
     threshold: float
+    choice: str = ""
+    """What the training side chose, where the candidate chooses (the texture model's recipe)."""
 
 
 TEXTURE_L2 = 1.0
-"""The texture model's L2 strength (on standardised features). Chosen by subject-disjoint out-of-fold
-ACER on NUAA and MSU training halves (``training/train_liveness_texture.py --select``), never on a
-cross-dataset test side."""
+"""The L2 strength of ``spectral`` (on standardised features), the texture model of the previous
+sessions without its LBP histograms (the texture model itself picks its own, :func:`select_recipe`)."""
 
 
 def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt.NDArray[np.bool_],
@@ -264,12 +376,15 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
     x = data["features"]
     subj_train = [s for s, t in zip(subjects, train, strict=True) if t]
     out: dict[str, Fitted] = {}
-    oof = out_of_fold(x[train], live[train], subj_train, l2=TEXTURE_L2)
-    model = fit_logistic(x[train], live[train], l2=TEXTURE_L2)
-    out["texture"] = Fitted(model.score(x[test]), equal_error_threshold(oof, live[train]))
-    # the same recipe without the LBP histograms: spectrum, colour moments and sharpness only (reported
-    # beside the texture model, to show how much of its failure across datasets the histograms cause)
-    xs = x[:, LBP_DIMS:]
+    # the texture model: recipe chosen on the training side (select_recipe), then fitted there
+    folds = shift_folds(live[train], subj_train, data["source"][train], data["session"][train],
+                        data["attack"][train])
+    model, sel = fit_texture(x[train], live[train], subj_train, data["attack"][train], folds)
+    oof = sel.oof
+    out["texture"] = Fitted(model.score(x[test]), model.threshold, str(sel.recipe))
+    # spectrum, colour moments and sharpness only (reported beside the texture model, to show how much
+    # of its failure across datasets the histograms cause)
+    xs = x[:, BLOCKS["spectral"]]
     oof_s = out_of_fold(xs[train], live[train], subj_train, l2=TEXTURE_L2)
     spectral = fit_logistic(xs[train], live[train], l2=TEXTURE_L2)
     out["spectral"] = Fitted(spectral.score(xs[test]), equal_error_threshold(oof_s, live[train]))
@@ -390,6 +505,8 @@ def summarise(splits: Sequence[Split], live: npt.NDArray[np.bool_], attacks: Seq
         types = sorted({k for p in point for k in p if k.startswith("apcer_") and k not in ("apcer_pooled",)})
         res["apcer_by_type"] = {t[6:]: float(np.nanmean([p.get(t, np.nan) for p in point])) for t in types}
         res["threshold"] = float(np.mean([sp.fitted[name].threshold for sp in splits]))
+        if any(sp.fitted[name].choice for sp in splits):
+            res["choices"] = [sp.fitted[name].choice for sp in splits]
         out[name] = res
     return out
 
@@ -424,7 +541,8 @@ def run_cross(train: Sequence[Sample], test: Sequence[Sample], data_train: dict[
     both = [*train, *test]
     live, subjects, attacks = _arrays(both)
     data = {"features": np.concatenate([data_train["features"], data_test["features"]]),
-            "scores": {n: np.concatenate([data_train["scores"][n], data_test["scores"][n]]) for n in networks}}
+            "scores": {n: np.concatenate([data_train["scores"][n], data_test["scores"][n]]) for n in networks},
+            **{k: np.concatenate([data_train[k], data_test[k]]) for k in ("source", "session", "attack")}}
     is_test = np.array([False] * len(train) + [True] * len(test))
     split = Split(is_test, fit_candidates(data, ~is_test, is_test, live, subjects, networks))
     result = summarise([split], live, attacks, subjects, seed=seed)

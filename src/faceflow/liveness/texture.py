@@ -10,7 +10,14 @@ Features of a square crop around the face (:data:`CROP_SCALE` times the detector
 * the radial energy profile of the grey crop's spectrum (windowed FFT) and two moire/recapture cues:
   the peak-to-median ratio of the high-frequency band and the high-to-low energy ratio;
 * colour moments (mean and standard deviation of saturation, Cb and Cr) and the log variance of the
-  Laplacian (sharpness).
+  Laplacian (sharpness);
+* the image-distortion features of Wen, Han & Jain 2015 (:mod:`faceflow.liveness.distortion`:
+  specular reflection, blur, chromatic moments, colour diversity);
+* uniform LBP(8, 2) and LBP(8, 3) histograms of the luma (coarser texture than radius 1).
+
+The vector is laid out in named :data:`BLOCKS`; a :class:`Recipe` says which blocks a model reads and
+its L2 strength, and :data:`RECIPES` is the menu a training side chooses from
+(:func:`faceflow.eval.antispoof.select_recipe`).
 
 :func:`fit_logistic` (Newton's method) is the one training routine: ``training/train_liveness_texture.py``
 uses it for the shipped model and :mod:`faceflow.eval.antispoof` uses it to train on each protocol's
@@ -27,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.align import crop_box
+from faceflow.liveness.distortion import IDA_DIMS, ida_features
 from faceflow.models.npz import npz_bytes
 from faceflow.types import Image
 
@@ -34,9 +42,27 @@ F64 = npt.NDArray[np.float64]
 
 CROP_SCALE = 1.0
 LBP_DIMS = 6 * 59
-"""The leading features are the six LBP histograms; the rest are spectral, colour and sharpness cues."""
+"""The leading features are the six LBP histograms."""
 CROP_SIZE = 128
 FREQ_BANDS = 16
+SPECTRAL_DIMS = FREQ_BANDS + 2 + 6 + 1
+MSLBP_RADII = (2, 3)
+
+
+def _blocks() -> dict[str, slice]:
+    sizes = {"lbp": LBP_DIMS, "spectral": SPECTRAL_DIMS, "ida": IDA_DIMS, "mslbp": 59 * len(MSLBP_RADII)}
+    out, at = {}, 0
+    for name, n in sizes.items():
+        out[name] = slice(at, at + n)
+        at += n
+    return out
+
+
+BLOCKS: dict[str, slice] = _blocks()
+"""Where each feature group sits in :func:`crop_features`' vector: ``lbp`` (colour LBP, HSV and
+YCbCr), ``spectral`` (spectrum, moire cues, colour moments, sharpness), ``ida`` (image distortion),
+``mslbp`` (luma LBP at radii 2 and 3)."""
+FEATURE_DIMS = max(b.stop for b in BLOCKS.values())
 
 
 def _uniform_table() -> npt.NDArray[np.int64]:
@@ -56,21 +82,23 @@ _UNIFORM = _uniform_table()
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 
 
-def lbp_codes(channel: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
-    """LBP(8, 1) code of every interior pixel: bit ``i`` is set when neighbour ``i`` (clockwise from the
-    top-left) is at least the centre."""
+def lbp_codes(channel: npt.NDArray[np.uint8], radius: int = 1) -> npt.NDArray[np.int64]:
+    """LBP(8, ``radius``) code of every pixel at least ``radius`` from the border: bit ``i`` is set when
+    neighbour ``i`` (clockwise from the top-left corner of the square of side ``2 radius + 1``, on its
+    corners and edge midpoints, no interpolation) is at least the centre."""
     c = channel.astype(np.int16)
-    centre = c[1:-1, 1:-1]
+    r = radius
+    centre = c[r:-r, r:-r]
     h, w = centre.shape
     code = np.zeros((h, w), np.int64)
     for bit, (dy, dx) in enumerate(_OFFSETS):
-        code |= (c[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] >= centre).astype(np.int64) << bit
+        code |= (c[r + r * dy:r + r * dy + h, r + r * dx:r + r * dx + w] >= centre).astype(np.int64) << bit
     return code
 
 
-def lbp_histogram(channel: npt.NDArray[np.uint8]) -> F64:
-    """Normalised 59-bin uniform-LBP histogram of one channel."""
-    hist = np.bincount(_UNIFORM[lbp_codes(channel)].ravel(), minlength=59).astype(np.float64)
+def lbp_histogram(channel: npt.NDArray[np.uint8], radius: int = 1) -> F64:
+    """Normalised 59-bin uniform-LBP(8, ``radius``) histogram of one channel."""
+    hist = np.bincount(_UNIFORM[lbp_codes(channel, radius)].ravel(), minlength=59).astype(np.float64)
     return np.asarray(hist / max(float(hist.sum()), 1.0), np.float64)
 
 
@@ -104,7 +132,9 @@ def crop_features(crop: Image) -> F64:
     for chan in (hsv[..., 1], ycc[..., 1], ycc[..., 2]):
         moments += [float(chan.mean()) / 255.0, float(chan.std()) / 255.0]
     sharp = np.log(float(cv2.Laplacian(grey, cv2.CV_64F).var()) + 1.0)
-    return np.concatenate([*hists, frequency_features(grey), moments, [sharp]])
+    luma = np.ascontiguousarray(ycc[..., 0], np.uint8)
+    coarse = [np.sqrt(lbp_histogram(luma, r)) for r in MSLBP_RADII]
+    return np.concatenate([*hists, frequency_features(grey), moments, [sharp], ida_features(crop), *coarse])
 
 
 def face_features(image: Image, box: npt.ArrayLike, scale: float = CROP_SCALE) -> F64:
@@ -142,6 +172,41 @@ class LinearModel:
             return cls(z["mean"], z["scale"], z["weights"], float(z["bias"][0]), float(z["threshold"][0]))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """Which :data:`BLOCKS` a texture model reads and its L2 strength."""
+
+    blocks: tuple[str, ...]
+    l2: float
+
+    def columns(self) -> npt.NDArray[np.int64]:
+        return np.concatenate([np.arange(FEATURE_DIMS)[BLOCKS[b]] for b in self.blocks])
+
+    def __str__(self) -> str:
+        return f"{'+'.join(self.blocks)} l2={self.l2:g}"
+
+
+RECIPES: tuple[Recipe, ...] = tuple(
+    Recipe(blocks, l2)
+    for blocks in (("lbp", "spectral"), ("ida",), ("spectral", "ida"), ("lbp", "spectral", "ida"),
+                   ("lbp", "spectral", "ida", "mslbp"))
+    for l2 in (100.0, 10.0, 1.0))
+"""The menu a training side chooses its texture model from (fixed before any figure of the new blocks
+was seen): the first entry group is the texture model of the previous sessions; ties go to the earlier
+entry (fewer blocks, stronger regularisation)."""
+
+
+def fit_recipe(x: npt.ArrayLike, live: npt.ArrayLike, recipe: Recipe) -> LinearModel:
+    """:func:`fit_logistic` on ``recipe``'s columns of the full feature vectors ``x``, returned as a
+    model over the full vector (zero weight on the columns it does not read)."""
+    a = np.asarray(x, np.float64)
+    cols = recipe.columns()
+    m = fit_logistic(a[:, cols], live, l2=recipe.l2)
+    mean, scale, weights = np.zeros(a.shape[1]), np.ones(a.shape[1]), np.zeros(a.shape[1])
+    mean[cols], scale[cols], weights[cols] = m.mean, m.scale, m.weights
+    return LinearModel(mean, scale, weights, m.bias, m.threshold)
+
+
 def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iterations: int = 50) -> LinearModel:
     """L2-regularised logistic regression (Newton's method) on standardised ``x``; classes weighted to
     balance. ``threshold`` is set at the equal-error point of the model's own training scores (callers
@@ -153,7 +218,14 @@ def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iter
     mean = a.mean(axis=0)
     scale = a.std(axis=0)
     scale[scale < 1e-9] = 1.0
-    z = np.hstack([(a - mean) / scale, np.ones((len(a), 1))])
+    z = (a - mean) / scale
+    # with more features than samples the penalised solution lies in the span of the samples: fit in
+    # the thin SVD's coordinates (exactly the same optimum, a much smaller Newton system)
+    basis = None
+    if z.shape[1] > z.shape[0]:
+        u, sv, vt = np.linalg.svd(z, full_matrices=False)
+        z, basis = u * sv, vt
+    z = np.hstack([z, np.ones((len(a), 1))])
     sw = np.where(y > 0.5, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
     reg = np.full(z.shape[1], l2)
     reg[-1] = 0.0
@@ -166,9 +238,10 @@ def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iter
         beta -= step
         if np.abs(step).max() < 1e-8:
             break
-    model = LinearModel(mean, scale, beta[:-1], float(beta[-1]), 0.5)
+    weights = beta[:-1] if basis is None else basis.T @ beta[:-1]
+    model = LinearModel(mean, scale, weights, float(beta[-1]), 0.5)
     thr = equal_error_threshold(model.score(a), y > 0.5)
-    return LinearModel(mean, scale, beta[:-1], float(beta[-1]), thr)
+    return LinearModel(mean, scale, weights, float(beta[-1]), thr)
 
 
 def equal_error_threshold(scores: npt.ArrayLike, live: npt.ArrayLike) -> float:
