@@ -18,16 +18,19 @@ Protocols:
   subjects and averages the splits);
 * ``cross(A, B)``: train on all of A, test on all of B.
 
-"Train" means, per candidate: the texture model (and ``spectral``, the same recipe without its LBP
-histograms) is fitted on the training side, its threshold taken from subject-disjoint out-of-fold scores
-there; a packaged network is calibrated there (a one-input logistic regression on its score's logit,
+"Train" means, per candidate: a candidate trained here (:data:`TRAINED`: the texture model, the
+image-distortion model, the head on Human's hidden layers) chooses its blocks and L2 strength on the
+training side (:func:`select_recipe`), is fitted there and takes its threshold from subject-disjoint
+out-of-fold scores there (``spectral``, the texture recipe without its LBP histograms, is fitted with a
+fixed strength); a packaged network is calibrated there (a one-input logistic regression on its score's logit,
 which also turns round a score that runs the wrong way there) and gets its threshold there; the fused
 model's combiner is fitted there on the out-of-fold texture scores and the networks' scores. Nothing is
 fitted or chosen on the test side.
 
 Per image (cached, see :func:`image_results`): the largest face of the default detector (a centre box
-when none is found), the texture features, and each network's score, with the seconds each took on
-one thread.
+when none is found), the texture and distortion features, Human's hidden layers, and each network's
+score, with the seconds each took on one thread. Every fit weights the attack types alike and every
+threshold sits where the worst type's APCER meets BPCER (ACER counts the worst type).
 """
 
 from __future__ import annotations
@@ -46,15 +49,17 @@ from faceflow.errors import DatasetError, FaceflowError
 from faceflow.eval._common import track
 from faceflow.eval.cache import ResultCache, runtime_versions
 from faceflow.liveness.candidates import NETWORKS, SINGLE
-from faceflow.liveness.models import LivenessModel, logit
+from faceflow.liveness.distortion import IDA_DIMS, face_distortion
+from faceflow.liveness.models import HEAD_BLOCKS, HumanHead, LivenessModel, logit
 from faceflow.liveness.texture import (
     BLOCKS,
-    RECIPES,
+    L2_MENU,
     LinearModel,
     Recipe,
     equal_error_threshold,
     fit_logistic,
     fit_recipe,
+    layout,
 )
 from faceflow.models.registry import MODELS
 from faceflow.types import largest_face
@@ -66,14 +71,36 @@ FUSIONS: dict[str, tuple[str, ...]] = {
     "fused": ("texture", "human_antispoof", "human_liveness"),
     "fused_cheap": ("spectral", "human_antispoof", "human_liveness"),
     "fused_nets": ("human_antispoof", "human_liveness", "deeptree_int8"),
-    "fused_ha": ("texture", "human_antispoof"),
+    "fused_head": ("texture", "human_head"),
 }
 """Fused candidates and their inputs: ``fused`` is the texture model and the two cheap networks;
-``fused_cheap`` the same without the LBP histograms (``spectral``), and ``fused_ha`` the texture model
-with Human's antispoof network alone (the cheap network that carried best from MSU-MFSD to NUAA), all
-within the default's budget of 30 ms per face; ``fused_nets`` the packaged networks only (nothing
-trained here but the combiner), with the int8 deep tree, over that budget. A fusion is scored only
-when all its networks are."""
+``fused_cheap`` the same without the LBP histograms (``spectral``), and ``fused_head`` the texture model
+with the head trained on Human's hidden layers, all within the default's budget of 30 ms per face;
+``fused_nets`` the packaged networks only (nothing trained here but the combiner), with the int8 deep
+tree, over that budget. A fusion is scored only when all its networks are."""
+
+EVAL_BLOCKS: dict[str, slice] = layout({"lbp": BLOCKS["lbp"].stop - BLOCKS["lbp"].start,
+                                        "spectral": BLOCKS["spectral"].stop - BLOCKS["spectral"].start,
+                                        "ida": IDA_DIMS,
+                                        **{n: b.stop - b.start for n, b in HEAD_BLOCKS.items()}})
+"""The per-image vector the evaluation fits on: the texture features, the image-distortion features
+(:mod:`faceflow.liveness.distortion`) and Human's hidden layers (:class:`HumanHead`), side by side."""
+
+TRAINED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "texture": (("lbp", "spectral"),),
+    "distortion": (("ida",),),
+    "human_head": (("hemb",), ("hemb", "lemb")),
+}
+"""The candidates trained here and the block sets each may choose from (each with every strength of
+:data:`faceflow.liveness.texture.L2_MENU`, chosen on the training side by :func:`select_recipe`):
+``texture`` the colour texture; ``distortion`` Wen, Han & Jain's image-distortion features alone;
+``human_head`` Human's antispoof hidden layer, with or without the liveness network's."""
+
+
+def menu(name: str) -> tuple[Recipe, ...]:
+    """The recipes candidate ``name`` (one of :data:`TRAINED`) chooses from, in tie-breaking order."""
+    return tuple(Recipe.of(blocks, l2, EVAL_BLOCKS) for blocks in TRAINED[name] for l2 in L2_MENU)
+
 
 BOOTSTRAP = 1000
 BOX_RULE = "largest-yunet-else-centre-0.5"
@@ -146,8 +173,10 @@ def _cache(what: str, models: Sequence[str], modules: Sequence[str]) -> ResultCa
 
 def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cache: bool = True,
                   progress: bool = True) -> dict[str, Any]:
-    """Per image: ``box``, ``features`` (texture), each network's ``scores[name]`` and the seconds each
-    took (``seconds[name]``; ``texture`` is the feature time), from the cache when present."""
+    """Per image: ``box``, ``features`` (:data:`EVAL_BLOCKS`: texture, distortion and Human's hidden
+    layers), each network's ``scores[name]``, the source, attack type and session, and the median ms
+    each part took (``texture``, ``distortion`` and ``human_head`` are feature times), from the cache
+    when present."""
     from faceflow.detect import create_detector
     from faceflow.io import load_image
     from faceflow.models.runtime import Runtime
@@ -155,26 +184,34 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
     rt = Runtime(threads=1)
     detector = create_detector("yunet", runtime=rt)
     texture = SINGLE["texture"](rt)
+    head = HumanHead(rt)
     nets: dict[str, LivenessModel] = {n: SINGLE[n](rt) for n in networks}
     # The box is the largest detection, else a centre square of half the shorter side (BOX_RULE);
     # the candidates' entries depend on the box's key, not on this module's source.
     box_key = f"{BOX_RULE}|{_module_digest('faceflow.detect.yunet', 'faceflow.detect.base')}"
     caches = {"box": _cache(f"box|{box_key}", ("yunet",), ()),
-              "texture": _cache(f"texture|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture",
-                                                            "faceflow.liveness.distortion"))}
+              "texture": _cache(f"texture|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture")),
+              "distortion": _cache(f"distortion|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture",
+                                                                  "faceflow.liveness.distortion")),
+              "human_head": _cache(f"human_head|{box_key}", ("human_antispoof", "human_liveness"),
+                                   ("faceflow.align", "faceflow.liveness.models"))}
     for n in networks:
         caches[n] = _cache(f"{n}|{box_key}", nets[n].registry_models, ("faceflow.align", "faceflow.liveness.models"))
     boxes, feats, errors = [], [], []
     scores: dict[str, list[float]] = {n: [] for n in networks}
-    seconds: dict[str, list[float]] = {n: [] for n in ("detect", "texture", *networks)}
+    seconds: dict[str, list[float]] = {n: [] for n in ("detect", "texture", "distortion", "human_head", *networks)}
     for s in track(samples, "antispoof", progress):
         image = _LazyImage(s.path, load_image)
         try:
             box = np.asarray(_cached(caches["box"], s.path, use_cache, seconds["detect"], _largest_box,
                                      detector, image), np.float64)
             boxes.append(box)
-            feats.append(np.asarray(_cached(caches["texture"], s.path, use_cache, seconds["texture"],
-                                            _features, texture, image, box), np.float64))
+            parts = [_cached(caches["texture"], s.path, use_cache, seconds["texture"], _features, texture, image,
+                             box),
+                     _cached(caches["distortion"], s.path, use_cache, seconds["distortion"], _distortion, image, box),
+                     _cached(caches["human_head"], s.path, use_cache, seconds["human_head"], _features, head, image,
+                             box)]
+            feats.append(np.concatenate([np.asarray(p, np.float64).ravel() for p in parts]))
             for n in networks:
                 value = _cached(caches[n], s.path, use_cache, seconds[n], _score, nets[n], image, box)
                 scores[n].append(float(np.asarray(value).reshape(-1)[0]))
@@ -228,8 +265,12 @@ def _largest_box(detector: Any, image: _LazyImage) -> F64:
     return np.array([w / 2 - side / 2, h / 2 - side / 2, w / 2 + side / 2, h / 2 + side / 2])
 
 
-def _features(texture: Any, image: _LazyImage, box: F64) -> F64:
-    return np.asarray(texture.features(image.get(), [box])[0], np.float64)
+def _features(model: Any, image: _LazyImage, box: F64) -> F64:
+    return np.asarray(model.features(image.get(), [box])[0], np.float64)
+
+
+def _distortion(image: _LazyImage, box: F64) -> F64:
+    return face_distortion(image.get(), box)
 
 
 def _score(model: LivenessModel, image: _LazyImage, box: F64) -> F64:
@@ -312,8 +353,9 @@ class Selection:
 
 def select_recipe(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], attacks: Sequence[str],
                   folds: Sequence[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]],
-                  recipes: Sequence[Recipe] = RECIPES) -> Selection:
-    """Choose the texture recipe on one training side only, by a rule fixed before it was run:
+                  recipes: Sequence[Recipe]) -> Selection:
+    """Choose a trained candidate's recipe (blocks and L2) on one training side only, by a rule fixed
+    before it was run:
 
     criterion = mean of (a) the subject-disjoint 5-fold out-of-fold ACER (worst attack type) at the
     equal-error threshold of those out-of-fold scores, the in-source error, and (b) the HTER of the
@@ -349,12 +391,12 @@ def select_recipe(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], 
     return Selection(recipes[best[1]], oofs[best[1]], criteria)
 
 
-def fit_texture(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], attacks: Sequence[str],
-                folds: Sequence[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]]
+def fit_trained(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], attacks: Sequence[str],
+                folds: Sequence[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]], recipes: Sequence[Recipe]
                 ) -> tuple[LinearModel, Selection]:
-    """The texture model of one training side: the :func:`select_recipe` choice fitted on all of it,
-    thresholded at the equal-error point of its out-of-fold scores there."""
-    sel = select_recipe(x, live, subjects, attacks, folds)
+    """A trained candidate on one training side: the :func:`select_recipe` choice fitted on all of it,
+    thresholded at the equal-error point (worst attack type) of its out-of-fold scores there."""
+    sel = select_recipe(x, live, subjects, attacks, folds, recipes)
     att = np.asarray(attacks)
     m = fit_recipe(x, live, sel.recipe, att)
     return LinearModel(m.mean, m.scale, m.weights, m.bias, equal_error_threshold(sel.oof, live, att)), sel
@@ -382,16 +424,17 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
     x = data["features"]
     subj_train = [s for s, t in zip(subjects, train, strict=True) if t]
     out: dict[str, Fitted] = {}
-    # the texture model: recipe chosen on the training side (select_recipe), then fitted there
-    folds = shift_folds(live[train], subj_train, data["source"][train], data["session"][train],
-                        data["attack"][train])
-    model, sel = fit_texture(x[train], live[train], subj_train, data["attack"][train], folds)
-    oof = sel.oof
-    out["texture"] = Fitted(model.score(x[test]), model.threshold, str(sel.recipe))
-    # spectrum, colour moments and sharpness only (reported beside the texture model, to show how much
-    # of its failure across datasets the histograms cause)
-    xs = x[:, BLOCKS["spectral"]]
     att = data["attack"][train]
+    # the candidates trained here: each recipe chosen on the training side (select_recipe), then fitted there
+    folds = shift_folds(live[train], subj_train, data["source"][train], data["session"][train], att)
+    oofs: dict[str, F64] = {}
+    for name in TRAINED:
+        model, sel = fit_trained(x[train], live[train], subj_train, att, folds, menu(name))
+        oofs[name] = sel.oof
+        out[name] = Fitted(model.score(x[test]), model.threshold, str(sel.recipe))
+    # spectrum, colour moments and sharpness only, the texture recipe of the earlier sessions (reported
+    # beside the texture model, to show how much of its failure across datasets the histograms cause)
+    xs = x[:, EVAL_BLOCKS["spectral"]]
     oof_s = out_of_fold(xs[train], live[train], subj_train, l2=TEXTURE_L2, attacks=att)
     spectral = fit_logistic(xs[train], live[train], l2=TEXTURE_L2, attacks=att)
     out["spectral"] = Fitted(spectral.score(xs[test]), equal_error_threshold(oof_s, live[train], att))
@@ -405,8 +448,8 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
     # out-of-fold scores for the parts trained there and on the networks' own scores
     # (a network enters with its own score on both sides, never with its calibrated test score: the
     # combiner was fitted on the former)
-    train_scores = {"texture": oof, "spectral": oof_s, **{n: data["scores"][n][train] for n in networks}}
-    test_scores = {"texture": out["texture"].scores, "spectral": out["spectral"].scores,
+    train_scores = {**oofs, "spectral": oof_s, **{n: data["scores"][n][train] for n in networks}}
+    test_scores = {**{n: out[n].scores for n in (*TRAINED, "spectral")},
                    **{n: data["scores"][n][test] for n in networks}}
     for name, parts in FUSIONS.items():
         if not all(p in train_scores for p in parts):
@@ -562,7 +605,7 @@ def speed(datas: Sequence[dict[str, Any]], networks: Sequence[str]) -> dict[str,
     """Median ms per face (one thread) of each candidate, over the images scored; ``fused`` is the sum of
     its parts. Detection is listed apart (every candidate needs it)."""
     ms: dict[str, float] = {}
-    for name in ("detect", "texture", *networks):
+    for name in ("detect", "texture", "distortion", "human_head", *networks):
         values = [d["ms"][name] for d in datas if name in d["ms"]]
         if values:
             ms[name] = float(np.mean(values))

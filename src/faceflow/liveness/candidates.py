@@ -12,6 +12,7 @@ from faceflow.liveness.models import (
     DeepTree,
     DeepTreeInt8,
     HumanAntispoof,
+    HumanHead,
     HumanLiveness,
     LivenessModel,
     TextureModel,
@@ -19,7 +20,7 @@ from faceflow.liveness.models import (
 from faceflow.models.runtime import Runtime
 
 SINGLE: dict[str, type[LivenessModel]] = {
-    m.name: m for m in (TextureModel, HumanAntispoof, HumanLiveness, DeepTree, DeepTreeInt8, Cdcn, Cdcn128)
+    m.name: m for m in (TextureModel, HumanHead, HumanAntispoof, HumanLiveness, DeepTree, DeepTreeInt8, Cdcn, Cdcn128)
 }
 """The single candidates by name."""
 

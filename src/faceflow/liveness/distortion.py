@@ -143,3 +143,11 @@ def ida_features(rgb: U8) -> F64:
     hsv = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV), np.uint8)
     return np.concatenate([specular_features(rgb), blur_features(grey), chromatic_moments(hsv),
                            colour_diversity(rgb)])
+
+
+def face_distortion(image: U8, box: npt.ArrayLike) -> F64:
+    """:func:`ida_features` of the same face crop the texture model reads (its scale and size)."""
+    from faceflow.align import crop_box
+    from faceflow.liveness.texture import CROP_SCALE, CROP_SIZE
+
+    return ida_features(crop_box(image, box, CROP_SCALE, CROP_SIZE))

@@ -10,13 +10,10 @@ Features of a square crop around the face (:data:`CROP_SCALE` times the detector
 * the radial energy profile of the grey crop's spectrum (windowed FFT) and two moire/recapture cues:
   the peak-to-median ratio of the high-frequency band and the high-to-low energy ratio;
 * colour moments (mean and standard deviation of saturation, Cb and Cr) and the log variance of the
-  Laplacian (sharpness);
-* the image-distortion features of Wen, Han & Jain 2015 (:mod:`faceflow.liveness.distortion`:
-  specular reflection, blur, chromatic moments, colour diversity);
-* uniform LBP(8, 2) and LBP(8, 3) histograms of the luma (coarser texture than radius 1).
+  Laplacian (sharpness).
 
-The vector is laid out in named :data:`BLOCKS`; a :class:`Recipe` says which blocks a model reads and
-its L2 strength, and :data:`RECIPES` is the menu a training side chooses from
+The vector is laid out in named :data:`BLOCKS`. A :class:`Recipe` says which blocks of a feature
+vector a model reads and its L2 strength; a training side chooses its recipe from a menu
 (:func:`faceflow.eval.antispoof.select_recipe`).
 
 :func:`fit_logistic` (Newton's method) is the one training routine: ``training/train_liveness_texture.py``
@@ -34,7 +31,6 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.align import crop_box
-from faceflow.liveness.distortion import IDA_DIMS, ida_features
 from faceflow.models.npz import npz_bytes
 from faceflow.types import Image
 
@@ -46,11 +42,10 @@ LBP_DIMS = 6 * 59
 CROP_SIZE = 128
 FREQ_BANDS = 16
 SPECTRAL_DIMS = FREQ_BANDS + 2 + 6 + 1
-MSLBP_RADII = (2, 3)
 
 
-def _blocks() -> dict[str, slice]:
-    sizes = {"lbp": LBP_DIMS, "spectral": SPECTRAL_DIMS, "ida": IDA_DIMS, "mslbp": 59 * len(MSLBP_RADII)}
+def layout(sizes: dict[str, int]) -> dict[str, slice]:
+    """Named consecutive blocks of the given sizes, in order."""
     out, at = {}, 0
     for name, n in sizes.items():
         out[name] = slice(at, at + n)
@@ -58,11 +53,10 @@ def _blocks() -> dict[str, slice]:
     return out
 
 
-BLOCKS: dict[str, slice] = _blocks()
+BLOCKS: dict[str, slice] = layout({"lbp": LBP_DIMS, "spectral": SPECTRAL_DIMS})
 """Where each feature group sits in :func:`crop_features`' vector: ``lbp`` (colour LBP, HSV and
-YCbCr), ``spectral`` (spectrum, moire cues, colour moments, sharpness), ``ida`` (image distortion),
-``mslbp`` (luma LBP at radii 2 and 3)."""
-FEATURE_DIMS = max(b.stop for b in BLOCKS.values())
+YCbCr), ``spectral`` (spectrum, moire cues, colour moments, sharpness)."""
+FEATURE_DIMS = LBP_DIMS + SPECTRAL_DIMS
 
 
 def _uniform_table() -> npt.NDArray[np.int64]:
@@ -82,23 +76,21 @@ _UNIFORM = _uniform_table()
 _OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 
 
-def lbp_codes(channel: npt.NDArray[np.uint8], radius: int = 1) -> npt.NDArray[np.int64]:
-    """LBP(8, ``radius``) code of every pixel at least ``radius`` from the border: bit ``i`` is set when
-    neighbour ``i`` (clockwise from the top-left corner of the square of side ``2 radius + 1``, on its
-    corners and edge midpoints, no interpolation) is at least the centre."""
+def lbp_codes(channel: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """LBP(8, 1) code of every interior pixel: bit ``i`` is set when neighbour ``i`` (clockwise from the
+    top-left) is at least the centre."""
     c = channel.astype(np.int16)
-    r = radius
-    centre = c[r:-r, r:-r]
+    centre = c[1:-1, 1:-1]
     h, w = centre.shape
     code = np.zeros((h, w), np.int64)
     for bit, (dy, dx) in enumerate(_OFFSETS):
-        code |= (c[r + r * dy:r + r * dy + h, r + r * dx:r + r * dx + w] >= centre).astype(np.int64) << bit
+        code |= (c[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] >= centre).astype(np.int64) << bit
     return code
 
 
-def lbp_histogram(channel: npt.NDArray[np.uint8], radius: int = 1) -> F64:
-    """Normalised 59-bin uniform-LBP(8, ``radius``) histogram of one channel."""
-    hist = np.bincount(_UNIFORM[lbp_codes(channel, radius)].ravel(), minlength=59).astype(np.float64)
+def lbp_histogram(channel: npt.NDArray[np.uint8]) -> F64:
+    """Normalised 59-bin uniform-LBP histogram of one channel."""
+    hist = np.bincount(_UNIFORM[lbp_codes(channel)].ravel(), minlength=59).astype(np.float64)
     return np.asarray(hist / max(float(hist.sum()), 1.0), np.float64)
 
 
@@ -132,9 +124,7 @@ def crop_features(crop: Image) -> F64:
     for chan in (hsv[..., 1], ycc[..., 1], ycc[..., 2]):
         moments += [float(chan.mean()) / 255.0, float(chan.std()) / 255.0]
     sharp = np.log(float(cv2.Laplacian(grey, cv2.CV_64F).var()) + 1.0)
-    luma = np.ascontiguousarray(ycc[..., 0], np.uint8)
-    coarse = [np.sqrt(lbp_histogram(luma, r)) for r in MSLBP_RADII]
-    return np.concatenate([*hists, frequency_features(grey), moments, [sharp], ida_features(crop), *coarse])
+    return np.concatenate([*hists, frequency_features(grey), moments, [sharp]])
 
 
 def face_features(image: Image, box: npt.ArrayLike, scale: float = CROP_SCALE) -> F64:
@@ -174,32 +164,34 @@ class LinearModel:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Which :data:`BLOCKS` a texture model reads and its L2 strength."""
+    """Which named blocks of a feature vector a linear model reads (``layout`` says where they are) and
+    its L2 strength."""
 
     blocks: tuple[str, ...]
     l2: float
+    layout: tuple[tuple[str, int, int], ...]
+    """(name, start, stop) of every block of the vector the recipe indexes."""
+
+    @classmethod
+    def of(cls, blocks: tuple[str, ...], l2: float, where: dict[str, slice]) -> Recipe:
+        return cls(blocks, l2, tuple((n, int(s.start), int(s.stop)) for n, s in where.items()))
 
     def columns(self) -> npt.NDArray[np.int64]:
-        return np.concatenate([np.arange(FEATURE_DIMS)[BLOCKS[b]] for b in self.blocks])
+        where = {n: (a, b) for n, a, b in self.layout}
+        return np.concatenate([np.arange(*where[b]) for b in self.blocks])
 
     def __str__(self) -> str:
         return f"{'+'.join(self.blocks)} l2={self.l2:g}"
 
 
-RECIPES: tuple[Recipe, ...] = tuple(
-    Recipe(blocks, l2)
-    for blocks in (("lbp", "spectral"), ("ida",), ("spectral", "ida"), ("lbp", "spectral", "ida"),
-                   ("lbp", "spectral", "ida", "mslbp"))
-    for l2 in (100.0, 10.0, 1.0))
-"""The menu a training side chooses its texture model from (fixed before any figure of the new blocks
-was seen): the first entry group is the texture model of the previous sessions; ties go to the earlier
-entry (fewer blocks, stronger regularisation)."""
+L2_MENU = (100.0, 10.0, 1.0)
+"""The L2 strengths a training side chooses from (strongest first: ties go to it)."""
 
 
 def fit_recipe(x: npt.ArrayLike, live: npt.ArrayLike, recipe: Recipe,
                attacks: npt.ArrayLike | None = None) -> LinearModel:
-    """:func:`fit_logistic` on ``recipe``'s columns of the full feature vectors ``x``, returned as a
-    model over the full vector (zero weight on the columns it does not read)."""
+    """:func:`fit_logistic` on ``recipe``'s columns of the feature vectors ``x``, returned as a model
+    over the whole vector (zero weight on the columns it does not read)."""
     a = np.asarray(x, np.float64)
     cols = recipe.columns()
     m = fit_logistic(a[:, cols], live, l2=recipe.l2, attacks=attacks)
