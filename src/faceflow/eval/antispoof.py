@@ -50,7 +50,8 @@ from faceflow.eval._common import track
 from faceflow.eval.cache import ResultCache, runtime_versions
 from faceflow.liveness.candidates import NETWORKS, SINGLE
 from faceflow.liveness.distortion import IDA_DIMS, face_distortion
-from faceflow.liveness.models import HEAD_BLOCKS, HumanHead, LivenessModel, logit
+from faceflow.liveness.head import HEAD_BLOCKS, HumanHead
+from faceflow.liveness.models import LivenessModel, logit
 from faceflow.liveness.texture import (
     BLOCKS,
     L2_MENU,
@@ -194,7 +195,7 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
               "distortion": _cache(f"distortion|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture",
                                                                   "faceflow.liveness.distortion")),
               "human_head": _cache(f"human_head|{box_key}", ("human_antispoof", "human_liveness"),
-                                   ("faceflow.align", "faceflow.liveness.models"))}
+                                   ("faceflow.align", "faceflow.liveness.models", "faceflow.liveness.head"))}
     for n in networks:
         caches[n] = _cache(f"{n}|{box_key}", nets[n].registry_models, ("faceflow.align", "faceflow.liveness.models"))
     boxes, feats, errors = [], [], []

@@ -6,13 +6,13 @@ adding a candidate does not change the source that the evaluation cache keys the
 from __future__ import annotations
 
 from faceflow.errors import ConfigError
+from faceflow.liveness.head import HumanHead
 from faceflow.liveness.models import (
     Cdcn,
     Cdcn128,
     DeepTree,
     DeepTreeInt8,
     HumanAntispoof,
-    HumanHead,
     HumanLiveness,
     LivenessModel,
     TextureModel,

