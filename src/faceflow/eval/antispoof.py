@@ -29,8 +29,7 @@ fitted or chosen on the test side.
 
 Per image (cached, see :func:`image_results`): the largest face of the default detector (a centre box
 when none is found), the texture and distortion features, Human's hidden layers, and each network's
-score, with the seconds each took on one thread. Every fit weights the attack types alike and every
-threshold sits where the worst type's APCER meets BPCER (ACER counts the worst type).
+score, with the seconds each took on one thread.
 """
 
 from __future__ import annotations
@@ -290,20 +289,16 @@ def subject_folds(subjects: Sequence[str], k: int, seed: int) -> list[npt.NDArra
 
 
 def out_of_fold(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], *, l2: float = 1.0,
-                recipe: Recipe | None = None, attacks: npt.NDArray[Any] | None = None, k: int = 5,
-                seed: int = 0) -> F64:
+                recipe: Recipe | None = None, k: int = 5, seed: int = 0) -> F64:
     """Texture scores of the training side, each from a model fitted without that sample's subject
-    (on all of ``x``'s columns with ``l2``, or on ``recipe``'s; attack types weighted alike when
-    ``attacks`` is given, see :func:`fit_logistic`)."""
+    (on all of ``x``'s columns with ``l2``, or on ``recipe``'s)."""
     out = np.zeros(len(x))
     for test in subject_folds(subjects, k, seed):
         train = ~test
         if len(set(live[train])) < 2:
             out[test] = 0.5
             continue
-        att = None if attacks is None else attacks[train]
-        model = (fit_recipe(x[train], live[train], recipe, att) if recipe
-                 else fit_logistic(x[train], live[train], l2=l2, attacks=att))
+        model = fit_recipe(x[train], live[train], recipe) if recipe else fit_logistic(x[train], live[train], l2=l2)
         out[test] = model.score(x[test])
     return out
 
@@ -371,17 +366,16 @@ def select_recipe(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], 
     oofs: list[F64] = []
     criteria: dict[str, float] = {}
     for i, recipe in enumerate(recipes):
-        oof = out_of_fold(x, y, subj, recipe=recipe, attacks=att)
+        oof = out_of_fold(x, y, subj, recipe=recipe)
         oofs.append(oof)
-        crit = metrics(oof, y, att, equal_error_threshold(oof, y, att))["acer"]
+        crit = metrics(oof, y, att, equal_error_threshold(oof, y))["acer"]
         if folds:
             accepted = np.zeros(len(y), bool)
             seen = np.zeros(len(y), bool)
             for tr, va in folds:
                 sub = [p for p, t in zip(subj, tr, strict=True) if t]
-                thr = equal_error_threshold(out_of_fold(x[tr], y[tr], sub, recipe=recipe, attacks=att[tr]),
-                                            y[tr], att[tr])
-                accepted[va] = fit_recipe(x[tr], y[tr], recipe, att[tr]).score(x[va]) >= thr
+                thr = equal_error_threshold(out_of_fold(x[tr], y[tr], sub, recipe=recipe), y[tr])
+                accepted[va] = fit_recipe(x[tr], y[tr], recipe).score(x[va]) >= thr
                 seen |= va
             v = y[seen]
             crit = (crit + (accepted[seen][~v].mean() + (~accepted[seen][v]).mean()) / 2) / 2
@@ -396,11 +390,10 @@ def fit_trained(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], at
                 folds: Sequence[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]], recipes: Sequence[Recipe]
                 ) -> tuple[LinearModel, Selection]:
     """A trained candidate on one training side: the :func:`select_recipe` choice fitted on all of it,
-    thresholded at the equal-error point (worst attack type) of its out-of-fold scores there."""
+    thresholded at the equal-error point of its out-of-fold scores there."""
     sel = select_recipe(x, live, subjects, attacks, folds, recipes)
-    att = np.asarray(attacks)
-    m = fit_recipe(x, live, sel.recipe, att)
-    return LinearModel(m.mean, m.scale, m.weights, m.bias, equal_error_threshold(sel.oof, live, att)), sel
+    m = fit_recipe(x, live, sel.recipe)
+    return LinearModel(m.mean, m.scale, m.weights, m.bias, equal_error_threshold(sel.oof, live)), sel
 
 
 @dataclass(frozen=True)
@@ -436,14 +429,14 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
     # spectrum, colour moments and sharpness only, the texture recipe of the earlier sessions (reported
     # beside the texture model, to show how much of its failure across datasets the histograms cause)
     xs = x[:, EVAL_BLOCKS["spectral"]]
-    oof_s = out_of_fold(xs[train], live[train], subj_train, l2=TEXTURE_L2, attacks=att)
-    spectral = fit_logistic(xs[train], live[train], l2=TEXTURE_L2, attacks=att)
-    out["spectral"] = Fitted(spectral.score(xs[test]), equal_error_threshold(oof_s, live[train], att))
+    oof_s = out_of_fold(xs[train], live[train], subj_train, l2=TEXTURE_L2)
+    spectral = fit_logistic(xs[train], live[train], l2=TEXTURE_L2)
+    out["spectral"] = Fitted(spectral.score(xs[test]), equal_error_threshold(oof_s, live[train]))
     for n in networks:
         # calibrated on the training side: a one-input logistic regression on the score's logit, so a
         # network whose score runs the other way there (AUC < 0.5) is turned round there, not on the test side
         s = logit(data["scores"][n])[:, None]
-        cal = fit_logistic(s[train], live[train], l2=1.0, attacks=att)
+        cal = fit_logistic(s[train], live[train], l2=1.0)
         out[n] = Fitted(cal.score(s[test]), cal.threshold)
     # the fused candidates: a logistic regression over the parts' logits, fitted on the training side's
     # out-of-fold scores for the parts trained there and on the networks' own scores
@@ -457,7 +450,7 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
             continue
         tr = np.stack([train_scores[p] for p in parts], axis=1)
         te = np.stack([test_scores[p] for p in parts], axis=1)
-        combiner = fit_logistic(logit(tr), live[train], l2=1.0, attacks=att)
+        combiner = fit_logistic(logit(tr), live[train], l2=1.0)
         out[name] = Fitted(combiner.score(logit(te)), combiner.threshold)
     return out
 

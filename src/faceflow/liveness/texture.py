@@ -188,25 +188,21 @@ L2_MENU = (100.0, 10.0, 1.0)
 """The L2 strengths a training side chooses from (strongest first: ties go to it)."""
 
 
-def fit_recipe(x: npt.ArrayLike, live: npt.ArrayLike, recipe: Recipe,
-               attacks: npt.ArrayLike | None = None) -> LinearModel:
+def fit_recipe(x: npt.ArrayLike, live: npt.ArrayLike, recipe: Recipe) -> LinearModel:
     """:func:`fit_logistic` on ``recipe``'s columns of the feature vectors ``x``, returned as a model
     over the whole vector (zero weight on the columns it does not read)."""
     a = np.asarray(x, np.float64)
     cols = recipe.columns()
-    m = fit_logistic(a[:, cols], live, l2=recipe.l2, attacks=attacks)
+    m = fit_logistic(a[:, cols], live, l2=recipe.l2)
     mean, scale, weights = np.zeros(a.shape[1]), np.ones(a.shape[1]), np.zeros(a.shape[1])
     mean[cols], scale[cols], weights[cols] = m.mean, m.scale, m.weights
     return LinearModel(mean, scale, weights, m.bias, m.threshold)
 
 
-def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iterations: int = 50,
-                 attacks: npt.ArrayLike | None = None) -> LinearModel:
+def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iterations: int = 50) -> LinearModel:
     """L2-regularised logistic regression (Newton's method) on standardised ``x``; classes weighted to
-    balance, and with ``attacks`` (each sample's attack type) every attack type weighted alike within
-    the attacks, since ACER counts the worst type. ``threshold`` is set at the equal-error point of the
-    model's own training scores (callers that can afford it replace it by one from held-out scores, see
-    :func:`equal_error_threshold`)."""
+    balance. ``threshold`` is set at the equal-error point of the model's own training scores (callers
+    that can afford it replace it by one from held-out scores, see :func:`equal_error_threshold`)."""
     a = np.asarray(x, np.float64)
     y = np.asarray(live, np.float64)
     if a.ndim != 2 or len(a) != len(y) or len(np.unique(y)) != 2:
@@ -223,12 +219,6 @@ def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iter
         z, basis = u * sv, vt
     z = np.hstack([z, np.ones((len(a), 1))])
     sw = np.where(y > 0.5, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
-    if attacks is not None:
-        att = np.asarray(attacks)
-        types = sorted(set(att[y < 0.5]))
-        for t in types:
-            sel = (y < 0.5) & (att == t)
-            sw[sel] = 0.5 * len(y) / (len(types) * sel.sum())
     reg = np.full(z.shape[1], l2)
     reg[-1] = 0.0
     beta = np.zeros(z.shape[1])
@@ -242,26 +232,19 @@ def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iter
             break
     weights = beta[:-1] if basis is None else basis.T @ beta[:-1]
     model = LinearModel(mean, scale, weights, float(beta[-1]), 0.5)
-    thr = equal_error_threshold(model.score(a), y > 0.5, attacks)
+    thr = equal_error_threshold(model.score(a), y > 0.5)
     return LinearModel(mean, scale, weights, float(beta[-1]), thr)
 
 
-def equal_error_threshold(scores: npt.ArrayLike, live: npt.ArrayLike, attacks: npt.ArrayLike | None = None
-                          ) -> float:
+def equal_error_threshold(scores: npt.ArrayLike, live: npt.ArrayLike) -> float:
     """The threshold (``live`` when ``score >= threshold``) where the fraction of attacks accepted and of
-    live faces rejected are closest; the midpoint between neighbouring scores, so it generalises. With
-    ``attacks`` (each sample's attack type) the attacks' side is the worst type's, as in ACER."""
+    live faces rejected are closest; the midpoint between neighbouring scores, so it generalises."""
     s = np.asarray(scores, np.float64)
     y = np.asarray(live, bool)
     cand = np.unique(s)
     mids = np.concatenate([[cand[0] - 1e-6], (cand[1:] + cand[:-1]) / 2, [cand[-1] + 1e-6]])
-    pos = np.sort(s[y])
-    att = np.asarray(attacks) if attacks is not None else np.full(len(s), "attack")
-    apcer: F64 = np.zeros(len(mids))
-    for t in sorted(set(att[~y])):
-        neg = np.sort(s[~y & (att == t)])
-        # attacks of this type at or above each threshold
-        apcer = np.asarray(np.maximum(apcer, 1.0 - np.searchsorted(neg, mids, "left") / max(len(neg), 1)), np.float64)
+    neg, pos = np.sort(s[~y]), np.sort(s[y])
+    apcer = 1.0 - np.searchsorted(neg, mids, "left") / max(len(neg), 1)  # attacks at or above each threshold
     bpcer = np.searchsorted(pos, mids, "left") / max(len(pos), 1)  # live faces below it
     gap = np.abs(apcer - bpcer) + 1e-9 * (apcer + bpcer)
     return float(mids[int(np.argmin(gap))])
