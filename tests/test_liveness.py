@@ -37,8 +37,8 @@ from faceflow.liveness.texture import (
     equal_error_threshold,
     fit_logistic,
     fit_recipe,
-    layout,
     frequency_features,
+    layout,
     lbp_codes,
     lbp_histogram,
 )
