@@ -21,12 +21,18 @@ the lowest mean over both sources is printed as the compromise and the disagreem
 
     PYTHONPATH=src python training/select_liveness_default.py --root ../shared/datasets/antispoof
 
-Run on 2026-12-07 (``benchmarks/results/liveness/select_default.txt``): within the budget, NUAA chooses
-``human_antispoof`` (35.7 %), MSU-MFSD chooses ``spectral`` (34.3 %); the lowest mean is ``fused`` (36.2
-and 37.1 %, against ``texture``'s 37.8 and 37.1 %). The sources disagree, so the default stays
-``texture``. For a packaged network the shift HTER inside a source is close to its HTER on that whole
-source (its calibration is one monotone map, and its clipped scores leave the threshold few places to
-go), which is the test side of the opposite cross protocol: read the networks' rows with that in mind.
+Run on 2026-12-07, second session (``benchmarks/results/liveness/select_default.txt``; the trained
+candidates now choose their own blocks and L2 inside each fold's training part,
+:func:`faceflow.eval.antispoof.select_recipe`): within the budget NUAA chooses ``human_head`` (29.6 %),
+MSU-MFSD chooses ``distortion`` (18.6 %); the lowest mean is ``human_head`` (29.6 and 21.4 %). The
+sources disagree, so the default stays ``texture`` (37.8 and 38.6 %). (First session: ``human_antispoof``
+35.7 % and ``spectral`` 34.3 %, lowest mean ``fused``.) The evaluation printed the cross-dataset figures
+before this ran; they were not used to choose. For a packaged network the shift HTER inside a source is
+close to its HTER on that whole source (its calibration is one monotone map, and its clipped scores
+leave the threshold few places to go), which is the test side of the opposite cross protocol: read the
+networks' rows with that in mind. Neither source's shift folds foresaw the other source: MSU-MFSD's
+leave-one-instrument-out folds favour ``distortion``, which is at chance on NUAA (52.0 % HTER), while
+``human_head``, second there, is the lowest of all candidates from MSU-MFSD to NUAA (26.5 %).
 """
 
 from __future__ import annotations
