@@ -547,6 +547,10 @@ def test_eval_antispoof_intra_texture_only(dataset) -> None:  # type: ignore[no-
         lo, hi = c[key]["ci95"]
         assert 0 <= lo <= hi <= 1, key
     assert c["auc"]["value"] > 0.8  # colour texture separates MSU-MFSD's attacks inside the dataset
+    assert len(c["choices"]) == 3  # the recipe each training half chose
+    # without Human's networks the head on their hidden layers is not scored; the distortion model is
+    assert "human_head" not in run["candidates"] and "fused_head" not in run["candidates"]
+    assert "distortion" in run["candidates"]
     subjects = [s.subject for s in load_source(dataset("antispoof", "msu_mfsd"))]
     for sp in run["_splits"]:
         test_people = {s for s, t in zip(subjects, sp.test, strict=True) if t}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from faceflow.eval.antispoof import EVAL_BLOCKS, fit_trained, image_results, load_source, menu, shift_folds
-from faceflow.liveness.head import HEAD_BLOCKS, HEAD_MODEL
+from faceflow.liveness.head import HEAD_BLOCKS, HEAD_MODEL, HumanHead
 from faceflow.liveness.models import TEXTURE_MODEL
 from faceflow.liveness.texture import BLOCKS, LinearModel
 
@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--criteria", action="store_true", help="print every recipe's criterion")
     args = ap.parse_args()
     samples = [s for name in ("nuaa", "msu_mfsd") for s in load_source(args.root / name)]
-    parts = [image_results(load_source(args.root / name), (), progress=False) for name in ("nuaa", "msu_mfsd")]
+    nets = HumanHead.registry_models[:2]  # the head's features need Human's two networks
+    parts = [image_results(load_source(args.root / name), nets, progress=False) for name in ("nuaa", "msu_mfsd")]
     data = {k: np.concatenate([p[k] for p in parts]) for k in ("features", "source", "session", "attack")}
     live = np.array([s.live for s in samples])
     subjects = [f"{s.source}/{s.subject}" for s in samples]

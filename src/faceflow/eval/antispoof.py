@@ -174,7 +174,8 @@ def _cache(what: str, models: Sequence[str], modules: Sequence[str]) -> ResultCa
 def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cache: bool = True,
                   progress: bool = True) -> dict[str, Any]:
     """Per image: ``box``, ``features`` (:data:`EVAL_BLOCKS`: texture, distortion and Human's hidden
-    layers), each network's ``scores[name]``, the source, attack type and session, and the median ms
+    layers, zeros unless both of Human's networks are among ``networks``; ``head`` says which), each
+    network's ``scores[name]``, the source, attack type and session, and the median ms
     each part took (``texture``, ``distortion`` and ``human_head`` are feature times), from the cache
     when present."""
     from faceflow.detect import create_detector
@@ -184,7 +185,8 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
     rt = Runtime(threads=1)
     detector = create_detector("yunet", runtime=rt)
     texture = SINGLE["texture"](rt)
-    head = HumanHead(rt)
+    # human_head reads Human's two networks: scored only when both are (``--networks ""`` needs neither)
+    head = HumanHead(rt) if all(HumanHead.registry_models[i] in networks for i in (0, 1)) else None
     nets: dict[str, LivenessModel] = {n: SINGLE[n](rt) for n in networks}
     # The box is the largest detection, else a centre square of half the shorter side (BOX_RULE);
     # the candidates' entries depend on the box's key, not on this module's source.
@@ -209,6 +211,7 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
             parts = [_cached(caches["texture"], s.path, use_cache, seconds["texture"], _features, texture, image,
                              box),
                      _cached(caches["distortion"], s.path, use_cache, seconds["distortion"], _distortion, image, box),
+                     np.zeros(HEAD_BLOCKS["lemb"].stop) if head is None else
                      _cached(caches["human_head"], s.path, use_cache, seconds["human_head"], _features, head, image,
                              box)]
             feats.append(np.concatenate([np.asarray(p, np.float64).ravel() for p in parts]))
@@ -222,7 +225,7 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
     return {"box": np.asarray(boxes), "features": np.asarray(feats),
             "scores": {n: np.asarray(v) for n, v in scores.items()},
             "source": np.array([s.source for s in samples]), "attack": np.array([s.attack for s in samples]),
-            "session": np.array([s.session for s in samples]),
+            "session": np.array([s.session for s in samples]), "head": head is not None,
             "ms": {n: float(1000 * np.median(v)) for n, v in seconds.items() if v}}
 
 
@@ -423,6 +426,8 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
     folds = shift_folds(live[train], subj_train, data["source"][train], data["session"][train], att)
     oofs: dict[str, F64] = {}
     for name in TRAINED:
+        if name == "human_head" and not data.get("head", True):
+            continue
         model, sel = fit_trained(x[train], live[train], subj_train, att, folds, menu(name))
         oofs[name] = sel.oof
         out[name] = Fitted(model.score(x[test]), model.threshold, str(sel.recipe))
@@ -443,7 +448,7 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
     # (a network enters with its own score on both sides, never with its calibrated test score: the
     # combiner was fitted on the former)
     train_scores = {**oofs, "spectral": oof_s, **{n: data["scores"][n][train] for n in networks}}
-    test_scores = {**{n: out[n].scores for n in (*TRAINED, "spectral")},
+    test_scores = {**{n: out[n].scores for n in (*oofs, "spectral")},
                    **{n: data["scores"][n][test] for n in networks}}
     for name, parts in FUSIONS.items():
         if not all(p in train_scores for p in parts):
@@ -586,7 +591,8 @@ def run_cross(train: Sequence[Sample], test: Sequence[Sample], data_train: dict[
     live, subjects, attacks = _arrays(both)
     data = {"features": np.concatenate([data_train["features"], data_test["features"]]),
             "scores": {n: np.concatenate([data_train["scores"][n], data_test["scores"][n]]) for n in networks},
-            **{k: np.concatenate([data_train[k], data_test[k]]) for k in ("source", "session", "attack")}}
+            **{k: np.concatenate([data_train[k], data_test[k]]) for k in ("source", "session", "attack")},
+            "head": data_train["head"] and data_test["head"]}
     is_test = np.array([False] * len(train) + [True] * len(test))
     split = Split(is_test, fit_candidates(data, ~is_test, is_test, live, subjects, networks))
     result = summarise([split], live, attacks, subjects, seed=seed)
