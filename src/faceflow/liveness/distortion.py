@@ -20,6 +20,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.align import crop_box
+from faceflow.liveness.texture import CROP_SCALE, CROP_SIZE
+
 F64 = npt.NDArray[np.float64]
 U8 = npt.NDArray[np.uint8]
 
@@ -147,7 +150,4 @@ def ida_features(rgb: U8) -> F64:
 
 def face_distortion(image: U8, box: npt.ArrayLike) -> F64:
     """:func:`ida_features` of the same face crop the texture model reads (its scale and size)."""
-    from faceflow.align import crop_box
-    from faceflow.liveness.texture import CROP_SCALE, CROP_SIZE
-
     return ida_features(crop_box(image, box, CROP_SCALE, CROP_SIZE))
