@@ -20,13 +20,25 @@ from faceflow.eval.antispoof import (
     eval_antispoof,
     load_source,
     metrics,
+    select_recipe,
+    shift_folds,
     subject_folds,
+)
+from faceflow.liveness.distortion import (
+    chromatic_moments,
+    colour_diversity,
+    crete_blur,
+    edge_width,
+    specular_features,
 )
 from faceflow.liveness.texture import (
     _UNIFORM,
+    Recipe,
     equal_error_threshold,
     fit_logistic,
+    fit_recipe,
     frequency_features,
+    layout,
     lbp_codes,
     lbp_histogram,
 )
@@ -216,6 +228,107 @@ def test_fit_logistic_and_threshold() -> None:
         fit_logistic(x, np.ones(100, bool))
 
 
+def test_fit_logistic_with_more_features_than_samples_is_the_penalised_optimum() -> None:
+    """With more columns than rows the fit runs in the SVD's coordinates; the result must still be the
+    optimum over the full weight vector: the gradient of the penalised loss vanishes there."""
+    rng = np.random.default_rng(1)
+    n, d, l2 = 30, 80, 3.0
+    x = rng.normal(size=(n, d))
+    y = np.arange(n) % 3 == 0
+    x[y, :4] += 1.0
+    m = fit_logistic(x, y, l2=l2)
+    z = (x - m.mean) / m.scale
+    p = m.score(x)
+    sw = np.where(y, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+    grad_w = z.T @ (sw * (p - y)) + l2 * m.weights
+    grad_b = float(np.sum(sw * (p - y)))
+    assert np.abs(grad_w).max() < 1e-6 and abs(grad_b) < 1e-6
+    assert np.abs(m.weights).sum() > 0.1  # and it is not the trivial solution
+
+
+def test_distortion_features_by_hand() -> None:
+    """Each image-distortion feature on an image whose value can be worked out by hand."""
+    # specular: 90 pixels whose darkest channel is 10 and 10 whose darkest is 40; mu = 13/255, the
+    # band [1.5 mu, 4 mu] = [19.5, 52] / 255 holds exactly the 10 bright ones
+    rgb = np.full((10, 10, 3), 200, np.uint8)
+    rgb[..., 2] = 10
+    rgb[0, :, 2] = 40
+    np.testing.assert_allclose(specular_features(rgb), [0.1, 40 / 255, 0.0], atol=1e-12)
+    # a vertical step 0 -> 200: the 3x3 Gaussian spreads it over one pixel each side, so the monotonic
+    # run across it is 3 pixels wide; a 9-wide box blur first makes it much wider
+    step = np.zeros((20, 40), np.uint8)
+    step[:, 20:] = 200
+    assert edge_width(step) == 3.0
+    import cv2
+
+    assert edge_width(cv2.blur(step, (9, 1))) > 8
+    # Crete: the step's one 200-high difference becomes nine of 200/9 after the 9-tap re-blur, so the
+    # lost variation is 200 - 200/9 and the blur figure (200 - (200 - 200/9)) / 200 = 1/9
+    assert crete_blur(step) == pytest.approx(1 / 9)
+    assert crete_blur(np.full((8, 8), 7, np.uint8)) == 0.0  # no variation at all
+    # chromatic moments: V half 0, half 255 -> mean 0.5, deviation 0.5, skewness 0, the lowest
+    # histogram bin empty, the fullest holding half the pixels; H and S constant 0
+    hsv = np.zeros((4, 4, 3), np.uint8)
+    hsv[:2, :, 2] = 255
+    m = chromatic_moments(hsv)
+    np.testing.assert_allclose(m[10:], [0.5, 0.5, 0.0, 0.0, 0.5], atol=1e-12)
+    np.testing.assert_allclose(m[:5], [0.0, 0.0, 0.0, 0.0, 1.0], atol=1e-12)
+    # colour diversity: three colours on 50, 30 and 20 % of the pixels
+    img = np.zeros((10, 10, 3), np.uint8)
+    img[:5] = (255, 0, 0)
+    img[5:8] = (0, 255, 0)
+    img[8:] = (0, 0, 255)
+    div = colour_diversity(img)
+    np.testing.assert_allclose(div[:4], [0.5, 0.3, 0.2, 0.0])
+    assert div[-1] == pytest.approx(3 / 100) and len(div) == 101
+
+
+def test_select_recipe_chooses_the_informative_block() -> None:
+    """On a training side where one block carries the label and the other is noise, the rule picks the
+    informative block; a recipe fitted on one block leaves the other's weights at zero."""
+    rng = np.random.default_rng(2)
+    n = 60
+    live = np.arange(n) % 2 == 0
+    subjects = [f"s{i // 2}" for i in range(n)]
+    attacks = np.where(live, "none", "print")
+    x = rng.normal(size=(n, 10))
+    x[:, 5:] += 2.0 * live[:, None]
+    where = layout({"noise": 5, "signal": 5})
+    menu = (Recipe.of(("noise",), 10.0, where), Recipe.of(("signal",), 10.0, where))
+    sel = select_recipe(x, live, subjects, attacks, [], menu)
+    assert sel.recipe.blocks == ("signal",)
+    assert sel.criteria["noise l2=10"] > 0.3 > sel.criteria["signal l2=10"]
+    assert (fit_recipe(x, live, sel.recipe).weights[:5] == 0).all()
+
+
+def test_shift_folds_by_source_session_and_attack() -> None:
+    live = np.array([True, False] * 6)
+    subj = [f"p{i // 2}" for i in range(12)]
+    att = np.where(live, "none", np.array(["print", "print", "replay", "replay"] * 3))
+    # two sources: leave one out
+    src = ["a"] * 6 + ["b"] * 6
+    folds = shift_folds(live, subj, src, [""] * 12, att)
+    assert [(t.sum(), v.sum()) for t, v in folds] == [(6, 6), (6, 6)]
+    assert all(not (t & v).any() for t, v in folds)
+    # one source, two sessions: validation = one session of half the people, training = the other
+    # session of the other half (subject-disjoint)
+    ses = ["1", "2"] * 6
+    live_s = np.array([True, True, False, False] * 3)
+    folds = shift_folds(live_s, subj, ["a"] * 12, ses, att)
+    assert len(folds) == 4  # 2 sessions x 2 halves of the people
+    for t, v in folds:
+        assert not {subj[i] for i in np.flatnonzero(t)} & {subj[i] for i in np.flatnonzero(v)}
+        assert len({ses[i] for i in np.flatnonzero(v)}) == 1 and ses[np.flatnonzero(v)[0]] not in \
+            {ses[i] for i in np.flatnonzero(t)}
+    # one source, one session: leave one attack type out, by subject
+    folds = shift_folds(live, subj, ["a"] * 12, [""] * 12, att)
+    assert len(folds) == 2
+    for t, v in folds:
+        kinds = set(att[v & ~live])
+        assert len(kinds) == 1 and not kinds & set(att[t & ~live])
+        assert not {subj[i] for i in np.flatnonzero(t)} & {subj[i] for i in np.flatnonzero(v)}
+
+
 def test_metrics_by_hand() -> None:
     scores = np.array([0.9, 0.8, 0.4, 0.7, 0.2, 0.6, 0.1, 0.3])
     live = np.array([True, True, True, True, False, False, False, False])
@@ -238,13 +351,14 @@ def test_fused_candidate_reads_the_networks_own_scores(monkeypatch: pytest.Monke
     score's logit, fitted on the same training side). It was not: the combiner was fitted on the
     networks' own training scores but applied to their calibrated test scores."""
     from faceflow.eval import antispoof
-    from faceflow.liveness.texture import LBP_DIMS
 
     rng = np.random.default_rng(0)
     n = 80
     live = np.arange(n) % 2 == 0
     raw = np.clip(0.5 + 0.3 * (live - 0.5) + rng.normal(0, 0.15, n), 0.01, 0.99)
-    data = {"features": rng.normal(size=(n, LBP_DIMS + 5)), "scores": {"human_antispoof": raw}}
+    dims = max(b.stop for b in antispoof.EVAL_BLOCKS.values())
+    data = {"features": rng.normal(size=(n, dims)), "scores": {"human_antispoof": raw},
+            "source": np.full(n, "a"), "session": np.full(n, ""), "attack": np.where(live, "none", "print")}
     subjects = [f"s{i // 2}" for i in range(n)]
     test = np.arange(n) >= n // 2
     monkeypatch.setattr(antispoof, "FUSIONS", {"one": ("human_antispoof",)})
@@ -323,7 +437,7 @@ def test_video_decision_flips_on_a_replayed_photo(dataset) -> None:  # type: ign
     still = load_image(dataset("antispoof", "msu_mfsd", "live", "real_client001_android_SD_scene01.jpg"))
     with Runtime() as rt:
         # the whole clip at 2 frames a second: the frame model's scores on this webcam clip vary (its
-        # first 4 s average 0.42, the whole clip 0.66, against a threshold of 0.45)
+        # first 4 s average lower than the whole clip)
         frames = ((f.time, f.image) for f in iter_frames(clip, fps=2))
         live_tracks = video_liveness(frames, runtime=rt)
         replay = replayed_photo(still, frames=30)
@@ -433,6 +547,10 @@ def test_eval_antispoof_intra_texture_only(dataset) -> None:  # type: ignore[no-
         lo, hi = c[key]["ci95"]
         assert 0 <= lo <= hi <= 1, key
     assert c["auc"]["value"] > 0.8  # colour texture separates MSU-MFSD's attacks inside the dataset
+    assert len(c["choices"]) == 3  # the recipe each training half chose
+    # without Human's networks the head on their hidden layers is not scored; the distortion model is
+    assert "human_head" not in run["candidates"] and "fused_head" not in run["candidates"]
+    assert "distortion" in run["candidates"]
     subjects = [s.subject for s in load_source(dataset("antispoof", "msu_mfsd"))]
     for sp in run["_splits"]:
         test_people = {s for s, t in zip(subjects, sp.test, strict=True) if t}
@@ -538,6 +656,43 @@ def test_deeptree_int8_follows_the_float_network(dataset) -> None:  # type: igno
         a = float(np.sum(np.abs(np.prod(f32.run(x), axis=0))))
         b = float(np.sum(np.abs(np.prod(i8.run(x), axis=0))))
         assert abs(a - b) < 0.1, (a, b)
+
+
+def test_human_head_reads_the_layer_before_each_networks_output(dataset) -> None:  # type: ignore[no-untyped-def]
+    """The hidden units ``human_head`` reads are the inputs of each network's classifier: pushed through
+    that classifier's own weights they give the network's own output (a wrong tap would not). The
+    shipped head scores real faces in [0, 1]."""
+    import onnx
+    from onnx import numpy_helper
+
+    from faceflow.detect import create_detector
+    from faceflow.io import load_image
+    from faceflow.liveness.head import HEAD_BLOCKS, HumanHead
+    from faceflow.liveness.models import HumanAntispoof, HumanLiveness
+    from faceflow.models.runtime import Runtime, model_path
+
+    def weights(name: str) -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(model_path(name))).graph.initializer}
+
+    wa, wl = weights("human_antispoof"), weights("human_liveness")
+    rt = Runtime(threads=1)
+    head = HumanHead(rt)
+    detector = create_detector("yunet", runtime=rt)
+    for path in (dataset("antispoof", "nuaa", "live", "0001_00_00_01_196.jpg"),
+                 dataset("antispoof", "msu_mfsd", "spoof", "attack_client002_android_SD_ipad_video_scene01.jpg")):
+        image = load_image(path)
+        boxes = [f.box for f in detector.detect(image)]
+        emb = head.features(image, boxes)
+        assert emb.shape == (len(boxes), 192) and (emb >= 0).all()  # ReLU outputs
+        hemb, lemb = emb[:, HEAD_BLOCKS["hemb"]], emb[:, HEAD_BLOCKS["lemb"]]
+        own_a = 1 / (1 + np.exp(-(hemb @ wa["w__38"] + wa["b__39"])))[:, 0]
+        np.testing.assert_allclose(own_a, HumanAntispoof(rt).scores(image, boxes), atol=1e-5)
+        logits = (lemb * wl["k__69"] + wl["k__71"]) @ wl["w__73"] + wl["b__74"]
+        own_l = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(own_l[:, 0], HumanLiveness(rt).scores(image, boxes), atol=1e-5)
+        s = head.scores(image, boxes)
+        assert s.shape == (len(boxes),) and ((s >= 0) & (s <= 1)).all()
+    assert 0 < head.threshold < 1
 
 
 def test_service_returns_liveness_when_asked(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

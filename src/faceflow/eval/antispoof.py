@@ -18,16 +18,18 @@ Protocols:
   subjects and averages the splits);
 * ``cross(A, B)``: train on all of A, test on all of B.
 
-"Train" means, per candidate: the texture model (and ``spectral``, the same recipe without its LBP
-histograms) is fitted on the training side, its threshold taken from subject-disjoint out-of-fold scores
-there; a packaged network is calibrated there (a one-input logistic regression on its score's logit,
+"Train" means, per candidate: a candidate trained here (:data:`TRAINED`: the texture model, the
+image-distortion model, the head on Human's hidden layers) chooses its blocks and L2 strength on the
+training side (:func:`select_recipe`), is fitted there and takes its threshold from subject-disjoint
+out-of-fold scores there (``spectral``, the texture recipe without its LBP histograms, is fitted with a
+fixed strength); a packaged network is calibrated there (a one-input logistic regression on its score's logit,
 which also turns round a score that runs the wrong way there) and gets its threshold there; the fused
 model's combiner is fitted there on the out-of-fold texture scores and the networks' scores. Nothing is
 fitted or chosen on the test side.
 
 Per image (cached, see :func:`image_results`): the largest face of the default detector (a centre box
-when none is found), the texture features, and each network's score, with the seconds each took on
-one thread.
+when none is found), the texture and distortion features, Human's hidden layers, and each network's
+score, with the seconds each took on one thread.
 """
 
 from __future__ import annotations
@@ -46,8 +48,19 @@ from faceflow.errors import DatasetError, FaceflowError
 from faceflow.eval._common import track
 from faceflow.eval.cache import ResultCache, runtime_versions
 from faceflow.liveness.candidates import NETWORKS, SINGLE
+from faceflow.liveness.distortion import IDA_DIMS, face_distortion
+from faceflow.liveness.head import HEAD_BLOCKS, HumanHead
 from faceflow.liveness.models import LivenessModel, logit
-from faceflow.liveness.texture import LBP_DIMS, equal_error_threshold, fit_logistic
+from faceflow.liveness.texture import (
+    BLOCKS,
+    L2_MENU,
+    LinearModel,
+    Recipe,
+    equal_error_threshold,
+    fit_logistic,
+    fit_recipe,
+    layout,
+)
 from faceflow.models.registry import MODELS
 from faceflow.types import largest_face
 
@@ -58,11 +71,36 @@ FUSIONS: dict[str, tuple[str, ...]] = {
     "fused": ("texture", "human_antispoof", "human_liveness"),
     "fused_cheap": ("spectral", "human_antispoof", "human_liveness"),
     "fused_nets": ("human_antispoof", "human_liveness", "deeptree_int8"),
+    "fused_head": ("texture", "human_head"),
 }
 """Fused candidates and their inputs: ``fused`` is the texture model and the two cheap networks;
-``fused_cheap`` the same without the LBP histograms (``spectral``), all within the default's budget of
-30 ms per face; ``fused_nets`` the packaged networks only (nothing trained here but the combiner), with
-the int8 deep tree, over that budget. A fusion is scored only when all its networks are."""
+``fused_cheap`` the same without the LBP histograms (``spectral``), and ``fused_head`` the texture model
+with the head trained on Human's hidden layers, all within the default's budget of 30 ms per face;
+``fused_nets`` the packaged networks only (nothing trained here but the combiner), with the int8 deep
+tree, over that budget. A fusion is scored only when all its networks are."""
+
+EVAL_BLOCKS: dict[str, slice] = layout({"lbp": BLOCKS["lbp"].stop - BLOCKS["lbp"].start,
+                                        "spectral": BLOCKS["spectral"].stop - BLOCKS["spectral"].start,
+                                        "ida": IDA_DIMS,
+                                        **{n: b.stop - b.start for n, b in HEAD_BLOCKS.items()}})
+"""The per-image vector the evaluation fits on: the texture features, the image-distortion features
+(:mod:`faceflow.liveness.distortion`) and Human's hidden layers (:class:`HumanHead`), side by side."""
+
+TRAINED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "texture": (("lbp", "spectral"),),
+    "distortion": (("ida",),),
+    "human_head": (("hemb",), ("hemb", "lemb")),
+}
+"""The candidates trained here and the block sets each may choose from (each with every strength of
+:data:`faceflow.liveness.texture.L2_MENU`, chosen on the training side by :func:`select_recipe`):
+``texture`` the colour texture; ``distortion`` Wen, Han & Jain's image-distortion features alone;
+``human_head`` Human's antispoof hidden layer, with or without the liveness network's."""
+
+
+def menu(name: str) -> tuple[Recipe, ...]:
+    """The recipes candidate ``name`` (one of :data:`TRAINED`) chooses from, in tie-breaking order."""
+    return tuple(Recipe.of(blocks, l2, EVAL_BLOCKS) for blocks in TRAINED[name] for l2 in L2_MENU)
+
 
 BOOTSTRAP = 1000
 BOX_RULE = "largest-yunet-else-centre-0.5"
@@ -76,6 +114,8 @@ class Sample:
     live: bool
     subject: str
     attack: str
+    session: str = ""
+    """Capture session where the source has one (NUAA's ``session``), for :func:`shift_folds`."""
 
 
 def load_source(folder: Path) -> list[Sample]:
@@ -91,7 +131,8 @@ def load_source(folder: Path) -> list[Sample]:
                 if label not in ("live", "spoof"):
                     raise DatasetError(f"{labels}: label {label!r} is neither live nor spoof")
                 out.append(Sample(folder / row["path"], folder.name, label == "live", row["subject"].strip(),
-                                  (row.get("attack_type") or "").strip() or ("none" if label == "live" else "attack")))
+                                  (row.get("attack_type") or "").strip() or ("none" if label == "live" else "attack"),
+                                  (row.get("session") or "").strip()))
             except KeyError as exc:
                 raise DatasetError(f"{labels}: missing column {exc}") from None
     if not any(s.live for s in out) or all(s.live for s in out):
@@ -132,8 +173,11 @@ def _cache(what: str, models: Sequence[str], modules: Sequence[str]) -> ResultCa
 
 def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cache: bool = True,
                   progress: bool = True) -> dict[str, Any]:
-    """Per image: ``box``, ``features`` (texture), each network's ``scores[name]`` and the seconds each
-    took (``seconds[name]``; ``texture`` is the feature time), from the cache when present."""
+    """Per image: ``box``, ``features`` (:data:`EVAL_BLOCKS`: texture, distortion and Human's hidden
+    layers, zeros unless both of Human's networks are among ``networks``; ``head`` says which), each
+    network's ``scores[name]``, the source, attack type and session, and the median ms
+    each part took (``texture``, ``distortion`` and ``human_head`` are feature times), from the cache
+    when present."""
     from faceflow.detect import create_detector
     from faceflow.io import load_image
     from faceflow.models.runtime import Runtime
@@ -141,25 +185,36 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
     rt = Runtime(threads=1)
     detector = create_detector("yunet", runtime=rt)
     texture = SINGLE["texture"](rt)
+    # human_head reads Human's two networks: scored only when both are (``--networks ""`` needs neither)
+    head = HumanHead(rt) if all(HumanHead.registry_models[i] in networks for i in (0, 1)) else None
     nets: dict[str, LivenessModel] = {n: SINGLE[n](rt) for n in networks}
     # The box is the largest detection, else a centre square of half the shorter side (BOX_RULE);
     # the candidates' entries depend on the box's key, not on this module's source.
     box_key = f"{BOX_RULE}|{_module_digest('faceflow.detect.yunet', 'faceflow.detect.base')}"
     caches = {"box": _cache(f"box|{box_key}", ("yunet",), ()),
-              "texture": _cache(f"texture|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture"))}
+              "texture": _cache(f"texture|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture")),
+              "distortion": _cache(f"distortion|{box_key}", (), ("faceflow.align", "faceflow.liveness.texture",
+                                                                  "faceflow.liveness.distortion")),
+              "human_head": _cache(f"human_head|{box_key}", ("human_antispoof", "human_liveness"),
+                                   ("faceflow.align", "faceflow.liveness.models", "faceflow.liveness.head"))}
     for n in networks:
         caches[n] = _cache(f"{n}|{box_key}", nets[n].registry_models, ("faceflow.align", "faceflow.liveness.models"))
     boxes, feats, errors = [], [], []
     scores: dict[str, list[float]] = {n: [] for n in networks}
-    seconds: dict[str, list[float]] = {n: [] for n in ("detect", "texture", *networks)}
+    seconds: dict[str, list[float]] = {n: [] for n in ("detect", "texture", "distortion", "human_head", *networks)}
     for s in track(samples, "antispoof", progress):
         image = _LazyImage(s.path, load_image)
         try:
             box = np.asarray(_cached(caches["box"], s.path, use_cache, seconds["detect"], _largest_box,
                                      detector, image), np.float64)
             boxes.append(box)
-            feats.append(np.asarray(_cached(caches["texture"], s.path, use_cache, seconds["texture"],
-                                            _features, texture, image, box), np.float64))
+            parts = [_cached(caches["texture"], s.path, use_cache, seconds["texture"], _features, texture, image,
+                             box),
+                     _cached(caches["distortion"], s.path, use_cache, seconds["distortion"], _distortion, image, box),
+                     np.zeros(HEAD_BLOCKS["lemb"].stop) if head is None else
+                     _cached(caches["human_head"], s.path, use_cache, seconds["human_head"], _features, head, image,
+                             box)]
+            feats.append(np.concatenate([np.asarray(p, np.float64).ravel() for p in parts]))
             for n in networks:
                 value = _cached(caches[n], s.path, use_cache, seconds[n], _score, nets[n], image, box)
                 scores[n].append(float(np.asarray(value).reshape(-1)[0]))
@@ -169,6 +224,8 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
         raise DatasetError("; ".join(errors[:5]))
     return {"box": np.asarray(boxes), "features": np.asarray(feats),
             "scores": {n: np.asarray(v) for n, v in scores.items()},
+            "source": np.array([s.source for s in samples]), "attack": np.array([s.attack for s in samples]),
+            "session": np.array([s.session for s in samples]), "head": head is not None,
             "ms": {n: float(1000 * np.median(v)) for n, v in seconds.items() if v}}
 
 
@@ -211,8 +268,12 @@ def _largest_box(detector: Any, image: _LazyImage) -> F64:
     return np.array([w / 2 - side / 2, h / 2 - side / 2, w / 2 + side / 2, h / 2 + side / 2])
 
 
-def _features(texture: Any, image: _LazyImage, box: F64) -> F64:
-    return np.asarray(texture.features(image.get(), [box])[0], np.float64)
+def _features(model: Any, image: _LazyImage, box: F64) -> F64:
+    return np.asarray(model.features(image.get(), [box])[0], np.float64)
+
+
+def _distortion(image: _LazyImage, box: F64) -> F64:
+    return face_distortion(image.get(), box)
 
 
 def _score(model: LivenessModel, image: _LazyImage, box: F64) -> F64:
@@ -230,17 +291,112 @@ def subject_folds(subjects: Sequence[str], k: int, seed: int) -> list[npt.NDArra
     return [np.isin(subj, g) for g in groups]
 
 
-def out_of_fold(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], *, l2: float, k: int = 5,
-                seed: int = 0) -> F64:
-    """Texture scores of the training side, each from a model fitted without that sample's subject."""
+def out_of_fold(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], *, l2: float = 1.0,
+                recipe: Recipe | None = None, k: int = 5, seed: int = 0) -> F64:
+    """Texture scores of the training side, each from a model fitted without that sample's subject
+    (on all of ``x``'s columns with ``l2``, or on ``recipe``'s)."""
     out = np.zeros(len(x))
     for test in subject_folds(subjects, k, seed):
         train = ~test
         if len(set(live[train])) < 2:
             out[test] = 0.5
             continue
-        out[test] = fit_logistic(x[train], live[train], l2=l2).score(x[test])
+        model = fit_recipe(x[train], live[train], recipe) if recipe else fit_logistic(x[train], live[train], l2=l2)
+        out[test] = model.score(x[test])
     return out
+
+
+def shift_folds(live: npt.NDArray[np.bool_], subjects: Sequence[str], sources: Sequence[str],
+                sessions: Sequence[str], attacks: Sequence[str]) -> list[tuple[npt.NDArray[np.bool_],
+                                                                             npt.NDArray[np.bool_]]]:
+    """(training, validation) masks that put a shift of capture conditions or attack between the two
+    parts, a stand-in for another dataset read from one training side only:
+
+    * several sources: leave one source out;
+    * else several sessions (NUAA): leave one session out, subject-disjoint (validation = that
+      session's images of half the subjects, training = the other sessions' images of the other half);
+    * else several attack types (MSU-MFSD): leave one out by subject (validation = the subjects whose
+      attack is that instrument, live and attack images; training = the others, who never show it).
+
+    Folds whose training or validation part lacks a class are dropped."""
+    y = np.asarray(live, bool)
+    subj, src, ses = np.asarray(subjects), np.asarray(sources), np.asarray(sessions)
+    att = np.asarray(attacks)
+    folds: list[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = []
+    if len(set(src)) > 1:
+        folds = [(src != s, src == s) for s in sorted(set(src))]
+    elif len(set(ses)) > 1:
+        people = np.array(sorted(set(subj)))
+        np.random.default_rng(0).shuffle(people)
+        for se in sorted(set(ses)):
+            for half in (people[::2], people[1::2]):
+                inside = np.isin(subj, half)
+                folds.append(((ses != se) & ~inside, (ses == se) & inside))
+    else:
+        attack_of = {p: a for p, a, v in zip(subj, att, y, strict=True) if not v}
+        kind = np.array([attack_of.get(p, "") for p in subj])
+        if len(set(attack_of.values())) > 1:
+            folds = [(kind != t, kind == t) for t in sorted(set(attack_of.values()))]
+    return [(t, v) for t, v in folds if len(set(y[t])) == 2 and len(set(y[v])) == 2]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The texture recipe a training side chose, its out-of-fold scores there and the criterion of
+    every recipe on the menu."""
+
+    recipe: Recipe
+    oof: F64
+    criteria: dict[str, float]
+
+
+def select_recipe(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], attacks: Sequence[str],
+                  folds: Sequence[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]],
+                  recipes: Sequence[Recipe]) -> Selection:
+    """Choose a trained candidate's recipe (blocks and L2) on one training side only, by a rule fixed
+    before it was run:
+
+    criterion = mean of (a) the subject-disjoint 5-fold out-of-fold ACER (worst attack type) at the
+    equal-error threshold of those out-of-fold scores, the in-source error, and (b) the HTER of the
+    pooled validation decisions over ``folds`` (:func:`shift_folds`), each fold's model fitted on its
+    training part and thresholded at the equal-error point of that part's own out-of-fold scores, the
+    error under a shift. Without folds the criterion is (a). Lowest criterion wins; ties go to the
+    earlier recipe. Nothing outside ``x`` (the training side) is read."""
+    y = np.asarray(live, bool)
+    att = np.asarray(attacks)
+    subj = list(subjects)
+    best: tuple[float, int] | None = None
+    oofs: list[F64] = []
+    criteria: dict[str, float] = {}
+    for i, recipe in enumerate(recipes):
+        oof = out_of_fold(x, y, subj, recipe=recipe)
+        oofs.append(oof)
+        crit = metrics(oof, y, att, equal_error_threshold(oof, y))["acer"]
+        if folds:
+            accepted = np.zeros(len(y), bool)
+            seen = np.zeros(len(y), bool)
+            for tr, va in folds:
+                sub = [p for p, t in zip(subj, tr, strict=True) if t]
+                thr = equal_error_threshold(out_of_fold(x[tr], y[tr], sub, recipe=recipe), y[tr])
+                accepted[va] = fit_recipe(x[tr], y[tr], recipe).score(x[va]) >= thr
+                seen |= va
+            v = y[seen]
+            crit = (crit + (accepted[seen][~v].mean() + (~accepted[seen][v]).mean()) / 2) / 2
+        criteria[str(recipe)] = float(crit)
+        if best is None or crit < best[0] - 1e-12:
+            best = (float(crit), i)
+    assert best is not None
+    return Selection(recipes[best[1]], oofs[best[1]], criteria)
+
+
+def fit_trained(x: F64, live: npt.NDArray[np.bool_], subjects: Sequence[str], attacks: Sequence[str],
+                folds: Sequence[tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]], recipes: Sequence[Recipe]
+                ) -> tuple[LinearModel, Selection]:
+    """A trained candidate on one training side: the :func:`select_recipe` choice fitted on all of it,
+    thresholded at the equal-error point of its out-of-fold scores there."""
+    sel = select_recipe(x, live, subjects, attacks, folds, recipes)
+    m = fit_recipe(x, live, sel.recipe)
+    return LinearModel(m.mean, m.scale, m.weights, m.bias, equal_error_threshold(sel.oof, live)), sel
 
 
 @dataclass(frozen=True)
@@ -249,12 +405,13 @@ class Fitted:
 
     scores: F64
     threshold: float
+    choice: str = ""
+    """What the training side chose, where the candidate chooses (the texture model's recipe)."""
 
 
 TEXTURE_L2 = 1.0
-"""The texture model's L2 strength (on standardised features). Chosen by subject-disjoint out-of-fold
-ACER on NUAA and MSU training halves (``training/train_liveness_texture.py --select``), never on a
-cross-dataset test side."""
+"""The L2 strength of ``spectral`` (on standardised features), the texture model of the previous
+sessions without its LBP histograms (the texture model itself picks its own, :func:`select_recipe`)."""
 
 
 def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt.NDArray[np.bool_],
@@ -264,12 +421,19 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
     x = data["features"]
     subj_train = [s for s, t in zip(subjects, train, strict=True) if t]
     out: dict[str, Fitted] = {}
-    oof = out_of_fold(x[train], live[train], subj_train, l2=TEXTURE_L2)
-    model = fit_logistic(x[train], live[train], l2=TEXTURE_L2)
-    out["texture"] = Fitted(model.score(x[test]), equal_error_threshold(oof, live[train]))
-    # the same recipe without the LBP histograms: spectrum, colour moments and sharpness only (reported
+    att = data["attack"][train]
+    # the candidates trained here: each recipe chosen on the training side (select_recipe), then fitted there
+    folds = shift_folds(live[train], subj_train, data["source"][train], data["session"][train], att)
+    oofs: dict[str, F64] = {}
+    for name in TRAINED:
+        if name == "human_head" and not data.get("head", True):
+            continue
+        model, sel = fit_trained(x[train], live[train], subj_train, att, folds, menu(name))
+        oofs[name] = sel.oof
+        out[name] = Fitted(model.score(x[test]), model.threshold, str(sel.recipe))
+    # spectrum, colour moments and sharpness only, the texture recipe of the earlier sessions (reported
     # beside the texture model, to show how much of its failure across datasets the histograms cause)
-    xs = x[:, LBP_DIMS:]
+    xs = x[:, EVAL_BLOCKS["spectral"]]
     oof_s = out_of_fold(xs[train], live[train], subj_train, l2=TEXTURE_L2)
     spectral = fit_logistic(xs[train], live[train], l2=TEXTURE_L2)
     out["spectral"] = Fitted(spectral.score(xs[test]), equal_error_threshold(oof_s, live[train]))
@@ -283,8 +447,8 @@ def fit_candidates(data: dict[str, Any], train: npt.NDArray[np.bool_], test: npt
     # out-of-fold scores for the parts trained there and on the networks' own scores
     # (a network enters with its own score on both sides, never with its calibrated test score: the
     # combiner was fitted on the former)
-    train_scores = {"texture": oof, "spectral": oof_s, **{n: data["scores"][n][train] for n in networks}}
-    test_scores = {"texture": out["texture"].scores, "spectral": out["spectral"].scores,
+    train_scores = {**oofs, "spectral": oof_s, **{n: data["scores"][n][train] for n in networks}}
+    test_scores = {**{n: out[n].scores for n in (*oofs, "spectral")},
                    **{n: data["scores"][n][test] for n in networks}}
     for name, parts in FUSIONS.items():
         if not all(p in train_scores for p in parts):
@@ -390,6 +554,8 @@ def summarise(splits: Sequence[Split], live: npt.NDArray[np.bool_], attacks: Seq
         types = sorted({k for p in point for k in p if k.startswith("apcer_") and k not in ("apcer_pooled",)})
         res["apcer_by_type"] = {t[6:]: float(np.nanmean([p.get(t, np.nan) for p in point])) for t in types}
         res["threshold"] = float(np.mean([sp.fitted[name].threshold for sp in splits]))
+        if any(sp.fitted[name].choice for sp in splits):
+            res["choices"] = [sp.fitted[name].choice for sp in splits]
         out[name] = res
     return out
 
@@ -424,7 +590,9 @@ def run_cross(train: Sequence[Sample], test: Sequence[Sample], data_train: dict[
     both = [*train, *test]
     live, subjects, attacks = _arrays(both)
     data = {"features": np.concatenate([data_train["features"], data_test["features"]]),
-            "scores": {n: np.concatenate([data_train["scores"][n], data_test["scores"][n]]) for n in networks}}
+            "scores": {n: np.concatenate([data_train["scores"][n], data_test["scores"][n]]) for n in networks},
+            **{k: np.concatenate([data_train[k], data_test[k]]) for k in ("source", "session", "attack")},
+            "head": data_train["head"] and data_test["head"]}
     is_test = np.array([False] * len(train) + [True] * len(test))
     split = Split(is_test, fit_candidates(data, ~is_test, is_test, live, subjects, networks))
     result = summarise([split], live, attacks, subjects, seed=seed)
@@ -437,7 +605,7 @@ def speed(datas: Sequence[dict[str, Any]], networks: Sequence[str]) -> dict[str,
     """Median ms per face (one thread) of each candidate, over the images scored; ``fused`` is the sum of
     its parts. Detection is listed apart (every candidate needs it)."""
     ms: dict[str, float] = {}
-    for name in ("detect", "texture", *networks):
+    for name in ("detect", "texture", "distortion", "human_head", *networks):
         values = [d["ms"][name] for d in datas if name in d["ms"]]
         if values:
             ms[name] = float(np.mean(values))

@@ -6,6 +6,7 @@ adding a candidate does not change the source that the evaluation cache keys the
 from __future__ import annotations
 
 from faceflow.errors import ConfigError
+from faceflow.liveness.head import HumanHead
 from faceflow.liveness.models import (
     Cdcn,
     Cdcn128,
@@ -19,7 +20,7 @@ from faceflow.liveness.models import (
 from faceflow.models.runtime import Runtime
 
 SINGLE: dict[str, type[LivenessModel]] = {
-    m.name: m for m in (TextureModel, HumanAntispoof, HumanLiveness, DeepTree, DeepTreeInt8, Cdcn, Cdcn128)
+    m.name: m for m in (TextureModel, HumanHead, HumanAntispoof, HumanLiveness, DeepTree, DeepTreeInt8, Cdcn, Cdcn128)
 }
 """The single candidates by name."""
 

@@ -12,6 +12,10 @@ Features of a square crop around the face (:data:`CROP_SCALE` times the detector
 * colour moments (mean and standard deviation of saturation, Cb and Cr) and the log variance of the
   Laplacian (sharpness).
 
+The vector is laid out in named :data:`BLOCKS`. A :class:`Recipe` says which blocks of a feature
+vector a model reads and its L2 strength; a training side chooses its recipe from a menu
+(:func:`faceflow.eval.antispoof.select_recipe`).
+
 :func:`fit_logistic` (Newton's method) is the one training routine: ``training/train_liveness_texture.py``
 uses it for the shipped model and :mod:`faceflow.eval.antispoof` uses it to train on each protocol's
 training side only.
@@ -34,9 +38,25 @@ F64 = npt.NDArray[np.float64]
 
 CROP_SCALE = 1.0
 LBP_DIMS = 6 * 59
-"""The leading features are the six LBP histograms; the rest are spectral, colour and sharpness cues."""
+"""The leading features are the six LBP histograms."""
 CROP_SIZE = 128
 FREQ_BANDS = 16
+SPECTRAL_DIMS = FREQ_BANDS + 2 + 6 + 1
+
+
+def layout(sizes: dict[str, int]) -> dict[str, slice]:
+    """Named consecutive blocks of the given sizes, in order."""
+    out, at = {}, 0
+    for name, n in sizes.items():
+        out[name] = slice(at, at + n)
+        at += n
+    return out
+
+
+BLOCKS: dict[str, slice] = layout({"lbp": LBP_DIMS, "spectral": SPECTRAL_DIMS})
+"""Where each feature group sits in :func:`crop_features`' vector: ``lbp`` (colour LBP, HSV and
+YCbCr), ``spectral`` (spectrum, moire cues, colour moments, sharpness)."""
+FEATURE_DIMS = LBP_DIMS + SPECTRAL_DIMS
 
 
 def _uniform_table() -> npt.NDArray[np.int64]:
@@ -142,6 +162,43 @@ class LinearModel:
             return cls(z["mean"], z["scale"], z["weights"], float(z["bias"][0]), float(z["threshold"][0]))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """Which named blocks of a feature vector a linear model reads (``layout`` says where they are) and
+    its L2 strength."""
+
+    blocks: tuple[str, ...]
+    l2: float
+    layout: tuple[tuple[str, int, int], ...]
+    """(name, start, stop) of every block of the vector the recipe indexes."""
+
+    @classmethod
+    def of(cls, blocks: tuple[str, ...], l2: float, where: dict[str, slice]) -> Recipe:
+        return cls(blocks, l2, tuple((n, int(s.start), int(s.stop)) for n, s in where.items()))
+
+    def columns(self) -> npt.NDArray[np.int64]:
+        where = {n: (a, b) for n, a, b in self.layout}
+        return np.concatenate([np.arange(*where[b]) for b in self.blocks])
+
+    def __str__(self) -> str:
+        return f"{'+'.join(self.blocks)} l2={self.l2:g}"
+
+
+L2_MENU = (100.0, 10.0, 1.0)
+"""The L2 strengths a training side chooses from (strongest first: ties go to it)."""
+
+
+def fit_recipe(x: npt.ArrayLike, live: npt.ArrayLike, recipe: Recipe) -> LinearModel:
+    """:func:`fit_logistic` on ``recipe``'s columns of the feature vectors ``x``, returned as a model
+    over the whole vector (zero weight on the columns it does not read)."""
+    a = np.asarray(x, np.float64)
+    cols = recipe.columns()
+    m = fit_logistic(a[:, cols], live, l2=recipe.l2)
+    mean, scale, weights = np.zeros(a.shape[1]), np.ones(a.shape[1]), np.zeros(a.shape[1])
+    mean[cols], scale[cols], weights[cols] = m.mean, m.scale, m.weights
+    return LinearModel(mean, scale, weights, m.bias, m.threshold)
+
+
 def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iterations: int = 50) -> LinearModel:
     """L2-regularised logistic regression (Newton's method) on standardised ``x``; classes weighted to
     balance. ``threshold`` is set at the equal-error point of the model's own training scores (callers
@@ -153,7 +210,14 @@ def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iter
     mean = a.mean(axis=0)
     scale = a.std(axis=0)
     scale[scale < 1e-9] = 1.0
-    z = np.hstack([(a - mean) / scale, np.ones((len(a), 1))])
+    z = (a - mean) / scale
+    # with more features than samples the penalised solution lies in the span of the samples: fit in
+    # the thin SVD's coordinates (exactly the same optimum, a much smaller Newton system)
+    basis = None
+    if z.shape[1] > z.shape[0]:
+        u, sv, vt = np.linalg.svd(z, full_matrices=False)
+        z, basis = u * sv, vt
+    z = np.hstack([z, np.ones((len(a), 1))])
     sw = np.where(y > 0.5, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
     reg = np.full(z.shape[1], l2)
     reg[-1] = 0.0
@@ -166,9 +230,10 @@ def fit_logistic(x: npt.ArrayLike, live: npt.ArrayLike, *, l2: float = 1.0, iter
         beta -= step
         if np.abs(step).max() < 1e-8:
             break
-    model = LinearModel(mean, scale, beta[:-1], float(beta[-1]), 0.5)
+    weights = beta[:-1] if basis is None else basis.T @ beta[:-1]
+    model = LinearModel(mean, scale, weights, float(beta[-1]), 0.5)
     thr = equal_error_threshold(model.score(a), y > 0.5)
-    return LinearModel(mean, scale, beta[:-1], float(beta[-1]), thr)
+    return LinearModel(mean, scale, weights, float(beta[-1]), thr)
 
 
 def equal_error_threshold(scores: npt.ArrayLike, live: npt.ArrayLike) -> float:

