@@ -73,7 +73,8 @@ def load_weights(manifest: Path, *shards: Path) -> dict[str, F64]:
         groups = json.loads(Path(manifest).read_text())
         raw = decode_weights(groups, [Path(s).read_bytes() for s in shards])
     except (ValueError, KeyError, TypeError, StopIteration) as exc:
-        raise CheckpointError(f"{manifest}: not a readable TF.js weights manifest ({type(exc).__name__}: {exc})") from None
+        why = f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(f"{manifest}: not a readable TF.js weights manifest ({why})") from None
     want = expected_shapes()
     if set(raw) != set(want):
         missing, extra = sorted(set(want) - set(raw)), sorted(set(raw) - set(want))
@@ -157,7 +158,10 @@ def landmark68_graph(weights: dict[str, F64]) -> Any:
         outs = [g.op("Relu", [_tf_conv(g, weights, x, f"{block}/conv0", size, 2)], f"{block}_out1")]
         size = -(-size // 2)
         for k in (1, 2, 3):
-            inp = outs[0] if k == 1 else g.op("Relu", [g.op("Sum", outs, f"{block}_in{k + 1}_sum")], f"{block}_in{k + 1}")
+            if k == 1:
+                inp = outs[0]
+            else:
+                inp = g.op("Relu", [g.op("Sum", outs, f"{block}_in{k + 1}_sum")], f"{block}_in{k + 1}")
             outs.append(_tf_conv(g, weights, inp, f"{block}/conv{k}", size, 1))
         x = g.op("Relu", [g.op("Sum", outs, f"{block}_sum")], f"{block}_out")
     pooled = g.op("AveragePool", [x], "avg_pool", kernel_shape=[7, 7], strides=[2, 2])
