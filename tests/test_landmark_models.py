@@ -101,7 +101,7 @@ def test_new_models_load_and_read_a_face(astronaut: np.ndarray) -> None:
     assert "onnx:pfld106:()" in rt.loaded and "tflite:face_landmarker" in rt.loaded
 
 
-@pytest.mark.parametrize("source", ["landmarker", "pfld", "fused"])
+@pytest.mark.parametrize("source", ["landmarker", "pfld", "faceapi", "fused"])
 def test_68_points_are_near_dlibs(source: str, astronaut: np.ndarray) -> None:
     """On a real face each permissive source lands within 3 % of the eye distance of dlib's points
     (their teacher); the packaged 468-point mesh regression is the yardstick it must not fall behind by

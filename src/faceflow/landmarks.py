@@ -128,7 +128,8 @@ MIRROR_68: tuple[int, ...] = (
 
 LANDMARK_SOURCES = ("auto", "dlib", "mesh", "landmarker", "pfld", "fused", "faceapi")
 
-REGRESSIONS = {"mesh": "mesh_to_68", "landmarker": "landmarker_to_68", "pfld": "pfld_to_68"}
+REGRESSIONS = {"mesh": "mesh_to_68", "landmarker": "landmarker_to_68", "pfld": "pfld_to_68",
+               "faceapi": "faceapi_to_68"}
 """The packaged regression (registry name) that turns each model-based source's points into iBUG 68."""
 
 SOURCE_MODELS: dict[str, tuple[str, ...]] = {
@@ -137,15 +138,16 @@ SOURCE_MODELS: dict[str, tuple[str, ...]] = {
     "mesh": ("face_mesh", "mesh_to_68"),
     "landmarker": ("face_landmarker", "landmarker_to_68"),
     "pfld": ("pfld106", "pfld_to_68"),
-    "fused": ("face_landmarker", "landmarker_to_68", "pfld106", "pfld_to_68"),
-    "faceapi": ("faceapi_landmark68",),
+    "fused": ("face_landmarker", "landmarker_to_68", "pfld106", "pfld_to_68", "faceapi_landmark68", "faceapi_to_68"),
+    "faceapi": ("faceapi_landmark68", "faceapi_to_68"),
 }
 """The registry models each source may load (for cache keys and ``models pull``)."""
 
-FUSED_WEIGHT = 0.75
-"""Weight of the landmarker's 68 points in the ``fused`` source (PFLD's get the rest): of 0, 0.25, 0.4,
-0.5, 0.6, 0.75 and 1, the one with the least error against the teacher on the other dataset (LFW <->
-UTKFace, one read per face; ``training/fit_landmarks_68.py``): 2.38 / 2.93 % (0.6: 2.42 / 2.91 %)."""
+FUSED_WEIGHTS: dict[str, float] = {"landmarker": 0.45, "pfld": 0.15, "faceapi": 0.40}
+"""Weights of each source's 68 points in the ``fused`` source: of every weighting on a 0.05 grid, the
+one with the least error against the teacher on the other dataset (LFW <-> UTKFace, each regression
+fitted on one and scored on the other; ``training/fit_landmarks_68.py fit``): 2.49 % (the earlier
+0.75 landmarker + 0.25 PFLD: 2.65 %). On the 500 held-out LFW faces: 2.46 % (earlier 2.52 %)."""
 
 DLIB_LIKE_BOXES = frozenset({"dlib_hog", "haar"})
 """Detectors whose boxes dlib's predictor takes as they are (Haar's measured as good as HOG's)."""
@@ -303,6 +305,16 @@ def faceapi_in_roi(session: Any, image: Image, roi: Roi) -> FloatArray:
     pts = np.asarray(values, np.float64).reshape(68, 2) * FACEAPI_INPUT - 0.5
     inv = cv2.invertAffineTransform(m)
     return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
+
+
+def faceapi_68(session: Any, image: Image, box: npt.ArrayLike, refine: int = 1, mirror: bool = False) -> FloatArray:
+    """face-api.js's own 68 points for the face in ``box``: a crop of the box (:data:`FACEAPI_BOX_SCALE`),
+    then ``refine`` crops of its own points (:data:`FACEAPI_SCALE`); from mirrored crops when
+    ``mirror`` (the points then come in the mirrored face's order)."""
+    pts = faceapi_in_roi(session, image, pfld_roi(box, FACEAPI_BOX_SCALE, mirror))
+    for _ in range(refine):
+        pts = faceapi_in_roi(session, image, roi_from_68(pts, FACEAPI_SCALE, mirror))
+    return pts
 
 
 @dataclass(frozen=True)
@@ -564,12 +576,9 @@ class Landmarks68Stage(Stage):
                 first = dlib_68(predictor, image, box, angle, mirror=False)
                 box, angle = hog_box_from_landmarks5(landmarks5_from_68(first))
             return dlib_68(predictor, image, box, angle, mirror=self.options.mirror)
-        if self.source == "faceapi":
-            return self._faceapi_points(image, face)
         if self.source == "fused":
-            w = FUSED_WEIGHT
-            return (w * self._model_points(image, face, "landmarker")
-                    + (1 - w) * self._model_points(image, face, "pfld")).astype(np.float32)
+            return sum((w * self._model_points(image, face, s) for s, w in FUSED_WEIGHTS.items()),
+                       np.zeros((68, 2), np.float64)).astype(np.float32)
         return self._model_points(image, face, self.source)
 
     def _model_points(self, image: Image, face: Face, source: str) -> FloatArray:
@@ -585,29 +594,16 @@ class Landmarks68Stage(Stage):
             points = ((points + mirrored) / 2).astype(np.float32)
         return points
 
-    def _faceapi_points(self, image: Image, face: Face) -> FloatArray:
-        """face-api.js's own 68 points (no regression): a crop of the box, then ``refine`` crops of its
-        points, averaged with its reading of the mirrored face when ``mirror`` is on."""
-        session = self.runtime.onnx("faceapi_landmark68")
-
-        def read(mirror: bool) -> FloatArray:
-            pts = faceapi_in_roi(session, image, pfld_roi(face.box, FACEAPI_BOX_SCALE, mirror))
-            for _ in range(self.options.refine):
-                pts = faceapi_in_roi(session, image, roi_from_68(pts, FACEAPI_SCALE, mirror))
-            return pts
-
-        points = read(False)
-        if self.options.mirror:
-            points = ((points + read(True)[list(MIRROR_68)]) / 2).astype(np.float32)
-        return points
-
     def _raw_points(self, image: Image, face: Face, source: str, mirror: bool) -> FloatArray:
-        """The model's own points (mesh 468 x 3, landmarker 478 x 3, PFLD 106 x 2) for ``face``, from
+        """The model's own points (mesh 468 x 3, landmarker 478 x 3, PFLD 106 x 2, face-api 68 x 2) for
+        ``face``, from
         mirrored crops when ``mirror`` (then in the mirrored face's order)."""
         if source == "mesh":
             return self._mesh.points(image, face, mirror=mirror)[0]
         if source == "landmarker":
             return self._landmarker.points(image, face, mirror=mirror)[0]
+        if source == "faceapi":
+            return faceapi_68(self.runtime.onnx("faceapi_landmark68"), image, face.box, self.options.refine, mirror)
         session = self.runtime.onnx("pfld106")
         pts = pfld_in_roi(session, image, pfld_roi(face.box, mirror=mirror))
         for _ in range(self.options.refine):

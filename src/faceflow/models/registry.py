@@ -251,6 +251,10 @@ PFLD_TO_68_FILE = ModelFile(
     "pfld_to_68.npz", "23a12f25494f155fa8cdabb90defa3b083a6f8be6e7bcf98b220ef63c3c3a508", 109122,
     (Packaged("training/fit_landmarks_68.py"),),
 )
+FACEAPI_TO_68_FILE = ModelFile(
+    "faceapi_to_68.npz", "effebd16e77d0ad28383cd03bafcc535b050183f09d7b4faca1d86c436e49afd", 70555,
+    (Packaged("training/fit_landmarks_68.py"),),
+)
 HEADS_FILE = ModelFile(
     "attribute_heads.json", "333ed242c54a5e0ffa49ac95a0b23886b4c7125240f438862a28037b52d0ed7e", 846644,
     (Packaged("training/train_attribute_heads.py"),),
@@ -349,6 +353,12 @@ MODELS: dict[str, ModelSpec] = {
                   "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
                   "iBUG 68 points from PFLD's 106: ridge regression in a normalised frame",
                   (PFLD_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("faceapi_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from face-api.js's own 68: ridge regression in a normalised frame",
+                  (FACEAPI_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
                   notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
                         "train-split faces (and their mirror images); no 300-W data."),
         ModelSpec("attribute_heads", "attributes", "non-commercial (trained on UTKFace, research use only)",
