@@ -15,7 +15,6 @@ from faceflow.errors import CheckpointError
 from faceflow.eval.w300 import nme
 from faceflow.landmarks import (
     FACEAPI_INPUT,
-    FUSED_WEIGHTS,
     Landmarks68Stage,
     LandmarksOptions,
     Roi,
@@ -122,13 +121,3 @@ def test_a_mirrored_crop_reads_the_mirror_image(astronaut: np.ndarray) -> None:
     direct = faceapi_in_roi(session, flipped, Roi(astronaut.shape[1] - 1 - cx, cy, side))
     direct[:, 0] = astronaut.shape[1] - 1 - direct[:, 0]
     np.testing.assert_allclose(mirrored, direct, atol=0.05)
-
-
-def test_fused_is_the_weighted_mean_of_its_members(astronaut: np.ndarray) -> None:
-    """The default ``fused`` source is :data:`FUSED_WEIGHTS`' mean of the three distilled sources."""
-    assert LandmarksOptions().source == "fused"
-    assert set(FUSED_WEIGHTS) == {"landmarker", "pfld", "faceapi"} and sum(FUSED_WEIGHTS.values()) == pytest.approx(1)
-    face = create_detector("yunet").detect(astronaut)[0]
-    members = {s: Landmarks68Stage(s).predict(astronaut, face).astype(np.float64) for s in FUSED_WEIGHTS}
-    fused = Landmarks68Stage("fused").predict(astronaut, face)
-    np.testing.assert_allclose(fused, sum(w * members[s] for s, w in FUSED_WEIGHTS.items()), atol=1e-3)

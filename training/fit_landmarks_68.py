@@ -32,6 +32,14 @@ Run on 2026-12-07 (2 cores shared; collect about 20 minutes per dataset, fit 4 m
 fusion weight 0.75 (2.376 %, 2.931 %); sha256 af21af3a... and 23a12f25... . Held out, mirror on:
 mesh 3.014 %, landmarker 2.627 %, pfld 2.970 %, fused 2.516 % (fused with ``--refine 2`` 2.508 %,
 with ``--scale 1.4`` 2.493 %: neither kept, the regressions were fitted at 1.5 and one refinement).
+
+Again later that day with the third student (``collect --add faceapi``, 2 minutes per dataset;
+``fit``, 6 minutes): faceapi penalty 1 (2.677 %, 3.054 %), sha256 effebd16... (the two earlier
+regressions came out within 6e-8 of the packaged ones, not byte-equal: those were kept). Best
+weighting on the 0.05 grid: landmarker 0.45, pfld 0.15, faceapi 0.40, 2.492 % (mean of both ways;
+the shipped 0.75 / 0.25 / 0: 2.653 %). Held out (``heldout --fusions "0.75,0.25,0;0.45,0.15,0.4;
+0.55,0,0.45"``): faceapi 2.750 %, the three weightings 2.516 %, 2.457 %, 2.490 %. The 0.45 / 0.15 /
+0.40 fusion did not beat the default on HELEN (3.43 % against 3.41 %), so ``fused`` was left as it was.
 """
 
 from __future__ import annotations

@@ -303,7 +303,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("faceapi_landmark68", "landmarks", "MIT (package; upstream training data not stated)",
                   "face-api.js FaceLandmark68Net: iBUG 68 points from a 112x112 crop, TF.js weights rebuilt "
                   "as ONNX", (FACEAPI_LMK68_FILE,),
-                  origin="justadudewhohacks/face-api.js via @vladmandic/face-api 1.7.15 (npm)", default=True,
+                  origin="justadudewhohacks/face-api.js via @vladmandic/face-api 1.7.15 (npm)",
                   notes="The architecture is in face-api.js's code, not in the weights file: "
                         "faceflow.models.faceapi rebuilds it at pull time. Its author says it was trained on "
                         "~35k face images labelled with 68 points, without naming them (300-W's images may be "
