@@ -25,13 +25,17 @@ mean (the ``fused`` source) for every weight triple on a 0.05 grid (:func:`fusio
 ``<student>_to_68.npz`` and prints their sha256 (for :mod:`faceflow.models.registry`). ``collect
 --add faceapi`` adds one student's points to caches collected before it existed. ``heldout``
 scores sources through ``Landmarks68Stage`` as shipped against the teacher on 500 LFW faces no
-regression saw (:func:`held_out_images`): the figure that chose the default source.
+regression saw (:func:`held_out_images`): the figure that chose the default source. ``faceapi-crops``
+scores face-api.js's crops on the same faces (:func:`faceapi_crops`).
 
 Run on 2026-12-07 (2 cores shared; collect about 20 minutes per dataset, fit 4 minutes): penalties
 0.3 (landmarker: 2.460 % lfw -> utkface, 3.137 % utkface -> lfw) and 1 (pfld: 3.174 %, 3.572 %);
 fusion weight 0.75 (2.376 %, 2.931 %); sha256 af21af3a... and 23a12f25... . Held out, mirror on:
 mesh 3.014 %, landmarker 2.627 %, pfld 2.970 %, fused 2.516 % (fused with ``--refine 2`` 2.508 %,
 with ``--scale 1.4`` 2.493 %: neither kept, the regressions were fitted at 1.5 and one refinement).
+
+``faceapi-crops`` (3 minutes): face-api.js's own points, box x 1.0 then its points x 1.3, 5.144 %, the
+least of the grid (box x 1.1 or 1.2 then x 1.2: 5.152 %; the box alone at best 5.962 %).
 
 Again later that day with the third student (``collect --add faceapi``, 2 minutes per dataset;
 ``fit``, 6 minutes): faceapi penalty 1 (2.677 %, 3.054 %), sha256 effebd16... (the two earlier
@@ -67,10 +71,12 @@ from faceflow.landmarks import (
     LandmarksOptions,
     MeshTo68,
     faceapi_68,
+    faceapi_in_roi,
     mesh_in_roi,
     mesh_roi,
     pfld_in_roi,
     pfld_roi,
+    roi_from_68,
     roi_from_mesh,
     roi_from_pfld,
 )
@@ -243,9 +249,39 @@ def held_out(datasets: Path, sources: tuple[str, ...], scale: float = 1.5, refin
               f"{100 * np.mean(e):.3f} %", flush=True)
 
 
+def faceapi_crops(datasets: Path, box_scales: tuple[float, ...] = (0.9, 1.0, 1.1, 1.2, 1.3),
+                  point_scales: tuple[float, ...] = (1.0, 1.1, 1.2, 1.3, 1.4)) -> None:
+    """face-api.js's own points (mirrored and averaged, no regression) against the teacher on
+    :func:`held_out_images`, for each first crop (the box times ``box_scales``) and each refined crop
+    (its points' extent times ``point_scales``): what chose :data:`faceflow.landmarks.FACEAPI_BOX_SCALE`
+    and :data:`faceflow.landmarks.FACEAPI_SCALE`."""
+    detector, teacher = create_detector("yunet"), Landmarks68Stage("dlib")
+    session = default_runtime().onnx("faceapi_landmark68")
+    grid = [(a, b) for a in box_scales for b in (None, *point_scales)]
+    errs: dict[tuple[float, float | None], list[float]] = {k: [] for k in grid}
+    for path in held_out_images(datasets):
+        image = load_image(path)
+        face = central_face(detector.detect(image), image)
+        if face is None:
+            continue
+        target = teacher.predict(image, face).astype(np.float64)[None]
+        for a, b in grid:
+            reads = []
+            for mirror in (False, True):
+                pts = faceapi_in_roi(session, image, pfld_roi(face.box, a, mirror))
+                if b is not None:
+                    pts = faceapi_in_roi(session, image, roi_from_68(pts, b, mirror))
+                reads.append(pts[list(MIRROR_68)] if mirror else pts)
+            errs[(a, b)].append(float(errors(((reads[0] + reads[1]) / 2).astype(np.float64)[None], target)[0]))
+    for (a, b), e in errs.items():
+        refined = "no refinement" if b is None else f"points x {b:g}"
+        print(f"faceapi crops: box x {a:g}, {refined}: error against the teacher on {len(e)} held-out LFW faces "
+              f"{100 * np.mean(e):.3f} %", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("collect", "fit", "heldout"))
+    parser.add_argument("step", choices=("collect", "fit", "heldout", "faceapi-crops"))
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--only", choices=("lfw", "utkface"), help="collect: one dataset only")
     parser.add_argument("--cache", type=Path, default=CACHE)
@@ -258,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="heldout: weightings of the students to score too, e.g. '0.75,0.25,0;0.5,0,0.5'")
     parser.add_argument("--out", type=Path, default=DATA)
     args = parser.parse_args(argv)
+    if args.step == "faceapi-crops":
+        faceapi_crops(args.datasets)
+        return
     if args.step == "heldout":
         fusions = tuple(tuple(float(v) for v in f.split(",")) for f in args.fusions.split(";") if f)
         held_out(args.datasets, tuple(args.sources.split(",")), args.scale, args.refine, fusions)

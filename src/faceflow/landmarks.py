@@ -102,9 +102,9 @@ FACEAPI_BOX_SCALE = 1.0
 """face-api's first crop: the detector box's longer side times this, upright, around its centre."""
 FACEAPI_SCALE = 1.3
 """face-api's refined crop: its own 68 points' extent (eye-level), the longer side times this. This
-and :data:`FACEAPI_BOX_SCALE` are the pair (of 0.9-1.3 x 1.0-1.4, steps of 0.1) with the least error
-against dlib's points on the 500 held-out LFW faces of ``training/fit_landmarks_68.py`` (mirror on):
-5.14 % (the first crop alone: 6.06 %)."""
+and :data:`FACEAPI_BOX_SCALE` are the pair (of 0.9-1.3 x 1.0-1.4, steps of 0.1) whose own points (no
+regression) had the least error against dlib's on the 500 held-out LFW faces of
+``training/fit_landmarks_68.py`` (mirror on): 5.14 % (the first crop alone: 6.06 %)."""
 
 MESH_EYE_CORNERS = (33, 263)
 """Mesh vertices at the outer corners of the image-left and image-right eyes."""
@@ -527,8 +527,8 @@ class LandmarksOptions:
 
     source: str = option("fused", "68-point source: fused (default: a weighted mean of landmarker and pfld), "
                                   "landmarker (a regression from MediaPipe's 478-point landmarker), pfld (from "
-                                  "PFLD-106), mesh (from MediaPipe's 468-point mesh), faceapi (face-api.js's own "
-                                  "68 points) or dlib (dlib's predictor, closer to 300-W; non-commercial "
+                                  "PFLD-106), mesh (from MediaPipe's 468-point mesh), faceapi (from face-api.js's "
+                                  "68-point network) or dlib (dlib's predictor, closer to 300-W; non-commercial "
                                   "weights); auto tries dlib, else mesh.",
                          flag="landmarks", choices=LANDMARK_SOURCES)
     mirror: bool = option(True, "Also read the mirrored face and average the two.")
