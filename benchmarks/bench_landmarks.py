@@ -27,7 +27,7 @@ from faceflow.eval.w300 import load_300w
 from faceflow.landmarks import Landmarks68Stage
 from faceflow.models.runtime import Runtime, thread_budget
 
-SOURCES = ("fused", "landmarker", "pfld", "mesh", "dlib")
+SOURCES = ("fused", "landmarker", "pfld", "faceapi", "mesh", "dlib")
 
 
 def main() -> None:

@@ -61,6 +61,7 @@ CONFIGS: dict[str, list[tuple[str, Runner]]] = {
         ("faceflow yunet+landmarker", lambda r, c: tasks.eval_300w(r, landmarks="landmarker", use_cache=c)),
         ("faceflow yunet+pfld", lambda r, c: tasks.eval_300w(r, landmarks="pfld", use_cache=c)),
         ("faceflow yunet+mesh", lambda r, c: tasks.eval_300w(r, landmarks="mesh", use_cache=c)),
+        ("faceflow yunet+faceapi", lambda r, c: tasks.eval_300w(r, landmarks="faceapi", use_cache=c)),
         ("faceflow yunet+dlib", lambda r, c: tasks.eval_300w(r, landmarks="dlib", use_cache=c)),
     ],
     "utkface": [

@@ -13,7 +13,15 @@ import pytest
 from faceflow.detect import create_detector
 from faceflow.errors import CheckpointError, ConfigError
 from faceflow.eval.w300 import nme
-from faceflow.landmarks import LANDMARKER_POINTS, PFLD_POINTS, Landmarks68Stage, MeshOptions, MeshStage
+from faceflow.landmarks import (
+    FUSED_WEIGHTS,
+    LANDMARKER_POINTS,
+    PFLD_POINTS,
+    Landmarks68Stage,
+    LandmarksOptions,
+    MeshOptions,
+    MeshStage,
+)
 from faceflow.models import derive
 from faceflow.models.pfld import ALLOWED, pfld_to_onnx
 from faceflow.models.registry import LANDMARKER_FILE, LANDMARKER_TASK_FILE, PFLD_FILE, PFLD_SRC, get
@@ -101,7 +109,7 @@ def test_new_models_load_and_read_a_face(astronaut: np.ndarray) -> None:
     assert "onnx:pfld106:()" in rt.loaded and "tflite:face_landmarker" in rt.loaded
 
 
-@pytest.mark.parametrize("source", ["landmarker", "pfld", "fused"])
+@pytest.mark.parametrize("source", ["landmarker", "pfld", "faceapi", "fused"])
 def test_68_points_are_near_dlibs(source: str, astronaut: np.ndarray) -> None:
     """On a real face each permissive source lands within 3 % of the eye distance of dlib's points
     (their teacher); the packaged 468-point mesh regression is the yardstick it must not fall behind by
@@ -139,3 +147,12 @@ def test_store_builds_both_files_at_pull_time(pfld_checkpoint: Path, tmp_path: P
     for name, file in (("pfld106", PFLD_FILE), ("face_landmarker", LANDMARKER_FILE)):
         built = store.path(get(name))
         assert built.parent == tmp_path / "cache" and _sha(built) == file.sha256
+
+
+def test_fused_is_the_weighted_mean_of_its_members(astronaut: np.ndarray) -> None:
+    """The default ``fused`` source is :data:`FUSED_WEIGHTS`' mean of its distilled sources."""
+    assert LandmarksOptions().source == "fused" and sum(FUSED_WEIGHTS.values()) == pytest.approx(1)
+    face = create_detector("yunet").detect(astronaut)[0]
+    members = {s: Landmarks68Stage(s).predict(astronaut, face).astype(np.float64) for s in FUSED_WEIGHTS}
+    fused = Landmarks68Stage("fused").predict(astronaut, face)
+    np.testing.assert_allclose(fused, sum(w * members[s] for s, w in FUSED_WEIGHTS.items()), atol=1e-3)

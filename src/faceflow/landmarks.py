@@ -24,25 +24,30 @@
     MediaPipe's newer face landmarker (``face_landmarker``, 256x256, the mesh's region and refinement).
   - ``"pfld"``: the same kind of regression (``pfld_to_68``) from PFLD-106's points (``pfld106``: a
     112x112 BGR crop of 1.2x the box, then once more of 1.2x its own points' extent, eye-level).
-  - ``"fused"`` (default): :data:`FUSED_WEIGHT` x landmarker + the rest x PFLD.
+  - ``"faceapi"``: the same kind of regression (``faceapi_to_68``) from face-api.js's own 68 points
+    (``faceapi_landmark68``: a 112x112 RGB crop of the box, then once more of 1.3x its own points'
+    extent, eye-level; :func:`faceapi_68`). Its own points follow another annotation than dlib's
+    and 300-W's (the jaw and the brows sit higher): HELEN 4.86 % / 4.70 % without the regression.
+  - ``"fused"`` (default): the weighted mean of landmarker and PFLD (:data:`FUSED_WEIGHTS`).
   - ``"auto"``: dlib when its model can be loaded, else the mesh.
 
-  The last three regressions were distilled as the mesh's was, on the same faces
-  (``training/fit_landmarks_68.py``; each penalty and the fusion weight chosen by the error against
+  The last four regressions were distilled as the mesh's was, on the same faces
+  (``training/fit_landmarks_68.py``; each penalty and the fusion weights chosen by the error against
   the teacher on the other dataset, LFW <-> UTKFace). The default was chosen by the error against dlib
   on 500 LFW faces that none of the regressions saw (mirror on): mesh 3.01 %, landmarker 2.63 %,
-  pfld 2.97 %, fused 2.52 %.
+  pfld 2.97 %, faceapi 2.75 %, fused 2.52 %.
 
-  Nothing here was fitted or chosen on 300-W. On all 330 HELEN test images with YuNet (NME by the
+  Nothing here was fitted or chosen on 300-W (HELEN only vetoed a fusion with faceapi that did not
+  beat the default there, :data:`FUSED_WEIGHTS`). On all 330 HELEN test images with YuNet (NME by the
   outer eye corners, mean / median, failures above 0.1, AUC@0.1): dlib 2.54 % / 2.35 %, 0.3 %, 0.746
   (without ``mirror`` 2.59 %); fused 3.41 % / 3.26 %, 0.3 %, 0.659; landmarker 3.43 % / 3.25 %,
-  0.6 %, 0.658; pfld 3.90 % / 3.77 %, 0 %, 0.610; mesh 3.85 % / 3.64 %, 0.3 %, 0.616 (without
-  ``mirror`` 3.93 %). dlib from its own HOG boxes: 2.61 % over the 319 faces HOG finds. The mesh
-  route's earlier fixed blends of two vertices per point, distilled the same way, gave 4.26 % /
-  4.01 %, 0 %, 0.574. Distillation bounds the permissive sources: on HELEN the fused points lie 2.29 %
-  from dlib's, and that gap adds to dlib's own 2.54 % almost in quadrature (sqrt(2.54² + 2.29²) =
-  3.42 %). Fixed correspondences instead of regressions (each iBUG point the model point nearest the
-  teacher's on the fitting faces) do worse: PFLD 4.88 %, landmarker 4.53 %.
+  0.6 %, 0.658; pfld 3.90 % / 3.77 %, 0 %, 0.610; faceapi 3.75 % / 3.63 %, 0 %, 0.625; mesh 3.85 % /
+  3.64 %, 0.3 %, 0.616 (without ``mirror`` 3.93 %). dlib from its own HOG boxes: 2.61 % over the 319
+  faces HOG finds. The mesh route's earlier fixed blends of two vertices per point, distilled the same
+  way, gave 4.26 % / 4.01 %, 0 %, 0.574. Distillation bounds the permissive sources: on HELEN the
+  fused points lie 2.29 % from dlib's, and that gap adds to dlib's own 2.54 % almost in quadrature
+  (sqrt(2.54² + 2.29²) = 3.42 %). Fixed correspondences instead of regressions (each iBUG point the
+  model point nearest the teacher's on the fitting faces) do worse: PFLD 4.88 %, landmarker 4.53 %.
 """
 
 from __future__ import annotations
@@ -92,6 +97,15 @@ PFLD_EYES: tuple[tuple[int, ...], tuple[int, ...]] = ((66, 67, 68, 70, 72, 73), 
 """PFLD-106 points around the image-left and image-right eyes (the points nearest iBUG 36-41 and
 42-47 on a frontal face), whose means level its refined crop."""
 
+FACEAPI_INPUT = 112
+FACEAPI_BOX_SCALE = 1.0
+"""face-api's first crop: the detector box's longer side times this, upright, around its centre."""
+FACEAPI_SCALE = 1.3
+"""face-api's refined crop: its own 68 points' extent (eye-level), the longer side times this. This
+and :data:`FACEAPI_BOX_SCALE` are the pair (of 0.9-1.3 x 1.0-1.4, steps of 0.1) whose own points (no
+regression) had the least error against dlib's on the 500 held-out LFW faces of
+``training/fit_landmarks_68.py`` (mirror on): 5.14 % (the first crop alone: 6.06 %)."""
+
 MESH_EYE_CORNERS = (33, 263)
 """Mesh vertices at the outer corners of the image-left and image-right eyes."""
 
@@ -117,9 +131,10 @@ MIRROR_68: tuple[int, ...] = (
 """For each iBUG point, its mirror image's index (the 68 points of a flipped face are ``p[MIRROR_68]``)."""
 # fmt: on
 
-LANDMARK_SOURCES = ("auto", "dlib", "mesh", "landmarker", "pfld", "fused")
+LANDMARK_SOURCES = ("auto", "dlib", "mesh", "landmarker", "pfld", "fused", "faceapi")
 
-REGRESSIONS = {"mesh": "mesh_to_68", "landmarker": "landmarker_to_68", "pfld": "pfld_to_68"}
+REGRESSIONS = {"mesh": "mesh_to_68", "landmarker": "landmarker_to_68", "pfld": "pfld_to_68",
+               "faceapi": "faceapi_to_68"}
 """The packaged regression (registry name) that turns each model-based source's points into iBUG 68."""
 
 SOURCE_MODELS: dict[str, tuple[str, ...]] = {
@@ -129,13 +144,21 @@ SOURCE_MODELS: dict[str, tuple[str, ...]] = {
     "landmarker": ("face_landmarker", "landmarker_to_68"),
     "pfld": ("pfld106", "pfld_to_68"),
     "fused": ("face_landmarker", "landmarker_to_68", "pfld106", "pfld_to_68"),
+    "faceapi": ("faceapi_landmark68", "faceapi_to_68"),
 }
 """The registry models each source may load (for cache keys and ``models pull``)."""
 
-FUSED_WEIGHT = 0.75
-"""Weight of the landmarker's 68 points in the ``fused`` source (PFLD's get the rest): of 0, 0.25, 0.4,
-0.5, 0.6, 0.75 and 1, the one with the least error against the teacher on the other dataset (LFW <->
-UTKFace, one read per face; ``training/fit_landmarks_68.py``): 2.38 / 2.93 % (0.6: 2.42 / 2.91 %)."""
+FUSED_WEIGHTS: dict[str, float] = {"landmarker": 0.75, "pfld": 0.25}
+"""Weight of each source's 68 points in the ``fused`` source: of 0, 0.25, 0.4, 0.5, 0.6, 0.75 and 1
+for the landmarker (PFLD's the rest), the one with the least error against the teacher on the other
+dataset (LFW <-> UTKFace, one read per face; ``training/fit_landmarks_68.py``): 2.38 / 2.93 % (0.6:
+2.42 / 2.91 %).
+
+Adding ``faceapi`` was tried and not kept. Chosen the same way (every weighting of the three on a 0.05
+grid), 0.45 landmarker + 0.15 PFLD + 0.40 faceapi had the least cross-dataset error (2.49 % against
+2.65 % for these weights, mean of both ways) and the least on the 500 held-out LFW faces (2.46 %
+against 2.52 %), but not on HELEN: 3.43 % / 3.29 % (0 % failures) against these weights' 3.41 % /
+3.26 % (0.3 %); its gap to dlib's points there stayed 2.29 %."""
 
 DLIB_LIKE_BOXES = frozenset({"dlib_hog", "haar"})
 """Detectors whose boxes dlib's predictor takes as they are (Haar's measured as good as HOG's)."""
@@ -269,6 +292,40 @@ def pfld_in_roi(session: Any, image: Image, roi: Roi) -> FloatArray:
     pts = np.asarray(values, np.float64).reshape(PFLD_POINTS, 2) * PFLD_INPUT - 0.5
     inv = cv2.invertAffineTransform(m)
     return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
+
+
+def roi_from_68(points: npt.ArrayLike, scale: float = FACEAPI_SCALE, mirror: bool = False) -> Roi:
+    """The square region around 68 points' extent in the frame where the eyes (the means of iBUG
+    36-41 and 42-47) are level, its longer side times ``scale``. With ``mirror`` the points came from a
+    mirrored crop (their first eye is on the image's right) and the region is mirrored too."""
+    p = np.asarray(points, dtype=np.float64)[:, :2]
+    first, second = p[36:42].mean(0), p[42:48].mean(0)
+    if mirror:
+        first, second = second, first
+    return _level_extent_roi(p, first, second, scale, mirror)
+
+
+def faceapi_in_roi(session: Any, image: Image, roi: Roi) -> FloatArray:
+    """Run face-api.js's 68-point network (an ONNX Runtime session of ``faceapi_landmark68``) on
+    ``roi``: its 68 points in image pixels, in the crop's order (a mirrored crop gives the mirrored
+    face's). It reads RGB 0..255 at 112x112 and gives each point in [0, 1] of the crop (pixel edges)."""
+    m = roi.to_crop(FACEAPI_INPUT)
+    crop = cv2.warpAffine(image, m, (FACEAPI_INPUT, FACEAPI_INPUT), flags=cv2.INTER_LINEAR)
+    blob = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], np.float32)
+    (values,) = session.run(None, {"input": blob})
+    pts = np.asarray(values, np.float64).reshape(68, 2) * FACEAPI_INPUT - 0.5
+    inv = cv2.invertAffineTransform(m)
+    return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
+
+
+def faceapi_68(session: Any, image: Image, box: npt.ArrayLike, refine: int = 1, mirror: bool = False) -> FloatArray:
+    """face-api.js's own 68 points for the face in ``box``: a crop of the box (:data:`FACEAPI_BOX_SCALE`),
+    then ``refine`` crops of its own points (:data:`FACEAPI_SCALE`); from mirrored crops when
+    ``mirror`` (the points then come in the mirrored face's order)."""
+    pts = faceapi_in_roi(session, image, pfld_roi(box, FACEAPI_BOX_SCALE, mirror))
+    for _ in range(refine):
+        pts = faceapi_in_roi(session, image, roi_from_68(pts, FACEAPI_SCALE, mirror))
+    return pts
 
 
 @dataclass(frozen=True)
@@ -470,8 +527,9 @@ class LandmarksOptions:
 
     source: str = option("fused", "68-point source: fused (default: a weighted mean of landmarker and pfld), "
                                   "landmarker (a regression from MediaPipe's 478-point landmarker), pfld (from "
-                                  "PFLD-106), mesh (from MediaPipe's 468-point mesh) or dlib (dlib's predictor, "
-                                  "closer to 300-W; non-commercial weights); auto tries dlib, else mesh.",
+                                  "PFLD-106), mesh (from MediaPipe's 468-point mesh), faceapi (from face-api.js's "
+                                  "68-point network) or dlib (dlib's predictor, closer to 300-W; non-commercial "
+                                  "weights); auto tries dlib, else mesh.",
                          flag="landmarks", choices=LANDMARK_SOURCES)
     mirror: bool = option(True, "Also read the mirrored face and average the two.")
     scale: float = option(1.5, "Mesh and landmarker routes: side of the model's crop, as a multiple of the "
@@ -530,9 +588,8 @@ class Landmarks68Stage(Stage):
                 box, angle = hog_box_from_landmarks5(landmarks5_from_68(first))
             return dlib_68(predictor, image, box, angle, mirror=self.options.mirror)
         if self.source == "fused":
-            w = FUSED_WEIGHT
-            return (w * self._model_points(image, face, "landmarker")
-                    + (1 - w) * self._model_points(image, face, "pfld")).astype(np.float32)
+            return sum((w * self._model_points(image, face, s) for s, w in FUSED_WEIGHTS.items()),
+                       np.zeros((68, 2), np.float64)).astype(np.float32)
         return self._model_points(image, face, self.source)
 
     def _model_points(self, image: Image, face: Face, source: str) -> FloatArray:
@@ -549,12 +606,15 @@ class Landmarks68Stage(Stage):
         return points
 
     def _raw_points(self, image: Image, face: Face, source: str, mirror: bool) -> FloatArray:
-        """The model's own points (mesh 468 x 3, landmarker 478 x 3, PFLD 106 x 2) for ``face``, from
+        """The model's own points (mesh 468 x 3, landmarker 478 x 3, PFLD 106 x 2, face-api 68 x 2) for
+        ``face``, from
         mirrored crops when ``mirror`` (then in the mirrored face's order)."""
         if source == "mesh":
             return self._mesh.points(image, face, mirror=mirror)[0]
         if source == "landmarker":
             return self._landmarker.points(image, face, mirror=mirror)[0]
+        if source == "faceapi":
+            return faceapi_68(self.runtime.onnx("faceapi_landmark68"), image, face.box, self.options.refine, mirror)
         session = self.runtime.onnx("pfld106")
         pts = pfld_in_roi(session, image, pfld_roi(face.box, mirror=mirror))
         for _ in range(self.options.refine):

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceflow.models.dlib_resnet import dlib_resnet_to_onnx as dlib_resnet_to_onnx
+from faceflow.models.faceapi import faceapi_landmark68_to_onnx as faceapi_landmark68_to_onnx
 from faceflow.models.pfld import pfld_to_onnx as pfld_to_onnx
 from faceflow.models.qualityface import qualityface_to_onnx as qualityface_to_onnx
 from faceflow.models.quantize import onnx_deeptree_int8 as onnx_deeptree_int8

