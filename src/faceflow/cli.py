@@ -449,7 +449,8 @@ def anonymize(
 def verify(
     image_a: Annotated[Path, typer.Argument(help="First photo (its largest face is used).")],
     image_b: Annotated[Path, typer.Argument(help="Second photo (its largest face is used).")],
-    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")] = "sface",
+    model: Annotated[str, typer.Option(help="Recognition model: sface, dlib, fused, "
+                                                  "or an int8 build: sface_int8, dlib_int8, fused_int8.")] = "sface",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Say whether two photos show the same person: similarity, decision, threshold, faces compared.
@@ -527,7 +528,8 @@ def _eval(label: str, run: Callable[[], dict[str, Any]], root: Path, json_out: P
 @eval_app.command("lfw")
 def eval_lfw(root: RootOpt, json_out: JsonOpt = None, report: ReportOpt = None, cache: CacheOpt = True,
              model: Annotated[str, typer.Option(help="Recognition model: fused (accurate), sface_int8 "
-                                                  "(fast, with --detector fast), sface or dlib.")] = "fused",
+                                                  "(fast, with --detector fast), fused_int8 (accurate, int8), "
+                                                  "sface, dlib or dlib_int8.")] = "fused",
              detector: DetectorOpt = DEFAULT_DETECTOR,
              flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average with the mirrored face "
                                                        "(default: the model's own; on for fused).")] = None) -> None:

@@ -31,7 +31,8 @@ Store = Annotated[str | None, typer.Option(
     "--store", envvar="FACEFLOW_GALLERY", help="Gallery store: a SQLite path or sqlite:/// URL, or postgresql://...",
     show_default="$FACEFLOW_HOME/galleries.db")]
 Paths = Annotated[list[Path], typer.Argument(help="Photos and/or folders (walked recursively).")]
-ModelOpt = Annotated[str, typer.Option(help="Recognition model: sface, dlib or fused.")]
+ModelOpt = Annotated[str, typer.Option(help="Recognition model: sface, dlib, fused, "
+                                                  "or an int8 build: sface_int8, dlib_int8, fused_int8.")]
 FlipOpt = Annotated[bool | None, typer.Option("--flip/--no-flip", help="Average each embedding with the mirrored "
                                               "face's (default: the model's own choice).")]
 LfwRootOpt = Annotated[Path, typer.Option(help="LFW folder (<Person>/<image>.jpg).")]
@@ -137,7 +138,8 @@ def gallery_calibrate(
 @gallery_app.command("reembed")
 def gallery_reembed(
     name: Annotated[str, typer.Argument(help="Gallery name.")],
-    model: Annotated[str, typer.Option(help="The new recognition model: sface, dlib or fused.")],
+    model: Annotated[str, typer.Option(help="The new recognition model: sface, dlib, "
+                                                  "fused, or an int8 build: sface_int8, dlib_int8, fused_int8.")],
     flip: FlipOpt = None,
     store: Store = None,
 ) -> None:

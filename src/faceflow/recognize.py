@@ -401,9 +401,9 @@ def embedding_identity(model: str, *, flip: bool | None = None) -> EmbeddingIden
 class EmbedOptions:
     """Settings of the ``embed`` stage."""
 
-    models: tuple[str, ...] = option(("sface",), "Recognition models, comma-separated: sface, sface_int8 "
-                                              "(faster), dlib, fused.",
-                                     flag="embedders", choices=("sface", "sface_int8", "dlib", "fused"))
+    models: tuple[str, ...] = option(("sface",), "Recognition models, comma-separated: sface, dlib, fused, "
+                                              "or their faster int8 builds sface_int8, dlib_int8, fused_int8.",
+                                     flag="embedders", choices=tuple(EMBEDDERS))
     flip: bool | None = option(False, "Average each embedding with the mirrored face's (slower, slightly "
                                       "more accurate); unset: the model's own default.", flag="flip")
 
