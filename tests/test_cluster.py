@@ -82,12 +82,11 @@ def test_pairwise_and_bcubed_by_hand() -> None:
 def test_every_model_has_its_own_clustering_threshold() -> None:
     from faceflow.recognize import EMBEDDERS
 
-    int8 = ("sface_int8", "dlib_int8", "fused_int8")
-    fitted = {m: cluster_threshold(m) for m in EMBEDDERS if m not in int8}
-    assert fitted == {"sface": 0.45, "dlib": 0.925, "fused": 0.80}
-    for model in int8:  # not fitted yet (issue 22): the caller must pass one
-        with pytest.raises(ConfigError, match=rf"no clustering threshold is known for model '{model}'.*pass one"):
-            cluster_threshold(model)
+    fitted = {m: cluster_threshold(m) for m in EMBEDDERS if m != "dlib_int8"}
+    assert fitted == {"sface": 0.45, "dlib": 0.925, "fused": 0.80, "sface_int8": 0.45, "fused_int8": 0.80}
+    # dlib_int8 is not fitted (not a default anywhere): the caller must pass one
+    with pytest.raises(ConfigError, match=r"no clustering threshold is known for model 'dlib_int8'.*pass one"):
+        cluster_threshold("dlib_int8")
     with pytest.raises(ConfigError, match="no clustering threshold is known for model 'arcface'"):
         cluster_threshold("arcface")
 

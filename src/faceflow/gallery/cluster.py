@@ -26,13 +26,17 @@ import numpy.typing as npt
 from faceflow.errors import ConfigError
 from faceflow.types import FloatArray
 
-CLUSTER_THRESHOLDS: dict[str, float] = {"sface": 0.45, "fused": 0.80, "dlib": 0.925}
+CLUSTER_THRESHOLDS: dict[str, float] = {
+    "sface": 0.45, "fused": 0.80, "dlib": 0.925, "sface_int8": 0.45, "fused_int8": 0.80,
+}
 """Average-linkage cosine threshold per recognition model (each with its default flip): the best
 pairwise F on one half of LFW's people (``training/fit_cluster_threshold.py``; the half whose name's
 SHA-1 starts with an even hex digit, :func:`faceflow.eval.clustering.lfw_tuning_half`), so
 ``faceflow eval clustering`` scores only the other half. sface 0.45 (grid 0.20-0.55 by 0.05): pairwise
 F 0.976 on the fitting half, 0.977 on the other; fused 0.80 (grid 0.50-0.85): 0.977 and 0.984; dlib
-0.925 (grid 0.75-0.95 by 0.025): 0.804 and 0.795. Re-measured 2026-12-06 on the other half
+0.925 (grid 0.75-0.95 by 0.025): 0.804 and 0.795; sface_int8 0.45 (grid 0.20-0.55): 0.974 and 0.977
+(BCubed 0.987 on the other half); fused_int8 0.80 (grid 0.50-0.85): 0.976 and 0.981 (BCubed 0.991).
+dlib_int8 is not fitted. Re-measured 2026-12-06 on the other half
 (``faceflow eval clustering --root ../shared/datasets/lfw [--model fused]``, 3,889 images of 2,166
 people, one thread per model): pairwise F 0.9772 (sface) and 0.9837 (fused), BCubed F 0.9874 and 0.9912;
 pinned by ``tests/test_figures.py``."""
