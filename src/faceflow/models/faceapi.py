@@ -43,7 +43,6 @@ MEAN_RGB = (122.782, 117.001, 104.298)
 """face-api's per-channel mean, subtracted before the division by 255."""
 BLOCKS = ("dense0", "dense1", "dense2", "dense3")
 CHANNELS = (32, 64, 128, 256)
-OPSET = 17
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:
@@ -148,7 +147,6 @@ def _tf_conv(g: GraphBuilder, weights: dict[str, F64], x: str, prefix: str, size
 
 def landmark68_graph(weights: dict[str, F64]) -> Any:
     """The ONNX model of FaceLandmark68Net with these weights (see the module's docstring)."""
-    from onnx import TensorProto, helper
 
     g = GraphBuilder()
     centred = g.op("Sub", ["input", g.const("mean", np.array(MEAN_RGB).reshape(1, 3, 1, 1))], "centre")
@@ -168,15 +166,8 @@ def landmark68_graph(weights: dict[str, F64]) -> Any:
     flat = g.op("Flatten", [pooled], "flatten")
     g.op("Gemm", [flat, g.const("fc_w", weights["fc/weights"]), g.const("fc_b", weights["fc/bias"])], "fc",
          output="landmarks")
-    graph = helper.make_graph(
-        g.nodes, "faceapi_landmark68",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, FACEAPI_INPUT, FACEAPI_INPUT])],
-        [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, ["batch", 2 * FACEAPI_POINTS])],
-        g.inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceflow")
-    model.ir_version = 8
-    return model
+    return g.model("faceapi_landmark68", ("input", ["batch", 3, FACEAPI_INPUT, FACEAPI_INPUT]),
+                   ("landmarks", ["batch", 2 * FACEAPI_POINTS]))
 
 
 def faceapi_landmark68_to_onnx(manifest: Path, dest: Path, *shards: Path) -> None:

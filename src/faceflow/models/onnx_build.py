@@ -1,6 +1,6 @@
 """Emitting an ONNX graph from weights read without torch: fresh tensor names, float32 initialisers,
 and a convolution with its batch norm folded in. Used by the checkpoint converters
-(:mod:`faceflow.models.pfld`, :mod:`faceflow.models.qualityface`)."""
+(:mod:`faceflow.models.pfld`, :mod:`faceflow.models.qualityface`, :mod:`faceflow.models.faceapi`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 F64 = npt.NDArray[np.float64]
+OPSET = 17
+"""The ONNX opset of every graph built here."""
 
 
 def fold_batch_norm(w: F64, b: F64, gamma: F64, beta: F64, mean: F64, var: F64, eps: float) -> tuple[F64, F64]:
@@ -66,3 +68,14 @@ class GraphBuilder:
             "Conv", [x, self.const(hint + "_w", w), self.const(hint + "_b", b)], hint,
             kernel_shape=[kh, kw], strides=[stride, stride], pads=[ph, pw, ph, pw], group=group,
         )
+
+    def model(self, name: str, inp: tuple[str, list[Any]], out: tuple[str, list[Any]]) -> Any:
+        """The emitted nodes as a model: one float input and one float output, each ``(name, shape)``
+        (a dimension may be a name, such as ``"batch"``); opset :data:`OPSET`, IR version 8."""
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(self.nodes, name, [helper.make_tensor_value_info(inp[0], TensorProto.FLOAT, inp[1])],
+                                  [helper.make_tensor_value_info(out[0], TensorProto.FLOAT, out[1])], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceflow")
+        model.ir_version = 8
+        return model

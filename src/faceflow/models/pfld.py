@@ -37,7 +37,6 @@ PFLD_INPUT = 112
 PFLD_POINTS = 106
 ARCH_MODULE = "models.network_def.mobilev3_pfld"
 ALLOWED = ("torch.nn.modules.", ARCH_MODULE)
-OPSET = 17
 BACKBONE = ("conv_bn1", "conv_bn2", "conv3_1", "block3_2", "block3_3", "block3_4", "block3_5",
             "conv4_1", "conv5_1", "block5_2", "block5_3", "block5_4", "conv6_1")
 
@@ -129,7 +128,6 @@ def _pool(g: GraphBuilder, x: str, pool: Module, hint: str) -> str:
 
 def pfld_graph(root: Module) -> Any:
     """The ONNX model of a read ``PFLDInference`` module."""
-    from onnx import TensorProto, helper
 
     if root.type_name != f"{ARCH_MODULE}.PFLDInference":
         raise CheckpointError(f"expected {ARCH_MODULE}.PFLDInference, got {root.type_name}")
@@ -148,15 +146,8 @@ def pfld_graph(root: Module) -> Any:
     if w.shape != (2 * PFLD_POINTS, 176):
         raise CheckpointError(f"fc weight has shape {w.shape}, expected (212, 176)")
     g.op("Gemm", [feats, g.const("fc_w", w), g.const("fc_b", b)], "fc", output="landmarks", transB=1)
-    graph = helper.make_graph(
-        g.nodes, "pfld106",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, PFLD_INPUT, PFLD_INPUT])],
-        [helper.make_tensor_value_info("landmarks", TensorProto.FLOAT, ["batch", 2 * PFLD_POINTS])],
-        g.inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceflow")
-    model.ir_version = 8
-    return model
+    return g.model("pfld106", ("input", ["batch", 3, PFLD_INPUT, PFLD_INPUT]),
+                   ("landmarks", ["batch", 2 * PFLD_POINTS]))
 
 
 def pfld_to_onnx(src: Path, dest: Path) -> None:

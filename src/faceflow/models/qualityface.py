@@ -47,7 +47,6 @@ SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 """torchvision MobileNetV2's inverted-residual groups: expansion t, output channels c, blocks n, first stride s."""
 STEM, LAST = 32, 1280
 BN_EPS = 1e-5
-OPSET = 17
 
 
 class _Weights:
@@ -82,7 +81,6 @@ def _conv_bn(g: GraphBuilder, wts: _Weights, x: str, conv: str, bn: str, shape: 
 
 def qualityface_graph(arrays: Mapping[str, npt.NDArray[Any]]) -> Any:
     """The ONNX model of QualityFace's ``state_dict`` (as :func:`load_legacy_state_dict` reads it)."""
-    from onnx import TensorProto, helper
 
     g, wts = GraphBuilder(), _Weights(arrays)
     x = _conv_bn(g, wts, "input", PREFIX + "0.0", PREFIX + "0.1", (STEM, 3, 3, 3), "features0", stride=2)
@@ -109,16 +107,8 @@ def qualityface_graph(arrays: Mapping[str, npt.NDArray[Any]]) -> Any:
                   and not k.endswith("num_batches_tracked"))
     if left:
         raise CheckpointError(f"qualityface: {len(left)} weights the architecture does not use, e.g. {left[0]}")
-    graph = helper.make_graph(
-        g.nodes, "qualityface",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                       ["batch", 3, QUALITYFACE_INPUT, QUALITYFACE_INPUT])],
-        [helper.make_tensor_value_info("quality", TensorProto.FLOAT, ["batch", 1])],
-        g.inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceflow")
-    model.ir_version = 8
-    return model
+    return g.model("qualityface", ("input", ["batch", 3, QUALITYFACE_INPUT, QUALITYFACE_INPUT]),
+                   ("quality", ["batch", 1]))
 
 
 def qualityface_to_onnx(src: Path, dest: Path) -> None:
