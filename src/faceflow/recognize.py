@@ -189,6 +189,12 @@ class AlignedEmbedder(Embedder):
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
         """Raw embeddings of a stack of aligned crops ``(N, h, w, 3)``."""
 
+    def _run_onnx(self, model: str, crops: npt.NDArray[np.uint8]) -> FloatArray:
+        """Raw embeddings from the registry's ONNX graph ``model``, whose input ``data`` takes the crops
+        as float NCHW, 0..255 (SFace and the converted dlib network alike)."""
+        blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
+        return np.asarray(self.runtime.onnx(model).run(None, {"data": blob})[0], dtype=np.float32)
+
     def embed_crops(self, crops: Sequence[Image]) -> FloatArray:
         """Unit-norm embeddings ``(N, dim)`` of already aligned crops (as :meth:`crops` makes them)."""
         return self.embed_crops_with_norms(crops)[0]
@@ -228,9 +234,7 @@ class SFaceEmbedder(AlignedEmbedder):
         return [align_crop(image, face_landmarks5(f), 112) for f in faces]
 
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
-        session = self.runtime.onnx(_fast_graph("sface") or "sface")
-        blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
-        return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
+        return self._run_onnx(_fast_graph("sface") or "sface", crops)
 
 
 class SFaceInt8Embedder(SFaceEmbedder):
@@ -246,9 +250,7 @@ class SFaceInt8Embedder(SFaceEmbedder):
     weights = "sface_int8"
 
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
-        session = self.runtime.onnx("sface_int8")
-        blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
-        return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
+        return self._run_onnx("sface_int8", crops)
 
 
 _dlib_net_lock = threading.Lock()  # dlib's DNN keeps per-call state: one forward pass at a time
@@ -276,9 +278,7 @@ class DlibEmbedder(AlignedEmbedder):
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
         graph = _fast_graph("dlib")
         if graph is not None:
-            session = self.runtime.onnx(graph)
-            blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
-            return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
+            return self._run_onnx(graph, crops)
         net = self.runtime.dlib("dlib_resnet", "face_recognition_model_v1")
         with _dlib_net_lock:
             vectors = net.compute_face_descriptor([np.ascontiguousarray(c) for c in crops])
@@ -295,9 +295,7 @@ class DlibInt8Embedder(DlibEmbedder):
     weights = "dlib_int8"
 
     def _forward(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
-        session = self.runtime.onnx("dlib_int8")
-        blob = crops.transpose(0, 3, 1, 2).astype(np.float32)
-        return np.asarray(session.run(None, {"data": blob})[0], dtype=np.float32)
+        return self._run_onnx("dlib_int8", crops)
 
 
 # Fusion weights for "fused", calibrated 2026-11-28 on LFW View 2, ALL 6,000 pairs (so LFW figures of
