@@ -7,14 +7,11 @@ this head keeps their learned representation and refits only the decision. Kept 
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.liveness.models import Boxes, HumanAntispoof, HumanLiveness, LivenessModel, _crops
-from faceflow.liveness.texture import LinearModel, layout
-from faceflow.models.runtime import Runtime
+from faceflow.liveness.models import Boxes, HumanAntispoof, HumanLiveness, TrainedLinearModel, _crops
+from faceflow.liveness.texture import layout
 from faceflow.types import Image
 
 F64 = npt.NDArray[np.float64]
@@ -28,27 +25,12 @@ HEAD_BLOCKS = layout({"hemb": 128, "lemb": 64})
 """Where each network's hidden layer sits in :meth:`HumanHead.features`' vector."""
 
 
-class HumanHead(LivenessModel):
-    """The head on Human's hidden layers; ``model`` overrides the shipped one (evaluation passes one
-    trained on a protocol's training side)."""
+class HumanHead(TrainedLinearModel):
+    """The head on Human's hidden layers."""
 
     name = "human_head"
     registry_models = ("human_antispoof", "human_liveness", HEAD_MODEL)
-
-    def __init__(self, runtime: Runtime, model: LinearModel | None = None) -> None:
-        super().__init__(runtime)
-        self._model = model
-        self._lock = threading.Lock()
-
-    @property
-    def model(self) -> LinearModel:
-        if self._model is None:
-            with self._lock:
-                if self._model is None:
-                    rt = self.runtime
-                    self._model = rt.load(("linear", HEAD_MODEL),
-                                          lambda: LinearModel.from_bytes(rt.path(HEAD_MODEL).read_bytes()))
-        return self._model
+    linear_file = HEAD_MODEL
 
     def features(self, image: Image, boxes: Boxes) -> F64:
         """The two hidden layers per face, side by side (:data:`HEAD_BLOCKS`)."""
@@ -62,11 +44,3 @@ class HumanHead(LivenessModel):
             parts.append(np.asarray(hidden, np.float64).reshape(len(boxes), -1))
         return np.hstack(parts)
 
-    @property
-    def threshold(self) -> float:  # type: ignore[override]
-        return self.model.threshold
-
-    def scores(self, image: Image, boxes: Boxes) -> F64:
-        if not len(boxes):
-            return np.zeros(0)
-        return self.model.score(self.features(image, boxes))

@@ -67,12 +67,13 @@ class LivenessModel(ABC):
         """Live scores of the faces at ``boxes`` (one per box)."""
 
 
-class TextureModel(LivenessModel):
-    """The colour-texture model (features in numpy, logistic regression); ``model`` overrides the shipped
-    weights (evaluation passes one trained on a protocol's training side)."""
+class TrainedLinearModel(LivenessModel):
+    """A candidate decided by a logistic regression trained here (:class:`LinearModel`) on features
+    of its own (:meth:`features`); the shipped weights are the registry file :attr:`linear_file`,
+    loaded on first use; ``model`` overrides them (evaluation passes one trained on a protocol's
+    training side). The decision threshold is the trained model's."""
 
-    name = "texture"
-    registry_models = (TEXTURE_MODEL,)
+    linear_file: ClassVar[str] = ""
 
     def __init__(self, runtime: Runtime, model: LinearModel | None = None) -> None:
         super().__init__(runtime)
@@ -84,22 +85,33 @@ class TextureModel(LivenessModel):
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    rt = self.runtime
-                    self._model = rt.load(("linear", TEXTURE_MODEL),
-                                          lambda: LinearModel.from_bytes(rt.path(TEXTURE_MODEL).read_bytes()))
+                    rt, name = self.runtime, self.linear_file
+                    self._model = rt.load(("linear", name), lambda: LinearModel.from_bytes(rt.path(name).read_bytes()))
         return self._model
 
     @property
     def threshold(self) -> float:  # type: ignore[override]
         return self.model.threshold
 
+    @abstractmethod
     def features(self, image: Image, boxes: Boxes) -> F64:
-        return np.asarray([face_features(image, b) for b in boxes], np.float64).reshape(len(boxes), -1)
+        """The regression's input, one row per box."""
 
     def scores(self, image: Image, boxes: Boxes) -> F64:
         if not len(boxes):
             return np.zeros(0)
         return self.model.score(self.features(image, boxes))
+
+
+class TextureModel(TrainedLinearModel):
+    """The colour-texture model (features in numpy, logistic regression)."""
+
+    name = "texture"
+    registry_models = (TEXTURE_MODEL,)
+    linear_file = TEXTURE_MODEL
+
+    def features(self, image: Image, boxes: Boxes) -> F64:
+        return np.asarray([face_features(image, b) for b in boxes], np.float64).reshape(len(boxes), -1)
 
 
 def _crops(image: Image, boxes: Boxes, size: int, scale: float) -> npt.NDArray[np.float32]:
