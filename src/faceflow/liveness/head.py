@@ -43,4 +43,3 @@ class HumanHead(TrainedLinearModel):
             hidden = self.runtime.onnx(name, taps=(HEAD_TAPS[name],)).run(None, {"input": x})[0]
             parts.append(np.asarray(hidden, np.float64).reshape(len(boxes), -1))
         return np.hstack(parts)
-
