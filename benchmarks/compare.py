@@ -57,7 +57,8 @@ CONFIGS: dict[str, list[tuple[str, Runner]]] = {
         ("faceflow retinaface", lambda r, c: tasks.eval_wider(r, detector="retinaface", use_cache=c)),
     ],
     "300w": [
-        ("faceflow yunet+fused (default)", lambda r, c: tasks.eval_300w(r, landmarks="fused", use_cache=c)),
+        ("faceflow yunet+refined (default)", lambda r, c: tasks.eval_300w(r, landmarks="refined", use_cache=c)),
+        ("faceflow yunet+fused", lambda r, c: tasks.eval_300w(r, landmarks="fused", use_cache=c)),
         ("faceflow yunet+landmarker", lambda r, c: tasks.eval_300w(r, landmarks="landmarker", use_cache=c)),
         ("faceflow yunet+pfld", lambda r, c: tasks.eval_300w(r, landmarks="pfld", use_cache=c)),
         ("faceflow yunet+mesh", lambda r, c: tasks.eval_300w(r, landmarks="mesh", use_cache=c)),

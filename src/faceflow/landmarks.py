@@ -28,7 +28,10 @@
     (``faceapi_landmark68``: a 112x112 RGB crop of the box, then once more of 1.3x its own points'
     extent, eye-level; :func:`faceapi_68`). Its own points follow another annotation than dlib's
     and 300-W's (the jaw and the brows sit higher): HELEN 4.86 % / 4.70 % without the regression.
-  - ``"fused"`` (default): the weighted mean of landmarker and PFLD (:data:`FUSED_WEIGHTS`).
+  - ``"fused"``: the weighted mean of landmarker and PFLD (:data:`FUSED_WEIGHTS`).
+  - ``"refined"`` (default): the fused points moved by what the image looks like around them
+    (:mod:`faceflow.landmarks_refine`, the registry's ``refine_68``: two supervised descent steps on
+    gradient histograms, distilled from the same teacher on the same faces).
   - ``"auto"``: dlib when its model can be loaded, else the mesh.
 
   The last four regressions were distilled as the mesh's was, on the same faces
@@ -40,13 +43,13 @@
   Nothing here was fitted or chosen on 300-W (HELEN only vetoed a fusion with faceapi that did not
   beat the default there, :data:`FUSED_WEIGHTS`). On all 330 HELEN test images with YuNet (NME by the
   outer eye corners, mean / median, failures above 0.1, AUC@0.1): dlib 2.54 % / 2.35 %, 0.3 %, 0.746
-  (without ``mirror`` 2.59 %); fused 3.41 % / 3.26 %, 0.3 %, 0.659; landmarker 3.43 % / 3.25 %,
+  (without ``mirror`` 2.59 %); refined 3.18 % / 3.02 %, 0 %, 0.682; fused 3.41 % / 3.26 %, 0.3 %, 0.659; landmarker 3.43 % / 3.25 %,
   0.6 %, 0.658; pfld 3.90 % / 3.77 %, 0 %, 0.610; faceapi 3.75 % / 3.63 %, 0 %, 0.625; mesh 3.85 % /
   3.64 %, 0.3 %, 0.616 (without ``mirror`` 3.93 %). dlib from its own HOG boxes: 2.61 % over the 319
   faces HOG finds. The mesh route's earlier fixed blends of two vertices per point, distilled the same
   way, gave 4.26 % / 4.01 %, 0 %, 0.574. Distillation bounds the permissive sources: on HELEN the
   fused points lie 2.29 % from dlib's, and that gap adds to dlib's own 2.54 % almost in quadrature
-  (sqrt(2.54² + 2.29²) = 3.42 %). Fixed correspondences instead of regressions (each iBUG point the
+  (sqrt(2.54² + 2.29²) = 3.42 %); the refinement narrows that gap by reading the image. Fixed correspondences instead of regressions (each iBUG point the
   model point nearest the teacher's on the fitting faces) do worse: PFLD 4.88 %, landmarker 4.53 %.
 """
 
@@ -64,6 +67,7 @@ import numpy.typing as npt
 
 from faceflow.align import similarity_transform
 from faceflow.errors import ConfigError, ModelUnavailable
+from faceflow.landmarks_refine import packaged_refiner
 from faceflow.models.npz import npz_bytes
 from faceflow.models.runtime import LazyModel, Runtime, default_runtime
 from faceflow.stage import Stage, StageSpec, option
@@ -131,7 +135,7 @@ MIRROR_68: tuple[int, ...] = (
 """For each iBUG point, its mirror image's index (the 68 points of a flipped face are ``p[MIRROR_68]``)."""
 # fmt: on
 
-LANDMARK_SOURCES = ("auto", "dlib", "mesh", "landmarker", "pfld", "fused", "faceapi")
+LANDMARK_SOURCES = ("auto", "dlib", "mesh", "landmarker", "pfld", "fused", "refined", "faceapi")
 
 REGRESSIONS = {"mesh": "mesh_to_68", "landmarker": "landmarker_to_68", "pfld": "pfld_to_68",
                "faceapi": "faceapi_to_68"}
@@ -144,6 +148,7 @@ SOURCE_MODELS: dict[str, tuple[str, ...]] = {
     "landmarker": ("face_landmarker", "landmarker_to_68"),
     "pfld": ("pfld106", "pfld_to_68"),
     "fused": ("face_landmarker", "landmarker_to_68", "pfld106", "pfld_to_68"),
+    "refined": ("face_landmarker", "landmarker_to_68", "pfld106", "pfld_to_68", "refine_68"),
     "faceapi": ("faceapi_landmark68", "faceapi_to_68"),
 }
 """The registry models each source may load (for cache keys and ``models pull``)."""
@@ -525,11 +530,12 @@ class MeshStage(Stage):
 class LandmarksOptions:
     """Settings of the ``landmarks`` stage (68 points)."""
 
-    source: str = option("fused", "68-point source: fused (default: a weighted mean of landmarker and pfld), "
-                                  "landmarker (a regression from MediaPipe's 478-point landmarker), pfld (from "
-                                  "PFLD-106), mesh (from MediaPipe's 468-point mesh), faceapi (from face-api.js's "
-                                  "68-point network) or dlib (dlib's predictor, closer to 300-W; non-commercial "
-                                  "weights); auto tries dlib, else mesh.",
+    source: str = option("refined", "68-point source: refined (default: fused, then moved by the image's "
+                                    "gradients around each point), fused (a weighted mean of landmarker and pfld), "
+                                    "landmarker (a regression from MediaPipe's 478-point landmarker), pfld (from "
+                                    "PFLD-106), mesh (from MediaPipe's 468-point mesh), faceapi (from face-api.js's "
+                                    "68-point network) or dlib (dlib's predictor, closer to 300-W; non-commercial "
+                                    "weights); auto tries dlib, else mesh.",
                          flag="landmarks", choices=LANDMARK_SOURCES)
     mirror: bool = option(True, "Also read the mirrored face and average the two.")
     scale: float = option(1.5, "Mesh and landmarker routes: side of the model's crop, as a multiple of the "
@@ -587,9 +593,10 @@ class Landmarks68Stage(Stage):
                 first = dlib_68(predictor, image, box, angle, mirror=False)
                 box, angle = hog_box_from_landmarks5(landmarks5_from_68(first))
             return dlib_68(predictor, image, box, angle, mirror=self.options.mirror)
-        if self.source == "fused":
-            return sum((w * self._model_points(image, face, s) for s, w in FUSED_WEIGHTS.items()),
-                       np.zeros((68, 2), np.float64)).astype(np.float32)
+        if self.source in ("fused", "refined"):
+            fused = sum((w * self._model_points(image, face, s) for s, w in FUSED_WEIGHTS.items()),
+                        np.zeros((68, 2), np.float64)).astype(np.float32)
+            return packaged_refiner(self.runtime)(image, fused) if self.source == "refined" else fused
         return self._model_points(image, face, self.source)
 
     def _model_points(self, image: Image, face: Face, source: str) -> FloatArray:

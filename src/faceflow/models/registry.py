@@ -264,6 +264,10 @@ FACEAPI_TO_68_FILE = ModelFile(
     "faceapi_to_68.npz", "effebd16e77d0ad28383cd03bafcc535b050183f09d7b4faca1d86c436e49afd", 70555,
     (Packaged("training/fit_landmarks_68.py"),),
 )
+REFINE_68_FILE = ModelFile(
+    "refine_68.npz", "04af524a8e0b2b414318eab666e63c6fca70f2dccc37cbd871961f5a1e20d108", 551458,
+    (Packaged("training/fit_refine_68.py"),),
+)
 HEADS_FILE = ModelFile(
     "attribute_heads.json", "333ed242c54a5e0ffa49ac95a0b23886b4c7125240f438862a28037b52d0ed7e", 846644,
     (Packaged("training/train_attribute_heads.py"),),
@@ -381,6 +385,12 @@ MODELS: dict[str, ModelSpec] = {
                   (FACEAPI_TO_68_FILE,), origin="faceflow training/fit_landmarks_68.py", default=True,
                   notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
                         "train-split faces (and their mirror images); no 300-W data."),
+        ModelSpec("refine_68", "landmarks",
+                  "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
+                  "moves the fused 68 points by gradient histograms around them: two supervised descent steps",
+                  (REFINE_68_FILE,), origin="faceflow training/fit_refine_68.py", default=True,
+                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
+                        "train-split faces (and their mirror images), from the fused source's points; no 300-W data."),
         ModelSpec("attribute_heads", "attributes", "non-commercial (trained on UTKFace, research use only)",
                   "age and gender heads over SFace, dlib ResNet and Cydral features",
                   (HEADS_FILE,), origin="faceflow training/train_attribute_heads.py",
