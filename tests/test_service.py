@@ -235,7 +235,7 @@ def test_models_and_me(server: Server, keys: Keys) -> None:
     assert by_name["sface"]["licence"] and by_name["sface"]["default"] is True
     loaded = {m["name"] for m in models if m["loaded"]}
     # the default stages' models were loaded at start (the detector too, which OpenCV holds); the 68 points'
-    # default is the fused landmarker + PFLD regression, so the older mesh is not among them
+    # default is refined from the fused landmarker + PFLD regression, so the older mesh is not among them
     assert {"yunet", "face_landmarker", "pfld106", "age", "gender", "expression"} <= loaded, loaded
     assert "face_mesh" not in loaded
     assert "dlib_resnet" not in loaded  # nothing asked for it
