@@ -57,6 +57,23 @@ def test_stored_steps_round_trip_within_int8_precision() -> None:
     np.testing.assert_array_equal(back.components, step.components)
 
 
+def test_points_that_cannot_be_framed_are_left_as_they_are(astronaut: np.ndarray) -> None:
+    """Degenerate starts (one repeated point, a NaN) come back unchanged rather than as NaN or an error;
+    points partly outside the picture are still moved, by a few pixels at most."""
+    refiner = packaged_refiner()
+    same = np.full((68, 2), 50.0)
+    np.testing.assert_array_equal(refiner(astronaut, same), same)
+    broken = np.array(same)
+    broken[3] = np.nan
+    np.testing.assert_array_equal(refiner(astronaut, broken), broken)
+    face = create_detector("yunet").detect(astronaut)[0]
+    start = Landmarks68Stage("fused").predict(astronaut, face)
+    off = start - start.mean(axis=0) + [5.0, 5.0]  # the face's shape centred on the top-left corner
+    moved = refiner(astronaut, off)
+    assert moved.shape == (68, 2) and np.all(np.isfinite(moved))
+    assert np.abs(moved - off).max() < 0.2 * np.ptp(off[:, 0])
+
+
 def test_the_default_source_is_the_refined_one() -> None:
     assert LandmarksOptions().source == "refined"
     refiner = packaged_refiner()

@@ -43,13 +43,26 @@ so one strong edge cannot drown the rest."""
 def normalised_face(image: Image, points: npt.ArrayLike, reference: npt.ArrayLike) -> tuple[F32, F64]:
     """The grey face laid onto ``reference`` (the similarity of ``points`` onto it) in a
     :data:`CANVAS`-pixel square, and that similarity's ``2 x 3`` matrix (image -> frame). A face
-    shrunk by more than 0.7 is blurred first, so that the frame does not alias."""
+    shrunk by more than 0.7 is blurred first, so that the frame does not alias. Only the part of the
+    picture the frame covers is converted and blurred, so a face costs the same in a large photo."""
     m = similarity_transform(np.asarray(points, np.float64), np.asarray(reference, np.float64))
-    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
-    if scale < 0.7:
-        gray = np.asarray(cv2.GaussianBlur(gray, (0, 0), 0.5 / scale), np.float32)
-    frame = cv2.warpAffine(gray, m, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    sigma = 0.5 / scale if scale < 0.7 else 0.0
+    back = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
+    corners = np.array([[0, 0], [CANVAS, 0], [0, CANVAS], [CANVAS, CANVAS]], np.float64) @ back[:, :2].T + back[:, 2]
+    h, w = image.shape[:2]
+    pad = int(np.ceil(4 * sigma)) + 2
+    x0, y0 = (int(np.clip(np.floor(v) - pad, 0, lim - 1)) for v, lim in zip(corners.min(axis=0), (w, h), strict=True))
+    x1, y1 = (int(np.clip(np.ceil(v) + pad + 1, lo + 1, lim)) for v, lim, lo in
+              zip(corners.max(axis=0), (w, h), (x0, y0), strict=True))
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+    gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    if sigma:
+        gray = np.asarray(cv2.GaussianBlur(gray, (0, 0), sigma), np.float32)
+    shifted = m.copy()
+    shifted[:, 2] += m[:, :2] @ [x0, y0]
+    frame = cv2.warpAffine(gray, shifted, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
     return frame.astype(np.float32), m
 
 
@@ -115,8 +128,11 @@ class ShapeRefiner:
         self.steps = steps
 
     def __call__(self, image: Image, points: npt.ArrayLike) -> F32:
-        """``points`` (image pixels) moved by every step, in image pixels."""
+        """``points`` (image pixels) moved by every step, in image pixels. Points that cannot be laid in
+        the frame (not finite, or all within a pixel of each other) are returned as they are."""
         pts = np.asarray(points, np.float64)
+        if not np.all(np.isfinite(pts)) or float(np.ptp(pts, axis=0).max()) < 1:
+            return pts.astype(np.float32)
         gray, m = normalised_face(image, pts, self.reference)
         framed = pts @ m[:, :2].T + m[:, 2]
         for step in self.steps:
