@@ -43,7 +43,7 @@
   Nothing here was fitted or chosen on 300-W (HELEN only vetoed a fusion with faceapi that did not beat
   the default there, :data:`FUSED_WEIGHTS`). On all 330 HELEN test images with YuNet (NME by the outer
   eye corners, mean / median, failures above 0.1, AUC@0.1): dlib 2.54 % / 2.35 %, 0.3 %, 0.746 (without
-  ``mirror`` 2.59 %); refined 3.18 % / 3.02 %, 0 %, 0.682; fused 3.41 % / 3.26 %, 0.3 %, 0.659;
+  ``mirror`` 2.59 %); refined 3.17 % / 3.02 %, 0 %, 0.683; fused 3.41 % / 3.26 %, 0.3 %, 0.659;
   landmarker 3.43 % / 3.25 %, 0.6 %, 0.658; pfld 3.90 % / 3.77 %, 0 %, 0.610; faceapi 3.75 % / 3.63 %,
   0 %, 0.625; mesh 3.85 % / 3.64 %, 0.3 %, 0.616 (without ``mirror`` 3.93 %). dlib from its own HOG boxes:
   2.61 % over the 319 faces HOG finds. The mesh route's earlier fixed blends of two vertices per point,

@@ -265,7 +265,7 @@ FACEAPI_TO_68_FILE = ModelFile(
     (Packaged("training/fit_landmarks_68.py"),),
 )
 REFINE_68_FILE = ModelFile(
-    "refine_68.npz", "04af524a8e0b2b414318eab666e63c6fca70f2dccc37cbd871961f5a1e20d108", 551458,
+    "refine_68.npz", "c1303780619a08c9616566b40e0b81ed92d7cdf037fdfb53ffe37eaca7235e22", 553553,
     (Packaged("training/fit_refine_68.py"),),
 )
 HEADS_FILE = ModelFile(
@@ -389,8 +389,9 @@ MODELS: dict[str, ModelSpec] = {
                   "Apache-2.0 as faceflow; distilled from dlib_shape68's points (non-commercial weights)",
                   "moves the fused 68 points by gradient histograms around them: two supervised descent steps",
                   (REFINE_68_FILE,), origin="faceflow training/fit_refine_68.py", default=True,
-                  notes="Trained on the outputs of dlib's 68-point predictor on 3,000 LFW and 2,760 UTKFace "
-                        "train-split faces (and their mirror images), from the fused source's points; no 300-W data."),
+                  notes="Trained on the outputs of dlib's 68-point predictor on 6,784 LFW faces (none of the "
+                        "500 held-out people's) and 2,760 UTKFace train-split faces (and their mirror images), "
+                        "from the fused source's points; no 300-W data."),
         ModelSpec("attribute_heads", "attributes", "non-commercial (trained on UTKFace, research use only)",
                   "age and gender heads over SFace, dlib ResNet and Cydral features",
                   (HEADS_FILE,), origin="faceflow training/train_attribute_heads.py",
