@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.align import similarity_transform
+from faceflow.align import invert_affine, similarity_transform, transform_points
 from faceflow.models.npz import npz_bytes
 from faceflow.models.runtime import Runtime, default_runtime
 from faceflow.types import Image
@@ -48,7 +48,7 @@ def normalised_face(image: Image, points: npt.ArrayLike, reference: npt.ArrayLik
     m = similarity_transform(np.asarray(points, np.float64), np.asarray(reference, np.float64))
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     sigma = 0.5 / scale if scale < 0.7 else 0.0
-    back = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
+    back = invert_affine(m)
     corners = np.array([[0, 0], [CANVAS, 0], [0, CANVAS], [CANVAS, CANVAS]], np.float64) @ back[:, :2].T + back[:, 2]
     h, w = image.shape[:2]
     pad = int(np.ceil(4 * sigma)) + 2
@@ -137,8 +137,7 @@ class ShapeRefiner:
         framed = pts @ m[:, :2].T + m[:, 2]
         for step in self.steps:
             framed = framed + step.moves(gray, framed)
-        back = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
-        return (framed @ back[:, :2].T + back[:, 2]).astype(np.float32)
+        return transform_points(invert_affine(m), framed)
 
     def to_bytes(self) -> bytes:
         """The packaged form: each step's basis as int8 with a float32 scale per column."""
