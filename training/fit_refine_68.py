@@ -59,6 +59,7 @@ from fit_landmarks_68 import CACHE as TEACHER_CACHE
 from fit_landmarks_68 import DATA, FIT_PER_DATASET, errors, held_out_images, reference_points
 from fit_mesh_to_68 import central_face, fit_images
 
+from faceflow.align import invert_affine, transform_points
 from faceflow.detect import create_detector
 from faceflow.io import load_image
 from faceflow.landmarks import MIRROR_68, Landmarks68Stage
@@ -122,7 +123,7 @@ class Faces:
     """The fitting faces in the refiner's frame: grey frame, start points and teacher points, each face
     also mirrored; loaded once."""
 
-    def __init__(self, paths: dict[str, Path], start: F64, teacher: F64, reference: F64) -> None:
+    def __init__(self, paths: dict[tuple[str, str], Path], start: F64, teacher: F64, reference: F64) -> None:
         self.frames, self.start, self.teacher, self.original = [], [], [], []
         mirror = list(MIRROR_68)
         for i, (path, p, t) in enumerate(zip(paths.values(), start, teacher, strict=True)):
@@ -138,9 +139,6 @@ class Faces:
                 self.original.append((i, flip, m))
             if i % 1000 == 0:
                 print(f"  framed {i}/{len(start)}", flush=True)
-
-    def rows(self, which: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-        return np.nonzero(which)[0]
 
 
 def fit_steps(faces: Faces, rows: npt.NDArray[np.int64], penalty: float) -> list[RefineStep]:
@@ -173,8 +171,7 @@ def apply(steps: list[RefineStep], faces: Faces, rows: npt.NDArray[np.int64]) ->
         for step in steps:
             p = p + step.moves(faces.frames[r], p)
         m = faces.original[r][2]
-        back = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))[:2]
-        out.append(p @ back[:, :2].T + back[:, 2])
+        out.append(transform_points(invert_affine(m), p))
     return np.array(out)
 
 
@@ -197,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                       args.cache / f"extra_{args.part}_of_{args.parts}.npz")
         return
     by_name = {(name, p.name): p for name, ps in images.items() for p in ps}
-    starts = {}
+    starts: dict[tuple[str, str], F64] = {}
     for part in sorted(args.cache.glob("start_*.npz")):
         with np.load(part) as z:
             starts |= {(s, n): p for s, n, p in zip(z["sets"], z["names"], z["points"], strict=True)}
@@ -227,8 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     for penalty in PENALTIES:
         errs = []
         for a, b in (("lfw", "utkface"), ("utkface", "lfw")):
-            steps = fit_steps(faces, faces.rows(dataset_of == a), penalty)
-            test = faces.rows((dataset_of == b) & ~flipped)
+            steps = fit_steps(faces, np.flatnonzero(dataset_of == a), penalty)
+            test = np.flatnonzero((dataset_of == b) & ~flipped)
             faces_b = np.array([faces.original[r][0] for r in test])
             before = errors(start_a[faces_b], teacher_a[faces_b]).mean()
             after = errors(apply(steps, faces, test), teacher_a[faces_b]).mean()
@@ -238,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         if np.mean(errs) < best_err:
             best, best_err = penalty, float(np.mean(errs))
     print(f"penalty {best:g} (mean {100 * best_err:.3f} %); fitting on both datasets", flush=True)
-    blob = ShapeRefiner(reference, fit_steps(faces, faces.rows(np.ones(len(dataset_of), bool)), best)).to_bytes()
+    blob = ShapeRefiner(reference, fit_steps(faces, np.arange(len(dataset_of)), best)).to_bytes()
     dest = args.out / "refine_68.npz"
     dest.write_bytes(blob)
     print(f"wrote {dest} ({len(blob):,} bytes), sha256 {hashlib.sha256(blob).hexdigest()}", flush=True)
