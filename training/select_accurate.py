@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from faceflow.detect.base import DetectorOptions, RawDetections, nms
 from faceflow.detect.centerface import CenterFaceDetector
@@ -150,9 +151,10 @@ def _member_raw(cache: Cache, m: MemberDef, key: str) -> tuple[RawDetections, fl
     return merge_looks(parts, 0.4), ms
 
 
-def score_config(cache: Cache, members: tuple[MemberDef, ...], images: list[WiderImage],
-                 fusion_iou: float) -> dict[str, Any]:
-    """AP per list and median ms per image of a configuration on ``images``."""
+def config_predictions(cache: Cache, members: tuple[MemberDef, ...], images: list[WiderImage],
+                       fusion_iou: float) -> tuple[dict[str, npt.NDArray[np.float64]], list[float]]:
+    """A configuration's faces on each image (``x1, y1, x2, y2, score``), fused as
+    :class:`~faceflow.detect.ensemble.AccurateDetector` fuses them, and each image's time of its looks."""
     preds = {}
     times = []
     for im in images:
@@ -166,6 +168,13 @@ def score_config(cache: Cache, members: tuple[MemberDef, ...], images: list[Wide
             fused = weighted_box_fusion([r.boxes for r in raws], [r.scores for r in raws], None,
                                         iou_threshold=fusion_iou)
         preds[im.key] = np.concatenate([fused.boxes, fused.scores[:, None]], axis=1).astype(np.float64)
+    return preds, times
+
+
+def score_config(cache: Cache, members: tuple[MemberDef, ...], images: list[WiderImage],
+                 fusion_iou: float) -> dict[str, Any]:
+    """AP per list and median ms per image of a configuration on ``images``."""
+    preds, times = config_predictions(cache, members, images, fusion_iou)
     ev = evaluate_wider(preds, images)
     return {s: ev[s] for s in SETTINGS} | {"mean": float(np.mean([ev[s] for s in SETTINGS])),
                                            "median_ms": float(np.median(times))}

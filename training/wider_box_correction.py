@@ -25,32 +25,15 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from select_accurate import MEMBERS, member_raw, run_looks
+from select_accurate import MEMBERS, config_predictions, run_looks
 
-from faceflow.detect.base import iou_matrix, nms
-from faceflow.detect.ensemble import weighted_box_fusion
+from faceflow.detect.base import iou_matrix
 from faceflow.eval.wider import SETTINGS, WiderImage, evaluate_wider, event_parity, load_wider
 
 F64 = npt.NDArray[np.float64]
 Preds = dict[str, F64]
 CONFIGS = (("cf_m", "rf_m"), ("cf",), ("cf_m",), ("rf_m",), ("yn",), ("cf", "rf_m"), ("cf", "yn"))
 PEERS = ("deface_wider", "opencv_wider")
-
-
-def config_preds(cache: dict[str, dict[str, object]], names: tuple[str, ...], images: list[WiderImage]) -> Preds:
-    """Each image's fused boxes ``x1, y1, x2, y2, score`` for a configuration of cached members."""
-    members = {m.name: m for m in MEMBERS}
-    out = {}
-    for im in images:
-        raws = [member_raw(cache, members[n], im.key)[0] for n in names]  # type: ignore[arg-type]
-        if len(raws) == 1:
-            keep = nms(raws[0].boxes, raws[0].scores, 0.4)
-            boxes, scores = raws[0].boxes[keep], raws[0].scores[keep]
-        else:
-            fused = weighted_box_fusion([r.boxes for r in raws], [r.scores for r in raws], None, iou_threshold=0.4)
-            boxes, scores = fused.boxes, fused.scores
-        out[im.key] = np.concatenate([boxes, scores[:, None]], axis=1).astype(np.float64)
-    return out
 
 
 def matched_pairs(preds: Preds, images: list[WiderImage], min_score: float = 0.3) -> tuple[F64, F64]:
@@ -122,7 +105,10 @@ def main() -> None:
     for peer in PEERS:
         lines = [json.loads(line) for line in (args.peers / f"{peer}.jsonl").read_text().splitlines() if line.strip()]
         rows.append((peer, {r["path"]: np.asarray(r["boxes"], np.float64).reshape(-1, 5) for r in lines[1:]}))
-    rows += [("+".join(c), config_preds(cache, c, images)) for c in CONFIGS]  # type: ignore[arg-type]
+    members = {m.name: m for m in MEMBERS}
+    for config in CONFIGS:
+        preds, _ = config_predictions(cache, tuple(members[n] for n in config), images, 0.4)
+        rows.append(("+".join(config), preds))
     for name, preds in rows:
         before, after = [], []
         for chosen in (0, 1):
