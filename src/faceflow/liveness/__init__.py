@@ -5,8 +5,8 @@ The candidates share one interface (:mod:`faceflow.liveness.models`, listed in
 :mod:`faceflow.liveness.candidates`); the default is the colour-texture model trained here
 (:mod:`faceflow.liveness.texture`, 2-6 ms per face). ``training/select_liveness_default.py`` compares the
 candidates within the 30 ms budget on shift folds inside each training source (NUAA's sessions,
-MSU-MFSD's attack instruments); the two sources chose different candidates (``human_antispoof`` and
-``spectral``), so the rule left the default as it was. The deep networks are slower (their cost is
+MSU-MFSD's attack instruments); the two sources chose different candidates (``human_head`` and
+``distortion``), so the rule left the default as it was. The deep networks are slower (their cost is
 listed by ``faceflow models list``; ``deeptree_int8``, about 35-75 ms, is the cheapest of them).
 ``faceflow eval antispoof`` has the figures; read its cross-dataset ones before trusting any
 single-image liveness decision. Video adds temporal cues per track (:mod:`faceflow.liveness.video`).
