@@ -314,3 +314,17 @@ def test_a_relative_name_with_a_leading_dash(tmp_path: Path, small_face: PILImag
     (rec,) = read_jsonl(tmp_path / "o" / "faces.jsonl")
     assert rec["path"] == "-x.jpg" and len(rec["faces"]) == 1
     assert (tmp_path / "o" / "annotated" / "-x.jpg").is_file()
+
+
+def test_anonymize_into_the_input_folder_loses_no_photo(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """``anonymize photos --out photos`` listed every planned copy as written, though each was its own
+    input and refused; a rerun on one photo then deleted all the others as stale copies."""
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    small_face.save(src / "a.jpg")
+    small_face.save(src / "b.jpg")
+    (src / "sub" / "c.jpg").write_text("not an image")
+    assert invoke("anonymize", src, "--out", src).exit_code == 1
+    res = invoke("anonymize", src / "a.jpg", "--out", src)
+    assert res.exit_code == 1 and "is an input" in res.stderr
+    assert (src / "b.jpg").is_file() and (src / "sub" / "c.jpg").read_text() == "not an image"

@@ -150,3 +150,37 @@ def test_a_name_at_the_length_limit_is_written(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_a_name_planned_but_never_written_is_not_removed_later(tmp_path: Path) -> None:
+    """The manifest listed every planned name, written or not: a later run into the same folder then
+    deleted the user's own file that sat at the name of an image that had failed."""
+    src = tmp_path / "in"
+    src.mkdir()
+    files = [src / "a.jpg", src / "b.jpg"]
+    out = tmp_path / "out"
+    (out / "annotated").mkdir(parents=True)
+    mine = out / "annotated" / "b.jpg"
+    mine.write_bytes(b"a file of the user's")
+    writer = AnnotatedWriter(out, [src], files)
+    writer.start()
+    assert writer.save(writer.next_target(str(files[0])), b"img:a") is None
+    writer.next_target(str(files[1]))  # b.jpg failed to load: nothing is written for it
+    assert (out / "annotated" / MANIFEST).read_bytes() == b"a.jpg\n"
+    _run(out, [src], files[:1])
+    assert mine.read_bytes() == b"a file of the user's"
+
+
+def test_an_input_at_its_own_target_is_never_listed_nor_removed(tmp_path: Path) -> None:
+    """Writing into the input folder itself (``anonymize photos --out photos``): each target is its
+    input, so nothing is written, and a rerun on fewer files must not delete the others."""
+    files = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for f in files:
+        f.write_bytes(b"precious " + f.name.encode())
+    writer = AnnotatedWriter(tmp_path, [tmp_path], files, subdir="")
+    writer.start()
+    for f in files:
+        assert "is an input" in (writer.save(writer.next_target(str(f)), b"x") or "")
+    again = AnnotatedWriter(tmp_path, [files[0]], files[:1], subdir="")
+    assert again.start() == []
+    assert [f.read_bytes() for f in files] == [b"precious a.jpg", b"precious b.jpg"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -177,13 +178,18 @@ class AnnotatedWriter:
             self._targets[str(f)].append(name)
         self._names = names
         self._inputs = {os.path.realpath(f) for f in files}
+        self._listed: set[str] = set()
+        self._lock = threading.Lock()
 
     def start(self) -> list[Path]:
-        """Remove stale images of an earlier run (never an input); write the new manifest. Returns the removed.
+        """Remove stale images of an earlier run (never an input); list those it keeps. Returns the removed.
 
         A :class:`ConfigError` when the annotated folder cannot be made or written.
         """
-        return refresh_annotated_list(self.root, self._names, {_key(n) for n in self._names}, self._inputs)
+        keep = {_key(n) for n in self._names}
+        kept = {_key(rel): rel for rel in read_annotated_list(self.root) if _key(rel) in keep}
+        self._listed = set(kept)
+        return refresh_annotated_list(self.root, kept.values(), keep, self._inputs)
 
     def next_target(self, path: str) -> Path:
         """Where the annotated image of the batch file ``path`` goes (taken in order for a repeated path)."""
@@ -193,7 +199,21 @@ class AnnotatedWriter:
         """Write ``encoded`` to ``target`` safely (temporary file, then rename); ``None``, or why not."""
         if os.path.realpath(target) in self._inputs:
             return f"annotated image not written: {display_path(target)} is an input"
-        return save_annotated(target, encoded)
+        problem = save_annotated(target, encoded)
+        if problem is None:
+            self._record(target.relative_to(self.root))
+        return problem
+
+    def _record(self, rel: Path) -> None:
+        """Add a written image to the manifest (after the write: a kill between leaves a copy unlisted,
+        which no run removes, rather than a listed name that was never written)."""
+        with self._lock:
+            if _key(rel) in self._listed:
+                return
+            with contextlib.suppress(OSError):  # unlisted is safe: it is only never cleaned up
+                with open(self.root / MANIFEST, "ab") as fh:
+                    fh.write(os.fsencode(rel) + b"\n")
+                self._listed.add(_key(rel))
 
 
 def save_annotated(target: Path, encoded: bytes) -> str | None:
@@ -221,11 +241,7 @@ def refresh_annotated_list(root: Path, names: Iterable[Path], keep: KeySet, inpu
     ``names`` as the new list. Returns the removed; a :class:`ConfigError` when ``root`` cannot be written."""
     manifest = root / MANIFEST
     removed: list[Path] = []
-    try:
-        old = [Path(os.fsdecode(line)) for line in manifest.read_bytes().splitlines() if line]
-    except OSError:
-        old = []
-    for rel in old:
+    for rel in read_annotated_list(root):
         target = root / rel
         if rel.is_absolute() or ".." in rel.parts or _key(rel) in keep:
             continue
@@ -248,6 +264,14 @@ def refresh_annotated_list(root: Path, names: Iterable[Path], keep: KeySet, inpu
         raise ConfigError(f"cannot write annotated images in {display_path(root)}: "
                           f"{exc.strerror or exc}") from None
     return removed
+
+
+def read_annotated_list(root: Path) -> list[Path]:
+    """The relative paths the manifest in ``root`` lists (none when there is none or it cannot be read)."""
+    try:
+        return [Path(os.fsdecode(line)) for line in (root / MANIFEST).read_bytes().splitlines() if line]
+    except OSError:
+        return []
 
 
 def _prune(root: Path, folder: Path) -> None:
