@@ -328,3 +328,16 @@ def test_anonymize_into_the_input_folder_loses_no_photo(tmp_path: Path, small_fa
     res = invoke("anonymize", src / "a.jpg", "--out", src)
     assert res.exit_code == 1 and "is an input" in res.stderr
     assert (src / "b.jpg").is_file() and (src / "sub" / "c.jpg").read_text() == "not an image"
+
+
+def test_anonymize_names_a_bad_photo_once(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """The error read "<path>: <path>: not a recognised image format" (the library's message names it)."""
+    small_face.save(tmp_path / "a.jpg")
+    bad = tmp_path / "text.jpg"
+    bad.write_text("not an image")
+    res = invoke("anonymize", tmp_path, "--out", tmp_path / "out")
+    assert res.exit_code == 1
+    recs = {Path(r["path"]).name: r for r in read_jsonl(tmp_path / "out" / "anonymize.jsonl")}
+    assert recs["a.jpg"]["error"] is None
+    assert recs["text.jpg"]["error"] == f"{bad}: not a recognised image format"
+    assert f"failed: {bad}: not a recognised image format" in res.stderr

@@ -348,6 +348,7 @@ def anonymize(
         AnnotatedWriter,
         check_out_dir,
         inside,
+        item_error,
         json_line,
         open_for_writing,
         prepare_out_dir,
@@ -406,7 +407,7 @@ def anonymize(
                         total.frames += 1
                         total.detected += summary.detected
                     except (FaceflowError, ValueError) as exc:
-                        report(path, None, None, f"{display_path(path)}: {exc}")
+                        report(path, None, None, item_error(path, str(exc)))
                     bar.advance(task)
         for video in videos:
             assert movies is not None
