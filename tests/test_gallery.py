@@ -310,6 +310,19 @@ def test_import_refuses_damaged_export(store, tmp_path: Path) -> None:  # type: 
     assert [g.name for g in store.galleries()] == ["g"]
 
 
+def test_export_onto_a_file_is_refused_and_keeps_it(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Path.iterdir on a file raised NotADirectoryError (a traceback); with overwrite, rmtree did."""
+    store.create_gallery("g", MODEL, DIM)
+    enrol(store, "g", ["ann"], unit(1))
+    taken = tmp_path / "notes.txt"
+    taken.write_text("a file of the user's")
+    for overwrite in (False, True):
+        with pytest.raises(GalleryError, match="not a folder"):
+            export_gallery(store, "g", taken, overwrite=overwrite)
+    assert taken.read_text() == "a file of the user's"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".notes.txt.")]  # no temporary folder left
+
+
 # -- search ------------------------------------------------------------------------------------------
 
 

@@ -56,6 +56,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def export_gallery(store: GalleryStore, gallery: str, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``gallery`` to the folder ``out`` (created; an existing non-empty one needs ``overwrite``)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():  # overwrite replaces a folder, never a file
+        raise GalleryError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise GalleryError(f"{out} exists and is not empty (pass overwrite to replace it)")
     with store.transaction(write=False):  # one consistent snapshot
