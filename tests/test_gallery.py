@@ -323,6 +323,31 @@ def test_export_onto_a_file_is_refused_and_keeps_it(store, tmp_path: Path) -> No
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".notes.txt.")]  # no temporary folder left
 
 
+@pytest.mark.parametrize("damage", ["no faces.jsonl", "bad line", "no embeddings key", "not an object"])
+def test_import_refuses_an_export_with_a_missing_or_garbled_file(store, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                 damage: str) -> None:
+    """Each of these escaped as FileNotFoundError, JSONDecodeError or KeyError: a traceback, not a GalleryError."""
+    store.create_gallery("g", MODEL, DIM)
+    enrol(store, "g", ["ann", "bob"], unit(2))
+    out = export_gallery(store, "g", tmp_path / "export")
+    if damage == "no faces.jsonl":
+        (out / "faces.jsonl").unlink()
+    elif damage == "bad line":
+        with open(out / "subjects.jsonl", "a") as fh:
+            fh.write('{"name": \n')
+    else:
+        header = json.loads((out / "gallery.json").read_text())
+        if damage == "no embeddings key":
+            del header["embeddings"]
+            (out / "gallery.json").write_text(json.dumps(header))
+        else:
+            (out / "gallery.json").write_text("[1, 2]")
+    file = {"no faces.jsonl": "faces.jsonl", "bad line": "subjects.jsonl"}.get(damage, "gallery.json")
+    with pytest.raises(GalleryError, match=f"export.*{file}"):
+        import_gallery(store, out, name="copy")
+    assert [g.name for g in store.galleries()] == ["g"]
+
+
 # -- search ------------------------------------------------------------------------------------------
 
 

@@ -50,7 +50,10 @@ def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        try:
+            return [json.loads(line) for line in fh if line.strip()]
+        except ValueError as exc:  # name the file: the decoder's message gives only a line and column
+            raise ValueError(f"{path.name}: {exc}") from exc
 
 
 def export_gallery(store: GalleryStore, gallery: str, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -121,6 +124,20 @@ def _load_embeddings(
     return out
 
 
+_HEADER_KEYS = ("name", "model", "dim", "threshold", "metadata", "created_at", "subjects", "faces", "embeddings")
+_SUBJECT_KEYS = ("name", "metadata", "created_at")
+_FACE_KEYS = ("subject", "box", "quality", "source", "source_sha256", "metadata", "created_at")
+
+
+def _require(row: Any, keys: tuple[str, ...], file: str) -> None:
+    """A ValueError naming ``file`` when ``row`` is not an object holding every one of ``keys``."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{file}: a record is not an object")
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise ValueError(f"{file}: a record lacks {', '.join(missing)}")
+
+
 def import_gallery(
     store: GalleryStore, src: str | os.PathLike[str], *, name: str | None = None, progress: Progress | None = None
 ) -> GalleryInfo:
@@ -130,13 +147,22 @@ def import_gallery(
         header = json.loads((src / "gallery.json").read_text())
     except (OSError, ValueError) as exc:
         raise GalleryError(f"{src} is not a gallery export: {exc}") from exc
+    if not isinstance(header, dict):
+        raise GalleryError(f"{src} is not a gallery export: gallery.json is not an object")
     if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
         raise GalleryError(f"{src}: unsupported format {header.get('format')!r} v{header.get('format_version')}")
-    subjects = _read_jsonl(src / "subjects.jsonl")
-    faces = _read_jsonl(src / "faces.jsonl")
-    if len(faces) != header["faces"] or len(subjects) != header["subjects"]:
-        raise GalleryError(f"{src}: the face or subject count does not match gallery.json")
-    embeddings = _load_embeddings(src, header, len(faces))
+    try:  # a file missing, a line cut short, a key gone: one GalleryError, before anything is written
+        _require(header, _HEADER_KEYS, "gallery.json")
+        subjects = _read_jsonl(src / "subjects.jsonl")
+        faces = _read_jsonl(src / "faces.jsonl")
+        for records, keys, file in ((subjects, _SUBJECT_KEYS, "subjects.jsonl"), (faces, _FACE_KEYS, "faces.jsonl")):
+            for row in records:
+                _require(row, keys, file)
+        if len(faces) != header["faces"] or len(subjects) != header["subjects"]:
+            raise GalleryError(f"{src}: the face or subject count does not match gallery.json")
+        embeddings = _load_embeddings(src, header, len(faces))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise GalleryError(f"{src} is not a complete gallery export: {exc}") from exc
     target = name or header["name"]
     model = header["model"]
     with store.transaction():
