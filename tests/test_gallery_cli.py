@@ -148,3 +148,16 @@ def test_eval_clustering_rejects_an_unknown_people_choice(tmp_path: Path) -> Non
     result = CliRunner().invoke(standalone, ["eval", "clustering", "--root", str(tmp_path), "--people", "most"])
     assert result.exit_code == 2
     assert "--people must be one of held-out, tuning, all, not 'most'" in result.stderr
+
+
+def test_identify_out_naming_an_input_is_refused_before_it_is_truncated(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--out was opened for writing before the photos were read: the photo became an empty file."""
+    photo = tmp_path / "p.png"
+    PILImage.new("RGB", (32, 32)).save(photo)
+    before = photo.read_bytes()
+    run("gallery", "create", "g", "--model", "sface")
+    code, out = _invoke("identify", "g", photo, "--out", photo)
+    assert code == 2 and "is one of the photos" in out, out
+    code, out = _invoke("identify", "g", photo, "--out", tmp_path / "missing" / "ids.jsonl")
+    assert code == 2 and "cannot write" in out, out
+    assert photo.read_bytes() == before

@@ -23,6 +23,7 @@ from faceflow.cli_base import ErrorExitGroup, console, fail_usage, progress
 from faceflow.errors import ConfigError
 from faceflow.gallery.backends import open_gallery_store
 from faceflow.gallery.workflows import DEFAULT_GALLERY_MODEL
+from faceflow.outputs import display_path, inside, open_for_writing
 
 gallery_app = typer.Typer(cls=ErrorExitGroup, no_args_is_help=True,
                           help="Create, list, delete, export, import, calibrate and re-embed galleries.")
@@ -245,10 +246,13 @@ def identify(
     if aggregate not in ("max", "mean"):
         raise fail_usage(f"--aggregate must be max or mean, got {aggregate!r}")
     files = _photos(paths)
+    if out is not None and (clash := next((f for f in files if inside(f, out)), None)) is not None:
+        raise ConfigError(f"--out {display_path(out)} is one of the photos ({display_path(clash)}): "
+                          "writing it would destroy the photo")
     failed = 0
     with open_gallery_store(store) as s:
         analyzer = analyzer_for(s.gallery(gallery))
-        sink = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115 - closed below
+        sink = open_for_writing(out) if out else sys.stdout
         try:
             with progress() as bar:
                 task = bar.add_task("identifying", total=len(files))
