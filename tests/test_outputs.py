@@ -184,3 +184,27 @@ def test_an_input_at_its_own_target_is_never_listed_nor_removed(tmp_path: Path) 
     again = AnnotatedWriter(tmp_path, [files[0]], files[:1], subdir="")
     assert again.start() == []
     assert [f.read_bytes() for f in files] == [b"precious a.jpg", b"precious b.jpg"]
+
+
+def test_a_file_of_the_users_at_a_target_is_not_replaced(tmp_path: Path) -> None:
+    """``--out`` pointed at a folder that already holds a file of the same name: the user's file stays,
+    the image is reported as not written, and the rest of the batch is written; a rerun still replaces
+    what the first run wrote."""
+    src = tmp_path / "in"
+    src.mkdir()
+    files = [src / "a.jpg", src / "b.jpg"]
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "a.jpg"
+    mine.write_bytes(b"a file of the user's")
+    writer = AnnotatedWriter(out, [src], files, subdir="")
+    writer.start()
+    reason = writer.save(writer.next_target(str(files[0])), b"img:a")
+    assert reason is not None and "no earlier faceflow run wrote it" in reason
+    assert writer.save(writer.next_target(str(files[1])), b"img:b") is None
+    assert mine.read_bytes() == b"a file of the user's"
+    again = AnnotatedWriter(out, [src], files, subdir="")
+    again.start()
+    assert again.save(again.next_target(str(files[0])), b"img:a") is not None
+    assert again.save(again.next_target(str(files[1])), b"img:b2") is None
+    assert (out / "b.jpg").read_bytes() == b"img:b2" and mine.read_bytes() == b"a file of the user's"

@@ -166,7 +166,8 @@ class AnnotatedWriter:
     Built from the inputs the user named and the files of the batch (in order); :meth:`start`
     removes the images an earlier run listed in its manifest and that this run will not rewrite,
     then records this run's names; :meth:`next_target` names the file for each result in turn and
-    :meth:`save` writes it, returning ``None`` or the reason it could not.
+    :meth:`save` writes it, returning ``None`` or the reason it could not (a file already at the name
+    that no earlier run listed is the user's and is left alone).
     """
 
     def __init__(self, out: Path, inputs: Iterable[Path], files: Sequence[Path], *,
@@ -199,9 +200,15 @@ class AnnotatedWriter:
         """Write ``encoded`` to ``target`` safely (temporary file, then rename); ``None``, or why not."""
         if os.path.realpath(target) in self._inputs:
             return f"annotated image not written: {display_path(target)} is an input"
+        rel = target.relative_to(self.root)
+        with self._lock:
+            foreign = _key(rel) not in self._listed and os.path.lexists(target)
+        if foreign:  # a file no run of ours listed: the user's, never replaced
+            return (f"annotated image not written: {display_path(target)} exists and no earlier faceflow run "
+                    "wrote it (move it away or choose another --out)")
         problem = save_annotated(target, encoded)
         if problem is None:
-            self._record(target.relative_to(self.root))
+            self._record(rel)
         return problem
 
     def _record(self, rel: Path) -> None:
