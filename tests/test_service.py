@@ -118,6 +118,9 @@ def test_docs_page_works_offline(server: Server) -> None:
     assert assets and all(a.startswith("/docs-assets/") for a in assets), assets  # nothing from elsewhere
     for asset in assets:
         assert httpx.get(server.url + asset).status_code == 200, asset
+    # FastAPI's ReDoc page would load its script and fonts from CDNs: not served at all
+    redoc = httpx.get(server.url + "/redoc")
+    assert redoc.status_code == 404 and redoc.json()["code"] == "not_found"
 
 
 def test_analyze_matches_the_library(server: Server, keys: Keys, astronaut: np.ndarray, astronaut_jpeg: bytes) -> None:

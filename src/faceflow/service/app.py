@@ -75,7 +75,9 @@ def create_app(settings: ServeSettings | None = None, *, state: ServiceState | N
                     await loader
             shared.close()
 
+    # docs_url and redoc_url off: FastAPI's pages load their scripts from CDNs; /docs is served offline below
     app = FastAPI(title="faceflow", version="1", lifespan=lifespan, responses=ERROR_RESPONSES, docs_url=None,
+                  redoc_url=None,
                   description="Face analysis over HTTP: analyse, verify, embed, galleries and identification. "
                               "Authenticate with `Authorization: Bearer <key>` (or `X-API-Key`).")
 
