@@ -484,6 +484,27 @@ def test_client_disconnecting_mid_upload(server: Server, keys: Keys, astronaut_j
     assert "Traceback" not in server.logs()
 
 
+def test_several_images_where_one_is_expected_get_422(server: Server, keys: Keys, astronaut_jpeg: bytes) -> None:
+    """A second image in a one-image field is refused by name, not silently dropped (only enrolment repeats)."""
+    two = [("image", ("a.jpg", astronaut_jpeg)), ("image", ("b.jpg", b"not a picture"))]
+    with server.client(keys.admin) as c:
+        assert c.post("/v1/galleries", json={"name": "one-image", "model": "sface"}).status_code == 201
+        answers = {path: c.post(path, files=two) for path in ("/v1/analyze", "/v1/embed",
+                                                                  "/v1/galleries/one-image/identify")}
+        answers["/v1/verify"] = c.post("/v1/verify", files=[("image1", ("a.jpg", astronaut_jpeg)),
+                                                             ("image1", ("b.jpg", b"not a picture")),
+                                                             ("image2", ("c.jpg", astronaut_jpeg))])
+        enrolled = c.post("/v1/galleries/one-image/subjects/ada/faces",
+                          files=[two[0], ("image", ("c.jpg", astronaut_jpeg))])
+        assert enrolled.status_code == 201 and len(enrolled.json()["enrolled"]) == 2  # enrolment takes several
+        assert c.delete("/v1/galleries/one-image").status_code == 200
+    for path, r in answers.items():
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["code"] == "invalid_request", (path, r.text)
+        assert "one image" in r.json()["message"] and "got 2" in r.json()["message"], (path, r.text)
+    still_answers(server, keys.reader, astronaut_jpeg)
+
+
 def test_cors_is_off_by_default(server: Server) -> None:
     r = httpx.options(server.url + "/v1/analyze", headers={"Origin": "https://evil.example",
                                                             "Access-Control-Request-Method": "POST"})

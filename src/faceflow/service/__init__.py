@@ -14,7 +14,8 @@ Auth: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` on every ``/v1`` r
 is too weak, 429 ``rate_limited`` with ``Retry-After`` over the key's rate. Errors are always
 ``{"code": ..., "message": ...}`` (codes in :mod:`faceflow.service.errors`).
 
-Images are uploads (bytes), never paths: a multipart field, or where noted the raw body.
+Images are uploads (bytes), never paths: a multipart field, or where noted the raw body. A field
+carries one image (a second is 422 ``invalid_request``) except where it may be repeated.
 
 * ``GET /v1/me`` (read) -> ``{"id", "name", "scope", "galleries"}``: the key itself (sign-in check).
 * ``POST /v1/analyze?stages=a,b&detector=d&embeddings=false`` (read): multipart ``image`` or the raw

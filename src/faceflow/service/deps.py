@@ -75,18 +75,21 @@ def _label(value: UploadFile, field: str) -> str:
     return "".join(c for c in name if c.isprintable())[:200] or field
 
 
-async def read_uploads(request: Request, fields: tuple[str, ...], *, raw: bool = False) -> dict[str, list[Upload]]:
-    """The images of ``fields`` from a multipart body (each field may repeat); with ``raw``, a body
-    that is not multipart is the one image of ``fields[0]``. A missing image is 422 ``invalid_request``;
-    an upload slower than the request timeout 504 ``timeout``."""
+async def read_uploads(request: Request, fields: tuple[str, ...], *, raw: bool = False,
+                       repeated: bool = False) -> dict[str, list[Upload]]:
+    """The images of ``fields`` from a multipart body (with ``repeated``, each field may repeat; else a
+    second image is 422 ``invalid_request`` rather than silently dropped); with ``raw``, a body that is
+    not multipart is the one image of ``fields[0]``. A missing image is 422 ``invalid_request``; an
+    upload slower than the request timeout 504 ``timeout``."""
     timeout = state_of(request).settings.request_timeout
     try:
-        return await asyncio.wait_for(_read_uploads(request, fields, raw), timeout)
+        return await asyncio.wait_for(_read_uploads(request, fields, raw, repeated), timeout)
     except TimeoutError:
         raise ApiError(504, "timeout", f"the upload took longer than {timeout:g} s") from None
 
 
-async def _read_uploads(request: Request, fields: tuple[str, ...], raw: bool) -> dict[str, list[Upload]]:
+async def _read_uploads(request: Request, fields: tuple[str, ...], raw: bool,
+                        repeated: bool) -> dict[str, list[Upload]]:
     content_type = request.headers.get("content-type", "")
     out: dict[str, list[Upload]] = {f: [] for f in fields}
     try:
@@ -113,6 +116,8 @@ async def _read_uploads(request: Request, fields: tuple[str, ...], raw: bool) ->
         if not out[field]:
             how = f"a multipart field {field!r}" + (" or the image as the raw body" if raw else "")
             raise ApiError(422, "invalid_request", f"missing image: send {how}")
+        if not repeated and len(out[field]) > 1:
+            raise ApiError(422, "invalid_request", f"{field}: send one image here, got {len(out[field])}")
         if any(not u.data for u in out[field]):
             raise ApiError(422, "bad_image", f"{field}: empty upload (0 bytes)")
     return out

@@ -124,7 +124,7 @@ async def enrol(request: Request, key: Writer, gallery: GalleryName, subject: Su
     subject is created with its first face. Photos that fail are listed; if none worked, 422."""
     state = state_of(request)
     name = check_name(subject)
-    uploads = (await read_uploads(request, ("image",)))["image"]
+    uploads = (await read_uploads(request, ("image",), repeated=True))["image"]
     info = await _gallery(state, key, gallery)
 
     def work() -> Any:
