@@ -505,6 +505,19 @@ def test_several_images_where_one_is_expected_get_422(server: Server, keys: Keys
     still_answers(server, keys.reader, astronaut_jpeg)
 
 
+def test_multipart_media_type_is_case_insensitive(server: Server, keys: Keys, astronaut_jpeg: bytes) -> None:
+    """``Multipart/Form-Data`` is the same media type (RFC 9110): the upload is read as multipart, not
+    handed to the decoder as one raw image."""
+    boundary = "faceflow-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode() + astronaut_jpeg + f"\r\n--{boundary}--\r\n".encode()
+    with server.client(keys.reader) as c:
+        r = c.post("/v1/analyze", content=body, params={"stages": "detect"},
+                   headers={"content-type": f"Multipart/Form-Data; boundary={boundary}"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["faces"]) == 1
+
+
 def test_cors_is_off_by_default(server: Server) -> None:
     r = httpx.options(server.url + "/v1/analyze", headers={"Origin": "https://evil.example",
                                                             "Access-Control-Request-Method": "POST"})

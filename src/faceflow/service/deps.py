@@ -90,7 +90,7 @@ async def read_uploads(request: Request, fields: tuple[str, ...], *, raw: bool =
 
 async def _read_uploads(request: Request, fields: tuple[str, ...], raw: bool,
                         repeated: bool) -> dict[str, list[Upload]]:
-    content_type = request.headers.get("content-type", "")
+    content_type = request.headers.get("content-type", "").lower()  # media types ignore case (RFC 9110)
     out: dict[str, list[Upload]] = {f: [] for f in fields}
     try:
         if content_type.startswith("multipart/form-data"):
