@@ -619,6 +619,38 @@ def test_key_guessing_slowed_slow_uploads_timed_out_cors_when_asked(tmp_path: Pa
         srv.stop()
 
 
+def test_json_body_is_read_after_the_key_and_within_the_timeout(tmp_path: Path) -> None:
+    """POST /v1/galleries checks the key before it reads its JSON body: no key is 401 whatever the body, and a
+    body that trickles in (a client holding the connection) gets 504 after the request timeout, as uploads do."""
+    with KeyStore(tmp_path / "keys.db") as store:
+        writer = store.create("w", "write")[0]
+        reader = store.create("r", "read")[0]
+    srv = start_server(tmp_path, request_timeout=2, load_models=False)
+    try:
+        bad = {"content-type": "application/json"}
+        r = httpx.post(srv.url + "/v1/galleries", content=b"{not json", headers=bad, timeout=10)
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized", r.text
+        r = httpx.post(srv.url + "/v1/galleries", content=b"{not json", timeout=10,
+                       headers={**bad, "Authorization": f"Bearer {reader}"})
+        assert r.status_code == 403 and r.json()["code"] == "forbidden", r.text
+        for key, expected in ((None, "401"), (writer, "504")):
+            auth = f"Authorization: Bearer {key}\r\n" if key else ""
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s:
+                s.sendall((f"POST /v1/galleries HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                           "Content-Length: 100\r\n\r\n{\"name\": ").encode())
+                t0 = time.monotonic()
+                answer = s.recv(4096).decode(errors="replace")
+                waited = time.monotonic() - t0
+            assert answer.startswith(f"HTTP/1.1 {expected}"), answer
+            assert waited < 10
+        with srv.client(writer) as c:  # a body sent at once still works, and is still validated
+            assert c.post("/v1/galleries", json={"name": "g", "model": "sface"}).status_code == 201
+            assert c.post("/v1/galleries", json={"name": "g2", "threshold": 3}).json()["code"] == "invalid_request"
+        assert "Traceback" not in srv.logs()
+    finally:
+        srv.stop()
+
+
 def test_postgres_gallery_store(tmp_path: Path, people: Path, pg_url: str) -> None:
     """``--gallery-url postgresql://...``: the same gallery lifecycle on PostgreSQL + pgvector."""
     import psycopg

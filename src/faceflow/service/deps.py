@@ -1,13 +1,16 @@
-"""Request plumbing shared by the routes: the process state, API-key checks, reading uploaded images."""
+"""Request plumbing shared by the routes: the process state, API-key checks, reading uploaded images and
+JSON bodies."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -19,6 +22,8 @@ from faceflow.service.state import ServiceState
 
 MAX_FILES = 32
 """Most images one multipart request may carry (an enrolment's photos)."""
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def state_of(request: Request) -> ServiceState:
@@ -134,3 +139,29 @@ def image_body(*fields: str, raw: bool = False, repeated: bool = False) -> dict[
         content["image/jpeg"] = {"schema": binary}
         content["image/png"] = {"schema": binary}
     return {"requestBody": {"required": True, "content": content}}
+
+
+async def read_json(request: Request, model: type[Body]) -> Body:
+    """The JSON body as ``model``, read by the route itself: after the key's check and within the request
+    timeout like an upload (a body FastAPI declares is read before any dependency, so without a key and
+    for as long as a client takes to trickle it in). A body that does not fit is 422 ``invalid_request``."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media and media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(422, "invalid_request", "send the body as JSON (Content-Type: application/json)")
+    timeout = state_of(request).settings.request_timeout
+    try:
+        data = await asyncio.wait_for(request.body(), timeout)
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"the body took longer than {timeout:g} s to arrive") from None
+    except ClientDisconnect:
+        raise ApiError(400, "bad_request", "the client went away while sending the body") from None
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:  # answered by the app's handler, as FastAPI's own check would be
+        raise RequestValidationError(exc.errors()) from None
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a route that reads ``model`` with :func:`read_json`."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": model.model_json_schema()}}}}

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -22,7 +22,7 @@ from faceflow.gallery.io import export_gallery
 from faceflow.gallery.store import GalleryInfo, check_name
 from faceflow.gallery.workflows import Photo, create_gallery, enroll, identify_result
 from faceflow.io import load_image
-from faceflow.service.deps import image_body, read_uploads, require, state_of
+from faceflow.service.deps import image_body, json_body, read_json, read_uploads, require, state_of
 from faceflow.service.errors import ApiError, gallery_not_found
 from faceflow.service.keys import ApiKey
 from faceflow.service.schemas import (
@@ -73,9 +73,11 @@ async def list_galleries(request: Request, key: Reader) -> list[dict[str, Any]]:
     return [_gallery_out(g) for g in galleries if key.may_touch(g.name)]
 
 
-@router.post("", response_model=GalleryOut, status_code=201, summary="Create an empty gallery")
-async def create(request: Request, key: Writer, body: Annotated[GalleryCreate, Body()]) -> dict[str, Any]:
+@router.post("", response_model=GalleryOut, status_code=201, summary="Create an empty gallery",
+             openapi_extra=json_body(GalleryCreate))
+async def create(request: Request, key: Writer) -> dict[str, Any]:
     state = state_of(request)
+    body = await read_json(request, GalleryCreate)
     name = check_name(body.name, "gallery")
     if not key.may_touch(name):
         raise ApiError(403, "forbidden", "this key may not create a gallery of that name")
