@@ -518,6 +518,28 @@ def test_multipart_media_type_is_case_insensitive(server: Server, keys: Keys, as
     assert len(r.json()["faces"]) == 1
 
 
+def test_export_of_a_gallery_named_in_any_script(server: Server, keys: Keys, astronaut_jpeg: bytes) -> None:
+    """A gallery name outside Latin-1 is exported like any other: the download's file name is ASCII, with the
+    real name percent-encoded beside it (RFC 6266), never a header that cannot be written (a 500)."""
+    from urllib.parse import quote, unquote
+
+    name = "名前 😀 Zoë"
+    with server.client(keys.admin) as c:
+        assert c.post("/v1/galleries", json={"name": name, "model": "sface"}).status_code == 201
+        path = f"/v1/galleries/{quote(name, safe='')}"
+        assert c.post(path + "/subjects/ada/faces", files={"image": ("a.jpg", astronaut_jpeg)}).status_code == 201
+        export = c.get(path + "/export")
+        assert c.delete(path).status_code == 200
+    assert export.status_code == 200, export.text
+    disposition = export.headers["content-disposition"]
+    assert disposition.isascii() and 'filename="' in disposition
+    assert unquote(disposition.split("filename*=UTF-8''")[1]) == name + ".zip"
+    with zipfile.ZipFile(io.BytesIO(export.content)) as zf:
+        assert json.loads(zf.read("gallery.json"))["faces"] == 1
+    assert "Traceback" not in server.logs()
+    still_answers(server, keys.reader, astronaut_jpeg)
+
+
 def test_cors_is_off_by_default(server: Server) -> None:
     r = httpx.options(server.url + "/v1/analyze", headers={"Origin": "https://evil.example",
                                                             "Access-Control-Request-Method": "POST"})

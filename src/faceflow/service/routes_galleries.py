@@ -11,6 +11,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
@@ -209,7 +210,9 @@ async def export(request: Request, key: Reader, gallery: GalleryName) -> Respons
             return buffer.getvalue()
 
     data = await state.pool.run(state.settings.request_timeout, work)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in info.name)
-    return Response(data, media_type="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{safe}.zip"'})
+    # headers are Latin-1: an ASCII file name for every client, the real one percent-encoded (RFC 6266)
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in info.name)
+    encoded = quote(info.name + ".zip", safe="")
+    return Response(data, media_type="application/zip", headers={
+        "Content-Disposition": f"attachment; filename=\"{safe}.zip\"; filename*=UTF-8''{encoded}"})
 
