@@ -540,6 +540,19 @@ def test_export_of_a_gallery_named_in_any_script(server: Server, keys: Keys, ast
     still_answers(server, keys.reader, astronaut_jpeg)
 
 
+def test_an_image_sent_as_a_text_field_is_named_as_such(server: Server, keys: Keys, astronaut_jpeg: bytes) -> None:
+    """A multipart part without a file name is a text field: its bytes were decoded as text and re-encoded, so a
+    good JPEG was answered "not a recognised image format". It is refused for what it is."""
+    boundary = "faceflow-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"\r\nContent-Type: image/jpeg\r\n\r\n"
+            ).encode() + astronaut_jpeg + f"\r\n--{boundary}--\r\n".encode()
+    with server.client(keys.reader) as c:
+        r = c.post("/v1/analyze", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
+    assert "file name" in r.json()["message"]
+    still_answers(server, keys.reader, astronaut_jpeg)
+
+
 def test_cors_is_off_by_default(server: Server) -> None:
     r = httpx.options(server.url + "/v1/analyze", headers={"Origin": "https://evil.example",
                                                             "Access-Control-Request-Method": "POST"})

@@ -103,10 +103,10 @@ async def _read_uploads(request: Request, fields: tuple[str, ...], raw: bool,
             try:
                 for field in fields:
                     for value in form.getlist(field):
-                        if isinstance(value, UploadFile):
-                            out[field].append(Upload(_label(value, field), await value.read()))
-                        else:
-                            out[field].append(Upload(field, value.encode()))
+                        if not isinstance(value, UploadFile):  # its bytes were decoded as text: not the image
+                            raise ApiError(422, "invalid_request", f"{field}: send the image as a file (a "
+                                           "multipart part with a file name), not as a text field")
+                        out[field].append(Upload(_label(value, field), await value.read()))
             finally:
                 await form.close()
         elif raw:
