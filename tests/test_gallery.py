@@ -549,3 +549,35 @@ def test_readers_see_whole_batches_while_one_writer_enrols(url: str) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_photo_enrolled_again_for_its_subject_is_stored_once(url: str) -> None:
+    """``add_faces_once``: the same photo bytes for the same subject (a retried enrolment, two clients
+    racing) give the face already stored; for another subject, or without a digest, a new face."""
+    v = unit(4)
+    with open_gallery_store(url) as s:
+        s.create_gallery("g", MODEL, DIM)
+        first, held = s.add_faces_once("g", [GalleryFace("ann", v[0], source_sha256="aa"),
+                                              GalleryFace("ann", v[1], source_sha256="aa"),  # a copy in one batch
+                                              GalleryFace("bob", v[2], source_sha256="aa")], model=MODEL)
+        assert first[0] == first[1] != first[2] and held == [False, True, False]
+        again, held = s.add_faces_once("g", [GalleryFace("ann", v[0], source_sha256="aa"),
+                                              GalleryFace("ann", v[3], source_sha256="bb"),
+                                              GalleryFace("ann", v[3])], model=MODEL)
+        assert again[0] == first[0] and held == [True, False, False]
+        assert s.gallery("g").faces == 4
+
+    results: list[list[int]] = []
+
+    def racer(vec: np.ndarray) -> None:
+        with open_gallery_store(url) as mine:
+            results.append(mine.add_faces_once("g", [GalleryFace("cy", vec, source_sha256="cc")], model=MODEL)[0])
+
+    threads = [threading.Thread(target=racer, args=(v[i],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 4 and len({r[0] for r in results}) == 1
+    with open_gallery_store(url) as s:
+        assert len(s.faces("g", subject="cy")) == 1

@@ -518,6 +518,23 @@ def test_multipart_media_type_is_case_insensitive(server: Server, keys: Keys, as
     assert len(r.json()["faces"]) == 1
 
 
+def test_an_enrolment_sent_again_stores_its_photos_once(server: Server, keys: Keys, astronaut_jpeg: bytes) -> None:
+    """A client that timed out (504) or lost the answer and sends the same enrolment again gets the same face
+    ids, with a note, and the gallery holds each photo once; the same photo for another subject is its own face."""
+    with server.client(keys.admin) as c:
+        assert c.post("/v1/galleries", json={"name": "retry", "model": "sface"}).status_code == 201
+        first = c.post("/v1/galleries/retry/subjects/ada/faces", files={"image": ("a.jpg", astronaut_jpeg)})
+        again = c.post("/v1/galleries/retry/subjects/ada/faces", files={"image": ("renamed.jpg", astronaut_jpeg)})
+        other = c.post("/v1/galleries/retry/subjects/bo/faces", files={"image": ("a.jpg", astronaut_jpeg)})
+        info = c.get("/v1/galleries/retry").json()
+        assert c.delete("/v1/galleries/retry").status_code == 200
+    assert first.status_code == again.status_code == other.status_code == 201, (first.text, again.text, other.text)
+    assert again.json()["enrolled"] == first.json()["enrolled"]
+    assert any("already enrolled" in n["reason"] for n in again.json()["notes"]), again.text
+    assert other.json()["enrolled"] != first.json()["enrolled"]
+    assert info["faces"] == 2 and info["subjects"] == 2
+
+
 def test_export_of_a_gallery_named_in_any_script(server: Server, keys: Keys, astronaut_jpeg: bytes) -> None:
     """A gallery name outside Latin-1 is exported like any other: the download's file name is ASCII, with the
     real name percent-encoded beside it (RFC 6266), never a header that cannot be written (a 500)."""

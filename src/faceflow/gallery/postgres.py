@@ -81,6 +81,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 3: a gallery's faces in id order, page by page (clustering at scale, faceflow.distributed)
         "CREATE INDEX embeddings_gallery_model_face ON faceflow.embeddings (gallery_id, model, face_id)",
     ),
+    (  # 4: find a gallery's faces by photo content (an enrolment retried stores its photo once)
+        "CREATE INDEX faces_gallery_sha ON faceflow.faces (gallery_id, source_sha256)",
+    ),
 )
 """Schema migrations: entry ``i`` takes the schema from version ``i`` to ``i + 1`` (``faceflow.schema_version``)."""
 
@@ -179,6 +182,9 @@ SQL: dict[str, str] = {
     "lock_gallery": "SELECT pg_advisory_xact_lock(%s::int, %s::int)",
     "sources_in": """SELECT source, source_sha256 FROM faceflow.faces WHERE gallery_id = %s
         AND source = ANY(%s::text[])""",
+    "faces_of_photos": """SELECT s.name, f.source_sha256, f.id FROM faceflow.faces f
+        JOIN faceflow.subjects s ON s.id = f.subject_id
+        WHERE f.gallery_id = %s AND f.source_sha256 = ANY(%s::text[]) ORDER BY f.id""",
     "lock": "SELECT pg_advisory_xact_lock(%s)",
 }
 

@@ -70,6 +70,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # 3: a gallery's faces in id order, page by page (clustering at scale, faceflow.distributed)
         "CREATE INDEX embeddings_gallery_model_face ON embeddings (gallery_id, model, face_id)",
     ),
+    (  # 4: find a gallery's faces by photo content (an enrolment retried stores its photo once)
+        "CREATE INDEX faces_gallery_sha ON faces (gallery_id, source_sha256)",
+    ),
 )
 """Schema migrations: entry ``i`` takes the schema from version ``i`` to ``i + 1`` (``PRAGMA user_version``)."""
 
@@ -116,6 +119,8 @@ SQL: dict[str, str] = {
     "count_faces_in": f"SELECT COUNT(*) FROM faces WHERE gallery_id = ? AND id IN {_IDS}",
     "lock_gallery": "SELECT ? + ?",  # BEGIN IMMEDIATE already serialises writers
     "sources_in": f"SELECT source, source_sha256 FROM faces WHERE gallery_id = ? AND source IN {_IDS}",
+    "faces_of_photos": f"""SELECT s.name, f.source_sha256, f.id FROM faces f JOIN subjects s ON s.id = f.subject_id
+        WHERE f.gallery_id = ? AND f.source_sha256 IN {_IDS} ORDER BY f.id""",
     "delete_embeddings_in": f"DELETE FROM embeddings WHERE gallery_id = ? AND face_id IN {_IDS}",
     "delete_faces_in": f"DELETE FROM faces WHERE gallery_id = ? AND id IN {_IDS}",
     "vectors": """SELECT face_id, subject_id, vector FROM embeddings WHERE gallery_id = ? AND model = ?

@@ -487,6 +487,34 @@ class GalleryStore(ABC):
                 fresh.append(f)
             return self.add_faces(gallery, fresh, model=model), len(faces) - len(fresh)
 
+    def add_faces_once(self, gallery: str, faces: Sequence[GalleryFace], *, model: str) -> tuple[list[int], list[bool]]:
+        """:meth:`add_faces` for the faces whose photo (``source_sha256``) their subject does not hold
+        yet; for the others the id of the face already stored. One transaction holding the gallery's
+        enrolment lock, so an enrolment retried (a client that timed out, a rerun) or two racing on one
+        photo store it once. Returns the ids in order and, for each, whether it was already there."""
+        faces = list(faces)
+        names = [check_name(f.subject) for f in faces]
+        with self.transaction():
+            g = self.gallery(gallery, counts=False)
+            self._q("lock_gallery", ENROL_LOCK, g.id)
+            shas = list(dict.fromkeys(f.source_sha256 for f in faces if f.source_sha256))
+            held: dict[tuple[str, str], int] = {}
+            for subject, sha, fid in (self._q("faces_of_photos", g.id, self._list_param(shas)) if shas else []):
+                held.setdefault((str(subject), str(sha)), int(fid))
+            fresh: list[GalleryFace] = []
+            out: list[tuple[int, bool]] = []  # (face id, or -1 - index into fresh; already stored)
+            for f, n in zip(faces, names, strict=True):
+                key = (n, f.source_sha256 or "")
+                if f.source_sha256 and key in held:
+                    out.append((held[key], True))
+                    continue
+                if f.source_sha256:
+                    held[key] = -1 - len(fresh)  # a later copy in this batch is this new face
+                out.append((-1 - len(fresh), False))
+                fresh.append(f)
+            new_ids = self.add_faces(gallery, fresh, model=model)
+            return [new_ids[-1 - v] if v < 0 else v for v, _ in out], [seen for _, seen in out]
+
     def faces(
         self, gallery: str, *, subject: str | None = None, embeddings: bool = False, model: str | None = None
     ) -> list[GalleryFace]:

@@ -120,7 +120,7 @@ class EnrolReport:
     photos: int = 0
     enrolled: int = 0
     face_ids: list[int] = field(default_factory=list)
-    """Ids of the faces stored, in the order of the photos that gave them."""
+    """Ids of the photos' faces in the gallery (stored now, or already there), in the order of the photos."""
     failed: list[ItemFailure] = field(default_factory=list)
     notes: list[ItemFailure] = field(default_factory=list)
     """Photos enrolled with a remark (e.g. the largest of several faces, as asked)."""
@@ -188,18 +188,24 @@ def enroll(
 
     A photo fails on its own (bad image, no face, several faces without ``largest``, a face under
     ``min_quality`` (see :func:`enrol_face`), a subject name
-    :func:`~faceflow.gallery.store.check_name` refuses); the others are enrolled.
+    :func:`~faceflow.gallery.store.check_name` refuses); the others are enrolled. A photo whose bytes
+    its subject holds already is not stored again (:meth:`GalleryStore.add_faces_once`): its face id
+    is reported with a note, so that an enrolment retried gives the same answer and no duplicate.
     """
     g = store.gallery(gallery, counts=False)
     report = EnrolReport()
     pending: list[GalleryFace] = []
+    labels: list[str] = []
 
     def flush() -> None:
         if pending:
-            ids = store.add_faces(gallery, pending, model=g.model)
-            report.enrolled += len(ids)
+            ids, held = store.add_faces_once(gallery, pending, model=g.model)
+            report.enrolled += held.count(False)
             report.face_ids.extend(ids)
+            report.notes.extend(ItemFailure(label, f"already enrolled for this subject (face {fid})")
+                                for label, fid, seen in zip(labels, ids, held, strict=True) if seen)
             pending.clear()
+            labels.clear()
 
     for name, item in items:
         report.photos += 1
@@ -225,6 +231,7 @@ def enroll(
                 source_sha256=hashlib.sha256(item.data).hexdigest() if isinstance(item, Photo)
                 else sha256_file(Path(item)), metadata=metadata,
             ))
+            labels.append(label)
             if len(pending) >= batch:
                 flush()
         if tick:
