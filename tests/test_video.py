@@ -145,6 +145,32 @@ def test_writer_refuses_a_frame_of_the_wrong_size(tmp_path: Path) -> None:
         writer.write(np.zeros((40, 64, 3), np.uint8), 0.0)
 
 
+def test_writer_fills_the_final_name_only_when_closed(tmp_path: Path) -> None:
+    """A video is written under a temporary name and renamed into place on close: a run killed midway
+    leaves no half-written file under the final name, and a name that is a symlink to another file (an
+    input) is replaced, never written through."""
+    source = tmp_path / "input.mp4"
+    make_clip_with_audio(source, seconds=0.5)
+    before = source.read_bytes()
+    out = tmp_path / "out.mp4"
+    out.symlink_to(source)
+    writer = VideoWriter(out, fps=25, width=96, height=64)
+    for i, img in enumerate(moving_square(10, 96, 64)):
+        writer.write(img, i / 25)
+    assert out.is_symlink() and source.read_bytes() == before  # what a kill -9 here would leave
+    writer.close()
+    assert not out.is_symlink() and probe(out).frames == 10 and source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.mp4", "out.mp4"]
+
+
+def test_writer_failing_midway_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    with pytest.raises(VideoError, match="does not fit"), VideoWriter(out, fps=25, width=64, height=48) as writer:
+        writer.write(np.zeros((48, 64, 3), np.uint8), 0.0)
+        writer.write(np.zeros((40, 64, 3), np.uint8), 0.04)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_audio_is_passed_through_unchanged(tmp_path: Path) -> None:
     src = tmp_path / "src.mp4"
     make_clip_with_audio(src)

@@ -13,6 +13,8 @@ encoding live only here, at the edge. A frame that fails to analyse records its 
 from __future__ import annotations
 
 import math
+import os
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -178,10 +180,25 @@ class VideoWriter:
         self.rate = Fraction(fps).limit_denominator(100000)
         if self.rate <= 0 or self.width <= 0 or self.height <= 0:
             raise ConfigError(f"bad video geometry {width}x{height} at {fps} fps")
+        # Written under a temporary name beside the target (same suffix, so the same container) and
+        # renamed into place by close(): a killed run leaves no half-written file under the final
+        # name, and a target that is a symlink (say, to an input) is replaced, not written through.
+        final = Path(path)
+        self._tmp = final.with_name(f".faceflow-{uuid.uuid4().hex[:16]}{final.suffix}")
+        self._source: Any = None
         try:
-            self._out: Any = av.open(self.path, "w")
+            self._out: Any = av.open(str(self._tmp), "w")
         except av.FFmpegError as exc:
             raise VideoError(f"cannot create the video ({exc.strerror or exc})", self.path) from None
+        try:
+            self._setup(codec, crf, preset, metadata, audio_from)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _setup(self, codec: str, crf: int, preset: str, metadata: Mapping[str, str] | None,
+               audio_from: str | Path | None) -> None:
+        """Add the video stream (and the source's audio) to the freshly opened output."""
         if metadata:
             self._out.metadata.update({str(k): str(v) for k, v in metadata.items()})
         self._video: Any = cast(Any, self._out).add_stream(codec, rate=self.rate)
@@ -193,7 +210,6 @@ class VideoWriter:
             {"crf": str(crf), "b": "0"} if codec == "libvpx-vp9" else {}
         self._video.codec_context.time_base = 1 / self.rate
         self._last_pts = -1
-        self._source: Any = None
         self._audio_in: Any = None
         self._audio_out: Any = None
         self._packets: Iterator[Any] = iter(())
@@ -264,25 +280,53 @@ class VideoWriter:
             raise VideoError(f"cannot encode the video ({exc.strerror or exc})", self.path) from None
 
     def close(self) -> None:
-        """Flush the encoder and the rest of the audio, and close the file."""
+        """Flush the encoder and the rest of the audio, close the file and move it to its name."""
         if self._out is None:
             return
+        done = False
         try:
             for packet in self._video.encode(None):
                 self._out.mux(packet)
             self._mux_audio_until(None)
+            self._release()
+            if self._tmp.exists():  # PyAV creates the file with its first packet: none, no file
+                os.replace(self._tmp, self.path)
+            done = True
+        except av.FFmpegError as exc:
+            raise VideoError(f"cannot finish the video ({exc.strerror or exc})", self.path) from None
+        except OSError as exc:
+            raise VideoError(f"cannot write the video ({exc.strerror or exc})", self.path) from None
         finally:
-            self._out.close()
-            self._out = None
-            if self._source is not None:
-                self._source.close()
+            if not done:
+                self.discard()
+
+    def discard(self) -> None:
+        """Stop writing and remove what was written (the final name is left as it was)."""
+        try:
+            self._release()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def _release(self) -> None:
+        """Close the output container and the audio source, once."""
+        out, self._out = self._out, None
+        source, self._source = self._source, None
+        try:
+            if out is not None:
+                out.close()
+        finally:
+            if source is not None:
+                source.close()
 
     def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 class SceneCuts:
