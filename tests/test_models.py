@@ -162,6 +162,17 @@ def test_a_pull_never_touches_another_pulls_partial_file(tmp_path: Path, monkeyp
     assert other.read_bytes() == b"HEL"
 
 
+def test_failed_fetch_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A fetch that fails after writing (here the cache holds a folder under the model's name; a full
+    disk is the same) says why and removes its partial file. Before, the .part stayed behind, on a full
+    disk taking the space that was short."""
+    (tmp_path / registry.HAAR_FILE.name).mkdir()
+    with pytest.raises(ModelUnavailable, match="haar") as info:
+        ModelStore(cache_dir=tmp_path).path(get("haar"))
+    assert registry.HAAR_FILE.name in str(info.value)
+    assert [p.name for p in tmp_path.iterdir()] == [registry.HAAR_FILE.name]
+
+
 def test_lazy_model_builds_once_under_threads() -> None:
     calls = []
     lazy = LazyModel(lambda: calls.append(1) or object())

@@ -229,8 +229,13 @@ class ModelStore:
     def _partial(dest: Path) -> Iterator[Path]:
         """A partial-file name beside ``dest`` that is this fetch's own, so that two pulls (processes)
         into one cache never write, rename or remove each other's file; only a checked file becomes
-        ``dest`` (by :meth:`_check_and_place`)."""
-        yield dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:12]}.part")
+        ``dest`` (by :meth:`_check_and_place`), and a fetch that fails removes its own."""
+        part = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:12]}.part")
+        try:
+            yield part
+        finally:  # gone already once placed; otherwise what a failed fetch wrote is removed
+            with contextlib.suppress(OSError):
+                part.unlink(missing_ok=True)
 
     def _check_and_place(self, tmp: Path, dest: Path, f: ModelFile, label: str, origin: str) -> None:
         size, digest = tmp.stat().st_size, sha256_file(tmp)
