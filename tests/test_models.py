@@ -173,6 +173,23 @@ def test_failed_fetch_leaves_no_partial_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [registry.HAAR_FILE.name]
 
 
+def test_unusable_cache_is_a_model_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache that cannot be written (FACEFLOW_HOME a file, a read-only disk) or a derived file that
+    cannot be placed is a ModelUnavailable naming the model and the place, so a pull reports it and
+    goes on with the next model. Before, both were tracebacks (NotADirectoryError, IsADirectoryError)."""
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    with pytest.raises(ModelUnavailable, match="'yunet'") as info:
+        ModelStore(cache_dir=home / "models", offline=True).path(get("yunet"))
+    assert str(home / "models") in str(info.value)
+    up = _upper_case(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    (cache / "up.bin").mkdir(parents=True)
+    with pytest.raises(ModelUnavailable, match=r"up\.bin"):
+        ModelStore(cache_dir=cache, local_dirs=[tmp_path / "src"], offline=True).fetch_file(up)
+    assert [p.name for p in cache.iterdir()] == ["up.bin"]
+
+
 def test_lazy_model_builds_once_under_threads() -> None:
     calls = []
     lazy = LazyModel(lambda: calls.append(1) or object())

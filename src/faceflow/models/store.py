@@ -133,13 +133,26 @@ class ModelStore:
                         f"model {label!r}: {path} has sha256 {sha256_file(path)}, expected {f.sha256}; "
                         "replace or remove that file"
                     )
-                path.unlink()  # a corrupt cache entry is simply fetched again
+                try:
+                    path.unlink()  # a corrupt cache entry is simply fetched again
+                except OSError as exc:
+                    raise ChecksumMismatch(
+                        f"model {label!r}: {path} has sha256 {sha256_file(path)}, expected {f.sha256}, and "
+                        f"cannot be removed ({exc.strerror or exc}); remove it, or set FACEFLOW_HOME to a "
+                        "writable folder"
+                    ) from None
             path = self._fetch(f, label)
             self._verified[f.sha256] = path
             return path
 
     def _fetch(self, f: ModelFile, label: str) -> Path:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelUnavailable(
+                f"model {label!r} file {f.name}: the model cache {self.cache_dir} cannot be created "
+                f"({exc.strerror or exc}); set FACEFLOW_HOME to a writable folder"
+            ) from None
         dest = self.cache_dir / f.name
         errors: list[str] = []
         if f.derived is not None:
@@ -149,9 +162,14 @@ class ModelStore:
             more = [self.fetch_file(x) for x in f.derived.inputs]
             self._say(f"deriving {f.name} from {src.name} ({f.derived.transform})")
             fn = getattr(derive, f.derived.transform)
-            with self._partial(dest) as tmp:
-                fn(src, tmp, *more)
-                self._check_and_place(tmp, dest, f, label, f.derived.describe())
+            try:
+                with self._partial(dest) as tmp:
+                    fn(src, tmp, *more)
+                    self._check_and_place(tmp, dest, f, label, f.derived.describe())
+            except OSError as exc:
+                raise ModelUnavailable(
+                    f"model {label!r} file {f.name} cannot be made in {self.cache_dir}: {exc}"
+                ) from None
             return dest
         if self.offline:
             errors.append("offline mode (FACEFLOW_OFFLINE=1) forbids downloads")
