@@ -190,6 +190,17 @@ def test_unusable_cache_is_a_model_error_naming_it(tmp_path: Path, monkeypatch: 
     assert [p.name for p in cache.iterdir()] == ["up.bin"]
 
 
+def test_missing_source_of_a_derived_model_names_the_model(tmp_path: Path) -> None:
+    """yunet_dynamic is derived from YuNet's file: when that cannot be had, the error names the model
+    asked for and a command that works. Before, it said model 'face_detection_yunet_2023mar.onnx' and
+    advised `faceflow models pull face_detection_yunet_2023mar.onnx`, an unknown model (exit 2)."""
+    with pytest.raises(ModelUnavailable) as info:
+        ModelStore(cache_dir=tmp_path, offline=True).path(get("yunet_dynamic"))
+    msg = str(info.value)
+    assert "model 'yunet_dynamic'" in msg and "`faceflow models pull yunet_dynamic`" in msg
+    assert registry.YUNET_FILE.name in msg
+
+
 def test_lazy_model_builds_once_under_threads() -> None:
     calls = []
     lazy = LazyModel(lambda: calls.append(1) or object())

@@ -115,14 +115,16 @@ class ModelStore:
         with self._guard:
             return self._file_locks.setdefault(f.sha256, threading.RLock())
 
-    def fetch_file(self, f: ModelFile, spec: ModelSpec | None = None) -> Path:
+    def fetch_file(self, f: ModelFile, spec: ModelSpec | None = None, *, label: str | None = None) -> Path:
+        """The checked local path of ``f``, fetched when missing; errors name ``label`` (default: the
+        model ``spec``, else the file), so a derived file's sources are reported as the model asked for."""
         verified = self._verified.get(f.sha256)
         if verified is not None:
             return verified
         with self._file_lock(f):
             if f.sha256 in self._verified:
                 return self._verified[f.sha256]
-            label = spec.name if spec else f.name
+            label = label or (spec.name if spec else f.name)
             path = self.local_path(f)
             if path is not None:
                 if self._matches(path, f):
@@ -158,8 +160,8 @@ class ModelStore:
         if f.derived is not None:
             from faceflow.models import derive
 
-            src = self.fetch_file(f.derived.source)
-            more = [self.fetch_file(x) for x in f.derived.inputs]
+            src = self.fetch_file(f.derived.source, label=label)
+            more = [self.fetch_file(x, label=label) for x in f.derived.inputs]
             self._say(f"deriving {f.name} from {src.name} ({f.derived.transform})")
             fn = getattr(derive, f.derived.transform)
             try:
