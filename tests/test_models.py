@@ -201,6 +201,18 @@ def test_missing_source_of_a_derived_model_names_the_model(tmp_path: Path) -> No
     assert registry.YUNET_FILE.name in msg
 
 
+def test_corrupt_cache_entry_offline_is_named_as_a_mismatch(tmp_path: Path) -> None:
+    """Offline, a corrupt cached file cannot be fetched again: the error says that the cached file had
+    the wrong sha256. Before, the file was removed without a word and the error said only that offline
+    mode forbids downloads, as if it had never been there."""
+    (tmp_path / registry.HAAR_FILE.name).write_bytes(b"garbage")
+    with pytest.raises(ChecksumMismatch) as info:
+        ModelStore(cache_dir=tmp_path, offline=True).path(get("haar"))
+    msg = str(info.value)
+    assert "'haar'" in msg and registry.HAAR_FILE.name in msg and hashlib.sha256(b"garbage").hexdigest() in msg
+    assert "offline" in msg
+
+
 def test_lazy_model_builds_once_under_threads() -> None:
     calls = []
     lazy = LazyModel(lambda: calls.append(1) or object())

@@ -126,24 +126,30 @@ class ModelStore:
                 return self._verified[f.sha256]
             label = label or (spec.name if spec else f.name)
             path = self.local_path(f)
+            removed = ""
             if path is not None:
                 if self._matches(path, f):
                     self._verified[f.sha256] = path
                     return path
+                wrong = f"model {label!r}: {path} has sha256 {sha256_file(path)}, expected {f.sha256}"
                 if path.parent != self.cache_dir:
-                    raise ChecksumMismatch(
-                        f"model {label!r}: {path} has sha256 {sha256_file(path)}, expected {f.sha256}; "
-                        "replace or remove that file"
-                    )
+                    raise ChecksumMismatch(f"{wrong}; replace or remove that file")
                 try:
                     path.unlink()  # a corrupt cache entry is simply fetched again
                 except OSError as exc:
                     raise ChecksumMismatch(
-                        f"model {label!r}: {path} has sha256 {sha256_file(path)}, expected {f.sha256}, and "
-                        f"cannot be removed ({exc.strerror or exc}); remove it, or set FACEFLOW_HOME to a "
-                        "writable folder"
+                        f"{wrong}, and cannot be removed ({exc.strerror or exc}); remove it, or set "
+                        "FACEFLOW_HOME to a writable folder"
                     ) from None
-            path = self._fetch(f, label)
+                removed = f"{wrong}, and was removed"
+            try:
+                path = self._fetch(f, label)
+            except ChecksumMismatch:
+                raise
+            except ModelUnavailable as exc:
+                if removed:  # the mismatch is the news; that no other copy could be had comes second
+                    raise ChecksumMismatch(f"{removed}; {exc}") from None
+                raise
             self._verified[f.sha256] = path
             return path
 
