@@ -324,6 +324,31 @@ def test_cli_anonymizes_a_folder_of_photos_and_a_video(tmp_path: Path, dataset, 
     assert bad.returncode == 2 and "unknown method" in bad.stderr
 
 
+def test_cli_never_writes_a_video_over_a_file_of_the_users(tmp_path: Path, dataset) -> None:  # type: ignore[no-untyped-def]
+    """A file already at an anonymised video's name that no earlier run wrote stays as it is (the video is
+    reported as not written, exit 1); once a run has written the video, a rerun replaces it."""
+    import json
+    import subprocess
+    import sys
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    excerpt(dataset("samples", "videos", "short_hamilton_clip.mp4"), src / "clip.mp4", 1.0, {})
+    (out / "clip.mp4").write_bytes(b"the user's own file")
+    cmd = [sys.executable, "-m", "faceflow.cli", "anonymize", str(src / "clip.mp4"), "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1 and "no earlier faceflow run wrote it" in first.stderr, first.stderr
+    assert (out / "clip.mp4").read_bytes() == b"the user's own file"
+    (out / "clip.mp4").unlink()
+    for _ in range(2):  # written, then replaced by the rerun
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        assert probe(out / "clip.mp4").frames == probe(src / "clip.mp4").frames
+    record = json.loads((out / "anonymize.jsonl").read_text().splitlines()[-1])
+    assert record["error"] is None and record["output"].endswith("clip.mp4")
+
+
 def test_codec_family_is_kept(tmp_path: Path) -> None:
     from faceflow.video import encoder_for
 

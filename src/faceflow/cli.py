@@ -345,6 +345,7 @@ def anonymize(
     from faceflow.errors import VideoError
     from faceflow.io import iter_image_files, load_image
     from faceflow.outputs import (
+        VIDEO_MANIFEST,
         AnnotatedWriter,
         check_out_dir,
         inside,
@@ -373,6 +374,7 @@ def anonymize(
     if files:
         writer.start()
     video_targets = dict(zip(videos, result_paths(paths, videos), strict=True))
+    video_writer = AnnotatedWriter(out, paths, videos, subdir="", manifest=VIDEO_MANIFEST)
     sheet = Review() if review else None
     total, failed = Summary(), 0
     photos = Anonymizer(options) if files else None
@@ -414,6 +416,10 @@ def anonymize(
             target = out / video_targets[video]
             if target.suffix.lower() not in (".mp4", ".mov", ".m4v", ".mkv", ".webm"):
                 target = target.with_suffix(".mkv")
+            problem = video_writer.claim(target, "anonymised video")
+            if problem:
+                report(video, None, None, item_error(video, problem))
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 info = probe(video)
@@ -428,6 +434,7 @@ def anonymize(
                         bar.advance(task)
 
                     summary = movies.anonymize_video(video, target, keep_metadata=keep_metadata, on_frame=step)
+                video_writer.record(target)
                 report(video, target, summary, None)
                 console.print(escape(f"{display_path(video)}: {summary.frames} frames in {summary.seconds:.1f} s "
                                      f"({summary.frames / max(summary.seconds, 1e-9):.1f} frames/s), "

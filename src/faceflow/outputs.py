@@ -24,6 +24,9 @@ ANNOTATED_DIR = "annotated"
 """Folder under ``--out`` that holds the annotated images."""
 
 MANIFEST = ".faceflow-annotated"
+VIDEO_MANIFEST = ".faceflow-videos"
+"""The list of the videos ``faceflow anonymize`` wrote into its folder (never cleaned up as stale: a
+video costs minutes to make again)."""
 """File in the annotated folder listing what the last run wrote (one relative path per line, raw
 bytes), so that a rerun removes its own stale images and nothing else."""
 
@@ -171,15 +174,16 @@ class AnnotatedWriter:
     """
 
     def __init__(self, out: Path, inputs: Iterable[Path], files: Sequence[Path], *,
-                 subdir: str = ANNOTATED_DIR) -> None:
+                 subdir: str = ANNOTATED_DIR, manifest: str = MANIFEST) -> None:
         self.root = out / subdir if subdir else out
+        self.manifest = manifest
         names = annotated_names(result_paths(inputs, files))
         self._targets: dict[str, deque[Path]] = defaultdict(deque)
         for f, name in zip(files, names, strict=True):
             self._targets[str(f)].append(name)
         self._names = names
         self._inputs = {os.path.realpath(f) for f in files}
-        self._listed: set[str] = set()
+        self._listed: set[str] = {_key(rel) for rel in read_annotated_list(self.root, manifest)}
         self._lock = threading.Lock()
 
     def start(self) -> list[Path]:
@@ -188,9 +192,25 @@ class AnnotatedWriter:
         A :class:`ConfigError` when the annotated folder cannot be made or written.
         """
         keep = {_key(n) for n in self._names}
-        kept = {_key(rel): rel for rel in read_annotated_list(self.root) if _key(rel) in keep}
+        kept = {_key(rel): rel for rel in read_annotated_list(self.root, self.manifest) if _key(rel) in keep}
         self._listed = set(kept)
-        return refresh_annotated_list(self.root, kept.values(), keep, self._inputs)
+        return refresh_annotated_list(self.root, kept.values(), keep, self._inputs, self.manifest)
+
+    def claim(self, target: Path, what: str = "annotated image") -> str | None:
+        """``None`` when ``target`` (in the folder) may be written: it is not there, or an earlier run
+        listed it; else why ``what`` is not written (an input, or a file of the user's, never replaced)."""
+        if os.path.realpath(target) in self._inputs:
+            return f"{what} not written: {display_path(target)} is an input"
+        with self._lock:
+            foreign = _key(target.relative_to(self.root)) not in self._listed and os.path.lexists(target)
+        if foreign:
+            return (f"{what} not written: {display_path(target)} exists and no earlier faceflow run wrote it "
+                    "(move it away or choose another --out)")
+        return None
+
+    def record(self, target: Path) -> None:
+        """List ``target`` (written by the caller) in the manifest, as :meth:`save` does its images."""
+        self._record(target.relative_to(self.root))
 
     def next_target(self, path: str) -> Path:
         """Where the annotated image of the batch file ``path`` goes (taken in order for a repeated path)."""
@@ -198,17 +218,9 @@ class AnnotatedWriter:
 
     def save(self, target: Path, encoded: bytes) -> str | None:
         """Write ``encoded`` to ``target`` safely (temporary file, then rename); ``None``, or why not."""
-        if os.path.realpath(target) in self._inputs:
-            return f"annotated image not written: {display_path(target)} is an input"
-        rel = target.relative_to(self.root)
-        with self._lock:
-            foreign = _key(rel) not in self._listed and os.path.lexists(target)
-        if foreign:  # a file no run of ours listed: the user's, never replaced
-            return (f"annotated image not written: {display_path(target)} exists and no earlier faceflow run "
-                    "wrote it (move it away or choose another --out)")
-        problem = save_annotated(target, encoded)
+        problem = self.claim(target) or save_annotated(target, encoded)
         if problem is None:
-            self._record(rel)
+            self._record(target.relative_to(self.root))
         return problem
 
     def _record(self, rel: Path) -> None:
@@ -218,7 +230,7 @@ class AnnotatedWriter:
             if _key(rel) in self._listed:
                 return
             with contextlib.suppress(OSError):  # unlisted is safe: it is only never cleaned up
-                with open(self.root / MANIFEST, "ab") as fh:
+                with open(self.root / self.manifest, "ab") as fh:
                     fh.write(os.fsencode(rel) + b"\n")
                 self._listed.add(_key(rel))
 
@@ -242,13 +254,14 @@ def save_annotated(target: Path, encoded: bytes) -> str | None:
     return None
 
 
-def refresh_annotated_list(root: Path, names: Iterable[Path], keep: KeySet, inputs: set[str]) -> list[Path]:
+def refresh_annotated_list(root: Path, names: Iterable[Path], keep: KeySet, inputs: set[str],
+                           manifest_name: str = MANIFEST) -> list[Path]:
     """Remove the images that the list in ``root`` (an earlier run's) names and that this run will not
     write (their keys are not in ``keep``; never one of the ``inputs``, given resolved), then write
     ``names`` as the new list. Returns the removed; a :class:`ConfigError` when ``root`` cannot be written."""
-    manifest = root / MANIFEST
+    manifest = root / manifest_name
     removed: list[Path] = []
-    for rel in read_annotated_list(root):
+    for rel in read_annotated_list(root, manifest_name):
         target = root / rel
         if rel.is_absolute() or ".." in rel.parts or _key(rel) in keep:
             continue
@@ -262,7 +275,7 @@ def refresh_annotated_list(root: Path, names: Iterable[Path], keep: KeySet, inpu
         _prune(root, target.parent)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f"{MANIFEST}.{os.getpid()}.tmp"
+        tmp = root / f"{manifest_name}.{os.getpid()}.tmp"
         with open(tmp, "wb") as fh:
             for n in names:
                 fh.write(os.fsencode(n) + b"\n")
@@ -273,10 +286,10 @@ def refresh_annotated_list(root: Path, names: Iterable[Path], keep: KeySet, inpu
     return removed
 
 
-def read_annotated_list(root: Path) -> list[Path]:
+def read_annotated_list(root: Path, manifest: str = MANIFEST) -> list[Path]:
     """The relative paths the manifest in ``root`` lists (none when there is none or it cannot be read)."""
     try:
-        return [Path(os.fsdecode(line)) for line in (root / MANIFEST).read_bytes().splitlines() if line]
+        return [Path(os.fsdecode(line)) for line in (root / manifest).read_bytes().splitlines() if line]
     except OSError:
         return []
 
