@@ -370,6 +370,23 @@ def test_identify_open_set_exact(store) -> None:  # type: ignore[no-untyped-def]
     assert searcher.identify(-v[0])[0].subject == "late"
 
 
+def test_a_searcher_follows_its_gallery_deleted_and_made_again(store) -> None:  # type: ignore[no-untyped-def]
+    """A gallery deleted and made again under its name (say by another process) is searched anew, also
+    when the new one has reached the revision the searcher had loaded (it kept answering from the
+    deleted gallery's faces, with their names)."""
+    v = unit(2, seed=5)
+    store.create_gallery("g", MODEL, DIM)
+    enrol(store, "g", ["ann"], v[:1])
+    searcher = Searcher(store, "g", threshold=0.5)
+    assert searcher.identify(v[0])[0].subject == "ann"
+    store.delete_gallery("g")
+    store.create_gallery("g", MODEL, DIM)
+    enrol(store, "g", ["bob"], v[1:])
+    assert store.revision("g") == (1, 0)  # the revision the searcher loaded from the old gallery
+    (answer,) = searcher.identify(v[0])
+    assert [c.subject for c in answer.candidates] == ["bob"] and not answer.known
+
+
 def test_aggregate_max_versus_mean(store) -> None:  # type: ignore[no-untyped-def]
     """ann: one face equal to the probe and one far from it; bob: two faces fairly close to it."""
     store.create_gallery("g", MODEL, 2, threshold=0.0)

@@ -248,7 +248,7 @@ class Searcher:
         self.ann, self.ann_threshold, self.candidates = ann, ann_threshold, candidates
         self.threshold_override, self.index_dtype, self.threads = threshold, index_dtype, threads
         self.info: GalleryInfo = store.gallery(gallery)
-        self._loaded_revision = -1
+        self._loaded = (-1, -1)  # (gallery id, revision) in memory: a gallery made again has a new id
         self._set: VectorSet | None = None
         self._starts: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._row_of: dict[int, int] = {}
@@ -279,7 +279,8 @@ class Searcher:
             self._refresh()
 
     def _refresh(self) -> None:
-        if self.store.revision(self.name)[0] == self._loaded_revision:
+        head = self.store.gallery(self.name, counts=False)
+        if (head.id, head.revision) == self._loaded:
             return
         self.info = self.store.gallery(self.name)
         mode = self.mode
@@ -291,7 +292,7 @@ class Searcher:
             if mode == "usearch":
                 self._sync_index()
         self._names = {}
-        self._loaded_revision = self.info.revision
+        self._loaded = (self.info.id, self.info.revision)
 
     def _load_vectors(self) -> None:
         vs = self.store.vectors(self.name)
