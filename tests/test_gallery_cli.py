@@ -143,6 +143,16 @@ def test_store_down_or_damaged_exits_4_and_model_mismatch_5(run, tmp_path: Path)
     assert code == 2 and "no gallery named 'nothere'" in out, out
 
 
+def test_a_store_whose_folder_cannot_be_made_exits_4(tmp_path: Path) -> None:
+    """A SQLite store under a regular file (its folder cannot be created) is 'store unavailable',
+    exit 4, naming the path; it was a traceback and exit 1."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, out = _invoke("gallery", "list", "--store", blocker / "sub" / "g.db")
+    assert code == 4 and "cannot create the folder" in out and str(blocker) in out and "Traceback" not in out, out
+    assert blocker.read_text() == "not a folder"
+
+
 def test_eval_clustering_rejects_an_unknown_people_choice(tmp_path: Path) -> None:
     """A usage error (exit 2) before any model is loaded: the three choices are named."""
     result = CliRunner().invoke(standalone, ["eval", "clustering", "--root", str(tmp_path), "--people", "most"])

@@ -167,7 +167,10 @@ class SQLiteStore(GalleryStore):
         self.url = f"sqlite:///{self.path}"
         memory = self.path == ":memory:"
         if not memory:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file in the way, no permission: the store is unavailable, not a crash
+                raise StoreUnavailable(f"cannot create the folder of gallery store {self.path}: {exc}") from exc
         try:
             self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                          check_same_thread=False)
