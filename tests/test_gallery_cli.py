@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from PIL import Image as PILImage
@@ -151,6 +153,35 @@ def test_a_store_whose_folder_cannot_be_made_exits_4(tmp_path: Path) -> None:
     code, out = _invoke("gallery", "list", "--store", blocker / "sub" / "g.db")
     assert code == 4 and "cannot create the folder" in out and str(blocker) in out and "Traceback" not in out, out
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_postgres_password_is_never_printed(pg_url: str) -> None:
+    """Messages and reports name a PostgreSQL store without its password (as ``user:password@`` or
+    ``?password=``); they printed the URL as given, password and all."""
+    import psycopg
+
+    secret = "s3cret-pw"
+    for url in (f"postgresql://faceflow:{secret}@127.0.0.1:9/none",
+                f"postgresql://faceflow@127.0.0.1:9/none?password={secret}&connect_timeout=5"):
+        code, out = _invoke("gallery", "list", "--store", url)
+        assert code == 4 and "cannot connect" in out and secret not in out and "***" in out, out
+    code, out = _invoke("gallery", "create", "g", "--model", "sface", "--store", _as_user(pg_url, "postgres", secret))
+    assert code == 0 and "created gallery 'g'" in out and secret not in out, out  # the test server trusts any
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:  # a role with no rights on the database: the schema cannot be set up
+        code, out = _invoke("gallery", "list", "--store", _as_user(pg_url, role, secret))
+        assert code == 4 and "cannot set up" in out and secret not in out, out
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
+
+
+def _as_user(url: str, user: str, password: str) -> str:
+    """``url`` logging in as ``user`` with ``password``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.netloc.rpartition('@')[2]}"))
 
 
 def test_eval_clustering_rejects_an_unknown_people_choice(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def gallery_create(
 
     with open_gallery_store(store) as s:
         g = create_gallery(s, name, model, flip=flip, threshold=threshold)
-        console.print(f"created gallery {g.name!r} ({g.model}, {g.dim}-d) in {s.url}")
+        console.print(f"created gallery {g.name!r} ({g.model}, {g.dim}-d) in {s.shown_url}")
 
 
 @gallery_app.command("list")

@@ -233,7 +233,7 @@ class PostgresStore(GalleryStore):
         try:
             self._conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot connect to {url}: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to {self.shown_url}: {exc}") from exc
         self._migrate()
         oid = self._conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
         dumper, loader = _vector_adapters(int(oid))
@@ -252,17 +252,16 @@ class PostgresStore(GalleryStore):
                     self._run("INSERT INTO faceflow.schema_version VALUES (0)")
                 version = int(rows[0][0]) if rows else 0
                 if version > len(MIGRATIONS):
-                    raise StoreUnavailable(
-                        f"{self.url} has schema version {version}, newer than this faceflow knows ({len(MIGRATIONS)})"
-                    )
+                    raise StoreUnavailable(f"{self.shown_url} has schema version {version}, newer than this "
+                                           f"faceflow knows ({len(MIGRATIONS)})")
                 for statements in MIGRATIONS[version:]:
                     for statement in statements:
                         self._run(statement)
                 self._run("UPDATE faceflow.schema_version SET version = %s", (len(MIGRATIONS),))
         except psycopg.errors.FeatureNotSupported as exc:
-            raise StoreUnavailable(f"{self.url}: pgvector is not available ({exc})") from exc
+            raise StoreUnavailable(f"{self.shown_url}: pgvector is not available ({exc})") from exc
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot set up the gallery schema in {self.url}: {exc}") from exc
+            raise StoreUnavailable(f"cannot set up the gallery schema in {self.shown_url}: {exc}") from exc
 
     @property
     def schema_version(self) -> int:
@@ -291,7 +290,7 @@ class PostgresStore(GalleryStore):
         except (errors.IntegrityError, errors.InvalidParameterValue, errors.DataException) as exc:
             raise GalleryError(f"refused by the store: {exc}") from exc
         except self._psycopg.OperationalError as exc:  # the server went away, the connection broke
-            raise StoreUnavailable(f"gallery store {self.url}: {exc}") from exc
+            raise StoreUnavailable(f"gallery store {self.shown_url}: {exc}") from exc
 
     def _vec_param(self, vector: FloatArray) -> FloatArray:
         return np.asarray(vector, dtype=np.float32)

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +64,21 @@ def check_name(name: object, what: str = "subject") -> str:
     if what == "gallery" and "/" in text:
         raise InvalidName(f"gallery name {text!r} contains '/'")
     return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to print: a password given as ``user:password@`` or as ``password=`` in the query
+    becomes ``***`` (a store's URL goes into messages, logs and reports)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        user_info, _, host = netloc.rpartition("@")
+        netloc = f"{user_info.partition(':')[0]}:***@{host}"
+    query = "&".join("password=***" if p.partition("=")[0].lower() == "password" else p
+                     for p in parts.query.split("&")) if parts.query else parts.query
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as given: unsplitting would turn sqlite:////abs.db into sqlite://abs.db
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def model_id(name: str, version: str | None = None) -> str:
@@ -183,6 +199,11 @@ class GalleryStore(ABC):
 
     SQL: ClassVar[Mapping[str, str]]
     url: str
+
+    @property
+    def shown_url(self) -> str:
+        """:attr:`url` without its password, for messages (:func:`redact_url`)."""
+        return redact_url(self.url)
 
     def __init__(self) -> None:
         self._lock = threading.RLock()

@@ -152,12 +152,14 @@ class ServeSettings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The settings as JSON-ready values, secrets replaced by ``"***"`` (``--print-config``)."""
+        from faceflow.gallery.store import redact_url
+
         out = self.model_dump(mode="json")
         for name in SECRET_FIELDS:
             if out.get(name):
                 out[name] = "***"
         out["keys_path"] = str(self.resolved_keys_path())
-        out["gallery_url"] = _redact_url(self.resolved_gallery_url())
+        out["gallery_url"] = redact_url(self.resolved_gallery_url())
         out["config_file"] = str(config_path())
         return out
 
@@ -175,14 +177,3 @@ class ServeSettings(BaseSettings):
             else:
                 out[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
-
-
-def _redact_url(url: str) -> str:
-    """A database URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
