@@ -99,3 +99,12 @@ def pg_url() -> Iterator[str]:
     yield with_database(admin, name)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_url_as(url: str, user: str, password: str = "") -> str:
+    """``url`` logging in as ``user`` (with ``password``, if any) instead."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    login = f"{user}:{password}" if password else user
+    return urlunsplit(parts._replace(netloc=f"{login}@{parts.netloc.rpartition('@')[2]}"))

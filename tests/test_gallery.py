@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,51 @@ def test_schema_version_and_reopen(url: str) -> None:
     assert version >= 1
     with open_gallery_store(url) as s:  # reopening migrates nothing and keeps the data
         assert s.schema_version == version and [g.name for g in s.galleries()] == ["g"]
+
+
+def test_opening_a_store_waits_for_no_writer(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a store whose schema is up to date takes no write lock: a reader opens it and reads the
+    last committed state while another connection is inside a write (SQLite: opening waited for the
+    writer, all of BUSY_TIMEOUT_MS, and then failed with 'database is locked')."""
+    from faceflow.gallery import sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 3000)
+    with open_gallery_store(url) as writer:
+        writer.create_gallery("g", MODEL, DIM)
+        with writer.transaction():
+            writer.create_gallery("uncommitted", MODEL, DIM)
+            start = time.monotonic()
+            with open_gallery_store(url) as reader:
+                assert [g.name for g in reader.galleries()] == ["g"]
+            assert time.monotonic() - start < 2.0
+
+
+def test_a_read_only_postgres_role_can_search(pg_url: str) -> None:
+    """A role that may only read the faceflow tables opens an up-to-date store and searches it (it was
+    refused: opening always ran the migration's CREATE SCHEMA and UPDATE)."""
+    import psycopg
+
+    from tests.conftest import postgres_url_as
+
+    v = unit(2, seed=3)
+    with open_gallery_store(pg_url) as s:
+        s.create_gallery("g", MODEL, DIM)
+        enrol(s, "g", ["ann", "bob"], v)
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in (f"CREATE ROLE {role} LOGIN", f"GRANT USAGE ON SCHEMA faceflow TO {role}",
+                          f"GRANT SELECT ON ALL TABLES IN SCHEMA faceflow TO {role}"):
+            conn.execute(statement)
+    try:
+        with open_gallery_store(postgres_url_as(pg_url, role)) as reader:
+            assert [g.name for g in reader.galleries()] == ["g"]
+            assert Searcher(reader, "g", threshold=0.5).identify(v[1])[0].subject == "bob"
+            with pytest.raises(GalleryError):  # writing is refused by the server, as a typed error
+                reader.create_gallery("h", MODEL, DIM)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 def test_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:

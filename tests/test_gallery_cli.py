@@ -7,13 +7,13 @@ import json
 import re
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from faceflow.gallery_cli import standalone
+from tests.conftest import postgres_url_as
 
 
 @pytest.fixture(scope="module")
@@ -165,23 +165,18 @@ def test_a_postgres_password_is_never_printed(pg_url: str) -> None:
                 f"postgresql://faceflow@127.0.0.1:9/none?password={secret}&connect_timeout=5"):
         code, out = _invoke("gallery", "list", "--store", url)
         assert code == 4 and "cannot connect" in out and secret not in out and "***" in out, out
-    code, out = _invoke("gallery", "create", "g", "--model", "sface", "--store", _as_user(pg_url, "postgres", secret))
+    as_admin = postgres_url_as(pg_url, "postgres", secret)
+    code, out = _invoke("gallery", "create", "g", "--model", "sface", "--store", as_admin)
     assert code == 0 and "created gallery 'g'" in out and secret not in out, out  # the test server trusts any
     role = f"reader_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN")
     try:  # a role with no rights on the database: the schema cannot be set up
-        code, out = _invoke("gallery", "list", "--store", _as_user(pg_url, role, secret))
+        code, out = _invoke("gallery", "list", "--store", postgres_url_as(pg_url, role, secret))
         assert code == 4 and "cannot set up" in out and secret not in out, out
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f"DROP ROLE {role}")
-
-
-def _as_user(url: str, user: str, password: str) -> str:
-    """``url`` logging in as ``user`` with ``password``."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.netloc.rpartition('@')[2]}"))
 
 
 def test_eval_clustering_rejects_an_unknown_people_choice(tmp_path: Path) -> None:

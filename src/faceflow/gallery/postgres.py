@@ -241,7 +241,15 @@ class PostgresStore(GalleryStore):
         self._conn.adapters.register_loader(int(oid), loader)
 
     def _migrate(self) -> None:
+        """Bring the schema up to date. One already up to date is only read, so that a role that may
+        only read the tables can open the store (migrating creates the schema and writes its version)."""
         psycopg = self._psycopg
+        try:
+            row = self._conn.execute("SELECT version FROM faceflow.schema_version").fetchone()
+        except psycopg.errors.ProgrammingError:  # no schema or table yet, or not readable: migrate (or say why not)
+            row = None
+        if row is not None and int(row[0]) == len(MIGRATIONS):
+            return
         try:
             with self.transaction():
                 self._q("lock", _LOCK_KEY)
@@ -260,6 +268,10 @@ class PostgresStore(GalleryStore):
                 self._run("UPDATE faceflow.schema_version SET version = %s", (len(MIGRATIONS),))
         except psycopg.errors.FeatureNotSupported as exc:
             raise StoreUnavailable(f"{self.shown_url}: pgvector is not available ({exc})") from exc
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                raise  # a newer schema, a lost connection: said already
+            raise StoreUnavailable(f"cannot set up the gallery schema in {self.shown_url}: {exc.__cause__}") from exc
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot set up the gallery schema in {self.shown_url}: {exc}") from exc
 
@@ -289,7 +301,8 @@ class PostgresStore(GalleryStore):
                 return cur.fetchall() if cur.description is not None else []
         except (errors.IntegrityError, errors.InvalidParameterValue, errors.DataException) as exc:
             raise GalleryError(f"refused by the store: {exc}") from exc
-        except self._psycopg.OperationalError as exc:  # the server went away, the connection broke
+        except (self._psycopg.OperationalError, errors.InsufficientPrivilege) as exc:
+            # the server went away, the connection broke, or this role may not do that (a reader writing)
             raise StoreUnavailable(f"gallery store {self.shown_url}: {exc}") from exc
 
     def _vec_param(self, vector: FloatArray) -> FloatArray:

@@ -187,8 +187,12 @@ class SQLiteStore(GalleryStore):
             raise _store_error(exc, f"cannot open gallery store {self.path}") from exc
 
     def _migrate(self) -> None:
-        with self.transaction():
-            version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        """Bring the schema up to date. One already up to date is only read, so that opening the store
+        never waits for another process's write (readers and a writer share a WAL file)."""
+        if self.schema_version == len(MIGRATIONS):
+            return
+        with self.transaction():  # under the write lock: another process may have migrated meanwhile
+            version = self.schema_version
             if version > len(MIGRATIONS):
                 raise StoreUnavailable(
                     f"{self.path} has schema version {version}, newer than this faceflow knows ({len(MIGRATIONS)})"
