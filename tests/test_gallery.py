@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceflow.errors import GalleryError, InvalidName
+from faceflow.errors import GalleryError, InvalidName, StoreUnavailable
 from faceflow.gallery import GalleryFace, GalleryInfo, open_gallery_store
 from faceflow.gallery.io import export_gallery, import_gallery
 from faceflow.gallery.search import Searcher
@@ -207,6 +207,36 @@ def test_opening_a_store_waits_for_no_writer(url: str, monkeypatch: pytest.Monke
             with open_gallery_store(url) as reader:
                 assert [g.name for g in reader.galleries()] == ["g"]
             assert time.monotonic() - start < 2.0
+
+
+def test_a_writer_waits_for_another_a_bounded_time(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write blocked by another connection's write fails after the store's lock wait with
+    StoreUnavailable saying that it waited (PostgreSQL waited for ever; SQLite said only 'database is
+    locked')."""
+    from faceflow.gallery import postgres as postgres_backend
+    from faceflow.gallery import sqlite as sqlite_backend
+
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 500)
+    monkeypatch.setattr(postgres_backend, "LOCK_TIMEOUT_MS", 500)
+    got: dict[str, object] = {}
+    with open_gallery_store(url) as first, open_gallery_store(url) as second:
+
+        def create() -> None:
+            try:
+                got["gallery"] = second.create_gallery("x", MODEL, DIM, exist_ok=True)
+            except Exception as exc:  # checked below
+                got["error"] = exc
+
+        with first.transaction():  # holds SQLite's write lock; on PostgreSQL, the new row's lock
+            first.create_gallery("x", MODEL, DIM)
+            blocked = threading.Thread(target=create, daemon=True)
+            blocked.start()
+            blocked.join(20)
+            still_waiting = blocked.is_alive()
+        blocked.join(20)
+    assert not still_waiting, "the second writer was still waiting after 20 s"
+    assert isinstance(got.get("error"), StoreUnavailable), got
+    assert "waited 500ms" in str(got["error"]) or "waited 0.5 s" in str(got["error"]), got["error"]
 
 
 def test_a_read_only_postgres_role_can_search(pg_url: str) -> None:

@@ -31,6 +31,10 @@ MAX_EF_SEARCH = 1000
 """pgvector's largest ``hnsw.ef_search``: an HNSW scan returns at most this many rows."""
 INDEX_BUILD_MEMORY = "2GB"
 """``maintenance_work_mem`` while building an HNSW index (a 1M x 128 index fits; then it builds in memory)."""
+LOCK_TIMEOUT_MS = 60_000
+"""How long a statement waits for a lock another connection holds (an index build, another writer, an
+administrator's LOCK TABLE) before failing with StoreUnavailable, as SQLite's busy timeout; set as the
+session's ``lock_timeout`` unless the server or the URL's ``options`` set one already."""
 _LOCK_KEY = 0x66616365  # advisory lock held while migrating
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -234,6 +238,9 @@ class PostgresStore(GalleryStore):
             self._conn = psycopg.connect(url, autocommit=True, prepare_threshold=None)
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to {self.shown_url}: {exc}") from exc
+        if self._conn.execute("SHOW lock_timeout").fetchone()[0] == "0":  # 0: wait for ever
+            self._conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
+        self._lock_timeout = str(self._conn.execute("SHOW lock_timeout").fetchone()[0])
         self._migrate()
         oid = self._conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
         dumper, loader = _vector_adapters(int(oid))
@@ -284,11 +291,11 @@ class PostgresStore(GalleryStore):
         self._conn.close()
 
     def _begin(self, write: bool) -> None:
-        self._conn.execute("BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._run("BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def _end(self, commit: bool) -> None:
         if not self._conn.closed:
-            self._conn.execute("COMMIT" if commit else "ROLLBACK")
+            self._run("COMMIT" if commit else "ROLLBACK")
 
     def _run(self, sql: Any, params: Sequence[Any] = (), *, many: bool = False) -> list[tuple[Any, ...]]:
         errors = self._psycopg.errors
@@ -301,6 +308,9 @@ class PostgresStore(GalleryStore):
                 return cur.fetchall() if cur.description is not None else []
         except (errors.IntegrityError, errors.InvalidParameterValue, errors.DataException) as exc:
             raise GalleryError(f"refused by the store: {exc}") from exc
+        except errors.LockNotAvailable as exc:
+            raise StoreUnavailable(f"gallery store {self.shown_url}: waited {self._lock_timeout} for a lock another "
+                                   f"connection holds ({exc.diag.message_primary or exc})") from exc
         except (self._psycopg.OperationalError, errors.InsufficientPrivilege) as exc:
             # the server went away, the connection broke, or this role may not do that (a reader writing)
             raise StoreUnavailable(f"gallery store {self.shown_url}: {exc}") from exc

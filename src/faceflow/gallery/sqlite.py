@@ -153,6 +153,8 @@ def _store_error(exc: sqlite3.DatabaseError, where: str) -> StoreUnavailable:
     """A damaged file (not a database, malformed pages) vs a file that cannot be used now (locked, no access)."""
     text = str(exc)
     damaged = not isinstance(exc, sqlite3.OperationalError) or "malformed" in text or "not a database" in text
+    if "locked" in text or "busy" in text:
+        text += f" (waited {BUSY_TIMEOUT_MS / 1000:g} s for another connection's write to end)"
     return (StoreDamaged if damaged else StoreUnavailable)(f"{where}: {text}")
 
 
@@ -210,11 +212,11 @@ class SQLiteStore(GalleryStore):
         self._conn.close()
 
     def _begin(self, write: bool) -> None:
-        self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+        self._run("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")  # a writer waits here: errors typed by _run
 
     def _end(self, commit: bool) -> None:
         if self._conn.in_transaction:
-            self._conn.execute("COMMIT" if commit else "ROLLBACK")
+            self._run("COMMIT" if commit else "ROLLBACK")
 
     def _run(self, sql: str, params: Sequence[Any] = (), *, many: bool = False) -> list[tuple[Any, ...]]:
         try:
