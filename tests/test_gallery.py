@@ -674,3 +674,13 @@ def test_a_photo_enrolled_again_for_its_subject_is_stored_once(url: str) -> None
     assert len(results) == 4 and len({r[0] for r in results}) == 1
     with open_gallery_store(url) as s:
         assert len(s.faces("g", subject="cy")) == 1
+
+
+def test_a_gallery_id_past_int4_still_takes_its_enrolment_lock(pg_url: str) -> None:
+    """PostgreSQL's two-key advisory lock takes int4 keys; a gallery id past 2^31 (a long-lived
+    BIGSERIAL) must still lock, not fail with 'integer out of range'."""
+    with open_gallery_store(pg_url) as s:
+        s._q("lock_gallery", 7, 2**31 + 5)  # inside autocommit: taken and released at once
+        s.create_gallery("g", MODEL, DIM)
+        ids, held = s.add_faces_once("g", [GalleryFace("ann", unit(1)[0], source_sha256="aa")], model=MODEL)
+        assert len(ids) == 1 and held == [False]

@@ -183,7 +183,8 @@ SQL: dict[str, str] = {
         WHERE q.gallery_id = {gallery} AND q.model = {model} AND q.face_id = ANY(%s::bigint[])
         AND -(e.vector::vector({dim}) <#> q.vector::vector({dim})) >= %s""",
     "schema_version": "SELECT version FROM faceflow.schema_version",
-    "lock_gallery": "SELECT pg_advisory_xact_lock(%s::int, %s::int)",
+    # the two-key form takes int4 keys: a gallery id past 2^31 folds onto one (a shared lock only serialises)
+    "lock_gallery": "SELECT pg_advisory_xact_lock(%s::int, mod(%s::bigint, 2147483647)::int)",
     "sources_in": """SELECT source, source_sha256 FROM faceflow.faces WHERE gallery_id = %s
         AND source = ANY(%s::text[])""",
     "faces_of_photos": """SELECT s.name, f.source_sha256, f.id FROM faceflow.faces f
