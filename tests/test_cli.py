@@ -119,6 +119,22 @@ def test_eval_utkface_with_either_age_gender_source(tmp_path: Path, astronaut: n
     assert result["gender_accuracy"] == 1.0 and result["age_mae"] < 25
 
 
+def test_eval_reports_broken_images_and_exits_1(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """A broken image among good ones is evaluated as failed, named on stderr and in the JSON (once),
+    and the run exits 1, as every batch does; before, the table only showed it as "no face" and exit 0."""
+    root = tmp_path / "utk"
+    root.mkdir()
+    PILImage.fromarray(astronaut).save(root / "40_1_0_20170110225243501.jpg.chip.jpg")
+    (root / "41_1_0_20170110225243502.jpg.chip.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "r.json"
+    proc = run("eval", "utkface", "--root", root, "--no-cache", "--json", out)
+    assert proc.returncode == 1, proc.stderr
+    stderr = " ".join(proc.stderr.split())
+    assert "1 of 2 items failed" in stderr and "41_1_0_20170110225243502.jpg.chip.jpg: not a recognised" in stderr
+    (result,) = json.loads(out.read_text()).values()
+    assert [e["path"] for e in result["errors"]] == [str(root / "41_1_0_20170110225243502.jpg.chip.jpg")]
+
+
 def test_verify_says_which_face_of_a_group_photo_it_compared(dataset) -> None:  # type: ignore[no-untyped-def]
     from faceflow.detect import create_detector
     from faceflow.io import load_image

@@ -29,7 +29,7 @@ from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
 from faceflow.cli_base import fail_usage as _fail_usage
 from faceflow.cli_base import progress as _progress
 from faceflow.errors import ConfigError, FaceflowError
-from faceflow.outputs import display_path
+from faceflow.outputs import display_path, item_error
 
 app = typer.Typer(cls=ErrorExitGroup, add_completion=False, no_args_is_help=True,
                   help="Face analysis on a CPU, offline.")
@@ -531,6 +531,23 @@ def _eval(label: str, run: Callable[[], dict[str, Any]], root: Path, json_out: P
         write_report(results, report)
         console.print(f"report: {report / 'report.md'}")
     console.print(f"wall time {result['wall_seconds']} s")
+    if _report_item_errors(result):
+        raise typer.Exit(1)
+
+
+def _report_item_errors(result: dict[str, Any], shown: int = 5) -> int:
+    """Name the items a protocol could not evaluate (the first ``shown`` of them) on stderr and return how
+    many there were: a batch with failed items exits 1 instead of passing them off as faces not found."""
+    errors = result.get("errors") or []
+    if errors:
+        total = result.get("images")
+        of = f" of {total}" if isinstance(total, int) else ""
+        console.print(f"[red]{len(errors)}{of} items failed[/red] (all listed under \"errors\" in --json):")
+        for e in errors[:shown]:
+            console.print(f"  {escape(item_error(e['path'], e['error']))}")
+        if len(errors) > shown:
+            console.print(f"  ... and {len(errors) - shown} more")
+    return len(errors)
 
 
 @eval_app.command("lfw")
@@ -608,6 +625,8 @@ def eval_anonymize(
     if json_out:
         write_json({"anonymize": result}, json_out)
     console.print(f"wall time {result['wall_seconds']} s")
+    if _report_item_errors(result):
+        raise typer.Exit(1)
 
 
 @eval_app.command("300w")
@@ -770,6 +789,8 @@ def eval_quality(root: RootOpt, json_out: JsonOpt = None, cache: CacheOpt = True
         plot_erc(result, plot)
         console.print(f"plot: {plot}", markup=False)
     console.print(f"wall time {result['wall_seconds']} s")
+    if _report_item_errors(result):
+        raise typer.Exit(1)
 
 
 @app.command("stages")

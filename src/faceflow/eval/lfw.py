@@ -233,7 +233,7 @@ def run_lfw(
         seconds += secs or 0.0
         if emb is None and secs is not None:
             failures += 1
-        if emb is None and fallback_fn is not None:
+        if emb is None and secs is not None and fallback_fn is not None:  # no face; an error is not retried
             emb, secs = run_item(path, fallback_fn, None, errors)
             seconds += secs or 0.0
         if emb is not None:
