@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from faceflow.eval import evaluate_wider, load_300w, load_utkface, load_wider, read_pairs
 
@@ -48,3 +49,48 @@ def test_utkface_names(dataset: Dataset) -> None:
     assert all(0 <= im.age <= 116 for im in images)
     sample = next(im for im in images if im.path.name.split("_")[1] == "1")
     assert sample.gender == "female"
+
+
+def _lfw_layout(root: Path, image: np.ndarray, header: str, lines: list[str]) -> Path:
+    """A tiny LFW layout: ``pairs.txt`` and every image it names, each a copy of ``image``."""
+    from PIL import Image as PILImage
+
+    root.mkdir()
+    for line in lines:
+        t = line.split()
+        for name, number in ([(t[0], t[1]), (t[0], t[2])] if len(t) == 3 else [(t[0], t[1]), (t[2], t[3])]):
+            if number.isdigit():
+                (root / name).mkdir(exist_ok=True)
+                PILImage.fromarray(image).save(root / name / f"{name}_{int(number):04d}.jpg")
+    (root / "pairs.txt").write_text(header + "\n" + "\n".join(lines) + "\n")
+    return root
+
+
+def test_lfw_pairs_with_a_bad_image_number_or_one_fold_are_dataset_errors(tmp_path: Path,
+                                                                          astronaut: np.ndarray) -> None:
+    """A malformed line names the file and line; a single fold cannot give 10-fold-style figures.
+    Before: ValueError from int() and from the fold count, with a traceback."""
+    from faceflow.errors import DatasetError
+    from faceflow.eval.lfw import run_lfw
+
+    bad = _lfw_layout(tmp_path / "bad", astronaut, "2\t1", ["A 1 2", "A 1 B 1", "B x 2", "A 2 B 2"])
+    with pytest.raises(DatasetError, match=r"pairs\.txt:4: image number 'x' is not a whole number"):
+        read_pairs(bad / "pairs.txt")
+    one = _lfw_layout(tmp_path / "one", astronaut, "2", ["A 1 2", "B 1 2", "A 1 B 1", "A 2 B 2"])
+    with pytest.raises(DatasetError, match=r"pairs\.txt: 1 fold; the protocol needs at least 2"):
+        run_lfw(one, lambda p: np.ones(4, np.float32), progress=False)
+
+
+def test_lfw_image_missing_from_the_layout_is_an_item_error(tmp_path: Path, astronaut: np.ndarray,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the result cache on, an image that ``pairs.txt`` names but the folder lacks is recorded
+    against its path and its pairs go unscored; before, hashing it for the cache raised FileNotFoundError."""
+    from faceflow.eval.tasks import eval_lfw
+
+    monkeypatch.setenv("FACEFLOW_HOME", str(tmp_path / "home"))
+    root = _lfw_layout(tmp_path / "lfw", astronaut, "2\t1", ["A 1 2", "A 1 B 1", "B 1 2", "A 2 B 2"])
+    (root / "B" / "B_0002.jpg").unlink()
+    result = eval_lfw(root, model="sface", flip=False, progress=False)
+    assert [e["path"] for e in result["errors"]] == [str(root / "B" / "B_0002.jpg")]
+    assert "file not found" in result["errors"][0]["error"]
+    assert result["unscored_pairs"] == 2 and result["images"] == 4 and result["detection_failures"] == 0

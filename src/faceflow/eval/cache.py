@@ -166,7 +166,14 @@ class ResultCache:
         os.replace(tmp, self.dir / f"{digest}.json")  # written last: its presence marks a complete entry
 
     def call(self, path: Path, compute: Callable[[], tuple[Any, float]]) -> tuple[Any, float]:
-        """The cached ``(value, seconds)`` for ``path``, or ``compute()``'s, stored for next time."""
+        """The cached ``(value, seconds)`` for ``path``, or ``compute()``'s, stored for next time.
+
+        A file that cannot be hashed (missing, a folder, unreadable) is not cached: ``compute()`` reads
+        it and raises the typed error that names the problem, which the batch records for that item."""
+        try:
+            self._digest(path)
+        except OSError:
+            return compute()
         hit, value, seconds = self.get(path)
         if hit:
             return value, seconds

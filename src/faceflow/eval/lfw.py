@@ -74,6 +74,9 @@ def read_pairs(pairs_txt: Path | str, root: Path | str | None = None) -> list[Pa
     pairs = []
     for i, tokens in enumerate(body):
         same = i % (2 * per_class) < per_class
+        bad = next((t for t in (tokens[1:] if same else tokens[1::2]) if not t.isdecimal()), None)
+        if bad is not None and len(tokens) == (3 if same else 4):
+            raise DatasetError(f"{pairs_txt}:{i + 2}: image number {bad!r} is not a whole number")
         if same and len(tokens) == 3:
             p1, p2 = _image_path(root, tokens[0], tokens[1]), _image_path(root, tokens[0], tokens[2])
         elif not same and len(tokens) == 4:
@@ -224,6 +227,10 @@ def run_lfw(
     """
     root = Path(root)
     pairs = read_pairs(root / "pairs.txt")
+    folds_found = len({p.fold for p in pairs})
+    if folds_found < 2:  # each fold's threshold is chosen on the others
+        raise DatasetError(f"{root / 'pairs.txt'}: {folds_found} fold; the protocol needs at least 2 "
+                           "(header '<folds> <pairs per class>')")
     paths = list(dict.fromkeys(p for pair in pairs for p in (pair.path1, pair.path2)))
     embeddings: dict[Path, npt.NDArray[np.float64]] = {}
     errors: list[dict[str, str]] = []
