@@ -94,3 +94,25 @@ def test_lfw_image_missing_from_the_layout_is_an_item_error(tmp_path: Path, astr
     assert [e["path"] for e in result["errors"]] == [str(root / "B" / "B_0002.jpg")]
     assert "file not found" in result["errors"][0]["error"]
     assert result["unscored_pairs"] == 2 and result["images"] == 4 and result["detection_failures"] == 0
+
+
+@pytest.mark.parametrize("content", ["not a mat", "wrong structure", "missing"])
+def test_wider_ground_truth_that_is_not_wider_s_is_a_dataset_error(tmp_path: Path, content: str) -> None:
+    """A ``.mat`` that is not a MATLAB file, one with other variables of other shapes, or none at all:
+    one DatasetError naming the file. Before: scipy's MatReadError or an IndexError, with a traceback."""
+    from scipy.io import savemat
+
+    from faceflow.errors import DatasetError
+
+    gt = tmp_path / "ground_truth"
+    gt.mkdir()
+    (tmp_path / "WIDER_val" / "images").mkdir(parents=True)
+    for name in ("wider_face_val", "wider_easy_val", "wider_medium_val", "wider_hard_val"):
+        if content == "not a mat":
+            (gt / f"{name}.mat").write_text("hello")
+        elif content == "wrong structure":
+            savemat(gt / f"{name}.mat", {k: np.zeros((2, 1)) for k in
+                                         ("event_list", "file_list", "face_bbx_list", "gt_list")})
+    with pytest.raises(DatasetError, match=r"wider_face_val\.mat: (not a MATLAB file|not the WIDER FACE "
+                                           r"ground truth|no such file)"):
+        load_wider(tmp_path)

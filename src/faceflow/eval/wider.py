@@ -66,29 +66,40 @@ def _cells(arr: npt.NDArray[Any]) -> list[Any]:
     return [c[0] for c in arr]
 
 
+def _load_mat(path: Path) -> dict[str, Any]:
+    """The variables of the MATLAB file at ``path``; a missing or unreadable one is a DatasetError naming it."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file (expected the official WIDER FACE eval tools' ground truth)")
+    try:
+        return dict(loadmat(path))
+    except (MatReadError, OSError, ValueError, TypeError) as exc:
+        raise DatasetError(f"{path}: not a MATLAB file scipy can read ({exc})") from None
+
+
 def load_wider(root: Path | str) -> list[WiderImage]:
     """Ground truth of the images present under ``<root>/WIDER_val/images``, in the ``.mat`` order."""
-    from scipy.io import loadmat
-
     root = Path(root)
     gt_dir, images = root / "ground_truth", root / "WIDER_val" / "images"
-    try:
-        full = loadmat(gt_dir / "wider_face_val.mat")
-        gt_lists = {s: loadmat(gt_dir / f"wider_{s}_val.mat")["gt_list"] for s in SETTINGS}
-    except (OSError, KeyError, ValueError) as exc:
-        raise DatasetError(f"cannot read the WIDER FACE ground truth in {gt_dir}: {exc}") from exc
+    full = _load_mat(gt_dir / "wider_face_val.mat")
+    gt_lists = {s: _load_mat(gt_dir / f"wider_{s}_val.mat") for s in SETTINGS}
     out = []
-    for e, (event, files, boxes) in enumerate(
-        zip(_cells(full["event_list"]), _cells(full["file_list"]), _cells(full["face_bbx_list"]), strict=True)
-    ):
-        event_name = str(event[0])
-        keeps = {s: _cells(_cells(gt_lists[s])[e]) for s in SETTINGS}
-        for j, (name, bbx) in enumerate(zip(_cells(files), _cells(boxes), strict=True)):
-            key = f"{event_name}/{name[0]}.jpg"
-            if not (images / key).is_file():
-                continue
-            keep = {s: np.asarray(keeps[s][j], np.int64).reshape(-1) - 1 for s in SETTINGS}
-            out.append(WiderImage(key, images / key, np.asarray(bbx, np.float64).reshape(-1, 4), keep))
+    try:
+        events = zip(_cells(full["event_list"]), _cells(full["file_list"]), _cells(full["face_bbx_list"]), strict=True)
+        for e, (event, files, boxes) in enumerate(events):
+            event_name = str(event[0])
+            keeps = {s: _cells(_cells(gt_lists[s]["gt_list"])[e]) for s in SETTINGS}
+            for j, (name, bbx) in enumerate(zip(_cells(files), _cells(boxes), strict=True)):
+                key = f"{event_name}/{name[0]}.jpg"
+                if not (images / key).is_file():
+                    continue
+                keep = {s: np.asarray(keeps[s][j], np.int64).reshape(-1) - 1 for s in SETTINGS}
+                out.append(WiderImage(key, images / key, np.asarray(bbx, np.float64).reshape(-1, 4), keep))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{gt_dir / 'wider_face_val.mat'}: not the WIDER FACE ground truth with its "
+                           f"wider_{{easy,medium,hard}}_val.mat ({type(exc).__name__}: {exc})") from None
     if not out:
         raise DatasetError(f"no image of wider_face_val.mat is present under {images}")
     return out
