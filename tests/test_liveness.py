@@ -717,3 +717,14 @@ def test_service_returns_liveness_when_asked(dataset, tmp_path: Path) -> None:  
     (face,) = asked.json()["faces"]
     assert face["liveness"]["decision"] == "live" and face["liveness"]["model"] == "texture"
     assert "liveness" not in plain.json()["faces"][0]
+
+
+@pytest.mark.parametrize("row", ["live/b.jpg,live", "live/b.jpg,live,7,,extra,fields", "live/b.jpg,alive,7"])
+def test_antispoof_labels_csv_with_a_malformed_row_is_a_dataset_error(tmp_path: Path, row: str) -> None:
+    """A row short of fields, with more fields than the header, or with an unknown label: one DatasetError
+    naming the file and the line. Before: a short row raised AttributeError ('NoneType' ... 'strip')."""
+    from faceflow.errors import DatasetError
+
+    (tmp_path / "labels.csv").write_text(f"path,label,subject\nlive/a.jpg,live,1\nspoof/s.jpg,spoof,1\n{row}\n")
+    with pytest.raises(DatasetError, match=r"labels\.csv:4: "):
+        load_source(tmp_path)

@@ -125,11 +125,16 @@ def load_source(folder: Path) -> list[Sample]:
         raise DatasetError(f"{folder}: no labels.csv (expected antispoof/<source>/labels.csv)")
     out = []
     with open(labels, newline="") as fh:
-        for row in csv.DictReader(fh):
+        reader = csv.DictReader(fh)
+        for row in reader:
+            where = f"{labels}:{reader.line_num}"
             try:
+                if None in row or None in row.values():  # csv marks more fields than the header, or fewer
+                    given = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+                    raise DatasetError(f"{where}: {given} fields, the header has {len(reader.fieldnames or [])}")
                 label = row["label"].strip()
                 if label not in ("live", "spoof"):
-                    raise DatasetError(f"{labels}: label {label!r} is neither live nor spoof")
+                    raise DatasetError(f"{where}: label {label!r} is neither live nor spoof")
                 out.append(Sample(folder / row["path"], folder.name, label == "live", row["subject"].strip(),
                                   (row.get("attack_type") or "").strip() or ("none" if label == "live" else "attack"),
                                   (row.get("session") or "").strip()))
