@@ -346,3 +346,21 @@ def test_group_photo_has_six_faces(name: str, dataset) -> None:  # type: ignore[
     assert len(faces) == 6
     for face in faces:
         assert_points_plausible(face)
+
+
+@pytest.mark.parametrize(("option", "value"), [("score_threshold", -1.0), ("score_threshold", float("nan")),
+                                               ("score_threshold", 2.0), ("nms_threshold", -0.1),
+                                               ("nms_threshold", float("nan")), ("min_face_size", float("nan")),
+                                               ("min_face_size", -5.0), ("max_faces", 0), ("max_faces", -1)])
+def test_detector_options_out_of_range_are_refused_when_built(option: str, value: float) -> None:
+    """Scores and overlaps lie in [0, 1], sizes are not negative, at least one face is kept: anything else
+    is a ConfigError naming the option, from the options object or the Analyzer keyword. Before, a negative
+    or NaN threshold failed on the first image with OpenCV's 'score_threshold >= 0' assertion, and the
+    others silently found no face."""
+    from faceflow import Analyzer, ConfigError
+
+    with pytest.raises(ConfigError, match=option):
+        DetectorOptions(**{option: value})
+    keyword = {"score_threshold": "threshold", "min_face_size": "min_face"}.get(option, f"detect_{option}")
+    with pytest.raises(ConfigError, match=option):
+        Analyzer(stages=("detect",), **{keyword: value})

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from faceflow.errors import ConfigError
 from faceflow.models.runtime import LazyModel, Runtime, default_runtime
 from faceflow.stage import option
 from faceflow.types import Face, FloatArray, Image
@@ -45,6 +46,17 @@ class DetectorOptions:
     nms_threshold: float = option(0.4, "IoU above which the lower-scoring of two boxes is suppressed.")
     min_face_size: float = option(0.0, "Drop faces narrower or shorter than this many pixels.", flag="min-face")
     max_faces: int | None = option(None, "Keep at most this many faces (highest scores first).")
+
+    def __post_init__(self) -> None:
+        """Refuse values that OpenCV would reject on the first image or that could never keep a face."""
+        for name in ("score_threshold", "nms_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:  # NaN fails the comparison too
+                raise ConfigError(f"detect {name} {value:g} is outside [0, 1], where scores and overlaps lie")
+        if not self.min_face_size >= 0.0:
+            raise ConfigError(f"detect min_face_size must be 0 or more pixels, got {self.min_face_size:g}")
+        if self.max_faces is not None and self.max_faces < 1:
+            raise ConfigError(f"detect max_faces must be at least 1 (or None: all), got {self.max_faces}")
 
 
 @dataclass
