@@ -196,3 +196,16 @@ class _Boom(_FindOne):
 
 FIND_ONE = StageSpec(name="find", help="", options=_NoOptions, factory=_FindOne, provides=("box",))
 BOOM = StageSpec(name="boom", help="", options=_NoOptions, factory=_Boom, needs=("box",))
+
+
+def test_video_frame_times_must_be_finite_numbers(astronaut: np.ndarray) -> None:
+    """A time that is not a number, or infinite, is refused naming it, and the analyser goes on with the
+    next good frame. Before, '1' was kept as a string (every later call: TypeError comparing float and
+    str), None raised TypeError and inf a ValueError deep in the tracker."""
+    video = Analyzer(mode="video", stages=("detect",))
+    assert len(video.analyze_frame(astronaut, "1").faces) == 1  # a numeric string is read as seconds
+    for bad in (None, "soon", float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="frame time"):
+            video.analyze_frame(astronaut, bad)  # type: ignore[arg-type]
+    result = video.analyze_frame(astronaut, 2.0)
+    assert result.time == 2.0 and result.error is None and result.faces[0].track_id is not None

@@ -19,6 +19,7 @@ A call that does not match the analyser's mode is a :class:`ConfigError` naming 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -173,13 +174,19 @@ class Analyzer:
         self._require("video", "analyze_frame()")
         from faceflow.video import Frame
 
+        try:
+            seconds = float(time)
+        except (TypeError, ValueError):
+            raise ConfigError(f"frame time must be a number of seconds, got {time!r}") from None
+        if not math.isfinite(seconds):  # the tracker measures gaps between times
+            raise ConfigError(f"frame time must be finite, got {seconds}")
         if self._tracking is None:
             self._new_tracking()
-        if self._last_time is not None and not time > self._last_time:
-            raise ConfigError(f"frame times must increase: {time} s after {self._last_time} s")
-        self._last_time = time
+        if self._last_time is not None and not seconds > self._last_time:
+            raise ConfigError(f"frame times must increase: {seconds} s after {self._last_time} s")
+        self._last_time = seconds
         self._frames += 1
-        return self._tracking(Frame(self._frames - 1, float(time), image))
+        return self._tracking(Frame(self._frames - 1, seconds, image))
 
     def stream(self, frames: Iterable[Any]) -> Iterator[Any]:
         """STREAM mode: results as frames come in, faces tracked. Each item is an RGB image (timed by
