@@ -209,3 +209,21 @@ def test_video_frame_times_must_be_finite_numbers(astronaut: np.ndarray) -> None
             video.analyze_frame(astronaut, bad)  # type: ignore[arg-type]
     result = video.analyze_frame(astronaut, 2.0)
     assert result.time == 2.0 and result.error is None and result.faces[0].track_id is not None
+
+
+# -- options checked when built ----------------------------------------------------------------------
+def test_stages_take_a_comma_separated_string_or_names_and_nothing_else() -> None:
+    """A string is split at commas, as ``--stages`` is; anything but names is one ConfigError naming
+    ``stages``. Before, "pose" was split into letters ("unknown stage 'p'"), None raised TypeError and
+    [1, 2] AttributeError."""
+    from faceflow import AnalyzerOptions
+
+    assert AnalyzerOptions(stages="pose").stages == ("pose",)
+    assert AnalyzerOptions(stages="detect, pose").stages == ("detect", "pose")
+    assert AnalyzerOptions(stages=["detect", "pose"]).stages == ("detect", "pose")  # type: ignore[arg-type]
+    assert Analyzer(AnalyzerOptions(stages="pose"), detector="haar").options.stages == ("detect", "landmarks", "pose")
+    for bad in (None, [1, 2], 3, b"pose", ["detect", None]):
+        with pytest.raises(ConfigError, match="stages must be"):
+            AnalyzerOptions(stages=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="stages must be"):
+            Analyzer(stages=bad)

@@ -71,6 +71,11 @@ class AnalyzerOptions:
     tracker: Any = None
     """:class:`~faceflow.track.TrackerOptions` for the video and stream modes (``None``: defaults)."""
 
+    def __post_init__(self) -> None:
+        """Check the values now, so a wrong one is one ConfigError naming it, not a failure deep in the
+        Analyzer."""
+        object.__setattr__(self, "stages", _stage_names(self.stages))
+
     def options_for(self, stage: str, stages: StageRegistry | None = None) -> Any:
         """The options of ``stage``: those given, else the stage's defaults."""
         given = self.stage_options.get(stage)
@@ -100,9 +105,19 @@ class AnalyzerOptions:
         for stage, changes in per_stage.items():
             base = objects.get(stage) or reg[stage].options()
             objects[stage] = dataclasses.replace(base, **changes)
-        if isinstance(top.get("stages"), str):
-            top["stages"] = tuple(top["stages"].split(","))
         return dataclasses.replace(self, stage_options=objects, **top)
+
+
+def _stage_names(value: Any) -> tuple[str, ...]:
+    """``stages`` as a tuple of names, from a comma-separated string (as ``--stages`` takes it) or an
+    iterable of names; any other value is a :class:`ConfigError`."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    names = tuple(value) if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"stages must be stage names (a tuple of them, or a comma-separated string such as "
+                          f"'detect,pose'), got {value!r}")
+    return names
 
 
 class Analyzer:
