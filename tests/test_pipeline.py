@@ -227,3 +227,24 @@ def test_stages_take_a_comma_separated_string_or_names_and_nothing_else() -> Non
             AnalyzerOptions(stages=bad)  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="stages must be"):
             Analyzer(stages=bad)
+
+
+def test_stream_mode_gives_a_bad_frame_time_its_own_error(astronaut: np.ndarray) -> None:
+    """An item whose time is not a finite number of seconds gets the error in its result (time null in
+    JSON) and the stream goes on, as with a bad image. Before, ``(image, "a")`` killed the generator
+    with ValueError."""
+    from faceflow.video import Frame
+
+    items = [(astronaut, 0.0), (astronaut, "a"), (astronaut, float("nan")), Frame(3, float("inf"), astronaut),
+             (astronaut, None), (astronaut, "0.5"), Frame(6, 1.0, astronaut)]
+    results = list(Analyzer(stages="detect", mode="stream").stream(items))
+    assert [r.frame for r in results] == list(range(7))
+    for r in results[1:5]:
+        assert r.error is not None and "frame time" in r.error and r.faces == []
+        d = r.to_dict()
+        assert d["time"] is None and d["frame"] == r.frame
+        json.dumps(d, allow_nan=False)
+    assert results[1].error == "frame 1: frame time must be a number of seconds, got 'a'"
+    good = [results[0], results[5], results[6]]
+    assert [r.time for r in good] == [0.0, 0.5, 1.0]
+    assert all(r.error is None and len(r.faces) == 1 for r in good)

@@ -108,6 +108,18 @@ class AnalyzerOptions:
         return dataclasses.replace(self, stage_options=objects, **top)
 
 
+def _seconds(value: Any) -> float:
+    """A frame time as float seconds; one that is not a finite number is a :class:`ConfigError` (the
+    tracker measures the gaps between times)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"frame time must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds):
+        raise ConfigError(f"frame time must be finite, got {seconds}")
+    return seconds
+
+
 def _stage_names(value: Any) -> tuple[str, ...]:
     """``stages`` as a tuple of names, from a comma-separated string (as ``--stages`` takes it) or an
     iterable of names; any other value is a :class:`ConfigError`."""
@@ -189,12 +201,7 @@ class Analyzer:
         self._require("video", "analyze_frame()")
         from faceflow.video import Frame
 
-        try:
-            seconds = float(time)
-        except (TypeError, ValueError):
-            raise ConfigError(f"frame time must be a number of seconds, got {time!r}") from None
-        if not math.isfinite(seconds):  # the tracker measures gaps between times
-            raise ConfigError(f"frame time must be finite, got {seconds}")
+        seconds = _seconds(time)
         if self._tracking is None:
             self._new_tracking()
         if self._last_time is not None and not seconds > self._last_time:
@@ -205,22 +212,30 @@ class Analyzer:
 
     def stream(self, frames: Iterable[Any]) -> Iterator[Any]:
         """STREAM mode: results as frames come in, faces tracked. Each item is an RGB image (timed by
-        its arrival), an ``(image, seconds)`` pair or a :class:`~faceflow.video.Frame`. A bad frame
-        gets its error in its result and the stream goes on."""
+        its arrival), an ``(image, seconds)`` pair or a :class:`~faceflow.video.Frame`. A bad frame, or a
+        time that is not a finite number of seconds, gets its error in its result (with a NaN time)
+        and the stream goes on."""
         self._require("stream", "stream()")
-        from faceflow.video import Frame
+        from faceflow.video import Frame, FrameResult
 
         tracking = self._new_tracking()
         start = time.monotonic()
 
-        def frame_of(i: int, item: Any) -> Frame:
+        def step(i: int, item: Any) -> FrameResult:
             if isinstance(item, Frame):
-                return item
-            if isinstance(item, tuple) and len(item) == 2:
-                return Frame(i, float(item[1]), item[0])
-            return Frame(i, time.monotonic() - start, item)
+                i, when, image = item.index, item.time, item.image
+            elif isinstance(item, tuple) and len(item) == 2:
+                image, when = item
+            else:
+                image, when = item, time.monotonic() - start
+            try:
+                seconds = _seconds(when)
+            except ConfigError as exc:
+                return FrameResult(frame=i, time=math.nan, image=image, error=f"frame {i}: {exc}")
+            result: FrameResult = tracking(Frame(i, seconds, image))
+            return result
 
-        return (tracking(frame_of(i, item)) for i, item in enumerate(frames))
+        return (step(i, item) for i, item in enumerate(frames))
 
     @property
     def detector(self) -> Any:

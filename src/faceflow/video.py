@@ -406,8 +406,9 @@ class FrameResult:
     """The decoded frame (for annotation); not serialised."""
 
     def to_dict(self, *, embeddings: bool = False) -> dict[str, Any]:
-        """One JSON line: ``frame``, ``time`` (seconds), ``faces`` and ``error`` (null or a message)."""
-        return {"frame": self.frame, "time": round(self.time, 4),
+        """One JSON line: ``frame``, ``time`` (seconds; null when the frame came without a usable time),
+        ``faces`` and ``error`` (null or a message)."""
+        return {"frame": self.frame, "time": round(self.time, 4) if math.isfinite(self.time) else None,
                 "faces": [f.to_dict(embeddings=embeddings) for f in self.faces], "error": self.error}
 
 
