@@ -248,3 +248,22 @@ def test_stream_mode_gives_a_bad_frame_time_its_own_error(astronaut: np.ndarray)
     good = [results[0], results[5], results[6]]
     assert [r.time for r in good] == [0.0, 0.5, 1.0]
     assert all(r.error is None and len(r.faces) == 1 for r in good)
+
+
+def test_workers_threads_and_max_pixels_are_checked_when_built(astronaut: np.ndarray) -> None:
+    """Each must be a whole number in its range, else a ConfigError naming it when the options are
+    built. Before, workers="2" and threads="x" raised TypeError, workers=2.5 was taken, and max_pixels=0
+    or -1 was taken and then refused every image as ImageTooLarge."""
+    from faceflow import AnalyzerOptions
+
+    opts = AnalyzerOptions(workers=np.int64(2), threads=0, max_pixels=600 * 600)  # type: ignore[arg-type]
+    assert (opts.workers, opts.threads, opts.max_pixels) == (2, 0, 360_000) and type(opts.workers) is int
+    assert len(Analyzer(opts, stages="detect").analyze(astronaut)) == 1
+    bad = {"workers": ("2", 2.5, 0, True, None), "threads": ("x", 1.5, -1, False),
+           "max_pixels": (0, -1, "100", 1e6)}
+    for name, values in bad.items():
+        for value in values:
+            with pytest.raises(ConfigError, match=f"^{name} must be"):
+                AnalyzerOptions(**{name: value})
+            with pytest.raises(ConfigError, match=f"^{name} must be"):
+                Analyzer(stages="detect", **{name: value})

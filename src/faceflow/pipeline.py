@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -75,6 +76,9 @@ class AnalyzerOptions:
         """Check the values now, so a wrong one is one ConfigError naming it, not a failure deep in the
         Analyzer."""
         object.__setattr__(self, "stages", _stage_names(self.stages))
+        object.__setattr__(self, "workers", _whole_number("workers", self.workers, 1))
+        object.__setattr__(self, "threads", _whole_number("threads", self.threads, 0, "None: automatic"))
+        object.__setattr__(self, "max_pixels", _whole_number("max_pixels", self.max_pixels, 1, "None: the default"))
 
     def options_for(self, stage: str, stages: StageRegistry | None = None) -> Any:
         """The options of ``stage``: those given, else the stage's defaults."""
@@ -120,6 +124,17 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+def _whole_number(name: str, value: Any, least: int, none: str | None = None) -> Any:
+    """``value`` as an ``int`` of at least ``least`` (or ``None`` where ``none`` says what it means);
+    anything else, a bool, a string or a fraction included, is a :class:`ConfigError` naming ``name``."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= least:
+        return int(value)
+    allowed = f"a whole number, at least {least}" + (f" (or {none})" if none else "")
+    raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
 def _stage_names(value: Any) -> tuple[str, ...]:
     """``stages`` as a tuple of names, from a comma-separated string (as ``--stages`` takes it) or an
     iterable of names; any other value is a :class:`ConfigError`."""
@@ -150,8 +165,6 @@ class Analyzer:
     ) -> None:
         reg = stage_registry or registry()
         opts = (options or AnalyzerOptions()).with_values(overrides, reg)
-        if opts.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {opts.workers}")
         if opts.mode not in RUNNING_MODES:
             raise ConfigError(f"unknown mode {opts.mode!r}; choose from: {', '.join(RUNNING_MODES)}")
         plan = reg.plan(opts.stages, dict(opts.stage_options))
