@@ -267,3 +267,29 @@ def test_workers_threads_and_max_pixels_are_checked_when_built(astronaut: np.nda
                 AnalyzerOptions(**{name: value})
             with pytest.raises(ConfigError, match=f"^{name} must be"):
                 Analyzer(stages="detect", **{name: value})
+
+
+def test_stage_options_must_be_each_stages_own_options_object() -> None:
+    """A key that is no stage, or a value that is not that stage's options object, is a ConfigError
+    naming the stage and the class it takes. Before, a dict or another stage's object raised
+    AttributeError, or was silently taken (another stage's object under "pose", an unknown stage)."""
+    from faceflow import AnalyzerOptions, DetectorOptions
+    from faceflow.landmarks import LandmarksOptions
+    from faceflow.pose import PoseOptions
+
+    good = Analyzer(stage_options={"landmarks": LandmarksOptions(source="mesh")}, stages="landmarks")
+    assert good.options.stage_options["landmarks"] == LandmarksOptions(source="mesh")
+    cases = {"detect": ({"detector": "yunet"}, DetectorOptions), "landmarks": (DetectorOptions(), LandmarksOptions),
+             "pose": (LandmarksOptions(), PoseOptions)}
+    for stage, (value, expected) in cases.items():
+        for build in (lambda: Analyzer(stage_options={stage: value}),  # noqa: B023
+                      lambda: Analyzer(AnalyzerOptions(stage_options={stage: value})),  # noqa: B023
+                      lambda: AnalyzerOptions(stage_options={stage: value}).with_values({})):  # noqa: B023
+            with pytest.raises(ConfigError, match=rf"stage_options\['{stage}'\] must be {expected.__name__}"):
+                build()
+    with pytest.raises(ConfigError, match=r"stage_options\['landmarks'\] must be LandmarksOptions"):
+        Analyzer(landmarks=DetectorOptions())
+    with pytest.raises(ConfigError, match="stage_options names an unknown stage 'posee'"):
+        Analyzer(stage_options={"posee": PoseOptions()})
+    with pytest.raises(ConfigError, match="stage_options must be"):
+        AnalyzerOptions(stage_options=None)  # type: ignore[arg-type]

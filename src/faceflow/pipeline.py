@@ -76,6 +76,9 @@ class AnalyzerOptions:
         """Check the values now, so a wrong one is one ConfigError naming it, not a failure deep in the
         Analyzer."""
         object.__setattr__(self, "stages", _stage_names(self.stages))
+        if not isinstance(self.stage_options, Mapping):
+            raise ConfigError(f"stage_options must be a mapping of stage names to their options objects, "
+                              f"got {self.stage_options!r}")
         object.__setattr__(self, "workers", _whole_number("workers", self.workers, 1))
         object.__setattr__(self, "threads", _whole_number("threads", self.threads, 0, "None: automatic"))
         object.__setattr__(self, "max_pixels", _whole_number("max_pixels", self.max_pixels, 1, "None: the default"))
@@ -89,16 +92,23 @@ class AnalyzerOptions:
         """A copy with fields set by keyword: this class's own fields, a stage's name with its options
         object, or any stage option by its keyword (strings are parsed as the CLI parses them)."""
         reg = stages or registry()
+        given = self.stage_options
+        if "stage_options" in values:  # a whole mapping by keyword: the base the other keywords change
+            given = dataclasses.replace(self, stage_options=values["stage_options"]).stage_options
+        _check_stage_options(given, reg)
         own = {f.name for f in dataclasses.fields(self)}
         by_keyword = {f.keyword: f for f in reg.fields()}
         top: dict[str, Any] = {}
         per_stage: dict[str, dict[str, Any]] = {}
-        objects = dict(self.stage_options)
+        objects = dict(given)
         for key, value in values.items():
             key = _LEGACY.get(key, key)
+            if key == "stage_options":
+                continue
             if key in own:
                 top[key] = value
-            elif key in reg and dataclasses.is_dataclass(value) and isinstance(value, reg[key].options):
+            elif key in reg and dataclasses.is_dataclass(value) and not isinstance(value, type):
+                _check_stage_options({key: value}, reg)
                 objects[key] = value
             elif key in by_keyword:
                 f: OptionField = by_keyword[key]
@@ -122,6 +132,18 @@ def _seconds(value: Any) -> float:
     if not math.isfinite(seconds):
         raise ConfigError(f"frame time must be finite, got {seconds}")
     return seconds
+
+
+def _check_stage_options(given: Mapping[str, Any], reg: StageRegistry) -> None:
+    """Refuse a key that is no stage and a value that is not that stage's options object (a dict of its
+    fields, another stage's object): either would fail later, or be silently ignored."""
+    for stage, value in given.items():
+        if stage not in reg:
+            raise ConfigError(f"stage_options names an unknown stage {stage!r}; choose from: {', '.join(reg.names())}")
+        expected = reg[stage].options
+        if value is not None and not isinstance(value, expected):
+            raise ConfigError(f"stage_options[{stage!r}] must be {expected.__name__} (the {stage} stage's options), "
+                              f"got {type(value).__name__}")
 
 
 def _whole_number(name: str, value: Any, least: int, none: str | None = None) -> Any:
