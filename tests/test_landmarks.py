@@ -259,3 +259,25 @@ def test_nme_on_300w_helen(dataset, yunet: Detector) -> None:  # type: ignore[no
     assert np.mean(errors["mesh"]) < 0.06
     if default.source == "dlib":
         assert np.mean(errors["default"]) < np.mean(errors["mesh"])
+
+
+def test_crop_scales_must_be_positive_and_finite(astronaut: np.ndarray, yunet: Detector) -> None:
+    """A crop side of 0 or less, or NaN/inf, is refused when the options are built (ConfigError naming
+    the stage's scale). Before, mesh_scale=0 or -1 gave 468 points on one pixel, NaN a NaN mesh, and
+    landmarks_scale=nan a StageError from an SVD on the first face."""
+    from faceflow import Analyzer
+    from faceflow.landmarks import LandmarksOptions, MeshOptions
+
+    for bad in (0, -1, 0.0, math.nan, math.inf, "x"):
+        with pytest.raises(ConfigError, match="mesh scale must be"):
+            MeshOptions(scale=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="landmarks scale must be"):
+            LandmarksOptions(scale=bad)  # type: ignore[arg-type]
+    for keyword in ("mesh_scale", "landmarks_scale"):
+        for bad in (0, -1, math.nan):
+            with pytest.raises(ConfigError, match="scale must be a finite number above 0"):
+                Analyzer(stages=("mesh", "landmarks"), **{keyword: bad})
+    face = yunet.detect(astronaut)[0]
+    mesh = MeshStage(MeshOptions(scale=1.3)).predict(astronaut, face)[0]  # a tighter crop still finds the face
+    assert np.isfinite(mesh).all() and _inside(mesh, face.box, scale=1.5).mean() > 0.95
+    assert np.ptp(mesh[:, 0]) > 0.5 * face.width

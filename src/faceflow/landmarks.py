@@ -481,6 +481,18 @@ def dlib_68(predictor: Any, image: Image, box: npt.ArrayLike, angle: float = 0.0
     return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
 
+def _check_scale(stage: str, scale: Any) -> None:
+    """A crop side must be a finite multiple of the face above 0: 0 or less puts every point on one
+    pixel, NaN makes them NaN (or fails in an SVD), so such a value is refused when the options are built."""
+    try:
+        ok = math.isfinite(scale) and scale > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{stage} scale must be a finite number above 0 (the crop's side over the face's), "
+                          f"got {scale!r}")
+
+
 @dataclass(frozen=True)
 class MeshOptions:
     """Settings of the ``mesh`` stage."""
@@ -490,6 +502,9 @@ class MeshOptions:
     model: str = option("face_mesh", "Mesh model: face_mesh (468 points, 192x192; what the quality model and "
                                      "the mask were built on) or face_landmarker (MediaPipe's newer model; its "
                                      "first 468 of 478 points, same order).", choices=tuple(MESH_MODELS))
+
+    def __post_init__(self) -> None:
+        _check_scale("mesh", self.scale)
 
 
 class MeshStage(Stage):
@@ -542,6 +557,9 @@ class LandmarksOptions:
     scale: float = option(1.5, "Mesh and landmarker routes: side of the model's crop, as a multiple of the "
                                "face's size.")
     refine: int = option(1, "Model routes: passes re-centring the crop on the previous pass's points.")
+
+    def __post_init__(self) -> None:
+        _check_scale("landmarks", self.scale)
 
 
 class Landmarks68Stage(Stage):
