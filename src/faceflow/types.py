@@ -6,11 +6,15 @@ Conventions (shared by every stage, the CLI and the service):
 * ``landmarks5`` are, in order: the eye on the image's left, the eye on the image's right, the nose
   tip, the mouth corner on the image's left, the mouth corner on the image's right;
 * pose angles are degrees: yaw > 0 when the face turns toward the image's right, pitch > 0 when it
-  tilts up, roll > 0 when the eye line (image-left eye to image-right eye) rotates clockwise.
+  tilts up, roll > 0 when the eye line (image-left eye to image-right eye) rotates clockwise;
+* ``to_dict()`` gives strict JSON: plain Python numbers (NumPy scalars converted), and ``None`` (null)
+  for a NaN or infinite value, which JSON cannot write.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +29,17 @@ Image = npt.NDArray[np.uint8]
 EXPRESSIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
+def _num(value: Any, ndigits: int) -> float | None:
+    """``value`` as a plain float rounded for compact JSON, or ``None`` when it is NaN or infinite."""
+    x = float(value)
+    return round(x, ndigits) if math.isfinite(x) else None
+
+
 def _round(values: Any, ndigits: int = 2) -> Any:
-    """Round floats in nested lists for compact JSON."""
+    """Round floats in nested lists for compact JSON (non-finite ones become ``None``)."""
     if isinstance(values, list):
         return [_round(v, ndigits) for v in values]
-    return round(float(values), ndigits)
+    return _num(values, ndigits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +50,8 @@ class Pose:
     pitch: float
     roll: float
 
-    def to_dict(self) -> dict[str, float]:
-        return {"yaw": round(self.yaw, 2), "pitch": round(self.pitch, 2), "roll": round(self.roll, 2)}
+    def to_dict(self) -> dict[str, float | None]:
+        return {"yaw": _num(self.yaw, 2), "pitch": _num(self.pitch, 2), "roll": _num(self.roll, 2)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +62,12 @@ class Estimate:
     confidence: float
 
     def to_dict(self) -> dict[str, Any]:
-        value = round(self.value, 2) if isinstance(self.value, float) else self.value
-        return {"value": value, "confidence": round(self.confidence, 4)}
+        value: Any = self.value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)
+        elif not isinstance(value, str):
+            value = _num(value, 2)
+        return {"value": value, "confidence": _num(self.confidence, 4)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +82,7 @@ class Expression:
         return self.scores[self.value]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "scores": {k: round(v, 4) for k, v in self.scores.items()}}
+        return {"value": self.value, "scores": {k: _num(v, 4) for k, v in self.scores.items()}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +94,7 @@ class QualityMeasure:
     score: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": None if self.value is None else round(self.value, 4), "score": round(self.score, 1)}
+        return {"value": None if self.value is None else _num(self.value, 4), "score": _num(self.score, 1)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +111,7 @@ class Quality:
         return [n for _, n in sorted(low)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"unified": None if self.unified is None else round(self.unified, 1),
+        return {"unified": None if self.unified is None else _num(self.unified, 1),
                 "components": {n: m.to_dict() for n, m in self.components.items()}}
 
 
@@ -121,8 +135,8 @@ class Liveness:
         return self.decision == "live"
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"score": round(self.score, 4), "decision": self.decision,
-                               "threshold": round(self.threshold, 4), "model": self.model}
+        out: dict[str, Any] = {"score": _num(self.score, 4), "decision": self.decision,
+                               "threshold": _num(self.threshold, 4), "model": self.model}
         if self.reason is not None:
             out["reason"] = self.reason
         return out
@@ -195,9 +209,9 @@ class Face:
 
     def to_dict(self, *, embeddings: bool = False) -> dict[str, Any]:
         """JSON-ready dict; fields no stage filled are omitted, embeddings only when asked."""
-        out: dict[str, Any] = {"box": _round(self.box.tolist()), "score": round(self.score, 4)}
+        out: dict[str, Any] = {"box": _round(self.box.tolist()), "score": _num(self.score, 4)}
         if self.track_id is not None:
-            out["track_id"] = self.track_id
+            out["track_id"] = int(self.track_id)
         if self.detector is not None:
             out["detector"] = self.detector
         for name in ("landmarks5", "landmarks68", "mesh"):
@@ -211,7 +225,7 @@ class Face:
         for name, value in self.extra.items():
             out[name] = value.to_dict() if hasattr(value, "to_dict") else value
         if embeddings and self.embeddings:
-            out["embeddings"] = {k: [round(float(x), 6) for x in v] for k, v in self.embeddings.items()}
+            out["embeddings"] = {k: _round(np.asarray(v).tolist(), 6) for k, v in self.embeddings.items()}
         return out
 
 
