@@ -728,3 +728,43 @@ def test_antispoof_labels_csv_with_a_malformed_row_is_a_dataset_error(tmp_path: 
     (tmp_path / "labels.csv").write_text(f"path,label,subject\nlive/a.jpg,live,1\nspoof/s.jpg,spoof,1\n{row}\n")
     with pytest.raises(DatasetError, match=r"labels\.csv:4: "):
         load_source(tmp_path)
+
+
+def test_eval_antispoof_counts_a_broken_image_and_goes_on(dataset, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A source with one file that is no image: the run goes on, the figures of the readable images are
+    those of the source without it, and the broken one is listed once under "errors" (the CLI names its
+    path once and exits 1). Before, it aborted the whole run with "X: X: not a recognised image format"."""
+    from typer.testing import CliRunner
+
+    from faceflow.cli import app
+    from faceflow.errors import DatasetError
+    from faceflow.eval.antispoof import image_results
+
+    original = dataset("antispoof", "msu_mfsd")
+    copy = tmp_path / "broken" / "msu_mfsd"  # the same images by link, plus one broken file
+    for part in ("live", "spoof"):
+        (copy / part).mkdir(parents=True)
+        for f in (original / part).iterdir():
+            (copy / part / f.name).symlink_to(f)
+    (copy / "live" / "broken.jpg").write_text("not an image")
+    lines = (original / "labels.csv").read_text().splitlines()
+    lines.insert(2, "live/broken.jpg" + lines[1][lines[1].index(","):])
+    (copy / "labels.csv").write_text("\n".join(lines) + "\n")
+
+    args = {"intra": ("msu_mfsd",), "networks": (), "splits": 3, "progress": False}
+    good = eval_antispoof(original.parent, **args)  # type: ignore[arg-type]
+    result = eval_antispoof(copy.parent, **args)  # type: ignore[arg-type]
+    assert good["errors"] == [] and len(result["errors"]) == 1
+    (error,) = result["errors"]
+    broken = str(copy / "live" / "broken.jpg")
+    assert error["path"] == broken and error["error"].count(broken) == 1
+    assert result["images"] == good["images"] == {"msu_mfsd": 70} and result["runs"][0]["images"] == 70
+    assert result["runs"][0]["candidates"] == good["runs"][0]["candidates"]
+    with pytest.raises(DatasetError) as refused:  # a caller pairing rows with its own samples needs all
+        image_results(load_source(copy), (), progress=False)
+    assert str(refused.value) == error["error"]
+
+    res = CliRunner().invoke(app, ["eval", "antispoof", "--root", str(copy.parent), "--networks", "",
+                                   "--intra", "msu_mfsd", "--splits", "3"])
+    assert res.exit_code == 1, res.output
+    assert "1 items failed" in res.output and res.output.count("broken.jpg") == 1 and "Traceback" not in res.output

@@ -166,3 +166,7 @@ def eval_antispoof(
     if plot:
         console.print(f"plot: {plot_det(result, plot)}", markup=False)
     console.print(f"wall time {time.perf_counter() - t0:.1f} s", markup=False)
+    from faceflow.cli import _report_item_errors
+
+    if _report_item_errors(result):  # figures without the broken images: say so, and exit 1
+        raise typer.Exit(1)

@@ -62,6 +62,7 @@ from faceflow.liveness.texture import (
     layout,
 )
 from faceflow.models.registry import MODELS
+from faceflow.outputs import item_error
 from faceflow.types import largest_face
 
 F64 = npt.NDArray[np.float64]
@@ -177,12 +178,14 @@ def _cache(what: str, models: Sequence[str], modules: Sequence[str]) -> ResultCa
 
 
 def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cache: bool = True,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, keep_going: bool = False) -> dict[str, Any]:
     """Per image: ``box``, ``features`` (:data:`EVAL_BLOCKS`: texture, distortion and Human's hidden
     layers, zeros unless both of Human's networks are among ``networks``; ``head`` says which), each
     network's ``scores[name]``, the source, attack type and session, and the median ms
     each part took (``texture``, ``distortion`` and ``human_head`` are feature times), from the cache
-    when present."""
+    when present. An image that cannot be read or scored is a :class:`DatasetError` naming it; with
+    ``keep_going`` it is left out instead: ``samples`` lists those kept (the arrays' rows), ``errors``
+    the others (``path`` and ``error``)."""
     from faceflow.detect import create_detector
     from faceflow.io import load_image
     from faceflow.models.runtime import Runtime
@@ -204,7 +207,7 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
                                    ("faceflow.align", "faceflow.liveness.models", "faceflow.liveness.head"))}
     for n in networks:
         caches[n] = _cache(f"{n}|{box_key}", nets[n].registry_models, ("faceflow.align", "faceflow.liveness.models"))
-    boxes, feats, errors = [], [], []
+    boxes, feats, kept, errors = [], [], [], []
     scores: dict[str, list[float]] = {n: [] for n in networks}
     seconds: dict[str, list[float]] = {n: [] for n in ("detect", "texture", "distortion", "human_head", *networks)}
     for s in track(samples, "antispoof", progress):
@@ -212,26 +215,29 @@ def image_results(samples: Sequence[Sample], networks: Sequence[str], *, use_cac
         try:
             box = np.asarray(_cached(caches["box"], s.path, use_cache, seconds["detect"], _largest_box,
                                      detector, image), np.float64)
-            boxes.append(box)
             parts = [_cached(caches["texture"], s.path, use_cache, seconds["texture"], _features, texture, image,
                              box),
                      _cached(caches["distortion"], s.path, use_cache, seconds["distortion"], _distortion, image, box),
                      np.zeros(HEAD_BLOCKS["lemb"].stop) if head is None else
                      _cached(caches["human_head"], s.path, use_cache, seconds["human_head"], _features, head, image,
                              box)]
-            feats.append(np.concatenate([np.asarray(p, np.float64).ravel() for p in parts]))
-            for n in networks:
-                value = _cached(caches[n], s.path, use_cache, seconds[n], _score, nets[n], image, box)
-                scores[n].append(float(np.asarray(value).reshape(-1)[0]))
-        except FaceflowError as exc:  # a broken image stops the protocol: the figures need every image
-            errors.append(f"{s.path}: {exc}")
-    if errors:
-        raise DatasetError("; ".join(errors[:5]))
+            values = [_cached(caches[n], s.path, use_cache, seconds[n], _score, nets[n], image, box) for n in networks]
+        except FaceflowError as exc:  # left out of the figures and listed (its message names the path)
+            errors.append({"path": str(s.path), "error": str(exc)})
+            continue
+        kept.append(s)
+        boxes.append(box)
+        feats.append(np.concatenate([np.asarray(p, np.float64).ravel() for p in parts]))
+        for n, value in zip(networks, values, strict=True):
+            scores[n].append(float(np.asarray(value).reshape(-1)[0]))
+    if errors and not keep_going:  # callers that pair the rows with their own samples need every image
+        raise DatasetError("; ".join(item_error(e["path"], e["error"]) for e in errors[:5]))
     return {"box": np.asarray(boxes), "features": np.asarray(feats),
             "scores": {n: np.asarray(v) for n, v in scores.items()},
-            "source": np.array([s.source for s in samples]), "attack": np.array([s.attack for s in samples]),
-            "session": np.array([s.session for s in samples]), "head": head is not None,
-            "ms": {n: float(1000 * np.median(v)) for n, v in seconds.items() if v}}
+            "source": np.array([s.source for s in kept]), "attack": np.array([s.attack for s in kept]),
+            "session": np.array([s.session for s in kept]), "head": head is not None,
+            "ms": {n: float(1000 * np.median(v)) for n, v in seconds.items() if v},
+            "samples": kept, "errors": errors}
 
 
 class _LazyImage:
@@ -626,21 +632,28 @@ def eval_antispoof(root: Path | str, *, intra: Sequence[str] = (), cross: Sequen
                    networks: Sequence[str] = NETWORKS, splits: int = 10, use_cache: bool = True,
                    progress: bool = True) -> dict[str, Any]:
     """Run the protocols asked for (``intra`` sources, ``cross`` (A, B) pairs) on the sources under
-    ``root``; every candidate side by side with its ms per face."""
+    ``root``; every candidate side by side with its ms per face. Images that could not be read or scored
+    are left out of the figures and of ``images`` and listed in ``errors``."""
     sources = find_sources(Path(root))
     wanted = set(intra) | {a for pair in cross for a in pair}
     for name in wanted:
         if name not in sources:
             raise DatasetError(f"no source {name!r} under {root}; found: {', '.join(sources)}")
-    samples = {n: load_source(sources[n]) for n in sorted(wanted)}
-    data = {n: image_results(samples[n], networks, use_cache=use_cache, progress=progress) for n in samples}
+    data = {n: image_results(load_source(sources[n]), networks, use_cache=use_cache, progress=progress,
+                             keep_going=True) for n in sorted(wanted)}
+    samples: dict[str, list[Sample]] = {n: d["samples"] for n, d in data.items()}
+    errors = [e for d in data.values() for e in d["errors"]]
+    for n, kept in samples.items():
+        if len({s.live for s in kept}) < 2:
+            raise DatasetError(f"{sources[n]}: needs both live and spoof images that can be read "
+                               f"({len(data[n]['errors'])} could not)")
     runs = []
     for n in intra:
         runs.append(run_intra(samples[n], data[n], networks, splits=splits))
     for a, b in cross:
         runs.append(run_cross(samples[a], samples[b], data[a], data[b], networks))
     return {"runs": runs, "ms_per_face": speed(list(data.values()), networks),
-            "images": {n: len(v) for n, v in samples.items()}, "bootstrap_draws": BOOTSTRAP}
+            "images": {n: len(v) for n, v in samples.items()}, "bootstrap_draws": BOOTSTRAP, "errors": errors}
 
 
 def public(result: dict[str, Any]) -> dict[str, Any]:
