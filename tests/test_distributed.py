@@ -246,6 +246,19 @@ def test_ray_engine_gives_the_in_process_json_and_resumes(cluster: str, tmp_path
     _check_exactly_once(tmp_path / "ray", [r["path"] for r in expected])  # type: ignore[misc]
 
 
+def test_address_of_no_cluster_is_a_config_error_in_bounded_time(tmp_path: Path) -> None:
+    """``--address`` where nothing listens: exit 2 naming the address within seconds (Ray itself
+    retries for about 14 minutes)."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'faceflow[ray]')")
+    address = f"127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    done = _faceflow("analyze", str(_lfw_images(1)[0]), "-o", str(tmp_path / "out"), "--engine", "ray",
+                     "--address", address, "--stages", "detect", timeout=120)
+    assert time.monotonic() - started < 60
+    assert done.returncode == 2, done.stderr
+    assert f"cannot reach the Ray cluster at {address}" in done.stderr, done.stderr
+
+
 # -- 2. killed worker, killed driver: at most the batches in flight are lost, all images once --------
 
 

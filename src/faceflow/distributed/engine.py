@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ Progress = Callable[[int, int], None]
 OBJECT_STORE_BYTES = 256 * 2**20
 """Object store of a local runtime: summaries and batch numbers are all that travel, so a small one."""
 _ENV_PREFIXES = ("FACEFLOW_",)
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a cluster's address to accept a connection before ``ray.init`` (which retries for minutes)."""
 MAX_BLOCKS = 4096
 """Most blocks (actor tasks) a job's batch numbers are split into; past it a block holds several batches."""
 
@@ -56,6 +59,19 @@ def worker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
 
 
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A :class:`ConfigError` naming ``address`` when nothing accepts a connection there within
+    ``timeout`` seconds: ``ray.init`` would retry an unreachable address for about 14 minutes.
+    Addresses that are not ``host:port`` (``auto``, ``local``) are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[Any]:
     """Connect to the cluster at ``address``, or start a local runtime with ``num_cpus`` (stopped at
@@ -65,6 +81,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield ray
         return
     env = {"env_vars": worker_env()}
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level="ERROR")
