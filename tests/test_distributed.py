@@ -359,6 +359,27 @@ def test_enrol_on_ray_into_postgres_is_idempotent(cluster: str, pg_url: str, tmp
         assert np.allclose(face.embedding, other.embedding, atol=1e-4)  # type: ignore[arg-type]
 
 
+def test_enrol_on_ray_reports_failed_photos_with_newlines_and_tabs_as_in_process(cluster: str,
+                                                                                  tmp_path: Path) -> None:
+    """A failed photo's name may hold any character but ``/``: the Ray engine names each failure once,
+    as the in-process engine does, however its name is made."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("bro\nken.jpg", "tab\tbed.jpg", "line\u2028sep.jpg"):
+        (photos / name).write_bytes(b"not a photo")
+    shutil.copy(_lfw_images(1)[0], photos / "ok.jpg")
+
+    def failures(store: str, *engine: str) -> str:
+        done = _faceflow("enroll", "g", "-", str(photos), "--store", f"sqlite:///{tmp_path}/{store}.db", *engine)
+        assert done.returncode == 1, done.stderr
+        assert "enrolled 1 of 4 photos" in done.stderr, done.stderr
+        return done.stderr[done.stderr.index("failed:"):done.stderr.index("enrolled ")]
+
+    in_process = failures("local")
+    assert in_process.count("failed:") == 3
+    assert failures("ray", "--engine", "ray", "--address", cluster) == in_process
+
+
 # -- 4. clustering by components of the threshold graph ---------------------------------------------
 
 

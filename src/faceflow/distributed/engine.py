@@ -18,6 +18,7 @@ every node sees (one machine, or a shared file system).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -350,7 +351,7 @@ class EnrolBatch:
             enrolled.append(report.enrolled)
             skipped.append(report.skipped)
             failed.append(len(report.failed))
-            messages.append("\n".join(f"{f.path}\t{f.reason}" for f in report.failed))
+            messages.append(json.dumps([[f.path, f.reason] for f in report.failed]))  # names hold any character
         return {"first": np.asarray(firsts), "images": np.asarray(images), "enrolled": np.asarray(enrolled),
                 "skipped": np.asarray(skipped), "failed": np.asarray(failed), "messages": np.asarray(messages)}
 
@@ -397,9 +398,7 @@ def enroll_job(
             done += int(s["images"])
             summary.enrolled += int(s["enrolled"])
             summary.skipped += int(s["skipped"])
-            for line in str(s["messages"]).splitlines():
-                p, _, reason = line.partition("\t")
-                summary.failed.append((p, reason))
+            summary.failed.extend((p, reason) for p, reason in json.loads(str(s["messages"])))
             if progress:
                 progress(done, len(rows))
 
