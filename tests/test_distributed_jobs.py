@@ -77,6 +77,35 @@ def test_rerun_keeps_committed_batches_drops_torn_and_changed_ones(tmp_path: Pat
     assert pq.read_table(third.pending).column("index").to_pylist() == [4, 5, 6, 7, 8, 9]
 
 
+def test_rerun_with_other_analysis_settings_redoes_every_batch(tmp_path: Path) -> None:
+    """Shards computed with other settings (stages, stage options, embeddings) are not this job's results."""
+    import pyarrow.parquet as pq
+
+    files = _files(tmp_path, 6)
+    out = tmp_path / "job"
+    plan = jobs.plan_job(out, files, settings="detect")
+    rows = pq.read_table(plan.pending).to_pylist()
+    jobs.write_batch(out / jobs.SHARDS_DIR, [r["index"] for r in rows], _results(files), embeddings=False)
+    assert jobs.plan_job(out, files, settings="detect").done == 6
+    other = jobs.plan_job(out, files, settings="detect,embed")
+    assert (other.done, other.dropped_shards) == (0, 1)
+    assert pq.read_table(other.pending).column("index").to_pylist() == list(range(6))
+    assert jobs.plan_job(out, files, settings="detect").done == 0  # nothing was redone with these yet
+
+
+def test_job_settings_name_what_changes_results_only() -> None:
+    from faceflow.distributed.engine import job_settings
+    from faceflow.pipeline import AnalyzerOptions
+
+    base = AnalyzerOptions(stages=("detect", "landmarks"))
+    assert job_settings(base, embeddings=False) == job_settings(
+        AnalyzerOptions(stages=("detect", "landmarks"), threads=3, workers=2), embeddings=False)
+    assert len({job_settings(base, embeddings=False), job_settings(base, embeddings=True),
+                job_settings(base.with_values({"detector": "fast"}), embeddings=False),
+                job_settings(base.with_values({"min_face": 0.1}), embeddings=False),
+                job_settings(AnalyzerOptions(stages=("detect",)), embeddings=False)}) == 5
+
+
 def test_records_merge_interleaved_shards_in_input_order(tmp_path: Path) -> None:
     files = _files(tmp_path, 12)
     out = tmp_path / "job"

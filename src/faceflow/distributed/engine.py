@@ -274,7 +274,7 @@ def analyze_job(
     options = _one_thread(options)
     folders = [p for p in inputs if Path(p).is_dir()]
     plan = jobs.plan_job(out, jobs.expand_inputs(inputs, exclude=[out], column=column), content_hash=content_hash,
-                         annotate=folders if annotate else None)
+                         annotate=folders if annotate else None, settings=job_settings(options, embeddings))
     if plan.total == 0:
         raise ConfigError("no image files found in " + ", ".join(map(display_path, inputs)))
     summary = JobSummary(plan.total, plan.done, dropped_shards=plan.dropped_shards,
@@ -308,6 +308,15 @@ def analyze_job(
                 summary.failures.append((record["path"], record["error"]))
     os.replace(tmp, out / "faces.jsonl")
     return summary
+
+
+def job_settings(options: AnalyzerOptions, embeddings: bool) -> str:
+    """What a job's results depend on besides its inputs, as text: the stages, every stage's options,
+    the pixel limit and ``embeddings`` (not threads or workers). A rerun with other settings redoes all."""
+    from faceflow.stage import registry
+
+    return json.dumps({"stages": list(options.stages), "embeddings": embeddings, "max_pixels": options.max_pixels,
+                       "options": {s: repr(options.options_for(s)) for s in sorted(registry().names())}})
 
 
 def _one_thread(options: AnalyzerOptions) -> AnalyzerOptions:

@@ -3,6 +3,7 @@
 Layout of ``OUT`` (``faceflow analyze --engine ray --out OUT``)::
 
     OUT/manifest.parquet          one row per input, in input order (see MANIFEST_SCHEMA)
+    OUT/settings.txt              the analysis settings of the shards (stages, options; see plan_job)
     OUT/shards/faces-<first>.parquet    one row per face of one batch (see FACE_COLUMNS)
     OUT/shards/images-<first>.parquet   one row per image of that batch (see IMAGE_SCHEMA)
     OUT/faces.jsonl               assembled from the shards in input order, as the in-process engine writes it
@@ -59,6 +60,8 @@ from faceflow.types import Face, ImageResult
 MANIFEST_FILE = "manifest.parquet"
 SHARDS_DIR = "shards"
 PENDING_FILE = ".pending.parquet"
+SETTINGS_FILE = "settings.txt"
+"""The analysis settings the kept shards were computed with (see :func:`plan_job`)."""
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 """An input with one of these suffixes is a list of paths, one per line (blank lines and ``#`` lines skipped)."""
 PARQUET_SUFFIX = ".parquet"
@@ -448,10 +451,12 @@ def _kept_shards(shards: Path, changed: npt.NDArray[np.bool_], total: int) -> tu
 
 
 def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False,
-             annotate: Sequence[str | os.PathLike[str]] | None = None) -> JobPlan:
+             annotate: Sequence[str | os.PathLike[str]] | None = None, settings: str = "") -> JobPlan:
     """Write ``out``'s manifest for ``files``, reconcile the shards of an earlier run with it, and
     write the pending inputs (see the module docstring). With ``annotate`` (the folders among the
-    inputs the user named), each input gets the name of its annotated image (:func:`name_annotated`)."""
+    inputs the user named), each input gets the name of its annotated image (:func:`name_annotated`).
+    ``settings`` names what else the results depend on (stages, options): shards of an earlier run
+    with other settings (or none recorded) are all dropped; they are recorded once the shards agree."""
     pa, pq = _pa(), _pq()
     out.mkdir(parents=True, exist_ok=True)
     shards = out / SHARDS_DIR
@@ -460,12 +465,18 @@ def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False,
     new = out / (MANIFEST_FILE + ".new")
     total = write_manifest(files, new, content_hash=content_hash)
     stale = name_annotated(new, annotate, out) if annotate is not None else 0
-    if manifest.exists():
+    settings_file = out / SETTINGS_FILE
+    same = settings_file.is_file() and settings_file.read_text(encoding="utf-8") == settings
+    if manifest.exists() and same:
         changed = changed_indices(manifest, new, total, content_hash=content_hash)
     else:
-        changed = np.ones(total, bool)  # no manifest: any shard there is not this job's
+        changed = np.ones(total, bool)  # no manifest, or other settings: any shard there is not this job's
     os.replace(new, manifest)
     done, dropped = _kept_shards(shards, changed, total)
+    if not same:  # only now: a run killed before leaves the old settings, so the next one drops again
+        tmp = settings_file.with_name(SETTINGS_FILE + ".tmp")
+        tmp.write_text(settings, encoding="utf-8")
+        os.replace(tmp, settings_file)
     pending = out / PENDING_FILE
     schema = pa.schema([("index", pa.int64()), ("path_bytes", pa.binary()), ("annotated", pa.binary())])
     with pq.ParquetWriter(pending, schema) as writer:
