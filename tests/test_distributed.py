@@ -217,8 +217,9 @@ def test_ray_engine_gives_the_in_process_json_and_resumes(cluster: str, tmp_path
     assert drawn.keys() == _annotated(tmp_path / "local").keys() and len(drawn) == 13  # all but the broken file
     for name, image in _annotated(tmp_path / "local").items():
         assert np.abs(image.astype(np.int16) - drawn[name]).mean() < 0.5, name
-    listed = "annotated/.faceflow-annotated"
-    assert (tmp_path / "ray" / listed).read_bytes() == (tmp_path / "local" / listed).read_bytes()
+    listed = "annotated/.faceflow-annotated"  # in the order the actors wrote them
+    assert sorted((tmp_path / "ray" / listed).read_bytes().splitlines()) == sorted(
+        (tmp_path / "local" / listed).read_bytes().splitlines())
 
     # Rerun: nothing to do (no Ray needed), the same output, the annotated images left as they were.
     before = (tmp_path / "ray" / "faces.jsonl").read_bytes()
@@ -257,6 +258,30 @@ def test_address_of_no_cluster_is_a_config_error_in_bounded_time(tmp_path: Path)
     assert time.monotonic() - started < 60
     assert done.returncode == 2, done.stderr
     assert f"cannot reach the Ray cluster at {address}" in done.stderr, done.stderr
+
+
+def test_annotated_images_never_replace_a_users_file_and_list_only_what_was_written(cluster: str,
+                                                                                     tmp_path: Path) -> None:
+    """As in process: a file at an annotated image's name that no earlier run wrote is the user's,
+    left alone and reported; the list of written images names no failed input (a later run would
+    delete a user's file put at such a name)."""
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for p in _lfw_images(3):
+        shutil.copy(p, photos / p.name)
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    own = tmp_path / "out" / "annotated" / _lfw_images(1)[0].name
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"the user's own file")
+    args = ["analyze", str(photos), "-o", str(tmp_path / "out"), "--engine", "ray", "--address", cluster,
+            "--stages", "detect", "--batch-size", "2"]
+    done = _faceflow(*args)
+    assert done.returncode == 1, done.stderr
+    assert own.read_bytes() == b"the user's own file"
+    assert "exists and no earlier faceflow run wrote it" in done.stderr, done.stderr
+    listed = (tmp_path / "out" / "annotated" / ".faceflow-annotated").read_bytes().splitlines()
+    assert sorted(listed) == sorted(os.fsencode(p.name) for p in _lfw_images(3)[1:])
+    assert all((tmp_path / "out" / "annotated" / os.fsdecode(n)).is_file() for n in listed)
 
 
 # -- 2. killed worker, killed driver: at most the batches in flight are lost, all images once --------

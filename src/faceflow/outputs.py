@@ -203,10 +203,7 @@ class AnnotatedWriter:
             return f"{what} not written: {display_path(target)} is an input"
         with self._lock:
             foreign = _key(target.relative_to(self.root)) not in self._listed and os.path.lexists(target)
-        if foreign:
-            return (f"{what} not written: {display_path(target)} exists and no earlier faceflow run wrote it "
-                    "(move it away or choose another --out)")
-        return None
+        return not_ours(target, what) if foreign else None
 
     def record(self, target: Path) -> None:
         """List ``target`` (written by the caller) in the manifest, as :meth:`save` does its images."""
@@ -229,10 +226,31 @@ class AnnotatedWriter:
         with self._lock:
             if _key(rel) in self._listed:
                 return
-            with contextlib.suppress(OSError):  # unlisted is safe: it is only never cleaned up
-                with open(self.root / self.manifest, "ab") as fh:
-                    fh.write(os.fsencode(rel) + b"\n")
+            if append_annotated_list(self.root, rel, self.manifest):
                 self._listed.add(_key(rel))
+
+
+def not_ours(target: Path, what: str = "annotated image") -> str:
+    """Why ``what`` is not written at ``target``: a file is there that no earlier faceflow run listed."""
+    return (f"{what} not written: {display_path(target)} exists and no earlier faceflow run wrote it "
+            "(move it away or choose another --out)")
+
+
+def annotated_key(rel: Path) -> str:
+    """The key under which the list in a folder names ``rel`` (names differing in case are one)."""
+    return _key(rel)
+
+
+def append_annotated_list(root: Path, rel: Path, manifest_name: str = MANIFEST) -> bool:
+    """List ``rel`` (just written below ``root``) in ``root``'s list, one line in one appending write
+    (so that processes appending at once do not mix lines); False when the list cannot be written
+    (unlisted is safe: the image is only never cleaned up)."""
+    try:
+        with open(root / manifest_name, "ab") as fh:
+            fh.write(os.fsencode(rel) + b"\n")
+    except OSError:
+        return False
+    return True
 
 
 def save_annotated(target: Path, encoded: bytes) -> str | None:

@@ -151,11 +151,13 @@ def _run_batches(ray: Any, actor: type, kwargs: dict[str, Any], n_batches: int, 
         raise
 
 
-def _pending_batch(pending: Path, number: int) -> tuple[list[int], list[str], list[str | None]]:
-    """Indices, paths and annotated image names (``None``: not annotated) of one pending batch."""
-    table = jobs._pq().ParquetFile(pending).read_row_group(number, columns=["index", "path_bytes", "annotated"])
+def _pending_batch(pending: Path, number: int) -> tuple[list[int], list[str], list[str | None], list[bool]]:
+    """Indices, paths, annotated image names (``None``: not annotated) and whether a file of the user's
+    is at that name, of one pending batch."""
+    columns = ["index", "path_bytes", "annotated", "foreign"]
+    table = jobs._pq().ParquetFile(pending).read_row_group(number, columns=columns)
     return (table.column(0).to_pylist(), [os.fsdecode(b) for b in table.column(1).to_pylist()],
-            [None if b is None else os.fsdecode(b) for b in table.column(2).to_pylist()])
+            [None if b is None else os.fsdecode(b) for b in table.column(2).to_pylist()], table.column(3).to_pylist())
 
 
 class AnalyzeBatch:
@@ -172,7 +174,7 @@ class AnalyzeBatch:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         firsts, images, faces, errors = [], [], [], []
         for number in batch["id"]:
-            indices, paths, names = _pending_batch(self.out / jobs.PENDING_FILE, int(number))
+            indices, paths, names, foreign = _pending_batch(self.out / jobs.PENDING_FILE, int(number))
             shards = self.out / jobs.SHARDS_DIR
             done = shards / jobs.shard_names(indices[0])[1]
             if done.exists():  # committed before this task was retried: not redone
@@ -180,7 +182,7 @@ class AnalyzeBatch:
                 n_faces = int(sum(table.column(0).to_pylist()))
                 n_errors = sum(e is not None for e in table.column(1).to_pylist())
             else:
-                results = [self._analyse(p, name) for p, name in zip(paths, names, strict=True)]
+                results = [self._analyse(*item) for item in zip(paths, names, foreign, strict=True)]
                 n_faces, n_errors = jobs.write_batch(shards, indices, results, embeddings=self.embeddings)
             firsts.append(indices[0])
             images.append(len(indices))
@@ -189,22 +191,26 @@ class AnalyzeBatch:
         return {"first": np.asarray(firsts), "images": np.asarray(images), "faces": np.asarray(faces),
                 "errors": np.asarray(errors)}
 
-    def _analyse(self, path: str, annotated: str | None) -> ImageResult:
-        """One image's result, its annotated copy written first as the in-process engine writes it (a
-        failed write becomes the image's error there too)."""
+    def _analyse(self, path: str, annotated: str | None, foreign: bool) -> ImageResult:
+        """One image's result, its annotated copy written first and then listed, as the in-process engine
+        does: never over a file of the user's (``foreign``), and a failed write becomes the image's error."""
         from faceflow.draw import annotate, encode_image
-        from faceflow.outputs import ANNOTATED_DIR, save_annotated
+        from faceflow.outputs import ANNOTATED_DIR, append_annotated_list, not_ours, save_annotated
 
         result, image = self.analyzer.analyze_file(path)
         if annotated is None or image is None or result.error:
             return result
-        target = self.out / ANNOTATED_DIR / annotated
+        root = self.out / ANNOTATED_DIR
+        target = root / annotated
         try:
-            problem = save_annotated(target, encode_image(annotate(image, result.faces), target.suffix))
+            problem = not_ours(target) if foreign else save_annotated(
+                target, encode_image(annotate(image, result.faces), target.suffix))
         except ValueError as exc:
             problem = f"annotated image not written: {exc}"
         if problem:
             result.error = problem
+        else:
+            append_annotated_list(root, Path(annotated))
         return result
 
 

@@ -49,10 +49,12 @@ from faceflow.extras import require
 from faceflow.models.store import sha256_file
 from faceflow.outputs import (
     ANNOTATED_DIR,
+    annotated_key,
     common_folder,
     display_path,
     iter_annotated_names,
     json_line,
+    read_annotated_list,
     refresh_annotated_list,
 )
 from faceflow.types import Face, ImageResult
@@ -291,13 +293,15 @@ class SpillingKeySet:
 
 
 def name_annotated(manifest: Path, folders: Sequence[str | os.PathLike[str]], out: Path,
-                   *, memory_keys: int = 500_000) -> int:
+                   *, memory_keys: int = 500_000) -> tuple[int, npt.NDArray[np.bool_]]:
     """Fill the ``annotated`` column of ``manifest`` (rewritten in place): each input's annotated image
     name as the in-process engine gives it when named the ``folders`` among the inputs and each other
     input file as such; remove the images an earlier run listed in ``out/annotated`` and this one does
-    not name; returns how many were removed. An input inside ``out/annotated`` is a :class:`ConfigError`.
-    Memory: one chunk of rows, and the names given out (to keep them distinct), moved to a temporary
-    SQLite file past ``memory_keys`` of them."""
+    not name, and list only those it keeps (the actors list each image once written, as in process).
+    Returns how many were removed and, per manifest index, whether a file no earlier run listed is at
+    its name (the user's: never replaced). An input inside ``out/annotated`` is a :class:`ConfigError`.
+    Memory: one chunk of rows, and the names given out (to keep them distinct) and those listed before,
+    each moved to a temporary SQLite file past ``memory_keys`` of them."""
     root = out / ANNOTATED_DIR
 
     def paths() -> Iterator[str]:
@@ -306,16 +310,21 @@ def name_annotated(manifest: Path, folders: Sequence[str | os.PathLike[str]], ou
 
     common = common_folder(folders, paths())
     below = os.path.realpath(root).rstrip(os.sep) + os.sep
-    taken = SpillingKeySet(memory_keys)
+    taken, listed = SpillingKeySet(memory_keys), SpillingKeySet(memory_keys)
     try:
-        return _name_annotated(manifest, common, below, root, taken)
+        for rel in read_annotated_list(root):
+            listed.add(annotated_key(rel))
+        return _name_annotated(manifest, common, below, root, taken, listed)
     finally:
         taken.close()
+        listed.close()
 
 
-def _name_annotated(manifest: Path, common: str | None, below: str, root: Path, taken: SpillingKeySet) -> int:
-    """:func:`name_annotated` once the common folder is known."""
+def _name_annotated(manifest: Path, common: str | None, below: str, root: Path, taken: SpillingKeySet,
+                    listed: SpillingKeySet) -> tuple[int, npt.NDArray[np.bool_]]:
+    """:func:`name_annotated` once the common folder and the names listed before are known."""
     pa, pq = _pa(), _pq()
+    foreign = np.zeros(pq.ParquetFile(manifest).metadata.num_rows, bool)
     tmp = manifest.with_name(manifest.name + ".named")
     with pq.ParquetWriter(tmp, manifest_schema()) as writer:
         for batch in _manifest_batches(manifest, manifest_schema().names):
@@ -325,17 +334,21 @@ def _name_annotated(manifest: Path, common: str | None, below: str, root: Path, 
                 raise ConfigError(f"input {display_path(clash)} lies in {display_path(root)}, where "
                                   "annotated images are written: choose another --out")
             rel = (Path(os.path.relpath(os.path.abspath(f), common)) for f in files)
-            names = [os.fsencode(n) for n in iter_annotated_names(rel, taken)]
+            named = list(iter_annotated_names(rel, taken))
+            indices = batch.column(batch.schema.get_field_index("index")).to_numpy()
+            foreign[indices] = [annotated_key(n) not in listed and os.path.lexists(root / n) for n in named]
+            names = [os.fsencode(n) for n in named]
             table = pa.Table.from_batches([batch])
             writer.write_table(table.set_column(table.schema.get_field_index("annotated"), "annotated",
                                                 pa.array(names, pa.binary())))
     os.replace(tmp, manifest)
 
-    def listed() -> Iterator[Path]:
+    def kept() -> Iterator[Path]:
         for batch in _manifest_batches(manifest, ["annotated"]):
-            yield from (Path(os.fsdecode(b)) for b in batch.column(0).to_pylist())
+            names = (Path(os.fsdecode(b)) for b in batch.column(0).to_pylist())
+            yield from (n for n in names if annotated_key(n) in listed)
 
-    return len(refresh_annotated_list(root, listed(), taken, set()))
+    return len(refresh_annotated_list(root, kept(), taken, set())), foreign
 
 
 # -- shards -----------------------------------------------------------------------------------------
@@ -415,7 +428,8 @@ class JobPlan:
     dropped_shards: int
     """Shards removed: half-written, overlapping, or holding an input that changed."""
     pending: Path
-    """Parquet file of the pending inputs (``index``, ``path_bytes``, ``annotated``), in input order."""
+    """Parquet file of the pending inputs (``index``, ``path_bytes``, ``annotated``, ``foreign``: a file
+    no earlier run listed is at the annotated name), in input order."""
     stale_annotated: int = 0
     """Annotated images of an earlier run removed because this run names none like them."""
 
@@ -464,7 +478,7 @@ def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False,
     manifest = out / MANIFEST_FILE
     new = out / (MANIFEST_FILE + ".new")
     total = write_manifest(files, new, content_hash=content_hash)
-    stale = name_annotated(new, annotate, out) if annotate is not None else 0
+    stale, foreign = name_annotated(new, annotate, out) if annotate is not None else (0, np.zeros(total, bool))
     settings_file = out / SETTINGS_FILE
     same = settings_file.is_file() and settings_file.read_text(encoding="utf-8") == settings
     if manifest.exists() and same:
@@ -478,13 +492,15 @@ def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False,
         tmp.write_text(settings, encoding="utf-8")
         os.replace(tmp, settings_file)
     pending = out / PENDING_FILE
-    schema = pa.schema([("index", pa.int64()), ("path_bytes", pa.binary()), ("annotated", pa.binary())])
+    schema = pa.schema([("index", pa.int64()), ("path_bytes", pa.binary()), ("annotated", pa.binary()),
+                        ("foreign", pa.bool_())])
     with pq.ParquetWriter(pending, schema) as writer:
         for batch in _manifest_batches(manifest, ["index", "path_bytes", "annotated"]):
             idx = batch.column(0).to_numpy()
             keep = ~done[idx]
             if keep.any():
-                writer.write_table(pa.Table.from_batches([batch]).filter(pa.array(keep)))
+                table = pa.Table.from_batches([batch]).append_column("foreign", pa.array(foreign[idx]))
+                writer.write_table(table.filter(pa.array(keep)))
     return JobPlan(total, int(done.sum()), dropped, pending, stale)
 
 
