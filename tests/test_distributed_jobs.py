@@ -77,6 +77,28 @@ def test_rerun_keeps_committed_batches_drops_torn_and_changed_ones(tmp_path: Pat
     assert pq.read_table(third.pending).column("index").to_pylist() == [4, 5, 6, 7, 8, 9]
 
 
+def test_a_run_killed_while_reconciling_still_redoes_the_changed_batch(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill while the shards are reconciled (here, an interrupt raised as the first shard is looked at)
+    must not leave the new manifest beside the old shards: the rerun would then see no change and keep
+    the results of content that is gone."""
+    files = _files(tmp_path, 10)
+    out = tmp_path / "job"
+    _run(out, files, 4)
+    files[9].write_bytes(b"changed content")
+    real = jobs._kept_shards
+
+    def killed(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "_kept_shards", killed)
+    with pytest.raises(KeyboardInterrupt):
+        jobs.plan_job(out, files)
+    monkeypatch.setattr(jobs, "_kept_shards", real)
+    again = jobs.plan_job(out, files)
+    assert (again.done, again.dropped_shards) == (8, 1)
+
+
 def test_rerun_with_other_analysis_settings_redoes_every_batch(tmp_path: Path) -> None:
     """Shards computed with other settings (stages, stage options, embeddings) are not this job's results."""
     import pyarrow.parquet as pq

@@ -485,8 +485,10 @@ def plan_job(out: Path, files: Iterable[Path], *, content_hash: bool = False,
         changed = changed_indices(manifest, new, total, content_hash=content_hash)
     else:
         changed = np.ones(total, bool)  # no manifest, or other settings: any shard there is not this job's
-    os.replace(new, manifest)
+    # the changed inputs' shards go before the new manifest takes the old one's place: a run killed in
+    # between still has the old manifest, so the next one finds the same changes (never the reverse)
     done, dropped = _kept_shards(shards, changed, total)
+    os.replace(new, manifest)
     if not same:  # only now: a run killed before leaves the old settings, so the next one drops again
         tmp = settings_file.with_name(SETTINGS_FILE + ".tmp")
         tmp.write_text(settings, encoding="utf-8")
