@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from faceflow import distributed_cli, gallery_cli, liveness_cli, serve_cli
-from faceflow.cli_base import ErrorExitGroup, console, exit_code, warn
+from faceflow.cli_base import ErrorExitGroup, console, exit_code, report_item_errors, warn
 from faceflow.cli_base import fail_usage as _fail_usage
 from faceflow.cli_base import progress as _progress
 from faceflow.errors import ConfigError, FaceflowError
@@ -166,7 +166,6 @@ def analyze(
         check_out_dir,
         display_path,
         inside,
-        item_error,
         json_line,
         open_for_writing,
         prepare_out_dir,
@@ -349,7 +348,6 @@ def anonymize(
         AnnotatedWriter,
         check_out_dir,
         inside,
-        item_error,
         json_line,
         open_for_writing,
         prepare_out_dir,
@@ -531,23 +529,8 @@ def _eval(label: str, run: Callable[[], dict[str, Any]], root: Path, json_out: P
         write_report(results, report)
         console.print(f"report: {report / 'report.md'}")
     console.print(f"wall time {result['wall_seconds']} s")
-    if _report_item_errors(result):
+    if report_item_errors(result):
         raise typer.Exit(1)
-
-
-def _report_item_errors(result: dict[str, Any], shown: int = 5) -> int:
-    """Name the items a protocol could not evaluate (the first ``shown`` of them) on stderr and return how
-    many there were: a batch with failed items exits 1 instead of passing them off as faces not found."""
-    errors = result.get("errors") or []
-    if errors:
-        total = result.get("images")
-        of = f" of {total}" if isinstance(total, int) else ""
-        console.print(f"[red]{len(errors)}{of} items failed[/red] (all listed under \"errors\" in --json):")
-        for e in errors[:shown]:
-            console.print(f"  {escape(item_error(e['path'], e['error']))}")
-        if len(errors) > shown:
-            console.print(f"  ... and {len(errors) - shown} more")
-    return len(errors)
 
 
 @eval_app.command("lfw")
@@ -625,7 +608,7 @@ def eval_anonymize(
     if json_out:
         write_json({"anonymize": result}, json_out)
     console.print(f"wall time {result['wall_seconds']} s")
-    if _report_item_errors(result):
+    if report_item_errors(result):
         raise typer.Exit(1)
 
 
@@ -789,7 +772,7 @@ def eval_quality(root: RootOpt, json_out: JsonOpt = None, cache: CacheOpt = True
         plot_erc(result, plot)
         console.print(f"plot: {plot}", markup=False)
     console.print(f"wall time {result['wall_seconds']} s")
-    if _report_item_errors(result):
+    if report_item_errors(result):
         raise typer.Exit(1)
 
 

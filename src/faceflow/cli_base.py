@@ -29,6 +29,7 @@ from faceflow.errors import (
     NoFaceFound,
     StoreUnavailable,
 )
+from faceflow.outputs import item_error
 
 console = Console(stderr=True, soft_wrap=True)  # messages keep paths whole (no wrapping mid-path)
 
@@ -93,3 +94,18 @@ def progress() -> Progress:
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, transient=False, disable=not console.is_terminal,
     )
+
+
+def report_item_errors(result: dict[str, Any], shown: int = 5) -> int:
+    """Name the items a protocol could not evaluate (the first ``shown`` of them) on stderr and return how
+    many there were: a batch with failed items exits 1 instead of passing them off as faces not found."""
+    errors = result.get("errors") or []
+    if errors:
+        total = result.get("images")
+        of = f" of {total}" if isinstance(total, int) else ""
+        console.print(f"[red]{len(errors)}{of} items failed[/red] (all listed under \"errors\" in --json):")
+        for e in errors[:shown]:
+            console.print(f"  {escape(item_error(e['path'], e['error']))}")
+        if len(errors) > shown:
+            console.print(f"  ... and {len(errors) - shown} more")
+    return len(errors)

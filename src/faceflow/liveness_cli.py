@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faceflow.cli_base import INPUT_FAILED, OK, console, fail_usage
+from faceflow.cli_base import INPUT_FAILED, OK, console, fail_usage, report_item_errors
 from faceflow.errors import FaceflowError
 from faceflow.liveness.candidates import NETWORKS, names
 
@@ -166,7 +166,6 @@ def eval_antispoof(
     if plot:
         console.print(f"plot: {plot_det(result, plot)}", markup=False)
     console.print(f"wall time {time.perf_counter() - t0:.1f} s", markup=False)
-    from faceflow.cli import _report_item_errors
 
-    if _report_item_errors(result):  # figures without the broken images: say so, and exit 1
+    if report_item_errors(result):  # figures without the broken images: say so, and exit 1
         raise typer.Exit(1)

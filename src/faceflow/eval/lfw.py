@@ -240,9 +240,12 @@ def run_lfw(
         seconds += secs or 0.0
         if emb is None and secs is not None:
             failures += 1
-        if emb is None and secs is not None and fallback_fn is not None:  # no face; an error is not retried
-            emb, secs = run_item(path, fallback_fn, None, errors)
+        if emb is None and fallback_fn is not None:  # no face, or an error the fallback may get past
+            again: list[dict[str, str]] = []
+            emb, secs = run_item(path, fallback_fn, None, again)
             seconds += secs or 0.0
+            if not any(e["path"] == str(path) for e in errors):  # an image is listed once, however it failed
+                errors.extend(again)
         if emb is not None:
             embeddings[path] = np.asarray(emb, np.float64).reshape(-1)
     labels = np.array([p.same for p in pairs])
