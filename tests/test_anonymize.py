@@ -347,6 +347,12 @@ def test_cli_never_writes_a_video_over_a_file_of_the_users(tmp_path: Path, datas
         assert probe(out / "clip.mp4").frames == probe(src / "clip.mp4").frames
     record = json.loads((out / "anonymize.jsonl").read_text().splitlines()[-1])
     assert record["error"] is None and record["output"].endswith("clip.mp4")
+    # a video named outright inside --out, where it would be written over itself: refused by name, kept
+    before = (src / "clip.mp4").read_bytes()
+    itself = subprocess.run([sys.executable, "-m", "faceflow.cli", "anonymize", str(src / "clip.mp4"), "--out",
+                             str(src)], capture_output=True, text=True, timeout=600)
+    assert itself.returncode == 1 and "is an input" in itself.stderr, itself.stderr
+    assert (src / "clip.mp4").read_bytes() == before
 
 
 def test_codec_family_is_kept(tmp_path: Path) -> None:

@@ -188,7 +188,10 @@ def analyze(
     # Every image-named entry gets a line, unreadable ones too; an --out inside an input is not input.
     annotated_dir = out / ANNOTATED_DIR
     files = [f for f in iter_image_files(paths, exclude=[out, annotated_dir], unreadable=True) if not is_video(f)]
-    videos = [v for v in iter_video_files(paths) if not inside(v, out)]
+    # videos found in a folder skip OUT (earlier outputs); a video named outright is kept and then
+    # refused by name if writing it would mean writing over itself
+    named = {p for p in paths if not p.is_dir()}
+    videos = [v for v in iter_video_files(paths) if v in named or not inside(v, out)]
     if not files and not videos:
         raise ConfigError("no image or video files found in " + ", ".join(map(display_path, paths)))
     videos_failed = 0
@@ -364,7 +367,10 @@ def anonymize(
                                color=rgb, recall=recall, detector=detector, threshold=threshold)  # type: ignore[arg-type]
     check_out_dir(out)
     files = [f for f in iter_image_files(paths, exclude=[out], unreadable=True) if not is_video(f)]
-    videos = [v for v in iter_video_files(paths) if not inside(v, out)]
+    # videos found in a folder skip OUT (earlier outputs); a video named outright is kept and then
+    # refused by name if writing it would mean writing over itself
+    named = {p for p in paths if not p.is_dir()}
+    videos = [v for v in iter_video_files(paths) if v in named or not inside(v, out)]
     if not files and not videos:
         raise ConfigError("no image or video files found in " + ", ".join(map(display_path, paths)))
     prepare_out_dir(out)
