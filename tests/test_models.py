@@ -173,6 +173,31 @@ def test_failed_fetch_leaves_no_partial_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [registry.HAAR_FILE.name]
 
 
+def test_a_killed_fetchs_leftovers_are_swept_and_a_running_ones_kept(tmp_path: Path) -> None:
+    """A fetch killed with -9 leaves its download folder (the whole archive, 100 MB for dlib's) and maybe
+    a partial file; the next fetch or pull removes those untouched for an hour, never a fresh one."""
+    import os
+    import time
+
+    from faceflow.models.store import DOWNLOAD_PREFIX
+
+    old_dir, new_dir = tmp_path / f"{DOWNLOAD_PREFIX}old", tmp_path / f"{DOWNLOAD_PREFIX}new"
+    for d in (old_dir, new_dir):
+        d.mkdir()
+        (d / "archive.whl").write_bytes(b"x" * 1000)
+    old_part, new_part = tmp_path / "a.onnx.0123456789ab.part", tmp_path / "b.onnx.0123456789ab.part"
+    old_part.write_bytes(b"half")
+    new_part.write_bytes(b"half")
+    kept = tmp_path / "model.onnx"
+    kept.write_bytes(b"a model")
+    two_hours_ago = time.time() - 7200
+    for p in (old_dir / "archive.whl", old_dir, old_part, kept):
+        os.utime(p, (two_hours_ago, two_hours_ago))
+    removed = ModelStore(cache_dir=tmp_path).sweep_stale()
+    assert sorted(removed) == sorted([old_dir, old_part])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new_dir.name, new_part.name, kept.name])
+
+
 def test_unusable_cache_is_a_model_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache that cannot be written (FACEFLOW_HOME a file, a read-only disk) or a derived file that
     cannot be placed is a ModelUnavailable naming the model and the place, so a pull reports it and

