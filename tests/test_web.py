@@ -448,3 +448,22 @@ def test_live_mode_sends_fake_camera_frames_one_at_a_time_and_draws_boxes(camera
     assert in_flight["most"] == 1, "never more than one frame in flight"
     assert in_flight["sent"] <= 10 * elapsed + 2, f"{in_flight['sent']} frames in {elapsed:.1f} s at 10 frames/s"
     assert "face" in page.inner_text("#live-stats")
+
+
+def test_a_key_entered_before_the_script_runs_stays_out_of_the_url_and_the_log(browser: Any, service: Service) -> None:
+    """Enter pressed in the key field while app.js is not (yet) running submits the form the browser's
+    way: the key must not become a query parameter (address bar, history, the server's access log)."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        page.route("**/static/app.js", lambda route: route.abort())  # a slow or failed script load
+        page.goto(service.url + "/")
+        page.fill("#api-key", service.key)
+        with page.expect_navigation():
+            page.press("#api-key", "Enter")
+        assert service.key not in page.url
+    finally:
+        context.close()
+    assert service.key not in service.server.stdout.read_text(errors="replace")
+    assert service.key not in service.server.logs()
