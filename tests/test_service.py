@@ -111,6 +111,18 @@ def test_health_ready_metrics_and_page(server: Server) -> None:
     assert "faceflow_queue_depth" in metrics
 
 
+def test_page_is_served_with_protective_headers(server: Server) -> None:
+    """The page holds an API key: no other site may frame it (clickjacking; a <meta> policy cannot say
+    frame-ancestors), no answer is content-sniffed, no address leaks as a referrer."""
+    page = httpx.get(server.url + "/")
+    policy = page.headers.get("content-security-policy", "")
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy, policy
+    assert page.headers.get("x-frame-options") == "DENY"
+    assert page.headers.get("referrer-policy") == "no-referrer"
+    for path in ("/", "/static/app.js", "/healthz", "/v1/me"):
+        assert httpx.get(server.url + path).headers.get("x-content-type-options") == "nosniff", path
+
+
 def test_docs_page_works_offline(server: Server) -> None:
     page = httpx.get(server.url + "/docs")
     assert page.status_code == 200 and "/openapi.json" in page.text

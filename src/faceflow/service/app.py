@@ -29,6 +29,11 @@ from faceflow.service.settings import ServeSettings
 from faceflow.service.state import ServiceState
 
 STATIC_DIR = Path(__file__).with_name("static")
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+               "connect-src 'self'; media-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+               "form-action 'self'; frame-ancestors 'none'")
+"""The web page's Content-Security-Policy header: index.html's <meta> policy plus frame-ancestors,
+which only a header can carry (the page holds an API key: no other site may frame it)."""
 log = logging.getLogger("faceflow.service")
 
 _ERROR_STATUSES = {400: "Bad request", 401: "No or invalid API key", 403: "Scope too weak",
@@ -119,7 +124,7 @@ def create_app(settings: ServeSettings | None = None, *, state: ServiceState | N
         page = STATIC_DIR / "index.html"
         if not page.is_file():
             return JSONResponse({"code": "not_found", "message": "no web page installed"}, status_code=404)
-        return FileResponse(page, media_type="text/html")
+        return FileResponse(page, media_type="text/html", headers={"Content-Security-Policy": PAGE_POLICY})
 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -130,7 +135,8 @@ def create_app(settings: ServeSettings | None = None, *, state: ServiceState | N
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
-    app.add_middleware(Observe)  # outermost: refusals by the limits are counted too
+    app.add_middleware(Observe)  # refusals by the limits are counted too
+    app.add_middleware(SecurityHeaders)  # outermost: every answer has them, refusals included
     return app
 
 
@@ -148,6 +154,31 @@ def _offline_docs(app: FastAPI) -> None:
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+
+class SecurityHeaders:
+    """ASGI middleware: every answer is neither content-sniffed nor framed, nor sends a referrer."""
+
+    HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+               (b"referrer-policy", b"no-referrer"))
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def add(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {name.lower() for name, _ in headers}
+                headers += [h for h in self.HEADERS if h[0] not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, add)
 
 
 class Observe:
