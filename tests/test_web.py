@@ -467,3 +467,22 @@ def test_a_key_entered_before_the_script_runs_stays_out_of_the_url_and_the_log(b
         context.close()
     assert service.key not in service.server.stdout.read_text(errors="replace")
     assert service.key not in service.server.logs()
+
+
+def test_a_file_that_is_not_an_image_gets_a_message_not_silence(page: Any, service: Service, tmp_path: Path) -> None:
+    """A PDF chosen through the file dialog's "all files" (or dropped) is answered with the service's
+    reason, in place of an earlier message, rather than ignored without a word."""
+    sign_in(page, service.key)
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"no pixels here")
+    page.set_input_files("#analyze-file", str(text))
+    page.wait_for_selector("#analyze-error", state="visible", timeout=15_000)
+    first = page.inner_text("#analyze-error")
+    pdf = tmp_path / "minutes.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n")
+    with page.expect_response(lambda r: "/v1/analyze" in r.url, timeout=15_000) as answer:
+        page.set_input_files("#analyze-file", str(pdf))
+    assert answer.value.status == 422
+    page.wait_for_function("(old) => document.getElementById('analyze-error').innerText !== old", arg=first)
+    assert page.inner_text("#analyze-error") == "minutes.pdf: " + answer.value.json()["message"]
+    assert page.inner_text("#analyze-status") == ""

@@ -197,11 +197,11 @@
 
   // ---------------------------------------------------------------- drop zones
 
-  /** Make a label+file-input pair accept drops and clicks; `onFiles` gets an array of image files. */
+  /** Make a label+file-input pair accept drops and clicks; `onFiles` gets the array of files. Files that
+   * are not images go too: the service's answer says why it refuses one (ignoring it said nothing). */
   function dropZone(zone, input, onFiles) {
     const take = (files) => {
-      const images = [...files].filter((f) => !f.type || f.type.startsWith("image/"));
-      if (images.length) onFiles(images);
+      if (files.length) onFiles([...files]);
     };
     input.addEventListener("change", () => { take(input.files); input.value = ""; });
     zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
