@@ -486,3 +486,45 @@ def test_a_file_that_is_not_an_image_gets_a_message_not_silence(page: Any, servi
     page.wait_for_function("(old) => document.getElementById('analyze-error').innerText !== old", arg=first)
     assert page.inner_text("#analyze-error") == "minutes.pdf: " + answer.value.json()["message"]
     assert page.inner_text("#analyze-status") == ""
+
+
+def test_a_right_to_left_override_in_a_subject_name_cannot_reorder_the_text_around_it(
+        page: Any, service: Service, dataset: Callable[..., Path]) -> None:
+    """A subject named with U+202E (right-to-left override, which the service accepts) is shown as
+    itself: the face count after it and the face's number stay to its right, as for any name."""
+    name = "\u202eeve"
+    sign_in(page, service.key)
+    page.click("#tab-gallery")
+    page.fill("#gallery-name", "web_bidi")
+    page.click("#gallery-create-btn")
+    page.wait_for_selector("#gallery-select option[value=web_bidi]", state="attached")
+    page.fill("#enrol-subject", name)
+    with page.expect_response(lambda r: r.url.endswith("/faces") and r.request.method == "POST", timeout=30_000):
+        page.set_input_files("#enrol-file", str(dataset("samples", "face_recognition", "examples", "knn_examples",
+                                                        "train", "obama", "obama.jpg")))
+    page.wait_for_selector("#face-list li", timeout=15_000)
+    # x of each character of the list entry's text as drawn: the name's then what follows it
+    where = """([span, name]) => {
+        const walker = document.createTreeWalker(span, NodeFilter.SHOW_TEXT);
+        const xs = [];
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (let i = 0; i < node.length; i++) {
+                const range = document.createRange();
+                range.setStart(node, i);
+                range.setEnd(node, i + 1);
+                const r = range.getBoundingClientRect();
+                if (r.width > 0) xs.push([node.data[i], r.left, r.right]);
+            }
+        }
+        const shown = [...name].filter((c) => c !== "\\u202e").length;
+        return { name: xs.slice(0, shown), rest: xs.slice(shown) };
+    }"""
+    for selector in ("#subject-list li span", "#face-list li span"):
+        span = page.locator(selector).first
+        assert span.inner_text().startswith(name)
+        xs = page.evaluate(where, [span.element_handle(), name])
+        name_right = max(r for _, _, r in xs["name"])
+        assert all(left >= name_right - 0.5 for _, left, _ in xs["rest"]), (selector, xs)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#gallery-delete")
+    page.wait_for_selector("#gallery-select option[value=web_bidi]", state="detached")

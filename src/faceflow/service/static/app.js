@@ -188,6 +188,14 @@
     return parts.join(" · ");
   }
 
+  /** A name (of a subject, a file) as an isolated run: a right-to-left or override character in it
+   * cannot reorder the text around it. */
+  function bdi(text) {
+    const el = document.createElement("bdi");
+    el.textContent = text;
+    return el;
+  }
+
   function cell(row, text) {
     const td = document.createElement("td");
     td.textContent = text;
@@ -457,7 +465,7 @@
       const li = document.createElement("li");
       const { name, faces: count } = item;
       const text = document.createElement("span");
-      text.textContent = `${name} (${count} face${count === 1 ? "" : "s"})`;
+      text.append(bdi(name), ` (${count} face${count === 1 ? "" : "s"})`);
       li.dataset.subject = name;
       li.dataset.testid = "subject";
       li.append(text, deleteButton(`Delete ${name} and all their faces`, "subject-delete",
@@ -469,7 +477,8 @@
       li.dataset.testid = "gallery-face";
       li.dataset.faceId = String(item.id);
       const text = document.createElement("span");
-      text.textContent = `${item.subject} · face ${item.id}${item.upload ? ` · ${item.upload}` : ""}`;
+      text.append(bdi(item.subject), ` · face ${item.id}`);
+      if (item.upload) text.append(" · ", bdi(item.upload));
       li.append(text, deleteButton(`Delete face ${item.id} of ${item.subject}`, "face-delete",
         `/v1/galleries/${enc(g)}/faces/${enc(item.id)}`));
       return li;
@@ -592,8 +601,9 @@
         const who = cell(row, f.subject ?? "unknown");
         who.dataset.testid = "match-subject";
         cell(row, fmt(f.similarity, 3));
-        cell(row, f.matches.filter((m) => m.subject !== f.subject)
-          .map((m) => `${m.subject} ${fmt(m.similarity, 2)}`).join(", ") || "–");
+        const others = f.matches.filter((m) => m.subject !== f.subject);
+        const td = cell(row, others.length ? "" : "–");
+        others.forEach((m, k) => td.append(k ? ", " : "", bdi(m.subject), ` ${fmt(m.similarity, 2)}`));
       });
       table.hidden = faces.length === 0;
       status.textContent = `${faces.length} face${faces.length === 1 ? "" : "s"}; known: ${named.join(", ") || "none"}`;
