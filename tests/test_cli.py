@@ -195,6 +195,18 @@ def test_a_name_that_is_not_utf8(tmp_path: Path, small_face: PILImage.Image) -> 
     assert annotated == [b".faceflow-annotated", b"caf\xe9 \xff.jpg", b"ok.png"]
 
 
+def test_verify_prints_a_name_that_is_not_utf8(tmp_path: Path, small_face: PILImage.Image) -> None:
+    """verify's text line printed the raw name: on a strict UTF-8 stdout (a UTF-8 locale other than C,
+    PYTHONIOENCODING=utf-8) it died in a UnicodeEncodeError traceback after the comparison had run."""
+    name = os.fsencode(tmp_path) + b"/caf\xe9 \xff.jpg"
+    small_face.save(os.fsdecode(name), format="JPEG")
+    proc = subprocess.run([*FACEFLOW, "verify", os.fsdecode(name), os.fsdecode(name)], capture_output=True,
+                          timeout=600, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    text = proc.stdout.decode("utf-8")  # strict: valid UTF-8
+    assert text.startswith("same person") and text.count(f"{tmp_path}/caf\\xe9 \\xff.jpg [") == 2
+
+
 def test_a_link_to_an_image_outside_the_folder(tmp_path: Path, small_face: PILImage.Image) -> None:
     """pipeline.result_paths raised ValueError before anything ran."""
     (tmp_path / "elsewhere").mkdir()

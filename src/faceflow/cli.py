@@ -476,14 +476,14 @@ def verify(
     assert v.boxes is not None and v.faces_found is not None
     for path, box, n in zip((image_a, image_b), v.boxes, v.faces_found, strict=True):
         if n > 1:
-            warn(f"{path} shows {n} faces; compared the largest, at {_box_text(box)}")
+            warn(f"{display_path(path)} shows {n} faces; compared the largest, at {_box_text(box)}")
     if as_json:
         print(json.dumps(v.to_dict()))
     else:
         verdict = "same person" if v.same else "different people"
         print(f"{verdict}: similarity {v.similarity:.4f}, threshold {v.threshold:.4f} "
-              f"({model}, calibrated at FMR {v.far:g}); faces compared: {image_a} {_box_text(v.boxes[0])}, "
-              f"{image_b} {_box_text(v.boxes[1])}")
+              f"({model}, calibrated at FMR {v.far:g}); faces compared: {display_path(image_a)} "
+              f"{_box_text(v.boxes[0])}, {display_path(image_b)} {_box_text(v.boxes[1])}")
 
 
 def _box_text(box: list[float]) -> str:
