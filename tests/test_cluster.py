@@ -35,6 +35,31 @@ def test_faces_of_one_photo_never_share_a_cluster() -> None:
     assert len(set(average_linkage(x, ["p1", "p2", "p3"], 0.5))) == 1  # in separate photos they merge
 
 
+@pytest.mark.parametrize("threshold", [float("nan"), float("-inf"), -1.5, 1.5])
+def test_a_threshold_that_is_no_cosine_similarity_is_refused(threshold: float) -> None:
+    """A NaN threshold passes no ``s < threshold`` test, so every face merged with every other photo's
+    (people who look nothing alike in one cluster). It, infinities and values outside [-1, 1] are refused."""
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    with pytest.raises(ConfigError, match=r"cosine similarity in \[-1, 1\]"):
+        average_linkage(x, ["p1", "p2", "p3"], threshold)
+    with pytest.raises(ConfigError, match=r"cosine similarity in \[-1, 1\]"):
+        update_clusters(x, ["p1", "p2", "p3"], [-1, -1, -1], threshold)
+    assert len(set(average_linkage(x, ["p1", "p2", "p3"], -1.0))) == 1  # the ends of the range still work
+    assert len(set(average_linkage(x, ["p1", "p2", "p3"], 1.0))) == 3
+
+
+def test_folder_clustering_options_are_checked() -> None:
+    """``faceflow cluster`` took any --threshold, --min-size, --min-face and --min-score (``faceflow gallery
+    cluster`` refuses the same values): NaN merged everyone and wrote ``"threshold": NaN``, which is not JSON."""
+    from faceflow.gallery.folders import ClusterOptions
+
+    assert ClusterOptions(threshold=-1.0, min_face=0.0, min_score=0.0, min_cluster_size=1).threshold == -1.0
+    for bad in ({"threshold": float("nan")}, {"threshold": 1.01}, {"min_cluster_size": 0},
+                {"min_face": float("nan")}, {"min_score": float("nan")}):
+        with pytest.raises(ConfigError):
+            ClusterOptions(**bad)  # type: ignore[arg-type]
+
+
 def test_constraint_holds_on_random_photo_library() -> None:
     rng = np.random.default_rng(1)
     people = rng.standard_normal((20, 32))

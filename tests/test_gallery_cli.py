@@ -96,6 +96,18 @@ def test_cluster_refuses_an_output_folder_of_another_model(run, knn: Path, tmp_p
     assert "was clustered with sface@" in message and "use another --out" in message
 
 
+@pytest.mark.parametrize("option", [("--threshold", "nan"), ("--threshold", "-2"), ("--min-size", "0"),
+                                    ("--min-score", "nan")])
+def test_cluster_refuses_odd_options_before_any_work(knn: Path, tmp_path: Path, option: tuple[str, str]) -> None:
+    """A usage error (exit 2) naming the option, and no output written; before, --threshold nan clustered
+    two people together and wrote a clusters.json with ``NaN`` in it (exit 0)."""
+    out = tmp_path / "clusters"
+    result = CliRunner().invoke(standalone, ["cluster", str(knn / "test" / "obama1.jpg"), "--out", str(out), *option])
+    assert result.exit_code == 2, result.output
+    assert option[0] in " ".join(result.output.split())
+    assert not out.exists()
+
+
 def _invoke(*args: object) -> tuple[int, str]:
     result = CliRunner().invoke(standalone, [str(a) for a in args])
     return result.exit_code, " ".join(result.output.split())  # the console wraps long lines

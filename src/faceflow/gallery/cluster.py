@@ -51,6 +51,17 @@ def cluster_threshold(model: str) -> float:
         raise ConfigError(f"no clustering threshold is known for model {model!r} (known: "
                           f"{', '.join(CLUSTER_THRESHOLDS)}); pass one") from None
 
+
+def check_threshold(threshold: float) -> float:
+    """``threshold`` when it is a cosine similarity, in [-1, 1]; else :class:`ConfigError`. A NaN passes
+    no ``s < threshold`` test, so it would merge every face with every other photo's; values beyond
+    the range mean nothing more than its ends."""
+    if not -1.0 <= threshold <= 1.0:
+        raise ConfigError(f"the clustering threshold (--threshold) is a cosine similarity in [-1, 1], "
+                          f"got {threshold}")
+    return float(threshold)
+
+
 IntArray = npt.NDArray[np.int64]
 
 
@@ -66,6 +77,7 @@ def average_linkage(
     ``groups[i]`` is the photo of row ``i`` (rows of one group never share a cluster); ``init[i] >= 0``
     puts row ``i`` in an initial cluster with the other rows of that label (-1: start alone).
     """
+    check_threshold(threshold)
     x = np.asarray(vectors, dtype=np.float64)
     n = x.shape[0]
     if n == 0:

@@ -9,6 +9,7 @@ the pages.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from faceflow.errors import GalleryError
-from faceflow.gallery.cluster import DEFAULT_CLUSTER_THRESHOLD, update_clusters
+from faceflow.errors import ConfigError, GalleryError
+from faceflow.gallery.cluster import DEFAULT_CLUSTER_THRESHOLD, check_threshold, update_clusters
 from faceflow.gallery.contact_sheet import save_thumbnail, write_contact_sheets
 from faceflow.gallery.store import model_name
 from faceflow.gallery.workflows import ItemFailure, Tick
@@ -40,6 +41,16 @@ class ClusterOptions:
     """Faces whose quality (or, without a quality stage, detector score) is lower are left unassigned."""
     min_cluster_size: int = 2
     """Clusters with fewer faces are reported as "alone" (they still may grow on a later run)."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot mean anything (as ``faceflow gallery cluster`` does), before any work:
+        a NaN passes no comparison, so it would cluster everyone together or leave nothing out silently."""
+        check_threshold(self.threshold)
+        if self.min_cluster_size < 1:
+            raise ConfigError(f"the smallest cluster (--min-size) must be at least 1, got {self.min_cluster_size}")
+        for flag, value in (("--min-face", self.min_face), ("--min-score", self.min_score)):
+            if math.isnan(value):
+                raise ConfigError(f"{flag} must be a number, got {value}")
 
 
 @dataclass
