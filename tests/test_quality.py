@@ -237,6 +237,21 @@ def test_quality_cli_reports_failing_components_and_writes_overlays(tmp_path: Pa
     assert "broken.jpg" in r.output and "good.png face 1" in r.output
 
 
+@pytest.mark.parametrize("below", ["nan", "-5", "101"])
+def test_quality_cli_refuses_a_fail_below_outside_0_100(tmp_path: Path, astronaut: np.ndarray, below: str) -> None:
+    """A usage error (exit 2) before any image is read; before, --fail-below nan listed no component as
+    failing, whatever the face (``components under nan: none``, exit 0)."""
+    from typer.testing import CliRunner
+
+    from faceflow.cli import app
+
+    photo = tmp_path / "a.png"
+    PILImage.fromarray(astronaut).save(photo)
+    r = CliRunner().invoke(app, ["quality", str(photo), "--fail-below", below])
+    assert r.exit_code == 2, r.output
+    assert "--fail-below" in " ".join(r.output.split()) and "face 1" not in r.output
+
+
 def test_enrolment_refuses_low_quality_with_the_reason(tmp_path: Path, astronaut: np.ndarray) -> None:
     from faceflow.gallery.sqlite import SQLiteStore
     from faceflow.gallery.workflows import analyzer_for, create_gallery, enroll

@@ -672,6 +672,8 @@ def quality(
 
     if profile is not None and profile not in PROFILES:
         raise ConfigError(f"unknown quality profile {profile!r}; choose from: {', '.join(PROFILES)}")
+    if not 0.0 <= fail_below <= 100.0:  # a NaN would name no component, whatever the face
+        raise ConfigError(f"--fail-below is a component score in [0, 100], got {fail_below:g}")
     files = iter_image_files(paths, unreadable=True) if out is None else None
     if out is not None:
         check_out_dir(out)
