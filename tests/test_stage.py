@@ -96,7 +96,6 @@ def test_two_stages_may_not_claim_one_name_or_one_cli_flag() -> None:
         toy_registry("COUNTER", "CLASHING").fields()
 
 
-
 def test_every_stage_option_is_reachable_by_keyword_and_on_the_cli() -> None:
     fields = registry().fields()
     assert {f.stage for f in fields} >= {"detect", "mesh", "landmarks", "embed", "attributes"}
@@ -257,3 +256,90 @@ def test_a_plugin_stage_runs_through_the_cli(brightness_plugin: None, tmp_path: 
     (face,) = line["faces"]
     x1, y1, x2, y2 = (int(v) for v in face["box"])
     assert face["brightness"] == pytest.approx(astronaut.mean(axis=2)[y1:y2, x1:x2].mean(), abs=0.6)
+
+
+# -- hostile plug-ins, found through real entry points on sys.path (nothing installed) ------------------
+PLUGIN_MODULE = """
+from dataclasses import dataclass
+
+from faceflow.stage import Stage, StageSpec, option
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+@dataclass(frozen=True)
+class OutOptions:
+    out: str = option("x", "A flag that faceflow analyze has already.", flag="out")
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    detector: str = option("x", "A flag of the built-in detect stage.", flag="detector")
+
+
+class Fine(Stage):
+    name = "fine"
+
+    def __init__(self, options, runtime):
+        pass
+
+    def run(self, image, faces):
+        return faces
+
+
+def spec(name, options=NoOptions, **kw):
+    return StageSpec(name=name, help=name, options=options, factory=Fine, **kw)
+
+
+FINE = spec("fine", needs=("box",), provides=("fine",))
+SHADOW = spec("pose")
+NOT_A_SPEC = {"name": "notspec"}
+NOT_A_DATACLASS = spec("plain", options=int)
+ODD_NAME = spec("my stage,x")
+NEEDS_A_STRING = spec("stringy", needs="box")
+TAKES_DETECTOR = spec("takes", options=DetectorOptions)
+TAKES_OUT = spec("outflag", options=OutOptions)
+"""
+
+PLUGINS = {
+    "fine": "FINE", "boom": "NO_SUCH_ATTRIBUTE", "pose": "SHADOW", "notspec": "NOT_A_SPEC",
+    "plain": "NOT_A_DATACLASS", "odd": "ODD_NAME", "stringy": "NEEDS_A_STRING", "takes": "TAKES_DETECTOR",
+    "outflag": "TAKES_OUT",
+}
+
+
+def write_plugins(root: Path, plugins: dict[str, str]) -> Path:
+    """A distribution ``hostile-plugins`` in ``root`` (module and dist-info, as pip would leave them) whose
+    ``faceflow.stages`` entry points name ``hostile_plugins:ATTR``."""
+    (root / "hostile_plugins.py").write_text(PLUGIN_MODULE)
+    info = root / "hostile_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-plugins\nVersion: 0.1\n")
+    lines = [f"{name} = hostile_plugins:{attr}" for name, attr in plugins.items()]
+    (info / "entry_points.txt").write_text("[faceflow.stages]\n" + "\n".join(lines) + "\n")
+    return root
+
+
+def test_broken_plugins_are_left_out_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.syspath_prepend(str(write_plugins(tmp_path, PLUGINS)))
+    reg = StageRegistry()
+    assert reg.names()[:8] == registry().names()[:8]
+    assert reg["pose"].factory.__module__ == "faceflow.pose"  # type: ignore[union-attr]  # the built-in stays
+    assert reg.plan(["fine"], {}) == ("detect", "fine")
+    assert next(f for f in reg.fields() if f.key == "detector").stage == "detect"  # the built-in keeps it
+    problems = {
+        "boom": "NO_SUCH_ATTRIBUTE", "pose": "two stages are named 'pose'", "notspec": "not a faceflow StageSpec",
+        "plain": "options must be a dataclass", "odd": "'my stage,x' is not a valid stage name",
+        "stringy": "needs must be a tuple", "takes": "--detector is declared by stages 'detect' and 'takes'",
+    }
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for name, problem in problems.items():
+        assert any(f"plug-in {name!r}" in w and problem in w for w in warnings), (name, warnings)
+        if name != "pose":
+            assert name not in reg.names()
+            with pytest.raises(ConfigError, match=f"plug-in {name!r} .*{problem}"):
+                reg.plan([name], {})

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import re
 import threading
 import typing
 from abc import ABC, abstractmethod
@@ -55,6 +56,9 @@ BUILTIN: tuple[str, ...] = (
     "faceflow.liveness:STAGE",
 )
 """The stages that ship with faceflow, in the order used to break ties between independent stages."""
+
+_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+"""A stage name or option flag: it becomes part of CLI flags and Python keywords."""
 
 class Stage(ABC):
     """One step of the pipeline: reads the fields in ``needs``, fills those in ``provides``.
@@ -208,6 +212,7 @@ class StageRegistry:
 
     def _load(self) -> dict[str, StageSpec]:
         specs: dict[str, StageSpec] = {}
+        self._broken: dict[str, str] = {}
         for target in self._sources:
             module, attr = target.split(":")
             self._add(specs, getattr(importlib.import_module(module), attr), target)
@@ -215,22 +220,43 @@ class StageRegistry:
             from importlib.metadata import entry_points
 
             for ep in entry_points(group=ENTRY_POINT_GROUP):
+                # A broken plug-in is left out, named, and must not take the other stages (or the CLI) down.
                 try:
                     obj = ep.load()
-                except Exception as exc:  # a broken plug-in must not take the built-in stages down
-                    log.warning("stage entry point %s (%s) failed to load: %s", ep.name, ep.value, exc)
-                    continue
-                self._add(specs, obj() if callable(obj) and not isinstance(obj, StageSpec) else obj, ep.value)
+                    spec = obj() if callable(obj) and not isinstance(obj, StageSpec) else obj
+                    self._add(specs, spec, ep.value)
+                except Exception as exc:
+                    detail = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+                    problem = f"stage plug-in {ep.name!r} ({ep.value}) is left out: {detail}"
+                    log.warning("%s", problem)
+                    self._broken.setdefault(ep.name, problem)
         return specs
 
     @staticmethod
     def _add(specs: dict[str, StageSpec], spec: Any, origin: str) -> None:
+        """Check ``spec`` (from ``origin``) against the stages in ``specs`` and add it."""
         if not isinstance(spec, StageSpec):
             raise ConfigError(f"{origin} is not a faceflow StageSpec")
+        if not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name):
+            raise ConfigError(f"{origin}: {spec.name!r} is not a valid stage name (lower-case letters, digits, "
+                              f"'_' and '-', starting with a letter)")
         if spec.name in specs:
             raise ConfigError(f"two stages are named {spec.name!r} (the second from {origin})")
-        if not dataclasses.is_dataclass(spec.options):
-            raise ConfigError(f"stage {spec.name!r}: options must be a dataclass")
+        if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):
+            raise ConfigError(f"{origin}: stage {spec.name!r}: options must be a dataclass")
+        for what in ("needs", "provides", "after"):
+            value = getattr(spec, what)
+            if not (callable(value) and what != "after") and not (
+                    isinstance(value, tuple) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"{origin}: stage {spec.name!r}: {what} must be a tuple of field names, "
+                                  f"got {value!r}")
+        taken = {f.key: f.stage for other in specs.values() for f in other.fields()}
+        for f in spec.fields():
+            if not _NAME.fullmatch(f.key):
+                raise ConfigError(f"{origin}: stage {spec.name!r}: {f.key!r} is not a valid option flag")
+            if f.key in taken:
+                raise ConfigError(f"{origin}: option --{f.key} is declared by stages {taken[f.key]!r} and "
+                                  f"{spec.name!r}")
         specs[spec.name] = spec
 
     @property
@@ -241,10 +267,18 @@ class StageRegistry:
                     self._specs = self._load()
         return self._specs
 
+    @property
+    def broken(self) -> dict[str, str]:
+        """Plug-ins left out, by entry-point name: what is wrong with each."""
+        _ = self.specs
+        return self._broken
+
     def __getitem__(self, name: str) -> StageSpec:
         try:
             return self.specs[name]
         except KeyError:
+            if name in self.broken:
+                raise ConfigError(self.broken[name]) from None
             raise ConfigError(f"unknown stage {name!r}; choose from: {', '.join(self.specs)}") from None
 
     def __contains__(self, name: object) -> bool:
