@@ -343,3 +343,21 @@ def test_broken_plugins_are_left_out_and_named(tmp_path: Path, monkeypatch: pyte
             assert name not in reg.names()
             with pytest.raises(ConfigError, match=f"plug-in {name!r} .*{problem}"):
                 reg.plan([name], {})
+
+
+def test_broken_plugins_do_not_break_the_cli(tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "250", "PYTHONPATH": os.pathsep.join(
+        [str(write_plugins(tmp_path, PLUGINS)), str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    for args in (["--help"], ["analyze", "--help"], ["stages"]):
+        run = subprocess.run([*FACEFLOW, *args], capture_output=True, text=True, env=env, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "hostile_plugins:ODD_NAME" in run.stderr  # the warning names the plug-in
+    analyze_help = subprocess.run([*FACEFLOW, "analyze", "--help"], capture_output=True, text=True, env=env,
+                                  timeout=120)
+    assert "--outflag" not in analyze_help.stdout and "--out " in analyze_help.stdout
+    assert "option --out of stage 'outflag'" in analyze_help.stderr  # the plug-in's flag is refused, named
+    listing = subprocess.run([*FACEFLOW, "stages"], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert "fine" in listing and "--detector" in listing
+    run = subprocess.run([*FACEFLOW, "analyze", str(tmp_path), "--stages", "boom"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 2 and "plug-in 'boom'" in run.stderr

@@ -75,7 +75,15 @@ def with_stage_options(command: F) -> F:
     fixed = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "stage_values"]
     params = list(fixed)
     names = {p.name for p in fixed}
-    for f in registry().fields():
+    reg = registry()
+    for f in reg.fields():
+        if f.keyword in names:  # a plug-in's flag that this command has: left out here, not a crash
+            plugin = reg.plugin(f.stage)
+            if plugin is None:
+                raise RuntimeError(f"stage option --{f.key} clashes with an option of {command.__name__}")
+            warn(f"option --{f.key} of stage {f.stage!r} (plug-in {plugin}) is left out of faceflow "
+                 f"{command.__name__}, which has an option of that name")
+            continue
         base = f.base
         default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
         text = f"{f.help} ({f.stage} stage; default: {default}.)"
@@ -87,8 +95,6 @@ def with_stage_options(command: F) -> F:
         else:
             decl = typer.Option(f"--{f.key}", help=text, show_default=False)
             kind = {int: int, float: float}.get(base, str) | None
-        if f.keyword in names:
-            raise RuntimeError(f"stage option --{f.key} clashes with an option of {command.__name__}")
         params.append(inspect.Parameter(f.keyword, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[kind, decl]))
     keywords = [p.name for p in params[len(fixed):]]

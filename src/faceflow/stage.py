@@ -213,6 +213,7 @@ class StageRegistry:
     def _load(self) -> dict[str, StageSpec]:
         specs: dict[str, StageSpec] = {}
         self._broken: dict[str, str] = {}
+        self._plugins: dict[str, str] = {}
         for target in self._sources:
             module, attr = target.split(":")
             self._add(specs, getattr(importlib.import_module(module), attr), target)
@@ -225,6 +226,7 @@ class StageRegistry:
                     obj = ep.load()
                     spec = obj() if callable(obj) and not isinstance(obj, StageSpec) else obj
                     self._add(specs, spec, ep.value)
+                    self._plugins[spec.name] = ep.value
                 except Exception as exc:
                     detail = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
                     problem = f"stage plug-in {ep.name!r} ({ep.value}) is left out: {detail}"
@@ -272,6 +274,11 @@ class StageRegistry:
         """Plug-ins left out, by entry-point name: what is wrong with each."""
         _ = self.specs
         return self._broken
+
+    def plugin(self, name: str) -> str | None:
+        """The entry point (``module:attr``) that registered stage ``name``; ``None`` for a built-in one."""
+        _ = self.specs
+        return self._plugins.get(name)
 
     def __getitem__(self, name: str) -> StageSpec:
         try:
