@@ -7,6 +7,7 @@ import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,6 +177,28 @@ def test_an_unforeseen_stage_failure_is_recorded_per_image(tmp_path: Path, astro
     assert [r.error for r in results] == ["stage 'boom' failed: RuntimeError: no luck"] * 2
 
 
+@pytest.mark.parametrize(("stage", "problem"), [
+    ("none", "returned None, not a list of faces"),
+    ("strange", "returned a str among its faces"),
+    ("drops", "returned 0 faces for 1"),
+    ("doubles", "returned 2 faces for 1"),
+])
+def test_a_stage_returning_what_it_should_not_is_that_images_error(
+        stage: str, problem: str, tmp_path: Path, astronaut: np.ndarray) -> None:
+    """A later stage must hand back the faces it was given (a list of as many Face objects): anything else
+    is a StageError naming the stage, recorded per image, not a crash of the batch or faces silently lost."""
+    from faceflow.stage import StageRegistry
+
+    reg = StageRegistry(["tests.test_pipeline:FIND_ONE", f"tests.test_pipeline:{stage.upper()}"],
+                        entry_points=False)
+    paths = []
+    for name in ("a.png", "b.png"):
+        PILImage.fromarray(astronaut).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    results = list(Analyzer(stages=stage, stage_registry=reg).analyze_batch(paths))
+    assert [r.error for r in results] == [f"stage {stage!r} {problem}"] * 2
+
+
 @dataclasses.dataclass(frozen=True)
 class _NoOptions:
     """No settings."""
@@ -192,6 +215,26 @@ class _FindOne(Stage):
 class _Boom(_FindOne):
     def run(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
         raise RuntimeError("no luck")
+
+
+class _ReturnsNone(_FindOne):
+    def run(self, image: np.ndarray, faces: list[Face]) -> Any:
+        return None
+
+
+class _ReturnsStrange(_FindOne):
+    def run(self, image: np.ndarray, faces: list[Face]) -> Any:
+        return ["a face"]
+
+
+class _Drops(_FindOne):
+    def run(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        return []
+
+
+class _Doubles(_FindOne):
+    def run(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        return faces * 2
 
 
 FIND_ONE = StageSpec(name="find", help="", options=_NoOptions, factory=_FindOne, provides=("box",))
@@ -293,3 +336,7 @@ def test_stage_options_must_be_each_stages_own_options_object() -> None:
         Analyzer(stage_options={"posee": PoseOptions()})
     with pytest.raises(ConfigError, match="stage_options must be"):
         AnalyzerOptions(stage_options=None)  # type: ignore[arg-type]
+NONE = StageSpec(name="none", help="", options=_NoOptions, factory=_ReturnsNone, needs=("box",))
+STRANGE = StageSpec(name="strange", help="", options=_NoOptions, factory=_ReturnsStrange, needs=("box",))
+DROPS = StageSpec(name="drops", help="", options=_NoOptions, factory=_Drops, needs=("box",))
+DOUBLES = StageSpec(name="doubles", help="", options=_NoOptions, factory=_Doubles, needs=("box",))

@@ -321,12 +321,14 @@ class Analyzer:
             if i and not faces:
                 break
             t0 = time.perf_counter()
+            given = len(faces)
             try:
                 faces = stage.run(image, faces)
             except FaceflowError:
                 raise
             except Exception as exc:
                 raise StageError(f"stage {name!r} failed: {type(exc).__name__}: {exc}") from exc
+            _check_returned(name, faces, None if i == 0 else given)
             if timings is not None:
                 timings.setdefault(name, []).append(time.perf_counter() - t0)
         return faces
@@ -384,6 +386,20 @@ class Analyzer:
         finally:  # an error (a missing model) or a consumer that stops early: drop the queued images
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+
+
+def _check_returned(stage: str, faces: Any, given: int | None) -> None:
+    """Refuse what a stage's ``run`` returned unless it is a list of :class:`Face` (as many as it was
+    ``given``, for a stage after the first): a plug-in's slip is a :class:`StageError` on this image, not a
+    crash further on or faces silently lost."""
+    if not isinstance(faces, list):
+        raise StageError(f"stage {stage!r} returned {type(faces).__name__ if faces is not None else 'None'}, "
+                         f"not a list of faces")
+    strange = next((f for f in faces if not isinstance(f, Face)), None)
+    if strange is not None:
+        raise StageError(f"stage {stage!r} returned a {type(strange).__name__} among its faces")
+    if given is not None and len(faces) != given:
+        raise StageError(f"stage {stage!r} returned {len(faces)} faces for {given}")
 
 
 def analyze(image: ImageSource, **options: Any) -> list[Face]:
