@@ -24,11 +24,11 @@ ANNOTATED_DIR = "annotated"
 """Folder under ``--out`` that holds the annotated images."""
 
 MANIFEST = ".faceflow-annotated"
+"""File in the annotated folder listing what the last run wrote (one relative path per line, raw
+bytes), so that a rerun removes its own stale images and nothing else."""
 VIDEO_MANIFEST = ".faceflow-videos"
 """The list of the videos ``faceflow anonymize`` wrote into its folder (never cleaned up as stale: a
 video costs minutes to make again)."""
-"""File in the annotated folder listing what the last run wrote (one relative path per line, raw
-bytes), so that a rerun removes its own stale images and nothing else."""
 
 KEPT_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Annotated images keep these suffixes; any other format is written as PNG named ``<name>.png``."""
@@ -107,10 +107,10 @@ def iter_annotated_names(rel_paths: Iterable[Path], taken: KeySet) -> Iterator[P
     for rel in rel_paths:
         name = rel if rel.suffix.lower() in KEPT_SUFFIXES else rel.with_name(rel.name + ".png")
         candidate, n = name, 1
-        while _key(candidate) in taken:
+        while annotated_key(candidate) in taken:
             n += 1
             candidate = name.with_name(f"{name.stem}~{n}{name.suffix}")
-        taken.add(_key(candidate))
+        taken.add(annotated_key(candidate))
         yield candidate
 
 
@@ -129,7 +129,8 @@ def common_folder(folders: Iterable[str | os.PathLike[str]], files: Iterable[str
     return common
 
 
-def _key(rel: Path) -> str:
+def annotated_key(rel: Path) -> str:
+    """The key under which the list in a folder names ``rel`` (names differing in case are one)."""
     return os.fsencode(rel).decode("utf-8", "surrogateescape").casefold()
 
 
@@ -183,7 +184,7 @@ class AnnotatedWriter:
             self._targets[str(f)].append(name)
         self._names = names
         self._inputs = {os.path.realpath(f) for f in files}
-        self._listed: set[str] = {_key(rel) for rel in read_annotated_list(self.root, manifest)}
+        self._listed: set[str] = {annotated_key(rel) for rel in read_annotated_list(self.root, manifest)}
         self._lock = threading.Lock()
 
     def start(self) -> list[Path]:
@@ -191,8 +192,9 @@ class AnnotatedWriter:
 
         A :class:`ConfigError` when the annotated folder cannot be made or written.
         """
-        keep = {_key(n) for n in self._names}
-        kept = {_key(rel): rel for rel in read_annotated_list(self.root, self.manifest) if _key(rel) in keep}
+        keep = {annotated_key(n) for n in self._names}
+        listed = read_annotated_list(self.root, self.manifest)
+        kept = {annotated_key(rel): rel for rel in listed if annotated_key(rel) in keep}
         self._listed = set(kept)
         return refresh_annotated_list(self.root, kept.values(), keep, self._inputs, self.manifest)
 
@@ -202,7 +204,8 @@ class AnnotatedWriter:
         if os.path.realpath(target) in self._inputs:
             return f"{what} not written: {display_path(target)} is an input"
         with self._lock:
-            foreign = _key(target.relative_to(self.root)) not in self._listed and os.path.lexists(target)
+            listed = annotated_key(target.relative_to(self.root)) in self._listed
+        foreign = not listed and os.path.lexists(target)
         return not_ours(target, what) if foreign else None
 
     def record(self, target: Path) -> None:
@@ -224,21 +227,16 @@ class AnnotatedWriter:
         """Add a written image to the manifest (after the write: a kill between leaves a copy unlisted,
         which no run removes, rather than a listed name that was never written)."""
         with self._lock:
-            if _key(rel) in self._listed:
+            if annotated_key(rel) in self._listed:
                 return
             if append_annotated_list(self.root, rel, self.manifest):
-                self._listed.add(_key(rel))
+                self._listed.add(annotated_key(rel))
 
 
 def not_ours(target: Path, what: str = "annotated image") -> str:
     """Why ``what`` is not written at ``target``: a file is there that no earlier faceflow run listed."""
     return (f"{what} not written: {display_path(target)} exists and no earlier faceflow run wrote it "
             "(move it away or choose another --out)")
-
-
-def annotated_key(rel: Path) -> str:
-    """The key under which the list in a folder names ``rel`` (names differing in case are one)."""
-    return _key(rel)
 
 
 def append_annotated_list(root: Path, rel: Path, manifest_name: str = MANIFEST) -> bool:
@@ -281,7 +279,7 @@ def refresh_annotated_list(root: Path, names: Iterable[Path], keep: KeySet, inpu
     removed: list[Path] = []
     for rel in read_annotated_list(root, manifest_name):
         target = root / rel
-        if rel.is_absolute() or ".." in rel.parts or _key(rel) in keep:
+        if rel.is_absolute() or ".." in rel.parts or annotated_key(rel) in keep:
             continue
         if os.path.realpath(target) in inputs or not target.is_file():
             continue
