@@ -194,10 +194,7 @@ def analyze(
     # Every image-named entry gets a line, unreadable ones too; an --out inside an input is not input.
     annotated_dir = out / ANNOTATED_DIR
     files = [f for f in iter_image_files(paths, exclude=[out, annotated_dir], unreadable=True) if not is_video(f)]
-    # videos found in a folder skip OUT (earlier outputs); a video named outright is kept and then
-    # refused by name if writing it would mean writing over itself
-    named = {p for p in paths if not p.is_dir()}
-    videos = [v for v in iter_video_files(paths) if v in named or not inside(v, out)]
+    videos = [v for v in iter_video_files(paths) if not inside(v, out)]
     if not files and not videos:
         raise ConfigError("no image or video files found in " + ", ".join(map(display_path, paths)))
     videos_failed = 0
