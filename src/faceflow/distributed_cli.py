@@ -109,14 +109,14 @@ def gallery_cluster(
 
     from faceflow.distributed.clustering import cluster_gallery, ray_map, thread_map, write_gallery_report
     from faceflow.gallery.backends import open_gallery_store
-    from faceflow.gallery.cluster import cluster_threshold
+    from faceflow.gallery.cluster import check_threshold, cluster_threshold
     from faceflow.gallery.store import model_name
 
     ray_engine = check_engine(engine, address)
     if min_size < 1 or workers < 1:
         raise ConfigError("--min-size and --workers must be at least 1")
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
-        raise ConfigError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
+    if threshold is not None:
+        check_threshold(threshold)
     with open_gallery_store(store) as s:
         g = s.gallery(name, counts=False)
         url = s.url

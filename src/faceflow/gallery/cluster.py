@@ -57,8 +57,7 @@ def check_threshold(threshold: float) -> float:
     no ``s < threshold`` test, so it would merge every face with every other photo's; values beyond
     the range mean nothing more than its ends."""
     if not -1.0 <= threshold <= 1.0:
-        raise ConfigError(f"the clustering threshold (--threshold) is a cosine similarity in [-1, 1], "
-                          f"got {threshold}")
+        raise ConfigError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
     return float(threshold)
 
 
